@@ -1,0 +1,545 @@
+//! The `files` capability: files beneath the granted directories.
+//!
+//! Every path is resolved by the kernel, never by comparing strings: the
+//! granted directory is opened under the host root (`RESOLVE_IN_ROOT`), and the
+//! rest of the path beneath it (`openat2` with `RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS`), so `..`, symlinks that leave the directory and
+//! `/proc/self/fd` magic links fail in the kernel. Writes never follow a leaf
+//! symlink and never touch a file with other hard links; files are replaced
+//! atomically (temp file in the same directory, fsync, rename).
+//!
+//! Limits: paths up to [`MAX_PATH_BYTES`], files up to [`MAX_FILE_BYTES`],
+//! listings up to [`MAX_DIR_ENTRIES`] entries.
+
+mod path;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
+
+use super::{CapError, RunState};
+use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
+
+/// Largest file `ensure-file` writes or `read-file` reads.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// Most entries `list-dir` returns.
+pub const MAX_DIR_ENTRIES: usize = 10_000;
+/// Permission bits an action may set: no setuid, setgid or sticky bits.
+const ALLOWED_MODE_BITS: u32 = 0o777;
+
+/// Where the host's filesystem is seen (`/` on the host, `/host` in a pod),
+/// held open so every resolution starts from the same directory.
+#[derive(Debug)]
+pub struct HostRoot {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl HostRoot {
+    /// Opens the host root directory.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self {
+            path: path.to_owned(),
+            fd,
+        })
+    }
+
+    /// The host root's path on this machine.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a granted directory. Symlinks on the way are resolved as if the
+    /// host root were `/` (the administrator named this directory).
+    fn open_granted(&self, dir: &HostPath) -> Result<OwnedFd, Errno> {
+        rustix::fs::openat2(
+            &self.fd,
+            dir.relative_to(&HostPath::root()),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+}
+
+/// Opens `rel` beneath `dir`; the kernel refuses anything that would leave it.
+fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat2(
+        dir,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// Read or write access, for scope checks and messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// A path the grant covers, with the granted directory it lies beneath.
+struct Scoped {
+    path: HostPath,
+    granted: HostPath,
+}
+
+impl Scoped {
+    /// The path below the granted directory (`.` for the directory itself).
+    fn rel(&self) -> String {
+        self.path.relative_to(&self.granted)
+    }
+
+    /// Parent (relative to the granted directory) and name of a path strictly
+    /// below its granted directory.
+    fn parent_and_name(&self) -> Result<(String, &str), CapError> {
+        match (self.path.parent(), self.path.file_name()) {
+            (Some(parent), Some(name)) if self.path != self.granted => {
+                Ok((parent.relative_to(&self.granted), name))
+            }
+            _ => Err(CapError::PermissionDenied(format!(
+                "files: {} is a granted directory itself; it cannot be replaced or removed",
+                self.path
+            ))),
+        }
+    }
+
+    /// Maps a failed syscall on this path to the error the guest sees.
+    fn err(&self, errno: Errno) -> CapError {
+        let p = &self.path;
+        match errno {
+            Errno::XDEV => CapError::PermissionDenied(format!(
+                "files: {p} resolves outside the granted directory {} (through `..` or a symlink)",
+                self.granted
+            )),
+            Errno::LOOP => CapError::PermissionDenied(format!(
+                "files: {p} goes through a magic link, a symlink where none is allowed, or too many symlinks"
+            )),
+            Errno::NOENT => {
+                CapError::NotFound(format!("{p} (or one of its parents) does not exist"))
+            }
+            Errno::NOTDIR => CapError::Conflict(format!("a parent of {p} is not a directory")),
+            Errno::ISDIR => CapError::Conflict(format!("{p} is a directory")),
+            Errno::NOTEMPTY => CapError::Conflict(format!("directory {p} is not empty")),
+            Errno::ACCESS | Errno::PERM | Errno::ROFS => CapError::PermissionDenied(format!(
+                "files: the host refuses access to {p}: {errno}"
+            )),
+            Errno::NOSYS => CapError::Unsupported(format!(
+                "this kernel has no openat2(2), which hostaction needs to resolve {p} safely"
+            )),
+            other => CapError::Io(format!("{p}: {other}")),
+        }
+    }
+}
+
+impl RunState {
+    /// Checks the deadline, parses the path and finds the granted directory
+    /// that covers it for this access, or says which grant is missing.
+    fn scope(&self, path: &str, access: Access) -> Result<Scoped, CapError> {
+        self.check_deadline()?;
+        // `path` is guest-controlled: refuse malformed paths before any syscall.
+        let path = HostPath::parse(path).map_err(|e| CapError::InvalidArgument(e.to_string()))?;
+        let (dirs, word) = match access {
+            Access::Read => (&self.grant.files_read, "read"),
+            Access::Write => (&self.grant.files_write, "write"),
+        };
+        // The most specific granted directory that contains the path.
+        let granted = dirs
+            .iter()
+            .filter(|d| path.starts_with(d))
+            .max_by_key(|d| d.components().len())
+            .cloned();
+        match granted {
+            Some(granted) => Ok(Scoped { path, granted }),
+            None => Err(CapError::PermissionDenied(format!(
+                "files: {path} is outside the directories granted for {word} ({})",
+                if dirs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    dirs.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))),
+        }
+    }
+
+    fn open_granted(&self, scoped: &Scoped) -> Result<OwnedFd, CapError> {
+        self.host_root
+            .open_granted(&scoped.granted)
+            .map_err(|e| match e {
+                Errno::NOENT => CapError::NotFound(format!(
+                    "granted directory {} does not exist on this host (ensure-dir creates it)",
+                    scoped.granted
+                )),
+                other => scoped.err(other),
+            })
+    }
+
+    /// Opens the parent directory of a path strictly below its granted
+    /// directory, for writing entries in it.
+    fn open_parent(&self, scoped: &Scoped) -> Result<(OwnedFd, String), CapError> {
+        let (parent, name) = scoped.parent_and_name()?;
+        let granted = self.open_granted(scoped)?;
+        let fd = open_beneath(&granted, &parent, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| scoped.err(e))?;
+        Ok((fd, name.to_owned()))
+    }
+
+    /// Creates the granted directory and its missing ancestors (beneath the
+    /// host root), recording each creation. Returns false in plan mode, when
+    /// nothing below can be checked because nothing was created.
+    fn create_granted(&mut self, scoped: &Scoped) -> Result<bool, CapError> {
+        let mut parent = HostPath::root();
+        for part in scoped.granted.components() {
+            let dir = HostPath::parse(&format!("{parent}/{part}"))
+                .map_err(|e| CapError::InvalidArgument(e.to_string()))?;
+            if self.host_root.open_granted(&dir).is_err() {
+                let parent_fd = self
+                    .host_root
+                    .open_granted(&parent)
+                    .map_err(|e| scoped.err(e))?;
+                let target = dir.to_string();
+                self.effects
+                    .apply("files", "create-dir", &target, "mode 0755".into(), || {
+                        make_dir(&parent_fd, part, 0o755).map_err(|e| scoped.err(e))
+                    })?;
+                if self.effects.mode() == crate::effects::Mode::Plan {
+                    return Ok(false);
+                }
+            }
+            parent = dir;
+        }
+        Ok(true)
+    }
+}
+
+/// `mkdirat` then `fchmod`, so the mode is exact whatever the umask.
+fn make_dir(parent: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
+    rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode))?;
+    let fd = open_beneath(&parent, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+}
+
+/// Refuses modes with bits beyond `rwxrwxrwx`.
+fn check_mode(mode: u32) -> Result<(), CapError> {
+    // `mode` is guest-controlled: setuid/setgid/sticky bits would widen what
+    // the file lets others do on the host.
+    if mode & !ALLOWED_MODE_BITS != 0 {
+        return Err(CapError::InvalidArgument(format!(
+            "mode {mode:#o} has bits beyond 0o777 (setuid, setgid and sticky are not allowed)"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a whole regular file from an open fd, refusing files over the cap.
+fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| CapError::Io(format!("{what}: {e}")))?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Directory => return Err(CapError::Conflict(format!("{what} is a directory"))),
+        _ => return Err(CapError::Conflict(format!("{what} is not a regular file"))),
+    }
+    let size = usize::try_from(stat.st_size).unwrap_or(usize::MAX);
+    if size > MAX_FILE_BYTES {
+        return Err(CapError::InvalidArgument(format!(
+            "{what} is {size} bytes; the limit is {MAX_FILE_BYTES}"
+        )));
+    }
+    let mut buf = vec![0; size];
+    let mut filled = 0;
+    // A file growing while we read is read up to its size at open time.
+    while filled < size {
+        match rustix::io::read(fd, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(CapError::Io(format!("{what}: {e}"))),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Replaces `name` in `dir` atomically: a temp file in the same directory,
+/// written, chmod'ed and fsync'ed, then renamed over the old one.
+fn write_atomically(dir: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> Result<(), Errno> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (tmp, fd) = loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".hostaction-{}-{n}.tmp", std::process::id());
+        match rustix::fs::openat(
+            dir,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => break (tmp, fd),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = (|| {
+        let mut rest = contents;
+        while !rest.is_empty() {
+            match rustix::io::write(&fd, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        rustix::fs::fsync(&fd)?;
+        rustix::fs::renameat(dir, &tmp, dir, name)
+    })();
+    if let Err(e) = written {
+        // Leave nothing behind; the old file is untouched.
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+        return Err(e);
+    }
+    rustix::fs::fsync(dir)
+}
+
+fn kind_of(file_type: FileType) -> FileKind {
+    match file_type {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    }
+}
+
+fn stat_of(stat: &rustix::fs::Stat) -> FileStat {
+    let secs = u64::try_from(stat.st_mtime).unwrap_or(0);
+    let nanos = u64::try_from(stat.st_mtime_nsec).unwrap_or(0);
+    FileStat {
+        kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
+        size: u64::try_from(stat.st_size).unwrap_or(0),
+        mode: stat.st_mode & 0o7777,
+        modified_ns: secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+    }
+}
+
+impl files::Host for RunState {
+    fn ensure_file(
+        &mut self,
+        path: String,
+        contents: Vec<u8>,
+        mode: u32,
+    ) -> Result<bool, CapError> {
+        let scoped = self.scope(&path, Access::Write)?;
+        check_mode(mode)?;
+        if contents.len() > MAX_FILE_BYTES {
+            return Err(CapError::InvalidArgument(format!(
+                "contents for {} are {} bytes; the limit is {MAX_FILE_BYTES}",
+                scoped.path,
+                contents.len()
+            )));
+        }
+        let (dir, name) = self.open_parent(&scoped)?;
+        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(scoped.err(e)),
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::Symlink => {
+                    return Err(CapError::PermissionDenied(format!(
+                        "files: {} is a symlink; hostaction neither writes through nor replaces symlinks",
+                        scoped.path
+                    )));
+                }
+                FileType::RegularFile if st.st_nlink > 1 => {
+                    return Err(CapError::PermissionDenied(format!(
+                        "files: {} has {} hard links; writing it could change a file outside the grant",
+                        scoped.path, st.st_nlink
+                    )));
+                }
+                FileType::RegularFile => {
+                    if st.st_mode & 0o7777 == mode
+                        && usize::try_from(st.st_size) == Ok(contents.len())
+                    {
+                        let fd = open_beneath(&dir, &name, OFlags::RDONLY | OFlags::NOFOLLOW)
+                            .map_err(|e| scoped.err(e))?;
+                        if read_all(&fd, &scoped.path)? == contents {
+                            return Ok(false);
+                        }
+                    }
+                }
+                FileType::Directory => {
+                    return Err(CapError::Conflict(format!(
+                        "{} is a directory",
+                        scoped.path
+                    )));
+                }
+                _ => {
+                    return Err(CapError::Conflict(format!(
+                        "{} exists and is not a regular file",
+                        scoped.path
+                    )));
+                }
+            },
+        }
+        let detail = format!("{} bytes, mode {mode:04o}", contents.len());
+        let target = scoped.path.to_string();
+        self.effects
+            .apply("files", "write-file", &target, detail, || {
+                write_atomically(&dir, &name, &contents, mode).map_err(|e| scoped.err(e))
+            })?;
+        Ok(true)
+    }
+
+    fn read_file(&mut self, path: String) -> Result<Vec<u8>, CapError> {
+        let scoped = self.scope(&path, Access::Read)?;
+        let granted = self.open_granted(&scoped)?;
+        // NONBLOCK: opening a FIFO must not hang the run; `read_all` refuses it.
+        let fd = open_beneath(&granted, &scoped.rel(), OFlags::RDONLY | OFlags::NONBLOCK)
+            .map_err(|e| scoped.err(e))?;
+        read_all(&fd, &scoped.path)
+    }
+
+    fn remove(&mut self, path: String) -> Result<bool, CapError> {
+        let scoped = self.scope(&path, Access::Write)?;
+        let (dir, name) = match self.open_parent(&scoped) {
+            Err(CapError::NotFound(_)) => return Ok(false),
+            other => other?,
+        };
+        let flags = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(scoped.err(e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                AtFlags::REMOVEDIR
+            }
+            Ok(_) => AtFlags::empty(),
+        };
+        let target = scoped.path.to_string();
+        self.effects
+            .apply("files", "remove", &target, String::new(), || {
+                rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e))
+            })?;
+        Ok(true)
+    }
+
+    fn ensure_dir(&mut self, path: String, mode: u32) -> Result<bool, CapError> {
+        let scoped = self.scope(&path, Access::Write)?;
+        check_mode(mode)?;
+        let mut changed = false;
+        let granted = match self.host_root.open_granted(&scoped.granted) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                if !self.create_granted(&scoped)? {
+                    return Ok(true);
+                }
+                changed = true;
+                self.open_granted(&scoped)?
+            }
+            Err(e) => return Err(scoped.err(e)),
+        };
+        // Walk down from the granted directory, creating what is missing; each
+        // step is resolved from the granted directory so it cannot leave it.
+        let below = scoped.path.components()[scoped.granted.components().len()..].to_vec();
+        let mut prefix = String::from(".");
+        for (i, part) in below.iter().enumerate() {
+            let last = i + 1 == below.len();
+            let parent = open_beneath(&granted, &prefix, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(|e| scoped.err(e))?;
+            prefix = format!("{prefix}/{part}");
+            match rustix::fs::statat(&parent, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => continue,
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(scoped.err(e)),
+            }
+            let dir_mode = if last { mode } else { 0o755 };
+            let target = format!("{}/{}", scoped.granted, prefix.trim_start_matches("./"));
+            self.effects.apply(
+                "files",
+                "create-dir",
+                &target,
+                format!("mode {dir_mode:04o}"),
+                || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
+            )?;
+            changed = true;
+            if self.effects.mode() == crate::effects::Mode::Plan {
+                return Ok(true);
+            }
+        }
+        let fd = open_beneath(&granted, &prefix, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| scoped.err(e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| scoped.err(e))?;
+        if st.st_mode & 0o7777 != mode {
+            let target = scoped.path.to_string();
+            self.effects.apply(
+                "files",
+                "chmod",
+                &target,
+                format!("mode {mode:04o}"),
+                || rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e)),
+            )?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn list_dir(&mut self, path: String) -> Result<Vec<DirEntry>, CapError> {
+        let scoped = self.scope(&path, Access::Read)?;
+        let granted = self.open_granted(&scoped)?;
+        let fd = open_beneath(&granted, &scoped.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| scoped.err(e))?;
+        let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| scoped.err(e))?;
+        let mut entries = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| scoped.err(e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if entries.len() == MAX_DIR_ENTRIES {
+                return Err(CapError::InvalidArgument(format!(
+                    "{} has more than {MAX_DIR_ENTRIES} entries",
+                    scoped.path
+                )));
+            }
+            entries.push(DirEntry {
+                name,
+                kind: kind_of(entry.file_type()),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn stat(&mut self, path: String) -> Result<Option<FileStat>, CapError> {
+        let scoped = self.scope(&path, Access::Read)?;
+        let granted = match self.open_granted(&scoped) {
+            Err(CapError::NotFound(_)) => return Ok(None),
+            other => other?,
+        };
+        let result = match scoped.parent_and_name() {
+            // The granted directory itself.
+            Err(_) => rustix::fs::fstat(&granted),
+            Ok((parent, name)) => {
+                match open_beneath(&granted, &parent, OFlags::PATH | OFlags::DIRECTORY) {
+                    Ok(dir) => rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(st) => Ok(Some(stat_of(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(scoped.err(e)),
+        }
+    }
+}

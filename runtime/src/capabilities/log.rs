@@ -1,0 +1,164 @@
+//! The `log` capability (always allowed) and the run's bounded log, which also
+//! receives the guest's stdout and stderr through [`super::wasi`].
+
+use serde::Serialize;
+
+use super::RunState;
+use crate::bindings::hostaction::host::log::{self, Level};
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `hostaction:host/log`.
+    Log,
+    /// The guest's WASI stdout.
+    Stdout,
+    /// The guest's WASI stderr.
+    Stderr,
+}
+
+/// One line of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Severity (`info` for stdout, `warn` for stderr).
+    pub level: &'static str,
+    /// Where it came from.
+    pub source: Source,
+    /// The text (guest-supplied; never interpreted).
+    pub message: String,
+}
+
+/// A run's log, capped at a number of bytes; what does not fit is counted.
+#[derive(Debug)]
+pub struct RunLog {
+    lines: Vec<LogLine>,
+    bytes: usize,
+    limit: usize,
+    dropped_bytes: usize,
+    /// Unterminated output of stdout and stderr, completed by later writes.
+    partial: [Vec<u8>; 2],
+}
+
+impl RunLog {
+    /// An empty log holding at most `limit` bytes of messages.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            lines: Vec::new(),
+            bytes: 0,
+            limit,
+            dropped_bytes: 0,
+            partial: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Appends a line, or counts it as dropped once the log is full.
+    pub fn push(&mut self, level: &'static str, source: Source, message: String) {
+        // The guest controls the size of every message: never hold more than the cap.
+        if self.bytes + message.len() > self.limit {
+            self.dropped_bytes += message.len();
+            return;
+        }
+        self.bytes += message.len();
+        self.lines.push(LogLine {
+            level,
+            source,
+            message,
+        });
+    }
+
+    /// Appends raw stdout/stderr bytes, one line per newline.
+    pub fn write_stream(&mut self, source: Source, bytes: &[u8]) {
+        let (i, level) = match source {
+            Source::Stderr => (1, "warn"),
+            _ => (0, "info"),
+        };
+        if self.bytes >= self.limit {
+            self.dropped_bytes += bytes.len();
+            return;
+        }
+        let mut partial = std::mem::take(&mut self.partial[i]);
+        partial.extend_from_slice(bytes);
+        let mut rest = partial.as_slice();
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            self.push(
+                level,
+                source,
+                String::from_utf8_lossy(&rest[..nl]).into_owned(),
+            );
+            rest = &rest[nl + 1..];
+        }
+        // A guest printing without newlines must not grow this buffer past the cap.
+        if rest.len() > self.limit {
+            self.dropped_bytes += rest.len();
+            rest = &[];
+        }
+        self.partial[i] = rest.to_vec();
+    }
+
+    /// Flushes unterminated output and returns the lines and the dropped count.
+    pub fn finish(mut self) -> (Vec<LogLine>, usize) {
+        for (i, source) in [(0, Source::Stdout), (1, Source::Stderr)] {
+            let rest = std::mem::take(&mut self.partial[i]);
+            if !rest.is_empty() {
+                self.write_stream(source, &rest);
+                self.write_stream(source, b"\n");
+            }
+        }
+        (self.lines, self.dropped_bytes)
+    }
+}
+
+impl log::Host for RunState {
+    fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.log
+            .lock()
+            .map_err(|_| wasmtime::format_err!("run log lock poisoned"))?
+            .push(level, Source::Log, message);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_past_its_limit_counts_dropped_bytes() {
+        let mut log = RunLog::new(10);
+        log.push("info", Source::Log, "12345".into());
+        log.push("info", Source::Log, "123456".into());
+        log.push("info", Source::Log, "12345".into());
+        let (lines, dropped) = log.finish();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(dropped, 6);
+    }
+
+    #[test]
+    fn stream_output_is_split_into_lines_across_writes() {
+        let mut log = RunLog::new(1000);
+        log.write_stream(Source::Stdout, b"hel");
+        log.write_stream(Source::Stdout, b"lo\nwor");
+        log.write_stream(Source::Stderr, b"oops\n");
+        let (lines, _) = log.finish();
+        let text: Vec<_> = lines
+            .iter()
+            .map(|l| (l.source, l.message.as_str()))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                (Source::Stdout, "hello"),
+                (Source::Stderr, "oops"),
+                (Source::Stdout, "wor")
+            ]
+        );
+    }
+}

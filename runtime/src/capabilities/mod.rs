@@ -1,0 +1,158 @@
+//! Host capabilities: one module per WIT interface of `hostaction:host`.
+//!
+//! Each capability checks its scope on every call, treats every argument as
+//! hostile, and sends every mutation through [`crate::effects`]. Expected
+//! failures go back to the guest as WIT `error` values ([`CapError`]); host
+//! faults and the run's deadline become traps.
+
+pub mod files;
+pub mod log;
+pub mod wasi;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
+
+use crate::bindings::hostaction::host::types;
+use crate::effects::Effects;
+use crate::grant::EffectiveGrant;
+use files::HostRoot;
+use log::RunLog;
+
+/// An expected failure of a capability call, or a trap.
+#[derive(Debug, thiserror::Error)]
+pub enum CapError {
+    /// The effective grant does not cover the call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A guest-supplied value was refused before anything was touched.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The named object does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The object exists in a shape the call will not replace.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The host cannot do this.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The call ran out of time.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// Any other host failure.
+    #[error("io: {0}")]
+    Io(String),
+    /// Not an error value: the guest traps (host fault, deadline passed).
+    #[error("{0}")]
+    Trap(wasmtime::Error),
+}
+
+/// What a run's store holds: the effective grant, the host, the run's log,
+/// its effects and its limits.
+pub struct RunState {
+    pub(crate) grant: Arc<EffectiveGrant>,
+    pub(crate) host_root: Arc<HostRoot>,
+    pub(crate) effects: Effects,
+    pub(crate) log: Arc<Mutex<RunLog>>,
+    pub(crate) deadline: Instant,
+    pub(crate) limits: StoreLimits,
+    pub(crate) wasi: wasmtime_wasi::WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl RunState {
+    /// Fails the call with a trap once the run's wall-clock deadline has passed,
+    /// so no host call runs past it.
+    pub(crate) fn check_deadline(&self) -> Result<(), CapError> {
+        if Instant::now() >= self.deadline {
+            return Err(CapError::Trap(wasmtime::format_err!(
+                "the run's deadline passed during a host call"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl types::Host for RunState {
+    fn convert_error(&mut self, err: CapError) -> wasmtime::Result<types::Error> {
+        Ok(match err {
+            CapError::PermissionDenied(m) => types::Error::PermissionDenied(m),
+            CapError::InvalidArgument(m) => types::Error::InvalidArgument(m),
+            CapError::NotFound(m) => types::Error::NotFound(m),
+            CapError::Conflict(m) => types::Error::Conflict(m),
+            CapError::Unsupported(m) => types::Error::Unsupported(m),
+            CapError::Timeout(m) => types::Error::Timeout(m),
+            CapError::Io(m) => types::Error::Io(m),
+            CapError::Trap(e) => return Err(e),
+        })
+    }
+}
+
+/// Memory and table caps of one run; records the first refusal so the report
+/// can say "memory limit reached" instead of a bare trap.
+pub(crate) struct StoreLimits {
+    pub(crate) memory_bytes: usize,
+    pub(crate) hit: Option<String>,
+}
+
+/// Table elements one run may allocate (guards against a table bomb).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for StoreLimits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            let msg = format!(
+                "linear memory limit of {} MiB reached (the action asked for {} MiB)",
+                self.memory_bytes >> 20,
+                desired.div_ceil(1 << 20)
+            );
+            self.hit.get_or_insert(msg.clone());
+            return Err(wasmtime::format_err!(msg));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            let msg = format!("table limit of {MAX_TABLE_ELEMENTS} elements reached");
+            self.hit.get_or_insert(msg.clone());
+            return Err(wasmtime::format_err!(msg));
+        }
+        Ok(true)
+    }
+}
+
+/// Links every capability this runtime implements into `linker`.
+///
+/// Linking more than a component imports gives it nothing: the engine refuses,
+/// before instantiation, any component whose imports the effective grant does
+/// not cover, and each call checks its scope again.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<RunState>,
+) -> wasmtime::Result<()> {
+    use crate::bindings::hostaction::host;
+    use wasmtime::component::HasSelf;
+    host::types::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    host::log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    Ok(())
+}
+
+/// Gives a store its limiter.
+pub(crate) fn install_limiter(store: &mut Store<RunState>) {
+    store.limiter(|s| &mut s.limits);
+}

@@ -1,0 +1,102 @@
+//! The on-disk cache of precompiled modules, keyed by module digest and engine
+//! configuration, so a second process loads a module without compiling it.
+
+// Loading precompiled code is `unsafe` in wasmtime: the bytes must be ones this
+// engine wrote. This module is the only place that does it, and it only loads
+// files from a directory that it created owner-only and that it verifies.
+#![allow(unsafe_code)]
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::error::{Error, Result};
+
+/// A directory of `<digest>-<engine>.cwasm` files.
+#[derive(Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+    /// Changes with wasmtime's version and every setting that affects code.
+    engine_key: String,
+}
+
+impl DiskCache {
+    /// Opens (creating it owner-only if needed) the cache directory. Refuses a
+    /// directory others can write, or owned by another user: code loaded from
+    /// it runs unchecked.
+    pub fn open(dir: &Path, engine: &Engine) -> Result<Self> {
+        let host = |what: &str, e: std::io::Error| {
+            Error::Host(format!("cache directory {}: {what}: {e}", dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| host("create", e))?;
+        let meta = std::fs::metadata(dir).map_err(|e| host("stat", e))?;
+        if meta.uid() != rustix::process::geteuid().as_raw()
+            || meta.permissions().mode() & 0o022 != 0
+        {
+            return Err(Error::Host(format!(
+                "cache directory {} must be owned by this user and not writable by others \
+                 (precompiled code in it is trusted)",
+                dir.display()
+            )));
+        }
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            dir: dir.to_owned(),
+            engine_key: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir.join(format!("{hex}-{}.cwasm", self.engine_key))
+    }
+
+    /// The precompiled component for `digest`, if the cache has a usable one.
+    pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.path(digest);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `store` below (atomically, in a
+        // directory `open` verified is ours alone) from code this engine
+        // compiled; wasmtime additionally checks its header and engine settings.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache entry");
+                None
+            }
+        }
+    }
+
+    /// Writes the precompiled component atomically. A failure only costs a
+    /// compile next time, so it is logged, not returned.
+    pub fn store(&self, digest: &str, component: &Component) {
+        let path = self.path(digest);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+            .and_then(|bytes| write_synced(&tmp, &bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), error = %e, "could not cache precompiled module");
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

@@ -1,0 +1,463 @@
+//! The engine: one wasmtime [`Engine`] per process, each module compiled once
+//! per digest (kept precompiled on disk and as an `InstancePre` in memory), and
+//! a fresh [`Store`] per run with its limits. A component whose imports the
+//! effective grant does not cover is refused before it is instantiated.
+
+mod cache;
+mod imports;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+
+pub use imports::{Import, Provided};
+
+use crate::bindings::ActionPre;
+use crate::bindings::hostaction::host::types;
+use crate::capabilities::files::HostRoot;
+use crate::capabilities::log::RunLog;
+use crate::capabilities::{self, RunState, StoreLimits};
+use crate::effects::{Effects, Mode};
+use crate::error::{Error, Result};
+use crate::grant::EffectiveGrant;
+use crate::report::{Outcome, RunReport, RunStatus, Timing};
+use cache::DiskCache;
+
+/// Largest module file the runtime reads.
+pub const MAX_MODULE_BYTES: u64 = 128 << 20;
+/// How often the deadline clock ticks; a run ends at most this late.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-run limits. Defaults: 64 MiB of linear memory, 30 s, 1 MiB of log,
+/// 64 KiB of outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline of the whole run, host calls included.
+    pub timeout: Duration,
+    /// Log bytes kept; the rest are counted as dropped.
+    pub log_bytes: usize,
+    /// Bytes of the outcome's message and facts (or of the failure message).
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(30),
+            log_bytes: 1 << 20,
+            output_bytes: 64 << 10,
+        }
+    }
+}
+
+/// How a runtime is set up.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where the host's filesystem is seen: `/` on the host, `/host` in a pod.
+    pub host_root: PathBuf,
+    /// Directory of precompiled modules; none keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            host_root: PathBuf::from("/"),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$HOSTACTION_CACHE_DIR`, else `$XDG_CACHE_HOME/hostaction`, else
+/// `~/.cache/hostaction`, else `/var/cache/hostaction`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    Some(
+        env("HOSTACTION_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hostaction")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache/hostaction")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache/hostaction")),
+    )
+}
+
+/// Where a loaded module's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadSource {
+    /// Compiled now (and written to the disk cache).
+    Compiled,
+    /// Loaded precompiled from the disk cache.
+    DiskCache,
+    /// Already loaded in this process.
+    Memory,
+}
+
+/// A module ready to run: compiled, its imports classified, pre-instantiated.
+pub struct LoadedModule {
+    /// `sha256:<hex>` of the module's bytes.
+    pub digest: String,
+    /// What it imports, each with what provides it.
+    pub imports: Vec<Import>,
+    /// The names it exports.
+    pub exports: Vec<String>,
+    /// Where the compiled code came from.
+    pub source: LoadSource,
+    /// Time to load it, in microseconds.
+    pub load_us: u64,
+    /// Pre-instantiated, or why it cannot run (a wrong export, say).
+    pre: std::result::Result<ActionPre<RunState>, String>,
+}
+
+/// One run to do.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The params, a JSON document.
+    pub params: String,
+    /// What the run may do.
+    pub grant: Arc<EffectiveGrant>,
+    /// Apply or plan.
+    pub mode: Mode,
+    /// The run's limits.
+    pub limits: Limits,
+}
+
+impl RunRequest {
+    /// A run in apply mode with default limits.
+    pub fn new(params: impl Into<String>, grant: EffectiveGrant) -> Self {
+        Self {
+            params: params.into(),
+            grant: Arc::new(grant),
+            mode: Mode::Apply,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The per-process runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RunState>,
+    host_root: Arc<HostRoot>,
+    cache: Option<DiskCache>,
+    loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Creates the engine, links the capabilities, opens the host root and the
+    /// cache directory, and starts the deadline clock.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&wasm).map_err(|e| Error::Host(format!("engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        capabilities::add_to_linker(&mut linker)
+            .map_err(|e| Error::Host(format!("linking capabilities: {e:#}")))?;
+        let host_root = HostRoot::open(&config.host_root)
+            .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
+        let cache = match config.cache_dir {
+            Some(dir) => Some(DiskCache::open(&dir, &engine)?),
+            None => None,
+        };
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticking) = (Arc::clone(&ticker_stop), engine.clone());
+        std::thread::Builder::new()
+            .name("hostaction-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Host(format!("starting the deadline clock: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            host_root: Arc::new(host_root),
+            cache,
+            loaded: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
+    }
+
+    /// The host root this runtime resolves paths under.
+    pub fn host_root(&self) -> &Path {
+        self.host_root.path()
+    }
+
+    /// Reads and loads a module file.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
+        let bad = |e: std::io::Error| Error::BadModule(format!("{}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(bad)?.len();
+        if size > MAX_MODULE_BYTES {
+            return Err(Error::BadModule(format!(
+                "{} is {size} bytes; the limit is {MAX_MODULE_BYTES}",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(bad)?;
+        self.load(&bytes)
+    }
+
+    /// Loads a module: from memory if this process has it, else precompiled
+    /// from the disk cache, else compiled (and cached).
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
+        let start = Instant::now();
+        check_header(bytes)?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if let Some(module) = self.lock_loaded()?.get(&digest) {
+            return Ok(Arc::new(LoadedModule {
+                digest: module.digest.clone(),
+                imports: module.imports.clone(),
+                exports: module.exports.clone(),
+                source: LoadSource::Memory,
+                load_us: micros(start),
+                pre: module.pre.clone(),
+            }));
+        }
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &digest));
+        let (component, source) = match cached {
+            Some(component) => (component, LoadSource::DiskCache),
+            None => {
+                let component = Component::new(&self.engine, bytes)
+                    .map_err(|e| Error::BadModule(format!("not a valid component: {e:#}")))?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&digest, &component);
+                }
+                (component, LoadSource::Compiled)
+            }
+        };
+        let imports = imports::classify(&self.engine, &component);
+        let unknown: Vec<String> = imports
+            .iter()
+            .filter_map(|i| match &i.provided {
+                Provided::No(why) => Some(format!("{} ({why})", i.name)),
+                _ => None,
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::BadModule(format!(
+                "it imports what hostaction does not provide: {}",
+                unknown.join("; ")
+            )));
+        }
+        let exports = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ActionPre::new)
+            .map_err(|e| {
+                format!(
+                    "it does not export `run: func(params: string) -> result<outcome, string>` \
+                     of hostaction:host@0.1.0: {e:#}"
+                )
+            });
+        let module = Arc::new(LoadedModule {
+            digest: digest.clone(),
+            imports,
+            exports,
+            source,
+            load_us: micros(start),
+            pre,
+        });
+        self.lock_loaded()?.insert(digest, Arc::clone(&module));
+        Ok(module)
+    }
+
+    fn lock_loaded(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedModule>>>> {
+        self.loaded
+            .lock()
+            .map_err(|_| Error::Host("module table lock poisoned".into()))
+    }
+
+    /// Runs a loaded module: checks its imports against the effective grant,
+    /// then instantiates it in a fresh store and calls `run`.
+    pub fn run(&self, module: &LoadedModule, request: RunRequest) -> Result<RunReport> {
+        let start = Instant::now();
+        let refused: Vec<String> = module
+            .imports
+            .iter()
+            .filter_map(|i| match i.provided {
+                Provided::Capability(c) => request.grant.capability(c).err(),
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(Error::Refused(refused));
+        }
+        let pre = module
+            .pre
+            .as_ref()
+            .map_err(|e| Error::BadModule(e.clone()))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&request.params)
+            .map_err(|e| Error::BadParams(format!("params are not a JSON document: {e}")))?;
+
+        let limits = request.limits;
+        let log = Arc::new(Mutex::new(RunLog::new(limits.log_bytes)));
+        let deadline = start + limits.timeout;
+        let state = RunState {
+            grant: request.grant,
+            host_root: Arc::clone(&self.host_root),
+            effects: Effects::new(request.mode),
+            wasi: capabilities::wasi::locked_down(&log),
+            log: Arc::clone(&log),
+            deadline,
+            limits: StoreLimits {
+                memory_bytes: limits.memory_bytes,
+                hit: None,
+            },
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        capabilities::install_limiter(&mut store);
+        store.set_epoch_deadline(ticks(limits.timeout));
+        store.epoch_deadline_trap();
+
+        let instance = pre.instantiate(&mut store);
+        let instantiated = Instant::now();
+        let result = instance.and_then(|i| i.call_run(&mut store, &request.params));
+        let ran = Instant::now();
+
+        let status_and_outcome = match result {
+            Ok(Ok(outcome)) => check_output(outcome, limits.output_bytes),
+            Ok(Err(message)) => (
+                RunStatus::Failed(truncate(message, limits.output_bytes)),
+                None,
+            ),
+            Err(trap) => {
+                let status = if let Some(hit) = store.data().limits.hit.clone() {
+                    RunStatus::LimitExceeded(hit)
+                } else if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) || ran >= deadline {
+                    RunStatus::DeadlineExceeded(format!(
+                        "the run did not finish within its {} s deadline",
+                        limits.timeout.as_secs_f64()
+                    ))
+                } else {
+                    RunStatus::Trapped(format!("{trap:#}"))
+                };
+                (status, None)
+            }
+        };
+        let (status, outcome) = status_and_outcome;
+        let effects = store.into_data().effects.into_recorded();
+        let (log, log_dropped_bytes) = Arc::try_unwrap(log)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .map(RunLog::finish)
+            .unwrap_or_default();
+        Ok(RunReport {
+            digest: module.digest.clone(),
+            mode: request.mode,
+            status,
+            outcome,
+            effects,
+            log,
+            log_dropped_bytes,
+            timing: Timing {
+                instantiate_us: (instantiated - start).as_micros() as u64,
+                run_us: (ran - instantiated).as_micros() as u64,
+                total_us: micros(start),
+            },
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl LoadedModule {
+    /// Why this module cannot run at all, if it cannot (a wrong export).
+    pub fn unrunnable(&self) -> Option<&str> {
+        self.pre.as_ref().err().map(String::as_str)
+    }
+}
+
+/// Tells a non-Wasm file and a core module from a component, with a hint.
+fn check_header(bytes: &[u8]) -> Result<()> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(Error::BadModule(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
+             or wrap it with `wasm-tools component new`"
+                .into(),
+        )),
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', ..]) => Err(Error::BadModule(
+            "a WebAssembly binary of an unknown version (not a component of this engine)".into(),
+        )),
+        _ => Err(Error::BadModule(
+            "not a WebAssembly file (it does not start with \\0asm)".into(),
+        )),
+    }
+}
+
+/// Converts the guest's outcome, failing the run when it exceeds the cap.
+fn check_output(outcome: types::Outcome, cap: usize) -> (RunStatus, Option<Outcome>) {
+    let size = outcome.message.len()
+        + outcome
+            .facts
+            .iter()
+            .map(|f| f.key.len() + f.value.len())
+            .sum::<usize>();
+    if size > cap {
+        return (
+            RunStatus::LimitExceeded(format!(
+                "the outcome is {size} bytes; the output limit is {cap}"
+            )),
+            None,
+        );
+    }
+    let outcome = Outcome {
+        changed: outcome.changed,
+        message: outcome.message,
+        facts: outcome
+            .facts
+            .into_iter()
+            .map(|f| (f.key, f.value))
+            .collect(),
+    };
+    (RunStatus::Succeeded, Some(outcome))
+}
+
+/// Cuts a guest-supplied message to `cap` bytes at a character boundary.
+fn truncate(mut message: String, cap: usize) -> String {
+    if message.len() > cap {
+        let mut end = cap;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" [truncated]");
+    }
+    message
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}

@@ -1,0 +1,361 @@
+//! Grants, node policies, and the effective grant a run gets.
+//!
+//! A **grant** gives one action scopes per capability; a **node policy** (same
+//! document shape, written by the node administrator) bounds every grant on that
+//! node. The effective grant is grant ∩ policy: a capability is granted only if
+//! both give it, and only within both scopes. The document is the one the
+//! HostAction CRD embeds (camelCase, unknown fields rejected so a typo never
+//! silently widens or narrows a grant):
+//!
+//! ```yaml
+//! files:
+//!   read: [/etc/os-release]
+//!   write: [/opt/cni/bin, /etc/cni/net.d]   # write implies read
+//! network:
+//!   netns: [host, "overlay-*"]
+//!   interfaces: ["vx-*", "br-*"]
+//!   kinds: [bridge, vxlan, veth]
+//!   ownedOnly: true
+//! services:
+//!   units: [containerd.service]
+//!   daemonReload: false
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capabilities::files::HostPath;
+use crate::error::{Error, Result};
+
+/// Scopes per capability. A missing section means the capability is not granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Grant {
+    /// Directories the action may read or write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesScope>,
+    /// Namespaces, interface names and link kinds the action may touch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkScope>,
+    /// systemd units the action may act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServicesScope>,
+}
+
+/// The `files` scope: host-absolute directories (each covers its whole subtree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesScope {
+    /// Directories the action may read.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Directories the action may write (and read).
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// The `network` scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkScope {
+    /// Named network namespaces (patterns with `*`), `host` for the host's own.
+    #[serde(default)]
+    pub netns: Vec<String>,
+    /// Interface-name patterns (`*` matches any run of characters).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Link kinds the action may create.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only links hostaction created may be changed or deleted.
+    #[serde(default)]
+    pub owned_only: bool,
+}
+
+/// The `services` scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicesScope {
+    /// Unit-name patterns, matched against systemd's canonical names.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Whether the action may make systemd reread its unit files.
+    #[serde(default)]
+    pub daemon_reload: bool,
+}
+
+/// Link kinds the contract knows (`wit/network.wit`).
+const LINK_KINDS: &[&str] = &[
+    "bridge",
+    "veth",
+    "vxlan",
+    "macvlan",
+    "dummy",
+    "vlan",
+    "wireguard",
+];
+
+impl Grant {
+    /// Parses a grant or policy document (YAML, which includes JSON) and
+    /// validates it. `what` names the document in errors ("grant", "policy").
+    pub fn parse(text: &str, what: &str) -> Result<Self> {
+        let grant: Grant =
+            serde_yaml_ng::from_str(text).map_err(|e| Error::BadGrant(format!("{what}: {e}")))?;
+        grant.validate(what)?;
+        Ok(grant)
+    }
+
+    /// Reads and parses a grant or policy file.
+    pub fn from_file(path: &Path, what: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::BadGrant(format!("{what} {}: {e}", path.display())))?;
+        Self::parse(&text, &format!("{what} {}", path.display()))
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |field: String, msg: String| Error::BadGrant(format!("{what}: {field}: {msg}"));
+        if let Some(files) = &self.files {
+            for (list, dirs) in [("read", &files.read), ("write", &files.write)] {
+                for (i, dir) in dirs.iter().enumerate() {
+                    HostPath::parse(dir)
+                        .map_err(|e| bad(format!("files.{list}[{i}]"), e.to_string()))?;
+                }
+            }
+        }
+        if let Some(net) = &self.network {
+            for (list, items) in [("netns", &net.netns), ("interfaces", &net.interfaces)] {
+                for (i, pattern) in items.iter().enumerate() {
+                    if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c == '/')
+                    {
+                        return Err(bad(
+                            format!("network.{list}[{i}]"),
+                            format!("{pattern:?} is not a name pattern"),
+                        ));
+                    }
+                }
+            }
+            for (i, kind) in net.kinds.iter().enumerate() {
+                if !LINK_KINDS.contains(&kind.as_str()) {
+                    return Err(bad(
+                        format!("network.kinds[{i}]"),
+                        format!(
+                            "unknown link kind {kind:?} (known: {})",
+                            LINK_KINDS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(services) = &self.services {
+            for (i, pattern) in services.units.iter().enumerate() {
+                if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(bad(
+                        format!("services.units[{i}]"),
+                        format!("{pattern:?} is not a unit-name pattern"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A grant bounded by a node policy: what one run may actually do.
+#[derive(Debug, Clone, Default)]
+pub struct EffectiveGrant {
+    /// Directories readable (including the writable ones), most specific last.
+    pub files_read: Vec<HostPath>,
+    /// Directories writable.
+    pub files_write: Vec<HostPath>,
+    /// Why `files` is not granted, when the grant asked for it but the policy
+    /// left nothing of it.
+    files_denied_by_policy: bool,
+    /// The grant's and the policy's network scopes (both must allow a call).
+    pub network: Option<(NetworkScope, Option<NetworkScope>)>,
+    /// The grant's and the policy's services scopes (both must allow a call).
+    pub services: Option<(ServicesScope, Option<ServicesScope>)>,
+}
+
+impl EffectiveGrant {
+    /// grant ∩ policy. With no policy, the grant stands as it is (the CLI on a
+    /// machine the user owns); the agent always has one.
+    pub fn new(grant: &Grant, policy: Option<&Grant>) -> Result<Self> {
+        grant.validate("grant")?;
+        if let Some(policy) = policy {
+            policy.validate("policy")?;
+        }
+        let parse_all = |dirs: &[&String]| -> Result<Vec<HostPath>> {
+            dirs.iter()
+                .map(|d| HostPath::parse(d).map_err(|e| Error::BadGrant(e.to_string())))
+                .collect()
+        };
+        let (mut read, mut write) = (Vec::new(), Vec::new());
+        let mut files_denied_by_policy = false;
+        if let Some(files) = &grant.files {
+            let g_write = parse_all(&files.write.iter().collect::<Vec<_>>())?;
+            let g_read = parse_all(&files.read.iter().chain(&files.write).collect::<Vec<_>>())?;
+            let asked = !g_read.is_empty();
+            match policy.map(|p| p.files.as_ref()) {
+                None => (read, write) = (g_read, g_write),
+                Some(None) => {}
+                Some(Some(p)) => {
+                    let p_write = parse_all(&p.write.iter().collect::<Vec<_>>())?;
+                    let p_read = parse_all(&p.read.iter().chain(&p.write).collect::<Vec<_>>())?;
+                    read = intersect(&g_read, &p_read);
+                    write = intersect(&g_write, &p_write);
+                }
+            }
+            files_denied_by_policy = read.is_empty() && asked;
+        }
+        let network = bounded(grant.network.as_ref(), policy.map(|p| p.network.as_ref()));
+        let services = bounded(grant.services.as_ref(), policy.map(|p| p.services.as_ref()));
+        Ok(Self {
+            files_read: read,
+            files_write: write,
+            files_denied_by_policy,
+            network,
+            services,
+        })
+    }
+
+    /// Whether a capability is granted at all; when not, why, in words that
+    /// name the missing grant.
+    pub fn capability(&self, capability: Capability) -> Result<(), String> {
+        let granted = match capability {
+            Capability::Files => !self.files_read.is_empty(),
+            Capability::Network => self.network.is_some(),
+            Capability::Services => self.services.is_some(),
+        };
+        if granted {
+            return Ok(());
+        }
+        let name = capability.name();
+        Err(
+            if capability == Capability::Files && self.files_denied_by_policy {
+                format!(
+                    "`{name}`: the grant names directories but the node policy allows none of them"
+                )
+            } else {
+                format!(
+                    "`{name}` (hostaction:host/{name}): no `{name}` section in the effective grant"
+                )
+            },
+        )
+    }
+}
+
+/// A name-pattern scope bounded by the policy's: granted when the grant has it
+/// and the policy is absent or has it too. Calls must satisfy both.
+fn bounded<T: Clone>(grant: Option<&T>, policy: Option<Option<&T>>) -> Option<(T, Option<T>)> {
+    match (grant, policy) {
+        (Some(g), None) => Some((g.clone(), None)),
+        (Some(g), Some(Some(p))) => Some((g.clone(), Some(p.clone()))),
+        _ => None,
+    }
+}
+
+/// The directories covered by both lists: for each pair where one contains the
+/// other, the deeper one.
+fn intersect(a: &[HostPath], b: &[HostPath]) -> Vec<HostPath> {
+    let mut out: Vec<HostPath> = Vec::new();
+    for x in a {
+        for y in b {
+            let deeper = if x.starts_with(y) {
+                x
+            } else if y.starts_with(x) {
+                y
+            } else {
+                continue;
+            };
+            if !out.contains(deeper) {
+                out.push(deeper.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A capability a component can import, gated by the grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// `hostaction:host/files`.
+    Files,
+    /// `hostaction:host/network`.
+    Network,
+    /// `hostaction:host/services`.
+    Services,
+}
+
+impl Capability {
+    /// The interface name, as in the WIT package and the grant document.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Files => "files",
+            Capability::Network => "network",
+            Capability::Services => "services",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(paths: &[HostPath]) -> Vec<String> {
+        paths.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn policy_narrows_grant_to_the_deeper_directory() {
+        let grant = Grant::parse("files: {write: [/opt/cni, /etc]}", "grant").unwrap();
+        let policy = Grant::parse(
+            "files: {write: [/opt/cni/bin], read: [/etc/os-release]}",
+            "policy",
+        )
+        .unwrap();
+        let eff = EffectiveGrant::new(&grant, Some(&policy)).unwrap();
+        assert_eq!(dirs(&eff.files_write), ["/opt/cni/bin"]);
+        assert_eq!(dirs(&eff.files_read), ["/opt/cni/bin", "/etc/os-release"]);
+    }
+
+    #[test]
+    fn policy_without_files_denies_files_and_says_why() {
+        let grant = Grant::parse("files: {write: [/opt/cni]}", "grant").unwrap();
+        let policy = Grant::parse("files: {write: [/var/lib]}", "policy").unwrap();
+        let err = EffectiveGrant::new(&grant, Some(&policy))
+            .unwrap()
+            .capability(Capability::Files)
+            .unwrap_err();
+        assert!(err.contains("node policy allows none"), "{err}");
+    }
+
+    #[test]
+    fn grant_with_unknown_field_is_rejected_naming_it() {
+        let err = Grant::parse("files: {wirte: [/opt]}", "grant")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wirte"), "{err}");
+    }
+
+    #[test]
+    fn grant_with_relative_directory_names_the_field() {
+        let err = Grant::parse("files: {write: [/opt, opt/cni]}", "grant")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("files.write[1]"), "{err}");
+    }
+
+    #[test]
+    fn grant_with_unknown_link_kind_names_the_field() {
+        let err = Grant::parse("network: {kinds: [bridge, tunnel]}", "grant")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("network.kinds[1]") && err.contains("tunnel"),
+            "{err}"
+        );
+    }
+}
