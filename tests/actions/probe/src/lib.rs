@@ -1,0 +1,191 @@
+//! A test action that runs the operations its params list and reports the
+//! result of each one, so that the end-to-end tests can drive every capability
+//! call and every misbehaviour (a panic, an endless loop, a memory hog, a log
+//! flood) from one component.
+//!
+//! Params: `{"ops": [{"op": "ensure-file", "path": "...", "contents": "...",
+//! "mode": 420}, ...]}`. Ops run in order; a capability error does not stop the
+//! run. Fact `"<index>"` holds `{"ok": value}` or
+//! `{"err": {"kind": "...", "message": "..."}}` for the op at that index.
+
+use hostaction_sdk::files::{self, FileKind};
+use hostaction_sdk::{Error, Outcome, log};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The probe's params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// The operations, run in order.
+    #[serde(default)]
+    ops: Vec<Op>,
+}
+
+/// One operation, tagged by `"op"`.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum Op {
+    /// `files.ensure-file` with UTF-8 contents.
+    EnsureFile {
+        path: String,
+        contents: String,
+        mode: u32,
+    },
+    /// `files.read-file`; the contents are reported as (lossy) UTF-8.
+    ReadFile { path: String },
+    /// `files.remove`.
+    Remove { path: String },
+    /// `files.ensure-dir`.
+    EnsureDir { path: String, mode: u32 },
+    /// `files.list-dir`.
+    ListDir { path: String },
+    /// `files.stat`.
+    Stat { path: String },
+    /// One info line in the run's log.
+    Log { message: String },
+    /// One line on stdout.
+    Print { message: String },
+    /// One line on stderr.
+    Eprint { message: String },
+    /// Info lines of 1 KiB until `bytes` have been written.
+    LogFlood { bytes: u64 },
+    /// Loops forever: the run's deadline must end it.
+    Spin,
+    /// Allocates and touches `mib` MiB, kept alive until the run ends.
+    Alloc { mib: u64 },
+    /// Panics with `message`.
+    Panic { message: String },
+    /// Ends the run at once with `Err(message)`.
+    Fail { message: String },
+}
+
+/// What one op did: `Ok(value)`, or the capability error.
+type OpResult = Result<Value, Error>;
+
+fn run(params: Params) -> Result<Outcome, String> {
+    let mut changed = false;
+    let mut outcome_facts = Vec::with_capacity(params.ops.len());
+    // Memory the `alloc` ops hold until the run ends.
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+
+    for (index, op) in params.ops.into_iter().enumerate() {
+        let result = match op {
+            Op::Fail { message } => return Err(message),
+            op => run_op(op, &mut hoard),
+        };
+        if let Ok(Value::Bool(true)) = result {
+            // Only the mutating calls report a bool.
+            changed = true;
+        }
+        let fact = match result {
+            Ok(value) => json!({ "ok": value }),
+            Err(e) => json!({ "err": { "kind": e.kind(), "message": e.message() } }),
+        };
+        outcome_facts.push((index.to_string(), fact.to_string()));
+    }
+
+    let count = outcome_facts.len();
+    let outcome = outcome_facts
+        .into_iter()
+        .fold(Outcome::changed(changed), |o, (k, v)| o.fact(k, v));
+    Ok(outcome.message(format!("ran {count} ops ({} MiB held)", hoard.len())))
+}
+
+fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
+    match op {
+        Op::EnsureFile {
+            path,
+            contents,
+            mode,
+        } => files::ensure_file(&path, contents.as_bytes(), mode).map(Value::Bool),
+        Op::ReadFile { path } => files::read_file(&path)
+            .map(|bytes| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        Op::Remove { path } => files::remove(&path).map(Value::Bool),
+        Op::EnsureDir { path, mode } => files::ensure_dir(&path, mode).map(Value::Bool),
+        Op::ListDir { path } => files::list_dir(&path).map(|entries| {
+            entries
+                .iter()
+                .map(|e| json!({ "name": e.name, "kind": kind_name(e.kind) }))
+                .collect()
+        }),
+        Op::Stat { path } => files::stat(&path).map(|stat| match stat {
+            Some(s) => json!({ "kind": kind_name(s.kind), "size": s.size, "mode": s.mode }),
+            None => Value::Null,
+        }),
+        Op::Log { message } => {
+            log::info(&message);
+            Ok(Value::Null)
+        }
+        Op::Print { message } => {
+            println!("{message}");
+            Ok(Value::Null)
+        }
+        Op::Eprint { message } => {
+            eprintln!("{message}");
+            Ok(Value::Null)
+        }
+        Op::LogFlood { bytes } => {
+            log_flood(bytes);
+            Ok(Value::Null)
+        }
+        Op::Spin => spin(),
+        Op::Alloc { mib } => {
+            alloc(hoard, mib);
+            Ok(Value::Null)
+        }
+        Op::Panic { message } => {
+            #[allow(clippy::panic)] // Panicking on request is this op's job.
+            {
+                panic!("{message}")
+            }
+        }
+        // Handled by the caller, which ends the run.
+        Op::Fail { message } => Err(Error::InvalidArgument(message)),
+    }
+}
+
+/// The WIT name of a file kind.
+fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::File => "file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::Other => "other",
+    }
+}
+
+/// Writes info lines of 1 KiB (1023 bytes of text plus the line's end) until
+/// `bytes` have been written.
+fn log_flood(bytes: u64) {
+    const LINE: usize = 1024;
+    let line = "x".repeat(LINE - 1);
+    let mut written = 0u64;
+    while written < bytes {
+        log::info(&line);
+        written += LINE as u64;
+    }
+}
+
+/// Never returns; `black_box` keeps the optimizer from removing the loop.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = core::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Grows `hoard` by `mib` chunks of 1 MiB, writing every page so that the
+/// memory is really committed.
+fn alloc(hoard: &mut Vec<Vec<u8>>, mib: u64) {
+    const MIB: usize = 1 << 20;
+    for i in 0..mib {
+        let mut chunk = vec![0u8; MIB];
+        for page in chunk.iter_mut().step_by(4096) {
+            *page = (i as u8) | 1;
+        }
+        hoard.push(core::hint::black_box(chunk));
+    }
+}
+
+hostaction_sdk::action!(run);
