@@ -56,6 +56,8 @@ pub struct RunState {
     pub(crate) grant: Arc<EffectiveGrant>,
     pub(crate) host_root: Arc<HostRoot>,
     pub(crate) effects: Effects,
+    /// Plan mode: directories recorded as created but not made.
+    pub(crate) planned_dirs: Vec<files::HostPath>,
     pub(crate) log: Arc<Mutex<RunLog>>,
     pub(crate) deadline: Instant,
     pub(crate) limits: StoreLimits,

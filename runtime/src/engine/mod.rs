@@ -319,6 +319,7 @@ impl Runtime {
             grant: request.grant,
             host_root: Arc::clone(&self.host_root),
             effects: Effects::new(request.mode),
+            planned_dirs: Vec::new(),
             wasi: capabilities::wasi::locked_down(&log),
             log: Arc::clone(&log),
             deadline,

@@ -24,6 +24,7 @@ pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
+use crate::effects::Mode::Plan;
 
 /// Largest file `ensure-file` writes or `read-file` reads.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
@@ -200,14 +201,18 @@ impl RunState {
     }
 
     /// Creates the granted directory and its missing ancestors (beneath the
-    /// host root), recording each creation. Returns false in plan mode, when
-    /// nothing below can be checked because nothing was created.
-    fn create_granted(&mut self, scoped: &Scoped) -> Result<bool, CapError> {
+    /// host root), recording each creation. Returns false in plan mode, where
+    /// the whole missing chain down to the path was recorded instead.
+    fn create_granted(&mut self, scoped: &Scoped, mode: u32) -> Result<bool, CapError> {
         let mut parent = HostPath::root();
         for part in scoped.granted.components() {
             let dir = HostPath::parse(&format!("{parent}/{part}"))
                 .map_err(|e| CapError::InvalidArgument(e.to_string()))?;
             if self.host_root.open_granted(&dir).is_err() {
+                if self.effects.mode() == Plan {
+                    self.plan_dirs(&dir, &scoped.path, mode)?;
+                    return Ok(false);
+                }
                 let parent_fd = self
                     .host_root
                     .open_granted(&parent)
@@ -217,13 +222,43 @@ impl RunState {
                     .apply("files", "create-dir", &target, "mode 0755".into(), || {
                         make_dir(&parent_fd, part, 0o755).map_err(|e| scoped.err(e))
                     })?;
-                if self.effects.mode() == crate::effects::Mode::Plan {
-                    return Ok(false);
-                }
             }
             parent = dir;
         }
         Ok(true)
+    }
+
+    /// Plan mode: records the creation of `missing` and of every directory
+    /// below it down to `path`, and remembers `missing` so later calls beneath
+    /// it are planned without looking for what was never made.
+    fn plan_dirs(
+        &mut self,
+        missing: &HostPath,
+        path: &HostPath,
+        mode: u32,
+    ) -> Result<(), CapError> {
+        for depth in missing.components().len()..=path.components().len() {
+            let dir_mode = if depth == path.components().len() {
+                mode
+            } else {
+                0o755
+            };
+            let target = path.ancestor(depth).to_string();
+            self.effects.apply(
+                "files",
+                "create-dir",
+                &target,
+                format!("mode {dir_mode:04o}"),
+                || Ok::<(), CapError>(()),
+            )?;
+        }
+        self.planned_dirs.push(missing.clone());
+        Ok(())
+    }
+
+    /// Plan mode: whether `path` lies beneath a directory planned, not made.
+    fn planned(&self, path: &HostPath) -> bool {
+        self.effects.mode() == Plan && self.planned_dirs.iter().any(|d| path.starts_with(d))
     }
 }
 
@@ -254,25 +289,27 @@ fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
         FileType::Directory => return Err(CapError::Conflict(format!("{what} is a directory"))),
         _ => return Err(CapError::Conflict(format!("{what} is not a regular file"))),
     }
+    let too_big = |size: usize| {
+        CapError::InvalidArgument(format!(
+            "{what} is {size} bytes or more; the limit is {MAX_FILE_BYTES}"
+        ))
+    };
     let size = usize::try_from(stat.st_size).unwrap_or(usize::MAX);
     if size > MAX_FILE_BYTES {
-        return Err(CapError::InvalidArgument(format!(
-            "{what} is {size} bytes; the limit is {MAX_FILE_BYTES}"
-        )));
+        return Err(too_big(size));
     }
-    let mut buf = vec![0; size];
-    let mut filled = 0;
-    // A file growing while we read is read up to its size at open time.
-    while filled < size {
-        match rustix::io::read(fd, &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
+    // Read to the end, not to `st_size`: /proc and /sys files report size 0.
+    let mut buf = Vec::with_capacity(size);
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match rustix::io::read(fd, &mut chunk) {
+            Ok(0) => return Ok(buf),
+            Ok(n) if buf.len() + n > MAX_FILE_BYTES => return Err(too_big(buf.len() + n)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(Errno::INTR) => {}
             Err(e) => return Err(CapError::Io(format!("{what}: {e}"))),
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 /// Replaces `name` in `dir` atomically: a temp file in the same directory,
@@ -349,6 +386,15 @@ impl files::Host for RunState {
                 scoped.path,
                 contents.len()
             )));
+        }
+        if self.planned(&scoped.path) {
+            let detail = format!("{} bytes, mode {mode:04o}", contents.len());
+            let target = scoped.path.to_string();
+            self.effects
+                .apply("files", "write-file", &target, detail, || {
+                    Ok::<(), CapError>(())
+                })?;
+            return Ok(true);
         }
         let (dir, name) = self.open_parent(&scoped)?;
         match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -435,11 +481,14 @@ impl files::Host for RunState {
     fn ensure_dir(&mut self, path: String, mode: u32) -> Result<bool, CapError> {
         let scoped = self.scope(&path, Access::Write)?;
         check_mode(mode)?;
+        if self.planned(&scoped.path) {
+            return Ok(true);
+        }
         let mut changed = false;
         let granted = match self.host_root.open_granted(&scoped.granted) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
-                if !self.create_granted(&scoped)? {
+                if !self.create_granted(&scoped, mode)? {
                     return Ok(true);
                 }
                 changed = true;
@@ -461,8 +510,13 @@ impl files::Host for RunState {
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(scoped.err(e)),
             }
+            let depth = scoped.granted.components().len() + i + 1;
+            if self.effects.mode() == Plan {
+                self.plan_dirs(&scoped.path.ancestor(depth), &scoped.path, mode)?;
+                return Ok(true);
+            }
             let dir_mode = if last { mode } else { 0o755 };
-            let target = format!("{}/{}", scoped.granted, prefix.trim_start_matches("./"));
+            let target = scoped.path.ancestor(depth).to_string();
             self.effects.apply(
                 "files",
                 "create-dir",
@@ -471,9 +525,6 @@ impl files::Host for RunState {
                 || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
             changed = true;
-            if self.effects.mode() == crate::effects::Mode::Plan {
-                return Ok(true);
-            }
         }
         let fd = open_beneath(&granted, &prefix, OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| scoped.err(e))?;

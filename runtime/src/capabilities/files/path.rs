@@ -85,6 +85,14 @@ impl HostPath {
         &self.parts
     }
 
+    /// The ancestor made of the first `depth` components (the path itself
+    /// when `depth` is its length or more).
+    pub fn ancestor(&self, depth: usize) -> HostPath {
+        HostPath {
+            parts: self.parts[..depth.min(self.parts.len())].to_vec(),
+        }
+    }
+
     /// The parent path, or none for `/`.
     pub fn parent(&self) -> Option<HostPath> {
         let (_, init) = self.parts.split_last()?;

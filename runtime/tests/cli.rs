@@ -1,0 +1,236 @@
+//! The `hostaction` CLI as a user runs it: outputs and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests.sh",
+        path.display()
+    );
+    path
+}
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn root(&self) -> PathBuf {
+        let root = self.dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    /// Runs `hostaction` with a cache directory of its own.
+    fn hostaction(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hostaction"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args.iter().map(|a| a.as_ref()))
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn run_prints_outcome_changes_and_timing_and_exits_zero() {
+    let s = Scratch::new();
+    let grants = s.file(
+        "grants.yaml",
+        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
+    );
+    let root = s.root();
+    let out = s.hostaction(&[
+        &"run",
+        &guest("cni-install"),
+        &"--grants",
+        &grants,
+        &"--host-root",
+        &root,
+        &"--params",
+        &r#"{"name": "cli"}"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("status   succeeded"), "{text}");
+    assert!(text.contains("/etc/cni/net.d/10-cli.conflist"), "{text}");
+    assert!(text.contains("timing"), "{text}");
+    assert!(root.join("etc/cni/net.d/10-cli.conflist").is_file());
+}
+
+#[test]
+fn second_process_loads_from_the_disk_cache_and_reports_no_change() {
+    let s = Scratch::new();
+    let grants = s.file(
+        "grants.yaml",
+        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
+    );
+    let root = s.root();
+    let run = || {
+        let out = s.hostaction(&[
+            &"run",
+            &guest("cni-install"),
+            &"--grants",
+            &grants,
+            &"--host-root",
+            &root,
+            &"--output",
+            &"json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first["module"]["source"], "compiled");
+    assert_eq!(second["module"]["source"], "disk-cache");
+    assert_eq!(second["report"]["outcome"]["changed"], false);
+    assert_eq!(second["report"]["effects"], serde_json::json!([]));
+}
+
+#[test]
+fn params_from_a_file_with_at() {
+    let s = Scratch::new();
+    let grants = s.file(
+        "grants.yaml",
+        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
+    );
+    let params = s.file("params.json", r#"{"name": "fromfile"}"#);
+    let root = s.root();
+    let at = format!("@{}", params.display());
+    let out = s.hostaction(&[
+        &"run",
+        &guest("cni-install"),
+        &"--grants",
+        &grants,
+        &"--host-root",
+        &root,
+        &"--params",
+        &at,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(root.join("etc/cni/net.d/10-fromfile.conflist").is_file());
+}
+
+#[test]
+fn exit_codes_tell_failure_bad_input_and_refusal_apart() {
+    let s = Scratch::new();
+    let root = s.root();
+    let grants = s.file("grants.yaml", "files: {write: [/opt/cni/bin]}");
+
+    // 1: the action failed (its own error).
+    let out = s.hostaction(&[
+        &"run",
+        &guest("probe"),
+        &"--grants",
+        &grants,
+        &"--host-root",
+        &root,
+        &"--params",
+        &r#"{"ops": [{"op": "fail", "message": "nope"}]}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("failed: nope"));
+
+    // 1: the deadline.
+    let out = s.hostaction(&[
+        &"run",
+        &guest("probe"),
+        &"--grants",
+        &grants,
+        &"--host-root",
+        &root,
+        &"--timeout",
+        &"0.3",
+        &"--params",
+        &r#"{"ops": [{"op": "spin"}]}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("deadline exceeded"),
+        "{}",
+        stdout(&out)
+    );
+
+    // 2: not a Wasm file, malformed params, malformed grant.
+    let junk = s.file("junk.wasm", "hello");
+    let out = s.hostaction(&[&"run", &junk]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a WebAssembly file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.hostaction(&[
+        &"run",
+        &guest("probe"),
+        &"--grants",
+        &grants,
+        &"--params",
+        &"{nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad params"), "{}", stderr(&out));
+    let bad_grant = s.file("bad.yaml", "files: {write: [opt]}");
+    let out = s.hostaction(&[&"run", &guest("probe"), &"--grants", &bad_grant]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("files.write[0]"), "{}", stderr(&out));
+    let out = s.hostaction(&[&"run", &guest("probe"), &"--bogus-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // 3: refused by the grant (no grant given: no capability).
+    let out = s.hostaction(&[&"run", &guest("probe"), &"--host-root", &root]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`files`"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+#[test]
+fn inspect_lists_capabilities_and_exports() {
+    let s = Scratch::new();
+    let out = s.hostaction(&[&"inspect", &guest("cni-install")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("files     hostaction:host/files@0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("hostaction:host/log@0.1.0"), "{text}");
+    assert!(text.contains("run"), "{text}");
+
+    let out = s.hostaction(&[&"inspect", &guest("wrong-export"), &"--output", &"json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["runnable"], false);
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: builds the guest components from source,
+# checks formatting, lints and dependencies, then runs every test (unit tests,
+# the end-to-end tests in tests/, and the CLI tests) in release mode, so that
+# wasmtime compiles components at full speed and is built once for tests,
+# the CLI and the benchmarks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "guest components (scripts/build-guests.sh)"
+scripts/build-guests.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, -D warnings)"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+if command -v cargo-deny >/dev/null 2>&1; then
+    # Advisories need the advisory database from the network, which this
+    # machine cannot reach; licences, bans and sources are checked offline.
+    step "cargo deny check bans licenses sources"
+    cargo deny --offline check bans licenses sources
+else
+    step "cargo deny not installed (cargo install --locked cargo-deny@0.20.2); skipped"
+fi
+
+step "cargo test --release"
+cargo test --locked --release --workspace --exclude hostaction-sdk --exclude cni-install \
+    --exclude probe --exclude wrong-export

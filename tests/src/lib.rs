@@ -1,0 +1,168 @@
+//! Shared helpers of the end-to-end tests: real components built from source by
+//! `scripts/build-guests.sh`, run through the real engine against scratch host
+//! roots.
+
+// Test support: a failed expectation here is a failed test, with its message.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::{LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a guest component built by `scripts/build-guests.sh`.
+///
+/// # Panics
+/// When the guest has not been built: the test cannot run without it.
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace()
+        .join("target/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests.sh first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// One precompiled-module cache for the whole test process, so each component
+/// is compiled once per test run.
+fn cache_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp cache dir"))
+        .path()
+        .to_owned()
+}
+
+/// A scratch host root with a runtime resolving paths under it.
+pub struct Host {
+    /// The scratch host root (removed on drop).
+    pub root: tempfile::TempDir,
+    /// A runtime whose host root is `root`.
+    pub runtime: Runtime,
+}
+
+impl Host {
+    /// A fresh, empty host root.
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("scratch host root");
+        let runtime = Runtime::new(RuntimeConfig {
+            host_root: root.path().to_owned(),
+            cache_dir: Some(cache_dir()),
+        })
+        .expect("runtime");
+        Self { root, runtime }
+    }
+
+    /// A path under the host root (`/opt/cni` → `<root>/opt/cni`).
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        self.root.path().join(host_path.trim_start_matches('/'))
+    }
+
+    /// Writes a file under the host root, creating its parents.
+    pub fn write(&self, host_path: &str, contents: &str) {
+        let path = self.path(host_path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("create parents");
+        std::fs::write(path, contents).expect("write");
+    }
+
+    /// Loads a built guest.
+    pub fn load(&self, guest_name: &str) -> Arc<LoadedModule> {
+        self.runtime
+            .load_file(&guest(guest_name))
+            .expect("load guest")
+    }
+
+    /// Runs a guest with params and a grant (YAML), no policy.
+    pub fn run(
+        &self,
+        guest_name: &str,
+        params: &Value,
+        grant_yaml: &str,
+    ) -> hostaction_runtime::Result<RunReport> {
+        let module = self.load(guest_name);
+        self.runtime.run(&module, request(params, grant_yaml))
+    }
+
+    /// Every entry under the host root with its kind, mode, size, inode, link
+    /// count, mtime and contents: two snapshots are equal only if nothing changed.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        let mut out = BTreeMap::new();
+        snapshot_into(self.root.path(), self.root.path(), &mut out);
+        out
+    }
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn snapshot_into(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let meta = std::fs::symlink_metadata(&path).expect("lstat");
+        let detail = if meta.is_symlink() {
+            format!(
+                "link -> {}",
+                std::fs::read_link(&path).expect("readlink").display()
+            )
+        } else if meta.is_dir() {
+            snapshot_into(root, &path, out);
+            format!("dir {:o} {}", meta.mode(), meta.mtime_nsec())
+        } else {
+            let bytes = std::fs::read(&path).expect("read");
+            format!(
+                "file {:o} ino={} nlink={} mtime={}.{} {:?}",
+                meta.mode(),
+                meta.ino(),
+                meta.nlink(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                String::from_utf8_lossy(&bytes)
+            )
+        };
+        out.insert(
+            path.strip_prefix(root).expect("under root").to_owned(),
+            detail,
+        );
+    }
+}
+
+/// A run request with params and a grant (YAML), no policy, default limits.
+pub fn request(params: &Value, grant_yaml: &str) -> RunRequest {
+    let grant = Grant::parse(grant_yaml, "grant").expect("test grant parses");
+    RunRequest::new(
+        params.to_string(),
+        EffectiveGrant::new(&grant, None).expect("effective grant"),
+    )
+}
+
+/// The probe's per-op results, in order (`{"ok": ...}` or `{"err": {...}}`).
+pub fn probe_results(report: &RunReport) -> Vec<Value> {
+    let outcome = report
+        .outcome
+        .as_ref()
+        .unwrap_or_else(|| panic!("probe returned no outcome: {report:#?}"));
+    outcome
+        .facts
+        .iter()
+        .map(|(_, v)| serde_json::from_str(v).expect("probe fact is JSON"))
+        .collect()
+}
+
+/// The error kind of a probe result, or none when it succeeded.
+pub fn err_kind(result: &Value) -> Option<&str> {
+    result["err"]["kind"].as_str()
+}

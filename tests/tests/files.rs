@@ -1,0 +1,275 @@
+//! The files capability end to end: ensure semantics, atomic replacement,
+//! idempotence of cni-install, plan mode, reads.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+
+use hostaction_runtime::effects::Mode;
+use hostaction_tests::{Host, err_kind, probe_results, request};
+use serde_json::json;
+
+const CNI_GRANT: &str = "files: {write: [/etc/cni/net.d, /opt/cni/bin]}";
+
+#[test]
+fn ensure_file_writes_bytes_and_mode_then_reports_unchanged() {
+    let host = Host::new();
+    let ops = json!({"ops": [
+        {"op": "ensure-dir", "path": "/opt/cni/bin", "mode": 0o755},
+        {"op": "ensure-file", "path": "/opt/cni/bin/tool", "contents": "#!/bin/sh\n", "mode": 0o750},
+    ]});
+    let first = host
+        .run("probe", &ops, "files: {write: [/opt/cni/bin]}")
+        .unwrap();
+    assert_eq!(probe_results(&first)[1]["ok"], true);
+    let meta = std::fs::metadata(host.path("/opt/cni/bin/tool")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        std::fs::read_to_string(host.path("/opt/cni/bin/tool")).unwrap(),
+        "#!/bin/sh\n"
+    );
+    assert_eq!(
+        std::fs::metadata(host.path("/opt/cni/bin")).unwrap().mode() & 0o777,
+        0o755
+    );
+
+    let before = host.snapshot();
+    let second = host
+        .run("probe", &ops, "files: {write: [/opt/cni/bin]}")
+        .unwrap();
+    assert_eq!(
+        probe_results(&second),
+        [json!({"ok": false}), json!({"ok": false})]
+    );
+    assert!(second.effects.is_empty());
+    assert_eq!(host.snapshot(), before);
+
+    // A mode change alone is a change.
+    let chmod = json!({"ops": [
+        {"op": "ensure-file", "path": "/opt/cni/bin/tool", "contents": "#!/bin/sh\n", "mode": 0o755},
+    ]});
+    let third = host
+        .run("probe", &chmod, "files: {write: [/opt/cni/bin]}")
+        .unwrap();
+    assert_eq!(probe_results(&third)[0]["ok"], true);
+    let mode = std::fs::metadata(host.path("/opt/cni/bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
+}
+
+#[test]
+fn ensure_file_without_its_parent_is_not_found_and_creates_nothing() {
+    let host = Host::new();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [{"op": "ensure-file", "path": "/opt/cni/bin/x", "contents": "x", "mode": 420}]}),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    assert_eq!(err_kind(&probe_results(&report)[0]), Some("not-found"));
+    assert!(host.snapshot().is_empty());
+}
+
+#[test]
+fn ensure_file_over_a_directory_is_a_conflict() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/opt/cni/bin/dir")).unwrap();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [{"op": "ensure-file", "path": "/opt/cni/bin/dir", "contents": "x", "mode": 420}]}),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    assert_eq!(err_kind(&probe_results(&report)[0]), Some("conflict"));
+}
+
+#[test]
+fn reads_list_and_stat_see_the_files() {
+    let host = Host::new();
+    host.write("/etc/cni/net.d/10-a.conflist", "a");
+    host.write("/etc/cni/net.d/20-b.conflist", "bb");
+    std::fs::create_dir(host.path("/etc/cni/net.d/sub")).unwrap();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [
+                {"op": "list-dir", "path": "/etc/cni/net.d"},
+                {"op": "read-file", "path": "/etc/cni/net.d/20-b.conflist"},
+                {"op": "stat", "path": "/etc/cni/net.d/20-b.conflist"},
+                {"op": "stat", "path": "/etc/cni/net.d/missing"},
+                {"op": "read-file", "path": "/etc/cni/net.d/missing"},
+                {"op": "read-file", "path": "/etc/cni/net.d/sub"},
+            ]}),
+            "files: {read: [/etc/cni/net.d]}",
+        )
+        .unwrap();
+    let r = probe_results(&report);
+    let names: Vec<_> = r[0]["ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("10-a.conflist"), json!("20-b.conflist"), json!("sub")]
+    );
+    assert_eq!(r[0]["ok"][2]["kind"], "directory");
+    assert_eq!(r[1]["ok"], "bb");
+    assert_eq!(r[2]["ok"]["size"], 2);
+    assert_eq!(r[2]["ok"]["kind"], "file");
+    assert_eq!(r[3]["ok"], json!(null));
+    assert_eq!(err_kind(&r[4]), Some("not-found"));
+    assert_eq!(err_kind(&r[5]), Some("conflict"));
+}
+
+#[test]
+fn remove_reports_whether_something_was_removed() {
+    let host = Host::new();
+    host.write("/opt/cni/bin/old", "x");
+    std::fs::create_dir_all(host.path("/opt/cni/bin/full/inner")).unwrap();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [
+                {"op": "remove", "path": "/opt/cni/bin/old"},
+                {"op": "remove", "path": "/opt/cni/bin/old"},
+                {"op": "remove", "path": "/opt/cni/bin/full"},
+                {"op": "remove", "path": "/opt/cni/bin/full/inner"},
+            ]}),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    let r = probe_results(&report);
+    assert_eq!(r[0]["ok"], true);
+    assert_eq!(r[1]["ok"], false);
+    assert_eq!(err_kind(&r[2]), Some("conflict"));
+    assert_eq!(r[3]["ok"], true);
+    assert!(!host.path("/opt/cni/bin/old").exists());
+}
+
+#[test]
+fn readers_never_see_a_mix_during_repeated_rewrites() {
+    let host = Arc::new(Host::new());
+    std::fs::create_dir_all(host.path("/opt/cni/bin")).unwrap();
+    const SIZE: usize = 256 * 1024;
+    const REWRITES: usize = 60;
+    let (a, b) = ("a".repeat(SIZE), "b".repeat(SIZE));
+    host.write("/opt/cni/bin/plugin", &a);
+    let ops: Vec<_> = (0..REWRITES)
+        .map(|i| {
+            let contents = if i % 2 == 0 { &b } else { &a };
+            json!({"op": "ensure-file", "path": "/opt/cni/bin/plugin", "contents": contents, "mode": 420})
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(2));
+    let reader = {
+        let (path, done, start) = (
+            host.path("/opt/cni/bin/plugin"),
+            done.clone(),
+            start.clone(),
+        );
+        std::thread::spawn(move || {
+            start.wait();
+            let mut reads = 0;
+            let mut seen = [false; 2];
+            while !done.load(Ordering::Relaxed) {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(bytes.len(), SIZE, "a reader saw a partial file");
+                let first = bytes[0];
+                assert!(
+                    bytes.iter().all(|&c| c == first),
+                    "a reader saw a mix of two versions"
+                );
+                seen[usize::from(first == b'b')] = true;
+                reads += 1;
+            }
+            (reads, seen)
+        })
+    };
+    start.wait();
+    let report = host
+        .run(
+            "probe",
+            &json!({ "ops": ops }),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (reads, seen) = reader.join().unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    assert_eq!(report.effects.len(), REWRITES);
+    assert!(reads > 10, "the reader only read {reads} times");
+    assert!(
+        seen[0] && seen[1],
+        "the reader never saw both versions: {seen:?}"
+    );
+    // No temp files are left behind.
+    let left: Vec<_> = std::fs::read_dir(host.path("/opt/cni/bin"))
+        .unwrap()
+        .collect();
+    assert_eq!(left.len(), 1);
+}
+
+#[test]
+fn cni_install_second_run_changes_nothing_and_keeps_mtimes() {
+    let host = Host::new();
+    let params = json!({"name": "demo", "subnet": "10.22.0.0/16"});
+    let first = host.run("cni-install", &params, CNI_GRANT).unwrap();
+    assert!(first.status.is_success(), "{}", first.status);
+    assert!(first.outcome.as_ref().unwrap().changed);
+    let conflist = host.path("/etc/cni/net.d/10-demo.conflist");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    assert_eq!(json["name"], "demo");
+    assert!(json.to_string().contains("10.22.0.0/16"), "{json}");
+    let installed: Vec<_> = std::fs::read_dir(host.path("/opt/cni/bin"))
+        .unwrap()
+        .collect();
+    assert!(!installed.is_empty());
+
+    let before = host.snapshot();
+    let second = host.run("cni-install", &params, CNI_GRANT).unwrap();
+    assert!(second.status.is_success(), "{}", second.status);
+    assert!(
+        !second.outcome.as_ref().unwrap().changed,
+        "{:?}",
+        second.outcome
+    );
+    assert!(second.effects.is_empty(), "{:?}", second.effects);
+    // The snapshot includes every mtime (to the nanosecond) and inode.
+    assert_eq!(host.snapshot(), before);
+}
+
+#[test]
+fn cni_install_with_bad_params_fails_naming_the_field_and_changes_nothing() {
+    let host = Host::new();
+    let report = host
+        .run("cni-install", &json!({"subnet": "10.22.0.0/99"}), CNI_GRANT)
+        .unwrap();
+    assert!(!report.status.is_success());
+    assert!(
+        report.status.to_string().contains("subnet"),
+        "{}",
+        report.status
+    );
+    assert!(host.snapshot().is_empty());
+}
+
+#[test]
+fn plan_mode_reports_changes_without_making_them() {
+    let host = Host::new();
+    let module = host.load("cni-install");
+    let mut req = request(&json!({}), CNI_GRANT);
+    req.mode = Mode::Plan;
+    let report = host.runtime.run(&module, req).unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    assert!(!report.effects.is_empty());
+    assert!(report.effects.iter().all(|e| !e.applied));
+    assert!(host.snapshot().is_empty(), "plan mode changed the host");
+}

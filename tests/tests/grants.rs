@@ -1,0 +1,127 @@
+//! Grants: an ungranted import never starts; a call outside its scope is
+//! denied and changes nothing; the node policy bounds the grant.
+
+use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::{Error, RunRequest};
+use hostaction_tests::{Host, err_kind, probe_results};
+use serde_json::json;
+
+#[test]
+fn ungranted_files_import_is_refused_before_the_component_starts() {
+    let host = Host::new();
+    let params = json!({"ops": [
+        {"op": "log", "message": "started"},
+        {"op": "ensure-dir", "path": "/opt/cni", "mode": 493},
+    ]});
+    // A grant with another capability only: `files` is missing.
+    let err = host
+        .run("probe", &params, "services: {units: [x.service]}")
+        .unwrap_err();
+    match &err {
+        Error::Refused(missing) => {
+            assert_eq!(missing.len(), 1, "{missing:?}");
+            assert!(missing[0].contains("`files`"), "{missing:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(err.exit_code(), 3);
+    assert!(
+        host.snapshot().is_empty(),
+        "the refused action changed the host"
+    );
+}
+
+#[test]
+fn call_outside_the_granted_directories_is_denied_and_changes_nothing() {
+    let host = Host::new();
+    host.write("/etc/passwd", "root:x:0:0\n");
+    let before = host.snapshot();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [
+                {"op": "ensure-file", "path": "/etc/passwd", "contents": "pwned", "mode": 420},
+                {"op": "read-file", "path": "/etc/passwd"},
+                {"op": "remove", "path": "/etc/passwd"},
+                {"op": "ensure-dir", "path": "/etc/cron.d", "mode": 493},
+                {"op": "ensure-file", "path": "/opt/cni/binary", "contents": "x", "mode": 420},
+            ]}),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    let results = probe_results(&report);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(err_kind(r), Some("permission-denied"), "op {i}: {r}");
+    }
+    // The message names what is granted, so the author knows what to ask for.
+    assert!(
+        results[0]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/opt/cni/bin")
+    );
+    assert_eq!(host.snapshot(), before);
+    assert!(report.effects.is_empty());
+}
+
+#[test]
+fn read_grant_does_not_allow_writes() {
+    let host = Host::new();
+    host.write("/etc/cni/net.d/10-x.conflist", "{}");
+    let before = host.snapshot();
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [
+                {"op": "read-file", "path": "/etc/cni/net.d/10-x.conflist"},
+                {"op": "ensure-file", "path": "/etc/cni/net.d/10-x.conflist", "contents": "[]", "mode": 420},
+            ]}),
+            "files: {read: [/etc/cni]}",
+        )
+        .unwrap();
+    let results = probe_results(&report);
+    assert_eq!(results[0]["ok"], "{}");
+    assert_eq!(err_kind(&results[1]), Some("permission-denied"));
+    assert_eq!(host.snapshot(), before);
+}
+
+#[test]
+fn node_policy_bounds_the_grant() {
+    let host = Host::new();
+    let grant = Grant::parse("files: {write: [/opt, /etc]}", "grant").unwrap();
+    let policy = Grant::parse("files: {write: [/opt/cni/bin]}", "policy").unwrap();
+    let module = host.load("probe");
+    let params = json!({"ops": [
+        {"op": "ensure-dir", "path": "/opt/cni/bin", "mode": 493},
+        {"op": "ensure-dir", "path": "/opt/other", "mode": 493},
+        {"op": "ensure-dir", "path": "/etc/cni", "mode": 493},
+    ]});
+    let request = RunRequest::new(
+        params.to_string(),
+        EffectiveGrant::new(&grant, Some(&policy)).unwrap(),
+    );
+    let report = host.runtime.run(&module, request).unwrap();
+    let results = probe_results(&report);
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(err_kind(&results[1]), Some("permission-denied"));
+    assert_eq!(err_kind(&results[2]), Some("permission-denied"));
+    assert!(host.path("/opt/cni/bin").is_dir());
+    assert!(!host.path("/opt/other").exists() && !host.path("/etc").exists());
+}
+
+#[test]
+fn policy_that_leaves_nothing_of_the_files_grant_refuses_the_module() {
+    let host = Host::new();
+    let grant = Grant::parse("files: {write: [/opt/cni/bin]}", "grant").unwrap();
+    let policy = Grant::parse("files: {write: [/var/lib/x]}", "policy").unwrap();
+    let module = host.load("probe");
+    let request = RunRequest::new(
+        "{\"ops\": []}",
+        EffectiveGrant::new(&grant, Some(&policy)).unwrap(),
+    );
+    let err = host.runtime.run(&module, request).unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m[0].contains("node policy")),
+        "{err}"
+    );
+}
