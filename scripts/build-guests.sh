@@ -86,9 +86,14 @@ route=$(pick_route)
 export CARGO_TARGET_DIR="$build_dir"
 # Guests ship without DWARF (1.9 MB -> ~20 KB for a small action, and less for
 # the host to compile); the name section stays, so traps still name functions.
-# GUEST_DEBUG=1 keeps line tables. Changing this rebuilds std (~1 min).
+# GUEST_DEBUG=1 keeps line tables. Size-optimized with LTO: about 35% smaller
+# components (cni-install 262 KB -> 166 KB) for no longer a clean build, since
+# std is rebuilt either way. Changing any of this rebuilds std (~1.5 min).
 profile_env=${profile^^}
 profile_env=${profile_env//-/_}
+export "CARGO_PROFILE_${profile_env}_OPT_LEVEL=s"
+export "CARGO_PROFILE_${profile_env}_LTO=true"
+export "CARGO_PROFILE_${profile_env}_CODEGEN_UNITS=1"
 if [[ "${GUEST_DEBUG:-0}" == 1 ]]; then
     export "CARGO_PROFILE_${profile_env}_DEBUG=line-tables-only"
     export "CARGO_PROFILE_${profile_env}_STRIP=none"
