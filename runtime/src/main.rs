@@ -15,6 +15,14 @@ use hostaction_runtime::engine::{Limits, Provided};
 use hostaction_runtime::grant::{EffectiveGrant, Grant};
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 
+/// Appends a formatted line to the output buffer.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "hostaction",
@@ -107,7 +115,7 @@ fn main() -> ExitCode {
             if output == Output::Json {
                 let json =
                     serde_json::json!({"error": {"kind": e.label(), "message": e.to_string()}});
-                println!("{json}");
+                emit(&format!("{json}\n"));
             } else {
                 eprintln!("hostaction: {e}");
             }
@@ -184,7 +192,7 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
                 "hostRoot": args.host_root,
                 "report": report,
             });
-            println!("{json:#}");
+            emit(&format!("{json:#}\n"));
         }
         Output::Text => print_report(&args.module, &module, &report),
     }
@@ -192,51 +200,69 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
 }
 
 fn print_report(path: &Path, module: &LoadedModule, report: &RunReport) {
-    println!("action   {} ({})", path.display(), module.digest);
+    let mut out = String::new();
+    outln!(out, "action   {} ({})", path.display(), module.digest);
     let mode = if report.mode == Mode::Plan {
         " (plan)"
     } else {
         ""
     };
-    println!("status   {}{mode}", report.status);
+    outln!(out, "status   {}{mode}", report.status);
     if let Some(outcome) = &report.outcome {
-        println!("outcome  changed={} {}", outcome.changed, outcome.message);
+        outln!(
+            out,
+            "outcome  changed={} {}",
+            outcome.changed,
+            outcome.message
+        );
         for (k, v) in &outcome.facts {
-            println!("  fact   {k} = {v}");
+            outln!(out, "  fact   {k} = {v}");
         }
     }
     if report.effects.is_empty() {
-        println!("changes  none");
+        outln!(out, "changes  none");
     } else {
-        println!("changes  {}", report.effects.len());
+        outln!(out, "changes  {}", report.effects.len());
         for e in &report.effects {
             let planned = if e.applied { "" } else { " [planned]" };
-            println!(
+            outln!(
+                out,
                 "  {} {} {} ({}){planned}",
-                e.capability, e.action, e.target, e.detail
+                e.capability,
+                e.action,
+                e.target,
+                e.detail
             );
         }
     }
     if !report.log.is_empty() {
-        println!("log");
+        outln!(out, "log");
         for line in &report.log {
-            println!("  {:<5} {}", line.level, line.message);
+            outln!(out, "  {:<5} {}", line.level, line.message);
         }
     }
     if report.log_dropped_bytes > 0 {
-        println!(
+        outln!(
+            out,
             "  [log truncated: {} bytes dropped]",
             report.log_dropped_bytes
         );
     }
     let t = &report.timing;
-    println!(
+    outln!(
+        out,
         "timing   load {} µs ({:?}), instantiate {} µs, run {} µs, total {} µs",
-        module.load_us, module.source, t.instantiate_us, t.run_us, t.total_us
+        module.load_us,
+        module.source,
+        t.instantiate_us,
+        t.run_us,
+        t.total_us
     );
+    emit(&out);
 }
 
 fn print_inspect(module: &LoadedModule, output: Output) {
+    let mut out = String::new();
     if output == Output::Json {
         let json = serde_json::json!({
             "digest": module.digest,
@@ -245,11 +271,12 @@ fn print_inspect(module: &LoadedModule, output: Output) {
             "runnable": module.unrunnable().is_none(),
             "unrunnableReason": module.unrunnable(),
         });
-        println!("{json:#}");
+        outln!(out, "{json:#}");
+        emit(&out);
         return;
     }
-    println!("digest  {}", module.digest);
-    println!("capabilities (need a grant):");
+    outln!(out, "digest  {}", module.digest);
+    outln!(out, "capabilities (need a grant):");
     let caps: Vec<_> = module
         .imports
         .iter()
@@ -259,24 +286,31 @@ fn print_inspect(module: &LoadedModule, output: Output) {
         })
         .collect();
     if caps.is_empty() {
-        println!("  none");
+        outln!(out, "  none");
     }
     for line in caps {
-        println!("{line}");
+        outln!(out, "{line}");
     }
-    println!("always provided:");
+    outln!(out, "always provided:");
     for i in &module.imports {
         match i.provided {
-            Provided::Always => println!("  {}", i.name),
-            Provided::LockedDownWasi => println!("  {} (locked-down WASI)", i.name),
+            Provided::Always => outln!(out, "  {}", i.name),
+            Provided::LockedDownWasi => outln!(out, "  {} (locked-down WASI)", i.name),
             _ => {}
         }
     }
-    println!("exports:");
+    outln!(out, "exports:");
     for e in &module.exports {
-        println!("  {e}");
+        outln!(out, "  {e}");
     }
     if let Some(why) = module.unrunnable() {
-        println!("not runnable: {why}");
+        outln!(out, "not runnable: {why}");
     }
+    emit(&out);
+}
+
+/// Writes the output at once; a closed pipe (`| head`) is not an error.
+fn emit(out: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }

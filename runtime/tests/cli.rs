@@ -1,5 +1,8 @@
 //! The `hostaction` CLI as a user runs it: outputs and exit codes.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

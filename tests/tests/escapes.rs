@@ -1,6 +1,9 @@
 //! Path escapes: every way out of a granted directory is denied, and the host
 //! tree is unchanged afterwards.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::symlink;
 
 use hostaction_runtime::{Runtime, RuntimeConfig};

@@ -1,6 +1,9 @@
 //! The files capability end to end: ensure semantics, atomic replacement,
 //! idempotence of cni-install, plan mode, reads.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};

@@ -1,6 +1,9 @@
 //! Grants: an ungranted import never starts; a call outside its scope is
 //! denied and changes nothing; the node policy bounds the grant.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use hostaction_runtime::grant::{EffectiveGrant, Grant};
 use hostaction_runtime::{Error, RunRequest};
 use hostaction_tests::{Host, err_kind, probe_results};

@@ -362,7 +362,7 @@ fn kind_of(file_type: FileType) -> FileKind {
 
 fn stat_of(stat: &rustix::fs::Stat) -> FileStat {
     let secs = u64::try_from(stat.st_mtime).unwrap_or(0);
-    let nanos = u64::try_from(stat.st_mtime_nsec).unwrap_or(0);
+    let nanos = stat.st_mtime_nsec;
     FileStat {
         kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
         size: u64::try_from(stat.st_size).unwrap_or(0),
