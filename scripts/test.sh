@@ -28,5 +28,4 @@ else
 fi
 
 step "cargo test --release"
-cargo test --locked --release --workspace --exclude hostaction-sdk --exclude cni-install \
-    --exclude probe --exclude wrong-export
+cargo test --locked --release --workspace
