@@ -28,4 +28,9 @@ else
 fi
 
 step "cargo test --release"
-cargo test --locked --release --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --release --workspace 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
