@@ -9,7 +9,7 @@
 //!
 //! ```yaml
 //! files:
-//!   read: [/etc/os-release]
+//!   read: [/etc/cni]
 //!   write: [/opt/cni/bin, /etc/cni/net.d]   # write implies read
 //! network:
 //!   netns: [host, "overlay-*"]
@@ -311,14 +311,11 @@ mod tests {
     #[test]
     fn policy_narrows_grant_to_the_deeper_directory() {
         let grant = Grant::parse("files: {write: [/opt/cni, /etc]}", "grant").unwrap();
-        let policy = Grant::parse(
-            "files: {write: [/opt/cni/bin], read: [/etc/os-release]}",
-            "policy",
-        )
-        .unwrap();
+        let policy =
+            Grant::parse("files: {write: [/opt/cni/bin], read: [/etc/cni]}", "policy").unwrap();
         let eff = EffectiveGrant::new(&grant, Some(&policy)).unwrap();
         assert_eq!(dirs(&eff.files_write), ["/opt/cni/bin"]);
-        assert_eq!(dirs(&eff.files_read), ["/opt/cni/bin", "/etc/os-release"]);
+        assert_eq!(dirs(&eff.files_read), ["/opt/cni/bin", "/etc/cni"]);
     }
 
     #[test]
