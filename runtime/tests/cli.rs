@@ -41,6 +41,19 @@ impl Scratch {
         root
     }
 
+    /// Runs cni-install under `root()` with the grant it needs, plus `extra` args.
+    fn run_cni(&self, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+        let grants = self.file(
+            "grants.yaml",
+            "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
+        );
+        let (module, root) = (guest("cni-install"), self.root());
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"run", &module, &"--grants", &grants, &"--host-root", &root];
+        args.extend_from_slice(extra);
+        self.hostaction(&args)
+    }
+
     /// Runs `hostaction` with a cache directory of its own.
     fn hostaction(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_hostaction"))
@@ -63,21 +76,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn run_prints_outcome_changes_and_timing_and_exits_zero() {
     let s = Scratch::new();
-    let grants = s.file(
-        "grants.yaml",
-        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
-    );
-    let root = s.root();
-    let out = s.hostaction(&[
-        &"run",
-        &guest("cni-install"),
-        &"--grants",
-        &grants,
-        &"--host-root",
-        &root,
-        &"--params",
-        &r#"{"name": "cli"}"#,
-    ]);
+    let out = s.run_cni(&[&"--params", &r#"{"name": "cli"}"#]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -89,28 +88,14 @@ fn run_prints_outcome_changes_and_timing_and_exits_zero() {
     assert!(text.contains("status   succeeded"), "{text}");
     assert!(text.contains("/etc/cni/net.d/10-cli.conflist"), "{text}");
     assert!(text.contains("timing"), "{text}");
-    assert!(root.join("etc/cni/net.d/10-cli.conflist").is_file());
+    assert!(s.root().join("etc/cni/net.d/10-cli.conflist").is_file());
 }
 
 #[test]
 fn second_process_loads_from_the_disk_cache_and_reports_no_change() {
     let s = Scratch::new();
-    let grants = s.file(
-        "grants.yaml",
-        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
-    );
-    let root = s.root();
     let run = || {
-        let out = s.hostaction(&[
-            &"run",
-            &guest("cni-install"),
-            &"--grants",
-            &grants,
-            &"--host-root",
-            &root,
-            &"--output",
-            &"json",
-        ]);
+        let out = s.run_cni(&[&"--output", &"json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
@@ -125,25 +110,14 @@ fn second_process_loads_from_the_disk_cache_and_reports_no_change() {
 #[test]
 fn params_from_a_file_with_at() {
     let s = Scratch::new();
-    let grants = s.file(
-        "grants.yaml",
-        "files: {write: [/etc/cni/net.d, /opt/cni/bin]}",
-    );
     let params = s.file("params.json", r#"{"name": "fromfile"}"#);
-    let root = s.root();
-    let at = format!("@{}", params.display());
-    let out = s.hostaction(&[
-        &"run",
-        &guest("cni-install"),
-        &"--grants",
-        &grants,
-        &"--host-root",
-        &root,
-        &"--params",
-        &at,
-    ]);
+    let out = s.run_cni(&[&"--params", &format!("@{}", params.display())]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(root.join("etc/cni/net.d/10-fromfile.conflist").is_file());
+    assert!(
+        s.root()
+            .join("etc/cni/net.d/10-fromfile.conflist")
+            .is_file()
+    );
 }
 
 #[test]
