@@ -79,6 +79,9 @@ struct RunArgs {
     /// Log limit, in KiB; lines past it are dropped and counted.
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     log_limit: usize,
+    /// Outcome limit (its message and facts), in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 64)]
+    outcome_limit: usize,
     /// Plan: reads are real, changes are only reported.
     #[arg(long)]
     plan: bool,
@@ -174,7 +177,7 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
         memory_bytes: args.memory << 20,
         timeout,
         log_bytes: args.log_limit << 10,
-        ..Limits::default()
+        output_bytes: args.outcome_limit << 10,
     };
     let runtime = Runtime::new(RuntimeConfig {
         host_root: args.host_root.clone(),

@@ -287,3 +287,32 @@ fn probe_runs_with_only_log_when_it_calls_no_capability() {
     let report = host.run("probe", &probe(json!([])), GRANT).unwrap();
     assert!(probe_results(&report).is_empty());
 }
+
+#[test]
+fn locked_down_wasi_gives_no_environment_and_no_files() {
+    // (Sockets are denied by the WASI context too; Debian's wasi-libc has no
+    // socket functions to build a Rust probe for them.)
+    let host = Host::new();
+    host.write("/etc/hostname", "node-1\n");
+    let report = host
+        .run(
+            "probe",
+            &probe(json!([
+                {"op": "env"},
+                {"op": "wasi-read", "path": "/etc/hostname"},
+                {"op": "wasi-read", "path": "etc/hostname"},
+                {"op": "wasi-read", "path": "/work"},
+            ])),
+            GRANT,
+        )
+        .unwrap();
+    let r = probe_results(&report);
+    assert_eq!(r[0]["ok"], json!({"vars": 0, "args": 0}));
+    for (i, result) in r[1..].iter().enumerate() {
+        assert!(
+            result.get("err").is_some(),
+            "op {}: WASI allowed it: {result}",
+            i + 1
+        );
+    }
+}

@@ -58,6 +58,10 @@ enum Op {
     Panic { message: String },
     /// Ends the run at once with `Err(message)`.
     Fail { message: String },
+    /// What WASI shows of the environment: `{"vars": n, "args": n}`.
+    Env,
+    /// Reads a file through WASI's filesystem (not the `files` capability).
+    WasiRead { path: String },
 }
 
 /// What one op did: `Ok(value)`, or the capability error.
@@ -121,6 +125,15 @@ fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
             println!("{message}");
             Ok(Value::Null)
         }
+        Op::Env => Ok(json!({
+            "vars": std::env::vars_os().count(),
+            "args": std::env::args_os().count(),
+        })),
+        // Reports std's error as an io error: the WASI layer, not a hostaction
+        // capability, refused it.
+        Op::WasiRead { path } => std::fs::read(&path)
+            .map(|b| Value::from(b.len()))
+            .map_err(|e| Error::Io(e.to_string())),
         Op::Eprint { message } => {
             eprintln!("{message}");
             Ok(Value::Null)
