@@ -162,13 +162,38 @@ impl Grant {
     }
 }
 
+/// One directory the effective grant covers, with the directory it must be
+/// resolved beneath.
+///
+/// Only the node policy's directory (or, with no policy, the grant's own) is
+/// resolved trusting symlinks; the rest of a deeper grant is resolved beneath
+/// it in the kernel, so a symlink inside the policy's directory cannot carry a
+/// grant outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantedDir {
+    /// The directory the scope covers, as actions name paths.
+    pub path: HostPath,
+    /// The directory it is resolved beneath (`path` or one of its ancestors).
+    pub anchor: HostPath,
+}
+
+impl GrantedDir {
+    /// A directory resolved on its own (no policy above it).
+    fn own(path: HostPath) -> Self {
+        Self {
+            anchor: path.clone(),
+            path,
+        }
+    }
+}
+
 /// A grant bounded by a node policy: what one run may actually do.
 #[derive(Debug, Clone, Default)]
 pub struct EffectiveGrant {
-    /// Directories readable (including the writable ones), most specific last.
-    pub files_read: Vec<HostPath>,
+    /// Directories readable (including the writable ones).
+    pub files_read: Vec<GrantedDir>,
     /// Directories writable.
-    pub files_write: Vec<HostPath>,
+    pub files_write: Vec<GrantedDir>,
     /// Why `files` is not granted, when the grant asked for it but the policy
     /// left nothing of it.
     files_denied_by_policy: bool,
@@ -198,7 +223,10 @@ impl EffectiveGrant {
             let g_read = parse_all(&files.read.iter().chain(&files.write).collect::<Vec<_>>())?;
             let asked = !g_read.is_empty();
             match policy.map(|p| p.files.as_ref()) {
-                None => (read, write) = (g_read, g_write),
+                None => {
+                    read = g_read.into_iter().map(GrantedDir::own).collect();
+                    write = g_write.into_iter().map(GrantedDir::own).collect();
+                }
                 Some(None) => {}
                 Some(Some(p)) => {
                     let p_write = parse_all(&p.write.iter().collect::<Vec<_>>())?;
@@ -257,20 +285,23 @@ fn bounded<T: Clone>(grant: Option<&T>, policy: Option<Option<&T>>) -> Option<(T
 }
 
 /// The directories covered by both lists: for each pair where one contains the
-/// other, the deeper one.
-fn intersect(a: &[HostPath], b: &[HostPath]) -> Vec<HostPath> {
-    let mut out: Vec<HostPath> = Vec::new();
-    for x in a {
-        for y in b {
-            let deeper = if x.starts_with(y) {
-                x
-            } else if y.starts_with(x) {
-                y
+/// other, the deeper one, anchored at the policy's directory.
+fn intersect(grant: &[HostPath], policy: &[HostPath]) -> Vec<GrantedDir> {
+    let mut out: Vec<GrantedDir> = Vec::new();
+    for g in grant {
+        for p in policy {
+            let dir = if g.starts_with(p) {
+                GrantedDir {
+                    path: g.clone(),
+                    anchor: p.clone(),
+                }
+            } else if p.starts_with(g) {
+                GrantedDir::own(p.clone())
             } else {
                 continue;
             };
-            if !out.contains(deeper) {
-                out.push(deeper.clone());
+            if !out.contains(&dir) {
+                out.push(dir);
             }
         }
     }
@@ -304,8 +335,8 @@ impl Capability {
 mod tests {
     use super::*;
 
-    fn dirs(paths: &[HostPath]) -> Vec<String> {
-        paths.iter().map(ToString::to_string).collect()
+    fn dirs(dirs: &[GrantedDir]) -> Vec<String> {
+        dirs.iter().map(|d| d.path.to_string()).collect()
     }
 
     #[test]
@@ -316,6 +347,10 @@ mod tests {
         let eff = EffectiveGrant::new(&grant, Some(&policy)).unwrap();
         assert_eq!(dirs(&eff.files_write), ["/opt/cni/bin"]);
         assert_eq!(dirs(&eff.files_read), ["/opt/cni/bin", "/etc/cni"]);
+        // A grant deeper than the policy is resolved beneath the policy's directory.
+        let deeper = Grant::parse("files: {write: [/opt/cni/bin/sub]}", "grant").unwrap();
+        let eff = EffectiveGrant::new(&deeper, Some(&policy)).unwrap();
+        assert_eq!(eff.files_write[0].anchor.to_string(), "/opt/cni/bin");
     }
 
     #[test]

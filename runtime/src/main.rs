@@ -173,11 +173,15 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
                 args.timeout
             ))
         })?;
+    let bytes = |flag: &str, n: usize, unit: usize| {
+        n.checked_mul(unit)
+            .ok_or_else(|| Error::BadParams(format!("--{flag} {n}: too large")))
+    };
     let limits = Limits {
-        memory_bytes: args.memory << 20,
+        memory_bytes: bytes("memory", args.memory, 1 << 20)?,
         timeout,
-        log_bytes: args.log_limit << 10,
-        output_bytes: args.outcome_limit << 10,
+        log_bytes: bytes("log-limit", args.log_limit, 1 << 10)?,
+        output_bytes: bytes("outcome-limit", args.outcome_limit, 1 << 10)?,
     };
     let runtime = Runtime::new(RuntimeConfig {
         host_root: args.host_root.clone(),

@@ -184,6 +184,7 @@ fn write_to_a_hard_link_of_a_file_outside_the_grant_is_denied() {
         json!([
             {"op": "ensure-file", "path": "/opt/cni/bin/hl", "contents": "pwned", "mode": 420},
             {"op": "ensure-file", "path": "/opt/cni/bin/hl", "contents": "top secret", "mode": 511},
+            {"op": "read-file", "path": "/opt/cni/bin/hl"},
         ]),
         &["permission-denied"],
     );

@@ -128,3 +128,33 @@ fn policy_that_leaves_nothing_of_the_files_grant_refuses_the_module() {
         "{err}"
     );
 }
+
+#[test]
+fn grant_through_a_symlink_in_the_policy_directory_cannot_leave_it() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/var/lib/foo")).unwrap();
+    host.write("/etc/passwd", "root:x:0:0\n");
+    std::os::unix::fs::symlink("/", host.path("/var/lib/foo/abs")).unwrap();
+    std::os::unix::fs::symlink("../../..", host.path("/var/lib/foo/rel")).unwrap();
+    let policy = Grant::parse("files: {write: [/var/lib/foo]}", "policy").unwrap();
+    let module = host.load("probe");
+    let before = host.snapshot();
+    for link in ["abs", "rel"] {
+        let grant_doc = format!("files: {{write: [/var/lib/foo/{link}/etc]}}");
+        let grant = Grant::parse(&grant_doc, "grant").unwrap();
+        let params = json!({"ops": [
+            {"op": "ensure-file", "path": format!("/var/lib/foo/{link}/etc/passwd"), "contents": "pwned", "mode": 420},
+            {"op": "read-file", "path": format!("/var/lib/foo/{link}/etc/passwd")},
+            {"op": "ensure-dir", "path": format!("/var/lib/foo/{link}/etc/cron.d"), "mode": 493},
+        ]});
+        let request = RunRequest::new(
+            params.to_string(),
+            EffectiveGrant::new(&grant, Some(&policy)).unwrap(),
+        );
+        let report = host.runtime.run(&module, request).unwrap();
+        for r in probe_results(&report) {
+            assert_eq!(err_kind(&r), Some("permission-denied"), "{link}: {r}");
+        }
+    }
+    assert_eq!(host.snapshot(), before);
+}

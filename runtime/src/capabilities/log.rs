@@ -29,6 +29,10 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What each line costs against the log limit besides its text, so that a
+/// guest writing empty lines cannot grow the log without bound.
+const LINE_OVERHEAD: usize = 64;
+
 /// A run's log, capped at a number of bytes; what does not fit is counted.
 #[derive(Debug)]
 pub struct RunLog {
@@ -54,12 +58,14 @@ impl RunLog {
 
     /// Appends a line, or counts it as dropped once the log is full.
     pub fn push(&mut self, level: &'static str, source: Source, message: String) {
-        // The guest controls the size of every message: never hold more than the cap.
-        if self.bytes + message.len() > self.limit {
+        // The guest controls the size and number of messages: never hold more
+        // than the cap.
+        let cost = message.len() + LINE_OVERHEAD;
+        if self.bytes + cost > self.limit {
             self.dropped_bytes += message.len();
             return;
         }
-        self.bytes += message.len();
+        self.bytes += cost;
         self.lines.push(LogLine {
             level,
             source,
@@ -132,13 +138,22 @@ mod tests {
 
     #[test]
     fn log_past_its_limit_counts_dropped_bytes() {
-        let mut log = RunLog::new(10);
+        let mut log = RunLog::new(10 + 2 * LINE_OVERHEAD);
         log.push("info", Source::Log, "12345".into());
         log.push("info", Source::Log, "123456".into());
         log.push("info", Source::Log, "12345".into());
         let (lines, dropped) = log.finish();
         assert_eq!(lines.len(), 2);
         assert_eq!(dropped, 6);
+    }
+
+    #[test]
+    fn empty_lines_count_against_the_limit() {
+        let mut log = RunLog::new(10 * LINE_OVERHEAD);
+        for _ in 0..1000 {
+            log.push("info", Source::Log, String::new());
+        }
+        assert_eq!(log.finish().0.len(), 10);
     }
 
     #[test]

@@ -96,30 +96,54 @@ impl types::Host for RunState {
 /// Memory and table caps of one run; records the first refusal so the report
 /// can say "memory limit reached" instead of a bare trap.
 pub(crate) struct StoreLimits {
+    /// The cap on all of the run's linear memories together.
     pub(crate) memory_bytes: usize,
+    /// Bytes of linear memory the run holds now, over all its memories.
+    pub(crate) memory_used: usize,
     pub(crate) hit: Option<String>,
 }
 
-/// Table elements one run may allocate (guards against a table bomb).
+/// Table elements one table may have (guards against a table bomb).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Instances, memories and tables one run may create (a component is a few
+/// core instances; Python and JavaScript ones a few dozen).
+const MAX_INSTANCES: usize = 1_000;
 
 impl ResourceLimiter for StoreLimits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        // A component has several core memories: the cap is on their sum.
+        let total = self
+            .memory_used
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.memory_bytes {
             let msg = format!(
                 "linear memory limit of {} MiB reached (the action asked for {} MiB)",
                 self.memory_bytes >> 20,
-                desired.div_ceil(1 << 20)
+                total.div_ceil(1 << 20)
             );
             self.hit.get_or_insert(msg.clone());
             return Err(wasmtime::format_err!(msg));
         }
+        self.memory_used = total;
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_INSTANCES
     }
 
     fn table_growing(

@@ -9,6 +9,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -80,8 +81,10 @@ impl DiskCache {
     /// Writes the precompiled component atomically. A failure only costs a
     /// compile next time, so it is logged, not returned.
     pub fn store(&self, digest: &str, component: &Component) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(digest);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         let written = component
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))
@@ -96,7 +99,7 @@ impl DiskCache {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
+    let mut file = std::fs::File::create_new(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }

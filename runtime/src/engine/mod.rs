@@ -314,7 +314,9 @@ impl Runtime {
 
         let limits = request.limits;
         let log = Arc::new(Mutex::new(RunLog::new(limits.log_bytes)));
-        let deadline = start + limits.timeout;
+        let deadline = start.checked_add(limits.timeout).ok_or_else(|| {
+            Error::BadParams(format!("timeout {:?} is too large", limits.timeout))
+        })?;
         let state = RunState {
             grant: request.grant,
             host_root: Arc::clone(&self.host_root),
@@ -325,6 +327,7 @@ impl Runtime {
             deadline,
             limits: StoreLimits {
                 memory_bytes: limits.memory_bytes,
+                memory_used: 0,
                 hit: None,
             },
             table: ResourceTable::new(),
@@ -456,7 +459,9 @@ fn truncate(mut message: String, cap: usize) -> String {
 }
 
 fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
+    u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
 }
 
 fn micros(since: Instant) -> u64 {

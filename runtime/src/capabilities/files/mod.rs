@@ -25,6 +25,7 @@ pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
 use crate::effects::Mode::Plan;
+use crate::grant::GrantedDir;
 
 /// Largest file `ensure-file` writes or `read-file` reads.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
@@ -60,15 +61,27 @@ impl HostRoot {
         &self.path
     }
 
-    /// Opens a granted directory. Symlinks on the way are resolved as if the
-    /// host root were `/` (the administrator named this directory).
-    fn open_granted(&self, dir: &HostPath) -> Result<OwnedFd, Errno> {
-        rustix::fs::openat2(
-            &self.fd,
-            dir.relative_to(&HostPath::root()),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    /// Opens `dir`, a granted directory or one of its ancestors. Up to
+    /// `anchor` (the directory the node administrator named) symlinks are
+    /// resolved as if the host root were `/`; below it, beneath `anchor`.
+    fn open_dir(&self, anchor: &HostPath, dir: &HostPath) -> Result<OwnedFd, Errno> {
+        let in_root = |d: &HostPath| {
+            rustix::fs::openat2(
+                &self.fd,
+                d.relative_to(&HostPath::root()),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            )
+        };
+        if anchor.starts_with(dir) {
+            return in_root(dir);
+        }
+        let anchor_fd = in_root(anchor)?;
+        open_beneath(
+            &anchor_fd,
+            &dir.relative_to(anchor),
+            OFlags::RDONLY | OFlags::DIRECTORY,
         )
     }
 }
@@ -95,6 +108,8 @@ enum Access {
 struct Scoped {
     path: HostPath,
     granted: HostPath,
+    /// Where `granted` is resolved beneath (see [`GrantedDir`]).
+    anchor: HostPath,
 }
 
 impl Scoped {
@@ -159,18 +174,25 @@ impl RunState {
         // The most specific granted directory that contains the path.
         let granted = dirs
             .iter()
-            .filter(|d| path.starts_with(d))
-            .max_by_key(|d| d.components().len())
+            .filter(|d| path.starts_with(&d.path))
+            .max_by_key(|d| d.path.components().len())
             .cloned();
         match granted {
-            Some(granted) => Ok(Scoped { path, granted }),
+            Some(GrantedDir {
+                path: granted,
+                anchor,
+            }) => Ok(Scoped {
+                path,
+                granted,
+                anchor,
+            }),
             None => Err(CapError::PermissionDenied(format!(
                 "files: {path} is outside the directories granted for {word} ({})",
                 if dirs.is_empty() {
                     "none".to_owned()
                 } else {
                     dirs.iter()
-                        .map(ToString::to_string)
+                        .map(|d| d.path.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 }
@@ -180,7 +202,7 @@ impl RunState {
 
     fn open_granted(&self, scoped: &Scoped) -> Result<OwnedFd, CapError> {
         self.host_root
-            .open_granted(&scoped.granted)
+            .open_dir(&scoped.anchor, &scoped.granted)
             .map_err(|e| match e {
                 Errno::NOENT => CapError::NotFound(format!(
                     "granted directory {} does not exist on this host (ensure-dir creates it)",
@@ -208,14 +230,14 @@ impl RunState {
         for part in scoped.granted.components() {
             let dir = HostPath::parse(&format!("{parent}/{part}"))
                 .map_err(|e| CapError::InvalidArgument(e.to_string()))?;
-            if self.host_root.open_granted(&dir).is_err() {
+            if self.host_root.open_dir(&scoped.anchor, &dir).is_err() {
                 if self.effects.mode() == Plan {
                     self.plan_dirs(&dir, &scoped.path, mode)?;
                     return Ok(false);
                 }
                 let parent_fd = self
                     .host_root
-                    .open_granted(&parent)
+                    .open_dir(&scoped.anchor, &parent)
                     .map_err(|e| scoped.err(e))?;
                 let target = dir.to_string();
                 self.effects
@@ -265,7 +287,13 @@ impl RunState {
 /// `mkdirat` then `fchmod`, so the mode is exact whatever the umask.
 fn make_dir(parent: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
     rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode))?;
-    let fd = open_beneath(&parent, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    // NOFOLLOW: if the new directory was swapped for a symlink meanwhile, the
+    // chmod must not land on whatever it points to.
+    let fd = open_beneath(
+        &parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+    )?;
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
 }
 
@@ -417,7 +445,8 @@ impl files::Host for RunState {
                     if st.st_mode & 0o7777 == mode
                         && usize::try_from(st.st_size) == Ok(contents.len())
                     {
-                        let fd = open_beneath(&dir, &name, OFlags::RDONLY | OFlags::NOFOLLOW)
+                        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+                        let fd = open_beneath(&dir, &name, flags | OFlags::NOCTTY)
                             .map_err(|e| scoped.err(e))?;
                         if read_all(&fd, &scoped.path)? == contents {
                             return Ok(false);
@@ -450,9 +479,45 @@ impl files::Host for RunState {
     fn read_file(&mut self, path: String) -> Result<Vec<u8>, CapError> {
         let scoped = self.scope(&path, Access::Read)?;
         let granted = self.open_granted(&scoped)?;
-        // NONBLOCK: opening a FIFO must not hang the run; `read_all` refuses it.
-        let fd = open_beneath(&granted, &scoped.rel(), OFlags::RDONLY | OFlags::NONBLOCK)
-            .map_err(|e| scoped.err(e))?;
+        // Look before opening for reading: opening a device or a FIFO can have
+        // effects of its own, and a hard link could name a file outside.
+        let probe =
+            open_beneath(&granted, &scoped.rel(), OFlags::PATH).map_err(|e| scoped.err(e))?;
+        let seen = rustix::fs::fstat(&probe).map_err(|e| scoped.err(e))?;
+        match FileType::from_raw_mode(seen.st_mode) {
+            FileType::RegularFile if seen.st_nlink > 1 => {
+                return Err(CapError::PermissionDenied(format!(
+                    "files: {} has {} hard links; one could be a file outside the grant",
+                    scoped.path, seen.st_nlink
+                )));
+            }
+            FileType::RegularFile => {}
+            FileType::Directory => {
+                return Err(CapError::Conflict(format!(
+                    "{} is a directory",
+                    scoped.path
+                )));
+            }
+            _ => {
+                return Err(CapError::Conflict(format!(
+                    "{} is not a regular file",
+                    scoped.path
+                )));
+            }
+        }
+        let fd = open_beneath(
+            &granted,
+            &scoped.rel(),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+        )
+        .map_err(|e| scoped.err(e))?;
+        let opened = rustix::fs::fstat(&fd).map_err(|e| scoped.err(e))?;
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) {
+            return Err(CapError::Conflict(format!(
+                "{} was replaced while being opened; try again",
+                scoped.path
+            )));
+        }
         read_all(&fd, &scoped.path)
     }
 
@@ -485,7 +550,7 @@ impl files::Host for RunState {
             return Ok(true);
         }
         let mut changed = false;
-        let granted = match self.host_root.open_granted(&scoped.granted) {
+        let granted = match self.host_root.open_dir(&scoped.anchor, &scoped.granted) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 if !self.create_granted(&scoped, mode)? {
