@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hostaction_runtime::effects::Mode;
-use hostaction_runtime::engine::{Limits, Provided};
+use hostaction_runtime::engine::{Limits, LoadSource, Provided};
 use hostaction_runtime::grant::{EffectiveGrant, Grant};
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 
@@ -258,9 +258,13 @@ fn print_report(path: &Path, module: &LoadedModule, report: &RunReport) {
     let t = &report.timing;
     outln!(
         out,
-        "timing   load {} µs ({:?}), instantiate {} µs, run {} µs, total {} µs",
+        "timing   load {} µs ({}), instantiate {} µs, run {} µs, total {} µs",
         module.load_us,
-        module.source,
+        match module.source {
+            LoadSource::Compiled => "compiled",
+            LoadSource::DiskCache => "precompiled, from the disk cache",
+            LoadSource::Memory => "in memory",
+        },
         t.instantiate_us,
         t.run_us,
         t.total_us
