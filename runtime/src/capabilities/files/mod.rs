@@ -226,26 +226,28 @@ impl RunState {
     /// host root), recording each creation. Returns false in plan mode, where
     /// the whole missing chain down to the path was recorded instead.
     fn create_granted(&mut self, scoped: &Scoped, mode: u32) -> Result<bool, CapError> {
-        let mut parent = HostPath::root();
-        for part in scoped.granted.components() {
-            let dir = HostPath::parse(&format!("{parent}/{part}"))
-                .map_err(|e| CapError::InvalidArgument(e.to_string()))?;
-            if self.host_root.open_dir(&scoped.anchor, &dir).is_err() {
-                if self.effects.mode() == Plan {
-                    self.plan_dirs(&dir, &scoped.path, mode)?;
-                    return Ok(false);
-                }
-                let parent_fd = self
-                    .host_root
-                    .open_dir(&scoped.anchor, &parent)
-                    .map_err(|e| scoped.err(e))?;
-                let target = dir.to_string();
-                self.effects
-                    .apply("files", "create-dir", &target, "mode 0755".into(), || {
-                        make_dir(&parent_fd, part, 0o755).map_err(|e| scoped.err(e))
-                    })?;
+        for (i, part) in scoped.granted.components().iter().enumerate() {
+            let dir = scoped.granted.ancestor(i + 1);
+            match self.host_root.open_dir(&scoped.anchor, &dir) {
+                Ok(_) => continue,
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(scoped.err(e)),
             }
-            parent = dir;
+            if self.effects.mode() == Plan {
+                self.plan_dirs(&dir, &scoped.path, mode)?;
+                return Ok(false);
+            }
+            let parent = self
+                .host_root
+                .open_dir(&scoped.anchor, &scoped.granted.ancestor(i))
+                .map_err(|e| scoped.err(e))?;
+            self.effects.apply(
+                "files",
+                "create-dir",
+                &dir.to_string(),
+                "mode 0755".into(),
+                || make_dir(&parent, part, 0o755).map_err(|e| scoped.err(e)),
+            )?;
         }
         Ok(true)
     }
