@@ -311,14 +311,28 @@ fn check_mode(mode: u32) -> Result<(), CapError> {
     Ok(())
 }
 
+/// Refuses anything but a regular file with a single link: a symlink is never
+/// written through, another hard link could be a file outside the grant, and a
+/// directory, device or FIFO is not a file to read or replace.
+fn check_single_file(stat: &rustix::fs::Stat, path: &HostPath) -> Result<(), CapError> {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_nlink > 1 => Err(CapError::PermissionDenied(format!(
+            "files: {path} has {} hard links; another could be a file outside the grant",
+            stat.st_nlink
+        ))),
+        FileType::RegularFile => Ok(()),
+        FileType::Symlink => Err(CapError::PermissionDenied(format!(
+            "files: {path} is a symlink; hostaction neither writes through nor replaces symlinks"
+        ))),
+        FileType::Directory => Err(CapError::Conflict(format!("{path} is a directory"))),
+        _ => Err(CapError::Conflict(format!("{path} is not a regular file"))),
+    }
+}
+
 /// Reads a whole regular file from an open fd, refusing files over the cap.
 fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
     let stat = rustix::fs::fstat(fd).map_err(|e| CapError::Io(format!("{what}: {e}")))?;
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => {}
-        FileType::Directory => return Err(CapError::Conflict(format!("{what} is a directory"))),
-        _ => return Err(CapError::Conflict(format!("{what} is not a regular file"))),
-    }
+    check_single_file(&stat, what)?;
     let too_big = |size: usize| {
         CapError::InvalidArgument(format!(
             "{what} is {size} bytes or more; the limit is {MAX_FILE_BYTES}"
@@ -430,44 +444,18 @@ impl files::Host for RunState {
         match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(scoped.err(e)),
-            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-                FileType::Symlink => {
-                    return Err(CapError::PermissionDenied(format!(
-                        "files: {} is a symlink; hostaction neither writes through nor replaces symlinks",
-                        scoped.path
-                    )));
-                }
-                FileType::RegularFile if st.st_nlink > 1 => {
-                    return Err(CapError::PermissionDenied(format!(
-                        "files: {} has {} hard links; writing it could change a file outside the grant",
-                        scoped.path, st.st_nlink
-                    )));
-                }
-                FileType::RegularFile => {
-                    if st.st_mode & 0o7777 == mode
-                        && usize::try_from(st.st_size) == Ok(contents.len())
-                    {
-                        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
-                        let fd = open_beneath(&dir, &name, flags | OFlags::NOCTTY)
-                            .map_err(|e| scoped.err(e))?;
-                        if read_all(&fd, &scoped.path)? == contents {
-                            return Ok(false);
-                        }
+            Ok(st) => {
+                check_single_file(&st, &scoped.path)?;
+                if st.st_mode & 0o7777 == mode && usize::try_from(st.st_size) == Ok(contents.len())
+                {
+                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+                    let fd = open_beneath(&dir, &name, flags | OFlags::NOCTTY)
+                        .map_err(|e| scoped.err(e))?;
+                    if read_all(&fd, &scoped.path)? == contents {
+                        return Ok(false);
                     }
                 }
-                FileType::Directory => {
-                    return Err(CapError::Conflict(format!(
-                        "{} is a directory",
-                        scoped.path
-                    )));
-                }
-                _ => {
-                    return Err(CapError::Conflict(format!(
-                        "{} exists and is not a regular file",
-                        scoped.path
-                    )));
-                }
-            },
+            }
         }
         let detail = format!("{} bytes, mode {mode:04o}", contents.len());
         let target = scoped.path.to_string();
@@ -486,27 +474,7 @@ impl files::Host for RunState {
         let probe =
             open_beneath(&granted, &scoped.rel(), OFlags::PATH).map_err(|e| scoped.err(e))?;
         let seen = rustix::fs::fstat(&probe).map_err(|e| scoped.err(e))?;
-        match FileType::from_raw_mode(seen.st_mode) {
-            FileType::RegularFile if seen.st_nlink > 1 => {
-                return Err(CapError::PermissionDenied(format!(
-                    "files: {} has {} hard links; one could be a file outside the grant",
-                    scoped.path, seen.st_nlink
-                )));
-            }
-            FileType::RegularFile => {}
-            FileType::Directory => {
-                return Err(CapError::Conflict(format!(
-                    "{} is a directory",
-                    scoped.path
-                )));
-            }
-            _ => {
-                return Err(CapError::Conflict(format!(
-                    "{} is not a regular file",
-                    scoped.path
-                )));
-            }
-        }
+        check_single_file(&seen, &scoped.path)?;
         let fd = open_beneath(
             &granted,
             &scoped.rel(),
