@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod log;
+pub mod network;
 pub mod wasi;
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,356 @@
+//! The network capability's host backend: links, addresses and routes through
+//! rtnetlink, and named network namespaces as `ip netns` makes them.
+//!
+//! Pure Rust, no WIT types: the capability layer checks the grant and maps
+//! these values to and from the contract. Every netlink call runs on a
+//! dedicated thread that enters the requested namespace (the caller's thread
+//! never switches namespace), with a current-thread tokio runtime bounded by
+//! the call's deadline. Nothing forks or execs `ip`.
+
+mod addr;
+mod link;
+mod netns;
+
+use std::fmt;
+use std::fs::File;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// An IP network in CIDR notation, v4 or v6 (`10.0.0.1/24`); for an address
+/// it carries the address and its prefix length.
+pub use ipnet::IpNet as IpNetwork;
+use rtnetlink::Handle;
+use rustix::io::Errno;
+
+pub use addr::{ensure_address, ensure_route, remove_address, remove_route};
+pub use link::{delete_link, ensure_link, list_links};
+pub use netns::{delete_netns, ensure_netns, list_netns};
+
+/// The kind of link to ensure, with the attributes that identify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSpec {
+    /// A software bridge (`type bridge`).
+    Bridge,
+    /// A veth pair; this end keeps the link's name.
+    Veth {
+        /// Name of the other end.
+        peer: String,
+        /// Namespace file the peer is moved into; the link's own namespace when none.
+        peer_netns: Option<PathBuf>,
+    },
+    /// A VXLAN tunnel endpoint (`type vxlan`).
+    Vxlan {
+        /// The VXLAN network identifier.
+        vni: u32,
+        /// Local tunnel address.
+        local: Option<IpAddr>,
+        /// Unicast remote (exclusive with `group`).
+        remote: Option<IpAddr>,
+        /// Multicast group (exclusive with `remote`).
+        group: Option<IpAddr>,
+        /// UDP destination port; the kernel's default (8472) when none.
+        port: Option<u16>,
+        /// Name of the underlying device.
+        device: Option<String>,
+    },
+    /// A macvlan on a parent link (`type macvlan`).
+    Macvlan {
+        /// Name of the parent link.
+        parent: String,
+        /// How macvlans on the same parent reach each other.
+        mode: MacvlanMode,
+    },
+    /// A dummy link (`type dummy`).
+    Dummy,
+    /// An 802.1Q vlan on a parent link (`type vlan`).
+    Vlan {
+        /// Name of the parent link.
+        parent: String,
+        /// The vlan id.
+        id: u16,
+    },
+    /// A kernel WireGuard link (`type wireguard`).
+    Wireguard,
+}
+
+impl LinkSpec {
+    /// The kernel's kind name, as `ip -d link` shows it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            LinkSpec::Bridge => "bridge",
+            LinkSpec::Veth { .. } => "veth",
+            LinkSpec::Vxlan { .. } => "vxlan",
+            LinkSpec::Macvlan { .. } => "macvlan",
+            LinkSpec::Dummy => "dummy",
+            LinkSpec::Vlan { .. } => "vlan",
+            LinkSpec::Wireguard => "wireguard",
+        }
+    }
+}
+
+/// The mode of a macvlan link (`ip link add ... type macvlan mode MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MacvlanMode {
+    /// Macvlans on the same parent talk to each other directly.
+    #[default]
+    Bridge,
+    /// Macvlans on the same parent cannot talk to each other.
+    Private,
+    /// Traffic between macvlans goes out to the external switch.
+    Vepa,
+    /// One macvlan takes over the parent.
+    Passthru,
+}
+
+/// Attributes common to every link; `None` leaves an attribute as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// The link's MTU.
+    pub mtu: Option<u32>,
+    /// Whether the link is administratively up.
+    pub up: Option<bool>,
+    /// Name of the bridge the link is enslaved to.
+    pub master: Option<String>,
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The link's name.
+    pub name: String,
+    /// The link's index in its namespace.
+    pub index: u32,
+    /// The kernel's kind name (`bridge`, `veth`, ...); none for plain devices like `lo`.
+    pub kind: Option<String>,
+    /// The link's MTU.
+    pub mtu: u32,
+    /// Whether the link is administratively up.
+    pub up: bool,
+    /// Name of the link's master (bridge), if any.
+    pub master: Option<String>,
+    /// Hardware address as `aa:bb:cc:dd:ee:ff`, if the link has one.
+    pub mac: Option<String>,
+    /// The link's alias (IFLA_IFALIAS), which marks links hostaction created.
+    pub alias: Option<String>,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination network; `None` is the default route.
+    pub destination: Option<IpNetwork>,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output device name, if any.
+    pub device: Option<String>,
+    /// Route metric (priority); the kernel's default when none.
+    pub metric: Option<u32>,
+}
+
+/// An expected failure of a backend call; the capability maps each variant to
+/// the WIT `error` case of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// A value was refused before anything was touched (bad name, mixed address families).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The named link, namespace, parent or device does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The object exists in a shape the call will not replace.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The kernel cannot do this (for example a link kind it lacks).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The call did not finish by its deadline.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// Any other host failure.
+    #[error("io: {0}")]
+    Io(String),
+}
+
+/// Where a call runs: the process's own namespace, or a namespace file (e.g.
+/// `<host-root>/var/run/netns/NAME`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Netns<'a>(pub Option<&'a Path>);
+
+impl fmt::Display for Netns<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "network namespace {}", p.display()),
+            None => f.write_str("this process's network namespace"),
+        }
+    }
+}
+
+/// Runs `call` with a netlink handle in `ns`, on a dedicated thread with its
+/// own current-thread runtime, and gives up at `deadline`.
+///
+/// A dedicated thread, because `setns` changes the calling thread: the
+/// caller's thread (a wasmtime store's) must never change namespace.
+fn run<T, F, Fut>(ns: Netns<'_>, deadline: Instant, call: F) -> Result<T, NetError>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    if Instant::now() >= deadline {
+        return Err(NetError::Timeout(format!(
+            "the deadline passed before the netlink call in {ns}"
+        )));
+    }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("hostaction-netlink".into())
+            .spawn_scoped(scope, move || -> Result<T, NetError> {
+                if let Some(path) = ns.0 {
+                    enter_netns(path)?;
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| NetError::Io(format!("netlink runtime: {e}")))?;
+                runtime.block_on(async move {
+                    let until = tokio::time::Instant::from_std(deadline);
+                    tokio::time::timeout_at(until, async move {
+                        let handle = connect()?;
+                        call(handle).await
+                    })
+                    .await
+                    .map_err(|_| {
+                        NetError::Timeout(format!("the netlink call in {ns} passed its deadline"))
+                    })?
+                })
+            })
+            .map_err(|e| NetError::Io(format!("cannot start the netlink thread: {e}")))?;
+        worker
+            .join()
+            .map_err(|_| NetError::Io("the netlink thread panicked".into()))?
+    })
+}
+
+/// Opens a netlink connection in the calling thread's current namespace and
+/// drives it on the current runtime; the socket stays in that namespace.
+fn connect() -> Result<Handle, NetError> {
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| NetError::Io(format!("cannot open a netlink socket: {e}")))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// Opens a netlink connection inside the namespace file `path`, then moves the
+/// calling (dedicated) thread back to the namespace it was in.
+fn connect_in(path: &Path) -> Result<Handle, NetError> {
+    let home = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| NetError::Io(format!("cannot open this thread's network namespace: {e}")))?;
+    enter_netns(path)?;
+    let handle = connect();
+    rustix::thread::move_into_link_name_space(
+        home.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| {
+        NetError::Io(format!(
+            "cannot return to the call's network namespace: {e}"
+        ))
+    })?;
+    handle
+}
+
+/// Whether the namespace file `path` is the namespace the calling thread is in.
+fn is_current_netns(path: &Path) -> Result<bool, NetError> {
+    let stat = |p: &Path| {
+        rustix::fs::stat(p)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(|e| NetError::NotFound(format!("network namespace {}: {e}", p.display())))
+    };
+    Ok(stat(path)? == stat(Path::new("/proc/thread-self/ns/net"))?)
+}
+
+/// Moves the calling thread into the network namespace file `path` (`setns`).
+fn enter_netns(path: &Path) -> Result<(), NetError> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NetError::NotFound(format!(
+                "network namespace {} does not exist",
+                path.display()
+            ))
+        } else {
+            NetError::Io(format!(
+                "cannot open network namespace {}: {e}",
+                path.display()
+            ))
+        }
+    })?;
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| {
+        if e == Errno::INVAL {
+            NetError::NotFound(format!("{} is not a network namespace", path.display()))
+        } else {
+            NetError::Io(format!(
+                "cannot enter network namespace {}: {e}",
+                path.display()
+            ))
+        }
+    })
+}
+
+/// The errno of a netlink error reply, if `err` is one.
+fn errno(err: &rtnetlink::Error) -> Option<Errno> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg
+            .code
+            .map(|code| Errno::from_raw_os_error(code.get().saturating_neg())),
+        _ => None,
+    }
+}
+
+/// Maps a netlink failure of `what` to a [`NetError`]; `kind` names the link
+/// kind for `Unsupported`, when the call creates a link.
+fn nl_error(what: &str, kind: Option<&str>, err: &rtnetlink::Error) -> NetError {
+    match errno(err) {
+        Some(e) if e == Errno::OPNOTSUPP => match kind {
+            Some(kind) => NetError::Unsupported(format!(
+                "{what}: this kernel does not support links of type {kind}"
+            )),
+            None => NetError::Unsupported(format!("{what}: operation not supported")),
+        },
+        Some(e) if e == Errno::EXIST => NetError::Conflict(format!("{what}: already exists")),
+        Some(e) if e == Errno::NODEV || e == Errno::NOENT || e == Errno::SRCH => {
+            NetError::NotFound(format!("{what}: no such object"))
+        }
+        Some(e) if e == Errno::INVAL || e == Errno::RANGE => {
+            NetError::InvalidArgument(format!("{what}: the kernel refused the request ({e})"))
+        }
+        Some(e) => NetError::Io(format!("{what}: {e}")),
+        None => NetError::Io(format!("{what}: {err}")),
+    }
+}
+
+/// Refuses a link name the kernel would refuse, with a clear message.
+fn check_ifname(name: &str) -> Result<(), NetError> {
+    // Names come from guests through the capability: refuse what the kernel's
+    // dev_valid_name() refuses, before any netlink request is built.
+    let valid = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+    if valid {
+        Ok(())
+    } else {
+        Err(NetError::InvalidArgument(format!(
+            "{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
+        )))
+    }
+}

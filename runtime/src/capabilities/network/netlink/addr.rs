@@ -1,0 +1,321 @@
+//! Addresses on links, and routes in the main table.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use rustix::io::Errno;
+
+use super::link::index_of;
+use super::{IpNetwork, NetError, Netns, Route, check_ifname, errno, nl_error, run};
+
+/// Ensures `addr` (address and prefix length) is on `device`; returns whether
+/// it was added. Equal to `ip address add ADDR dev DEVICE`.
+pub fn ensure_address(
+    ns: Netns<'_>,
+    device: &str,
+    addr: IpNetwork,
+    deadline: Instant,
+) -> Result<bool, NetError> {
+    check_ifname(device)?;
+    run(ns, deadline, |h| async move {
+        let index = index_of(&h, device, "device").await?;
+        if find_address(&h, index, addr).await?.is_some() {
+            return Ok(false);
+        }
+        h.address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .execute()
+            .await
+            .map_err(|e| {
+                if errno(&e) == Some(Errno::EXIST) {
+                    NetError::Conflict(format!(
+                        "{} is on {device} with another prefix length",
+                        addr.addr()
+                    ))
+                } else {
+                    nl_error(&format!("add address {addr} to {device}"), None, &e)
+                }
+            })?;
+        Ok(true)
+    })
+}
+
+/// Removes `addr` from `device`; returns false when it was not there.
+/// Equal to `ip address delete ADDR dev DEVICE`.
+pub fn remove_address(
+    ns: Netns<'_>,
+    device: &str,
+    addr: IpNetwork,
+    deadline: Instant,
+) -> Result<bool, NetError> {
+    check_ifname(device)?;
+    run(ns, deadline, |h| async move {
+        let index = index_of(&h, device, "device").await?;
+        let Some(found) = find_address(&h, index, addr).await? else {
+            return Ok(false);
+        };
+        match h.address().del(found).execute().await {
+            Ok(()) => Ok(true),
+            // Removed between the lookup and the delete.
+            Err(e) if errno(&e) == Some(Errno::ADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(nl_error(
+                &format!("remove address {addr} from {device}"),
+                None,
+                &e,
+            )),
+        }
+    })
+}
+
+/// Ensures `route` is in the main table; returns whether it was added.
+/// Equal to `ip route add DEST [via GATEWAY] [dev DEVICE] [metric METRIC]`.
+///
+/// A route that matches every given field counts as present. A route to the
+/// same destination and metric with another gateway or device is a
+/// `Conflict`; it is never replaced.
+pub fn ensure_route(ns: Netns<'_>, route: &Route, deadline: Instant) -> Result<bool, NetError> {
+    let v6 = check_route(route)?;
+    run(ns, deadline, |h| async move {
+        let oif = match &route.device {
+            Some(device) => Some(index_of(&h, device, "route device").await?),
+            None => None,
+        };
+        if !find_routes(&h, route, v6, oif).await?.is_empty() {
+            return Ok(false);
+        }
+        let msg = build_route(route, v6, oif)?;
+        h.route().add(msg).execute().await.map_err(|e| {
+            if errno(&e) == Some(Errno::EXIST) {
+                NetError::Conflict(format!(
+                    "a route to {} with another gateway or device exists",
+                    show_dest(route)
+                ))
+            } else {
+                nl_error(&format!("add route to {}", show_dest(route)), None, &e)
+            }
+        })?;
+        Ok(true)
+    })
+}
+
+/// Removes every main-table route that matches each given field of `route`;
+/// returns false when there was none. Equal to `ip route delete DEST ...`.
+pub fn remove_route(ns: Netns<'_>, route: &Route, deadline: Instant) -> Result<bool, NetError> {
+    let v6 = check_route(route)?;
+    run(ns, deadline, |h| async move {
+        let oif = match &route.device {
+            Some(device) => match super::link::get_link(&h, device).await? {
+                Some(link) => Some(link.header.index),
+                // No such device, so no route through it.
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        let mut removed = false;
+        for found in find_routes(&h, route, v6, oif).await? {
+            let mut msg = RouteMessage::default();
+            msg.header = found.header.clone();
+            msg.attributes = found
+                .attributes
+                .into_iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        RouteAttribute::Destination(_)
+                            | RouteAttribute::Gateway(_)
+                            | RouteAttribute::Oif(_)
+                            | RouteAttribute::Priority(_)
+                            | RouteAttribute::Table(_)
+                    )
+                })
+                .collect();
+            match h.route().del(msg).execute().await {
+                Ok(()) => removed = true,
+                // Removed between the lookup and the delete.
+                Err(e) if errno(&e) == Some(Errno::SRCH) => {}
+                Err(e) => {
+                    return Err(nl_error(
+                        &format!("remove route to {}", show_dest(route)),
+                        None,
+                        &e,
+                    ));
+                }
+            }
+        }
+        Ok(removed)
+    })
+}
+
+/// The address message for `addr` on link `index`, if it is there.
+async fn find_address(
+    h: &Handle,
+    index: u32,
+    addr: IpNetwork,
+) -> Result<Option<AddressMessage>, NetError> {
+    let all: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("list addresses", None, &e))?;
+    Ok(all
+        .into_iter()
+        .find(|m| m.header.prefix_len == addr.prefix_len() && address_of(m) == Some(addr.addr())))
+}
+
+/// The local address of an address message: IFA_LOCAL for IPv4 (IFA_ADDRESS
+/// is the peer on point-to-point links), IFA_ADDRESS for IPv6.
+fn address_of(m: &AddressMessage) -> Option<IpAddr> {
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+/// Checks a route's fields; returns whether it is IPv6.
+fn check_route(route: &Route) -> Result<bool, NetError> {
+    if let Some(device) = &route.device {
+        check_ifname(device)?;
+    }
+    if let Some(dest) = route.destination
+        && dest.addr() != dest.network()
+    {
+        return Err(NetError::InvalidArgument(format!(
+            "route destination {dest} has host bits set (did you mean {}?)",
+            dest.trunc()
+        )));
+    }
+    let dest_v6 = route.destination.map(|d| matches!(d, IpNetwork::V6(_)));
+    let gw_v6 = route.gateway.map(|g| g.is_ipv6());
+    match (dest_v6, gw_v6) {
+        (Some(d), Some(g)) if d != g => Err(NetError::InvalidArgument(format!(
+            "route to {} via {}: the addresses are of different families",
+            show_dest(route),
+            route.gateway.map_or_else(String::new, |g| g.to_string())
+        ))),
+        (Some(v6), _) | (None, Some(v6)) => Ok(v6),
+        // A default route with only a device: IPv4, as `ip route add default dev X`.
+        (None, None) => Ok(false),
+    }
+}
+
+/// The main-table unicast routes that match every given field of `route`.
+async fn find_routes(
+    h: &Handle,
+    route: &Route,
+    v6: bool,
+    oif: Option<u32>,
+) -> Result<Vec<RouteMessage>, NetError> {
+    let filter = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let all: Vec<RouteMessage> = h
+        .route()
+        .get(filter)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("list routes", None, &e))?;
+    let (dest, dest_len) = match route.destination {
+        Some(d) => (Some(d.network()), d.prefix_len()),
+        None => (None, 0),
+    };
+    Ok(all
+        .into_iter()
+        .filter(|m| {
+            let table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table));
+            let has_dest = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => route_ip(d),
+                _ => None,
+            });
+            let has_gw = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => route_ip(g),
+                _ => None,
+            });
+            let has_oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let has_metric = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Priority(p) => Some(*p),
+                _ => None,
+            });
+            table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && m.header.kind == RouteType::Unicast
+                && m.header.destination_prefix_length == dest_len
+                && (dest_len == 0 || has_dest == dest)
+                && route.gateway.is_none_or(|g| has_gw == Some(g))
+                && oif.is_none_or(|i| has_oif == Some(i))
+                && route.metric.is_none_or(|p| has_metric.unwrap_or(0) == p)
+        })
+        .collect())
+}
+
+/// The RTM_NEWROUTE message for `route`, as `ip route add` builds it: a
+/// static unicast route, scope link when there is no gateway.
+fn build_route(route: &Route, v6: bool, oif: Option<u32>) -> Result<RouteMessage, NetError> {
+    fn bad(e: impl std::fmt::Display) -> NetError {
+        NetError::InvalidArgument(format!("route: {e}"))
+    }
+    let mut b = RouteMessageBuilder::<IpAddr>::new();
+    b.get_mut().header.address_family = if v6 {
+        rtnetlink::packet_route::AddressFamily::Inet6
+    } else {
+        rtnetlink::packet_route::AddressFamily::Inet
+    };
+    if let Some(dest) = route.destination {
+        b = b
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .map_err(bad)?;
+    }
+    match route.gateway {
+        Some(gw) => b = b.gateway(gw).map_err(bad)?,
+        None => b = b.scope(RouteScope::Link),
+    }
+    if let Some(oif) = oif {
+        b = b.output_interface(oif);
+    }
+    if let Some(metric) = route.metric {
+        b = b.priority(metric);
+    }
+    Ok(b.build())
+}
+
+/// An IP address of a route attribute.
+fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+/// A route's destination for messages.
+fn show_dest(route: &Route) -> String {
+    route
+        .destination
+        .map_or_else(|| "default".to_string(), |d| d.to_string())
+}

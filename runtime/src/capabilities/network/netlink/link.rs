@@ -1,0 +1,616 @@
+//! Links: ensure (create or check, then converge settings), delete, list.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode as NlMacVlanMode,
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan,
+    LinkVxlan, LinkWireguard,
+};
+use rustix::io::Errno;
+
+use super::{
+    LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
+    errno, is_current_netns, nl_error, run,
+};
+
+/// Ensures a link `name` of kind `spec` exists in `ns` with `settings`;
+/// returns whether anything changed. Equal to `ip link add NAME type KIND ...`
+/// when it is missing, then `ip link set NAME mtu M master B up|down`.
+///
+/// A link of another kind or with other kind attributes (VNI, peer, parent,
+/// ...) is a `Conflict` and is never replaced. A link this call creates gets
+/// `alias`, which marks it as hostaction's. Settings are applied as separate
+/// steps after creation: a bridge's MTU given at creation is reset by its
+/// first port, one set afterwards is kept.
+pub fn ensure_link(
+    ns: Netns<'_>,
+    name: &str,
+    spec: &LinkSpec,
+    settings: &LinkSettings,
+    alias: Option<&str>,
+    deadline: Instant,
+) -> Result<bool, NetError> {
+    check_ifname(name)?;
+    check_spec(spec)?;
+    if let Some(master) = &settings.master {
+        check_ifname(master)?;
+    }
+    run(ns, deadline, |h| async move {
+        let (link, created) = match get_link(&h, name).await? {
+            Some(link) => {
+                check_existing(&h, ns, name, &link, spec).await?;
+                (link, false)
+            }
+            None => {
+                // A missing master fails before anything is made.
+                if let Some(master) = &settings.master {
+                    index_of(&h, master, "master").await?;
+                }
+                create(&h, name, spec).await?;
+                let link = get_link(&h, name)
+                    .await?
+                    .ok_or_else(|| NetError::Io(format!("link {name} vanished after creation")))?;
+                if let Some(alias) = alias {
+                    let msg = LinkUnspec::new_with_index(link.header.index)
+                        .alias(alias)
+                        .build();
+                    if let Err(e) = h.link().set(msg).execute().await {
+                        // Without its mark the link would pass for someone
+                        // else's: take it away again.
+                        let _ = h.link().del(link.header.index).execute().await;
+                        return Err(nl_error(&format!("set the alias of {name}"), None, &e));
+                    }
+                }
+                (link, true)
+            }
+        };
+        let converged = converge(&h, name, &link, settings).await?;
+        Ok(created || converged)
+    })
+}
+
+/// Deletes the link `name` in `ns`; returns false when it did not exist.
+/// Equal to `ip link delete NAME`.
+pub fn delete_link(ns: Netns<'_>, name: &str, deadline: Instant) -> Result<bool, NetError> {
+    check_ifname(name)?;
+    run(ns, deadline, |h| async move {
+        let Some(link) = get_link(&h, name).await? else {
+            return Ok(false);
+        };
+        match h.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(true),
+            // Gone between the lookup and the delete: someone else deleted it.
+            Err(e) if errno(&e) == Some(Errno::NODEV) => Ok(false),
+            Err(e) => Err(nl_error(&format!("delete link {name}"), None, &e)),
+        }
+    })
+}
+
+/// Lists the links of `ns` with their attributes. Equal to `ip -d link show`.
+pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, NetError> {
+    run(ns, deadline, |h| async move {
+        let links: Vec<LinkMessage> = h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("list links", None, &e))?;
+        let names: HashMap<u32, String> = links
+            .iter()
+            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+            .collect();
+        Ok(links
+            .iter()
+            .map(|l| LinkInfo {
+                name: link_name(l).unwrap_or_default().to_string(),
+                index: l.header.index,
+                kind: link_kind(l).map(|k| k.to_string()),
+                mtu: link_attr(l, |a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+                .unwrap_or(0),
+                up: l.header.flags.contains(LinkFlags::Up),
+                master: link_master(l).and_then(|i| names.get(&i).cloned()),
+                mac: link_attr(l, |a| match a {
+                    LinkAttribute::Address(mac) if !mac.is_empty() => Some(format_mac(mac)),
+                    _ => None,
+                }),
+                alias: link_attr(l, |a| match a {
+                    LinkAttribute::IfAlias(s) => Some(s.clone()),
+                    _ => None,
+                }),
+            })
+            .collect())
+    })
+}
+
+/// Refuses kind attributes that cannot describe a link, before any request.
+fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
+    match spec {
+        LinkSpec::Veth { peer, .. } => check_ifname(peer),
+        LinkSpec::Macvlan { parent, .. } | LinkSpec::Vlan { parent, .. } => check_ifname(parent),
+        LinkSpec::Vxlan {
+            vni,
+            local,
+            remote,
+            group,
+            device,
+            ..
+        } => {
+            if *vni >= 1 << 24 {
+                return Err(NetError::InvalidArgument(format!(
+                    "VNI {vni} is out of range (0 to 16777215)"
+                )));
+            }
+            if let Some(device) = device {
+                check_ifname(device)?;
+            }
+            if remote.is_some() && group.is_some() {
+                return Err(NetError::InvalidArgument(
+                    "a vxlan has a remote or a group, not both".into(),
+                ));
+            }
+            if let Some(remote) = remote
+                && remote.is_multicast()
+            {
+                return Err(NetError::InvalidArgument(format!(
+                    "vxlan remote {remote} is a multicast address (use group)"
+                )));
+            }
+            if let Some(group) = group
+                && !group.is_multicast()
+            {
+                return Err(NetError::InvalidArgument(format!(
+                    "vxlan group {group} is not a multicast address (use remote)"
+                )));
+            }
+            let peer = remote.or(*group);
+            if let (Some(local), Some(peer)) = (local, peer)
+                && local.is_ipv4() != peer.is_ipv4()
+            {
+                return Err(NetError::InvalidArgument(format!(
+                    "vxlan local {local} and remote {peer} are of different address families"
+                )));
+            }
+            Ok(())
+        }
+        LinkSpec::Bridge | LinkSpec::Dummy | LinkSpec::Wireguard => Ok(()),
+    }
+}
+
+/// Creates the link; `Unsupported` names the kind when the kernel lacks it.
+async fn create(h: &Handle, name: &str, spec: &LinkSpec) -> Result<(), NetError> {
+    let kind = spec.kind_name();
+    // Kept open until the request is sent: the peer's IFLA_NET_NS_FD refers to it.
+    let mut _peer_ns: Option<File> = None;
+    let msg = match spec {
+        LinkSpec::Bridge => LinkMessageBuilder::<LinkBridge>::new(name).build(),
+        LinkSpec::Veth { peer, peer_netns } => {
+            let mut peer_msg = LinkUnspec::new_with_name(peer);
+            if let Some(path) = peer_netns {
+                let file = File::open(path).map_err(|e| {
+                    NetError::NotFound(format!(
+                        "network namespace {} for the peer of {name}: {e}",
+                        path.display()
+                    ))
+                })?;
+                peer_msg = peer_msg.setns_by_fd(file.as_raw_fd());
+                _peer_ns = Some(file);
+            }
+            LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(name)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+                .build()
+        }
+        LinkSpec::Vxlan {
+            vni,
+            local,
+            remote,
+            group,
+            port,
+            device,
+        } => {
+            let mut b = LinkVxlan::new(name, *vni);
+            match local {
+                Some(IpAddr::V4(a)) => b = b.local(*a),
+                Some(IpAddr::V6(a)) => b = b.local6(*a),
+                None => {}
+            }
+            match remote.or(*group) {
+                Some(IpAddr::V4(a)) => b = b.group(a),
+                Some(IpAddr::V6(a)) => b = b.group6(a),
+                None => {}
+            }
+            if let Some(port) = port {
+                b = b.port(*port);
+            }
+            if let Some(device) = device {
+                b = b.dev(index_of(h, device, "vxlan device").await?);
+            }
+            b.build()
+        }
+        LinkSpec::Macvlan { parent, mode } => {
+            let parent = index_of(h, parent, "macvlan parent").await?;
+            LinkMacVlan::new(name, parent, nl_macvlan_mode(*mode)).build()
+        }
+        LinkSpec::Dummy => LinkDummy::new(name).build(),
+        LinkSpec::Vlan { parent, id } => {
+            let parent = index_of(h, parent, "vlan parent").await?;
+            LinkVlan::new(name, parent, *id).build()
+        }
+        LinkSpec::Wireguard => LinkWireguard::new(name).build(),
+    };
+    let res = h.link().add(msg).execute().await;
+    drop(_peer_ns);
+    res.map_err(|e| {
+        if errno(&e) == Some(Errno::EXIST) {
+            // The link itself was not there a moment ago: the name is taken
+            // by a veth's peer, or someone raced this call.
+            let peer = match spec {
+                LinkSpec::Veth { peer, .. } => format!(" or its peer {peer}"),
+                _ => String::new(),
+            };
+            NetError::Conflict(format!(
+                "cannot create {kind} link {name}: {name}{peer} already exists"
+            ))
+        } else {
+            nl_error(&format!("create {kind} link {name}"), Some(kind), &e)
+        }
+    })
+}
+
+/// Checks that an existing link is what `spec` asks for; `Conflict` says how it differs.
+async fn check_existing(
+    h: &Handle,
+    ns: Netns<'_>,
+    name: &str,
+    link: &LinkMessage,
+    spec: &LinkSpec,
+) -> Result<(), NetError> {
+    let want = spec.kind_name();
+    let kind = link_kind(link).map(|k| k.to_string());
+    if kind.as_deref() != Some(want) {
+        return Err(NetError::Conflict(format!(
+            "link {name} exists as {}, not a {want}; it is not replaced",
+            kind.map_or_else(
+                || "a device without a kind".to_string(),
+                |k| format!("a {k}")
+            )
+        )));
+    }
+    let conflict = |what: String| Err(NetError::Conflict(format!("{want} link {name} {what}")));
+    match spec {
+        LinkSpec::Bridge | LinkSpec::Dummy | LinkSpec::Wireguard => Ok(()),
+        LinkSpec::Veth { peer, peer_netns } => {
+            // A peer "moved" into the link's own namespace stayed beside it.
+            let peer_netns = match peer_netns {
+                Some(path) if is_current_netns(path)? => None,
+                other => other.as_ref(),
+            };
+            let peer_index = link_lower(link);
+            let peer_elsewhere = link_attr(link, |a| match a {
+                LinkAttribute::LinkNetNsId(id) => Some(*id),
+                _ => None,
+            })
+            .is_some();
+            match peer_netns {
+                None => {
+                    if peer_elsewhere {
+                        return conflict(format!(
+                            "has its peer in another namespace, not {peer} in {ns}"
+                        ));
+                    }
+                    let found = match peer_index {
+                        Some(i) => get_link_by_index(h, i).await?,
+                        None => None,
+                    };
+                    match found.as_ref().and_then(link_name) {
+                        Some(n) if n == peer => Ok(()),
+                        Some(n) => conflict(format!("has peer {n}, not {peer}")),
+                        None => conflict(format!("has no peer {peer}")),
+                    }
+                }
+                Some(path) => {
+                    if !peer_elsewhere {
+                        return conflict(format!(
+                            "has its peer in its own namespace, not in {}",
+                            path.display()
+                        ));
+                    }
+                    let there = connect_in(path)?;
+                    let Some(peer_link) = get_link(&there, peer).await? else {
+                        return conflict(format!("has no peer {peer} in {}", path.display()));
+                    };
+                    let paired = link_kind(&peer_link).map(|k| k.to_string()).as_deref()
+                        == Some("veth")
+                        && peer_index == Some(peer_link.header.index)
+                        && link_lower(&peer_link) == Some(link.header.index);
+                    if paired {
+                        Ok(())
+                    } else {
+                        conflict(format!("is not paired with {peer} in {}", path.display()))
+                    }
+                }
+            }
+        }
+        LinkSpec::Vxlan {
+            vni,
+            local,
+            remote,
+            group,
+            port,
+            device,
+        } => {
+            let info = vxlan_info(link);
+            let has_vni = info.iter().find_map(|i| match i {
+                InfoVxlan::Id(v) => Some(*v),
+                _ => None,
+            });
+            if has_vni != Some(*vni) {
+                return conflict(format!("has VNI {}, not {vni}", show(has_vni)));
+            }
+            if let Some(local) = local {
+                let has = info.iter().find_map(|i| match i {
+                    InfoVxlan::Local(a) => Some(IpAddr::V4(*a)),
+                    InfoVxlan::Local6(a) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                if has != Some(*local) {
+                    return conflict(format!("has local {}, not {local}", show(has)));
+                }
+            }
+            if let Some(peer) = remote.or(*group) {
+                let has = info.iter().find_map(|i| match i {
+                    InfoVxlan::Group(a) => Some(IpAddr::V4(*a)),
+                    InfoVxlan::Group6(a) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                if has != Some(peer) {
+                    return conflict(format!("has remote/group {}, not {peer}", show(has)));
+                }
+            }
+            if let Some(port) = port {
+                let has = info.iter().find_map(|i| match i {
+                    InfoVxlan::Port(p) => Some(*p),
+                    _ => None,
+                });
+                if has != Some(*port) {
+                    return conflict(format!("has port {}, not {port}", show(has)));
+                }
+            }
+            if let Some(device) = device {
+                let want = index_of(h, device, "vxlan device").await?;
+                let has = info.iter().find_map(|i| match i {
+                    InfoVxlan::Link(l) => Some(*l),
+                    _ => None,
+                });
+                if has != Some(want) {
+                    return conflict(format!("is not on device {device}"));
+                }
+            }
+            Ok(())
+        }
+        LinkSpec::Macvlan { parent, mode } => {
+            let want = index_of(h, parent, "macvlan parent").await?;
+            if link_lower(link) != Some(want) {
+                return conflict(format!("is not on parent {parent}"));
+            }
+            let has = link_data(link).and_then(|d| match d {
+                InfoData::MacVlan(infos) => infos.iter().find_map(|i| match i {
+                    InfoMacVlan::Mode(m) => Some(*m),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            if has != Some(nl_macvlan_mode(*mode)) {
+                return conflict(format!("has mode {has:?}, not {mode:?}"));
+            }
+            Ok(())
+        }
+        LinkSpec::Vlan { parent, id } => {
+            let want = index_of(h, parent, "vlan parent").await?;
+            if link_lower(link) != Some(want) {
+                return conflict(format!("is not on parent {parent}"));
+            }
+            let has = link_data(link).and_then(|d| match d {
+                InfoData::Vlan(infos) => infos.iter().find_map(|i| match i {
+                    InfoVlan::Id(v) => Some(*v),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            if has != Some(*id) {
+                return conflict(format!("has id {}, not {id}", show(has)));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Brings MTU, master and up/down to `settings`, one `ip link set` each;
+/// returns whether any was changed.
+async fn converge(
+    h: &Handle,
+    name: &str,
+    link: &LinkMessage,
+    settings: &LinkSettings,
+) -> Result<bool, NetError> {
+    let index = link.header.index;
+    let mut changed = false;
+    let set = |msg: LinkMessage, what: &'static str| async move {
+        h.link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_error(&format!("set the {what} of {name}"), None, &e))
+    };
+    if let Some(mtu) = settings.mtu {
+        let has = link_attr(link, |a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        });
+        if has != Some(mtu) {
+            set(LinkUnspec::new_with_index(index).mtu(mtu).build(), "MTU").await?;
+            changed = true;
+        }
+    }
+    if let Some(master) = &settings.master {
+        let want = index_of(h, master, "master").await?;
+        if link_master(link) != Some(want) {
+            set(
+                LinkUnspec::new_with_index(index).controller(want).build(),
+                "master",
+            )
+            .await?;
+            changed = true;
+        }
+    }
+    if let Some(up) = settings.up
+        && link.header.flags.contains(LinkFlags::Up) != up
+    {
+        let b = LinkUnspec::new_with_index(index);
+        let msg = if up { b.up() } else { b.down() }.build();
+        set(msg, "state").await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// The link named `name`, or `None` when there is none. Equal to `ip link show NAME`.
+pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+    let found = std::pin::pin!(h.link().get().match_name(name).execute())
+        .try_next()
+        .await;
+    match found {
+        // The kernel also finds a link by an alternative name: only the
+        // primary name counts here.
+        Ok(Some(link)) if link_name(&link) == Some(name) => Ok(Some(link)),
+        Ok(Some(link)) => Err(NetError::Conflict(format!(
+            "{name} is an alternative name of link {}",
+            link_name(&link).unwrap_or("?")
+        ))),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(Errno::NODEV) => Ok(None),
+        Err(e) => Err(nl_error(&format!("look up link {name}"), None, &e)),
+    }
+}
+
+/// The link with index `index`, or `None`.
+async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, NetError> {
+    let found = std::pin::pin!(h.link().get().match_index(index).execute())
+        .try_next()
+        .await;
+    match found {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == Some(Errno::NODEV) => Ok(None),
+        Err(e) => Err(nl_error(&format!("look up link #{index}"), None, &e)),
+    }
+}
+
+/// The index of the link `name`; `NotFound` says which `role` it was to play.
+pub(super) async fn index_of(h: &Handle, name: &str, role: &str) -> Result<u32, NetError> {
+    check_ifname(name)?;
+    get_link(h, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))
+}
+
+/// The first attribute of `link` that `pick` accepts.
+fn link_attr<T>(link: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {
+    link.attributes.iter().find_map(pick)
+}
+
+/// The link's name (IFLA_IFNAME).
+fn link_name(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The link's master index (IFLA_MASTER).
+fn link_master(link: &LinkMessage) -> Option<u32> {
+    link_attr(link, |a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// The link's lower link index (IFLA_LINK): a veth's peer, a macvlan's parent.
+fn link_lower(link: &LinkMessage) -> Option<u32> {
+    link_attr(link, |a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// The link's kind (IFLA_INFO_KIND).
+fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link_infos(link).iter().find_map(|i| match i {
+        NlLinkInfo::Kind(k) => Some(k),
+        _ => None,
+    })
+}
+
+/// The link's kind attributes (IFLA_INFO_DATA).
+fn link_data(link: &LinkMessage) -> Option<&InfoData> {
+    link_infos(link).iter().find_map(|i| match i {
+        NlLinkInfo::Data(d) => Some(d),
+        _ => None,
+    })
+}
+
+/// The link's IFLA_LINKINFO entries.
+fn link_infos(link: &LinkMessage) -> &[NlLinkInfo] {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => Some(infos.as_slice()),
+            _ => None,
+        })
+        .unwrap_or(&[])
+}
+
+/// A vxlan link's attributes; empty for other links.
+fn vxlan_info(link: &LinkMessage) -> &[InfoVxlan] {
+    match link_data(link) {
+        Some(InfoData::Vxlan(infos)) => infos.as_slice(),
+        _ => &[],
+    }
+}
+
+/// The netlink value of a macvlan mode.
+fn nl_macvlan_mode(mode: MacvlanMode) -> NlMacVlanMode {
+    match mode {
+        MacvlanMode::Bridge => NlMacVlanMode::Bridge,
+        MacvlanMode::Private => NlMacVlanMode::Private,
+        MacvlanMode::Vepa => NlMacVlanMode::Vepa,
+        MacvlanMode::Passthru => NlMacVlanMode::Passthrough,
+    }
+}
+
+/// A hardware address as `aa:bb:cc:dd:ee:ff`.
+fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An optional kernel value for a conflict message.
+fn show<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}

@@ -1,0 +1,156 @@
+//! Named network namespaces as `ip netns` makes them: an empty file with the
+//! namespace bind-mounted onto it.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::UnmountFlags;
+
+use super::NetError;
+
+/// `f_type` of nsfs, the filesystem of namespace files.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Ensures `dir/name` is a network namespace; returns whether one was made.
+/// Equal to `ip netns add NAME` (with `dir` as `/var/run/netns`).
+///
+/// Makes `dir` if missing, creates the empty file, and on a dedicated thread
+/// unshares a new network namespace and bind-mounts it onto the file.
+pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
+    check_netns_name(name)?;
+    fs::create_dir_all(dir)
+        .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(name);
+    if is_netns(&path)? {
+        return Ok(false);
+    }
+    let created = match rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(_) => true,
+        // A plain file left by an interrupted `ip netns add`: mount onto it,
+        // but never through a symlink or onto anything else.
+        Err(e) if e == Errno::EXIST => {
+            let st = rustix::fs::lstat(&path)
+                .map_err(|e| NetError::Io(format!("cannot stat {}: {e}", path.display())))?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                return Err(NetError::Conflict(format!(
+                    "{} exists and is not a network namespace",
+                    path.display()
+                )));
+            }
+            false
+        }
+        Err(e) => {
+            return Err(NetError::Io(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let mounted = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("hostaction-netns".into())
+            .spawn_scoped(scope, || -> Result<(), Errno> {
+                // CLONE_NEWNET only changes this thread's network namespace;
+                // rustix deprecated the safe `unshare` because of CLONE_FILES,
+                // which is not used here.
+                #[allow(deprecated)]
+                rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)?;
+                rustix::mount::mount_bind("/proc/thread-self/ns/net", &path)
+            })
+            .map_err(|e| NetError::Io(format!("cannot start the netns thread: {e}")))?
+            .join()
+            .map_err(|_| NetError::Io("the netns thread panicked".into()))
+    })?;
+    if let Err(e) = mounted {
+        if created {
+            let _ = fs::remove_file(&path);
+        }
+        return Err(NetError::Io(format!(
+            "cannot make network namespace {}: {e}",
+            path.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Deletes the network namespace `dir/name`; returns false when it did not
+/// exist. Equal to `ip netns delete NAME`.
+///
+/// Detaches the bind mount (the namespace lives on while links or processes
+/// use it) and removes the file.
+pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
+    check_netns_name(name)?;
+    let path = dir.join(name);
+    let unmounted =
+        match rustix::mount::unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+            Ok(()) => true,
+            // EINVAL: a plain file, not a mount point; ENOENT: absent.
+            Err(e) if e == Errno::INVAL || e == Errno::NOENT => false,
+            Err(e) => {
+                return Err(NetError::Io(format!(
+                    "cannot unmount {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(unmounted),
+        Err(e) => Err(NetError::Io(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Lists the names of the network namespaces in `dir`, sorted; files there
+/// that are not namespace mounts are left out. Equal to `ip netns list`.
+pub fn list_netns(dir: &Path) -> Result<Vec<String>, NetError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(NetError::Io(format!("cannot read {}: {e}", dir.display()))),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| NetError::Io(format!("cannot read {}: {e}", dir.display())))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if is_netns(&entry.path())? {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Whether `path` is a namespace file (a mount of nsfs); false when absent.
+fn is_netns(path: &Path) -> Result<bool, NetError> {
+    match rustix::fs::statfs(path) {
+        Ok(st) => Ok(st.f_type == NSFS_MAGIC),
+        Err(e) if e == Errno::NOENT => Ok(false),
+        Err(e) => Err(NetError::Io(format!("cannot stat {}: {e}", path.display()))),
+    }
+}
+
+/// Refuses a namespace name that is not a single path component.
+fn check_netns_name(name: &str) -> Result<(), NetError> {
+    // The name becomes a file name under the namespace directory: refuse
+    // anything that could name another file.
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(NetError::InvalidArgument(format!(
+            "{name:?} is not a valid network namespace name"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Guest input checks and grant scopes of the network capability. Every value
+//! here comes from the guest: it is checked before any netlink call.
+
+use crate::capabilities::CapError;
+use crate::grant::NetworkScope;
+
+/// Longest interface name the kernel takes (`IFNAMSIZ` - 1).
+pub const MAX_IFNAME_BYTES: usize = 15;
+/// Longest network namespace name (a file name).
+pub const MAX_NETNS_BYTES: usize = 255;
+/// MTU range accepted (IPv4's minimum to the largest jumbo frame Linux takes).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The alias that marks links hostaction created, for `ownedOnly` grants.
+pub const OWNED_ALIAS: &str = "hostaction";
+
+/// Checks an interface name as the kernel would, and more strictly.
+pub fn interface_name(name: &str) -> Result<(), CapError> {
+    let bad = |why: &str| {
+        Err(CapError::InvalidArgument(format!(
+            "interface name {name:?} {why}"
+        )))
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_IFNAME_BYTES {
+        return bad(&format!(
+            "is {} bytes; the limit is {MAX_IFNAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return bad("is not allowed");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '%' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("contains '/', '%', ':', whitespace or a control character");
+    }
+    Ok(())
+}
+
+/// Checks a named network namespace (a file under `/var/run/netns`).
+pub fn netns_name(name: &str) -> Result<(), CapError> {
+    let bad = |why: &str| {
+        Err(CapError::InvalidArgument(format!(
+            "netns name {name:?} {why}"
+        )))
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return bad("is not a file name");
+    }
+    if name.len() > MAX_NETNS_BYTES {
+        return bad(&format!(
+            "is {} bytes; the limit is {MAX_NETNS_BYTES}",
+            name.len()
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return bad("contains '/', whitespace or a control character");
+    }
+    Ok(())
+}
+
+/// Checks an MTU.
+pub fn mtu(mtu: u32) -> Result<(), CapError> {
+    if !MTU_RANGE.contains(&mtu) {
+        return Err(CapError::InvalidArgument(format!(
+            "mtu {mtu} is outside {}..={}",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a VXLAN network identifier.
+pub fn vni(vni: u32) -> Result<(), CapError> {
+    if vni == 0 || vni > MAX_VNI {
+        return Err(CapError::InvalidArgument(format!(
+            "vni {vni} is outside 1..={MAX_VNI}"
+        )));
+    }
+    Ok(())
+}
+
+/// Matches `name` against a pattern where `*` is any run of characters and
+/// `?` any one character.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Iterative matcher with one backtrack point: linear in practice, no recursion.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The grant's scope and the node policy's: a call must satisfy both.
+pub struct Scopes<'a> {
+    /// The grant's network scope.
+    pub grant: &'a NetworkScope,
+    /// The node policy's, when there is one.
+    pub policy: Option<&'a NetworkScope>,
+}
+
+impl Scopes<'_> {
+    fn each(&self) -> impl Iterator<Item = (&NetworkScope, &'static str)> {
+        std::iter::once((self.grant, "grant")).chain(self.policy.map(|p| (p, "node policy")))
+    }
+
+    /// Whether the namespace (`None` = the host's own, `host` in patterns) is in scope.
+    pub fn netns(&self, netns: Option<&str>) -> Result<(), CapError> {
+        let name = netns.unwrap_or("host");
+        for (scope, whose) in self.each() {
+            if !scope.netns.iter().any(|p| glob(p, name)) {
+                return Err(CapError::PermissionDenied(format!(
+                    "network: netns {name:?} is not in the {whose}'s network.netns {:?}",
+                    scope.netns
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the interface name is in scope.
+    pub fn interface(&self, name: &str) -> Result<(), CapError> {
+        for (scope, whose) in self.each() {
+            if !scope.interfaces.iter().any(|p| glob(p, name)) {
+                return Err(CapError::PermissionDenied(format!(
+                    "network: interface {name:?} is not in the {whose}'s network.interfaces {:?}",
+                    scope.interfaces
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether links of this kind may be created.
+    pub fn kind(&self, kind: &str) -> Result<(), CapError> {
+        for (scope, whose) in self.each() {
+            if !scope.kinds.iter().any(|k| k == kind) {
+                return Err(CapError::PermissionDenied(format!(
+                    "network: link kind {kind:?} is not in the {whose}'s network.kinds {:?}",
+                    scope.kinds
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether only links hostaction created may be changed or deleted.
+    pub fn owned_only(&self) -> bool {
+        self.each().any(|(s, _)| s.owned_only)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_stars_and_question_marks() {
+        assert!(glob("vx-*", "vx-blue"));
+        assert!(glob("*", ""));
+        assert!(glob("br?", "br0"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("vx-*", "vxlan0"));
+        assert!(!glob("br?", "br10"));
+        assert!(!glob("host", "hostile"));
+    }
+
+    #[test]
+    fn hostile_interface_names_are_refused() {
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a%d",
+            ".",
+            "..",
+            "sixteen-chars-xx",
+            "eth0:1",
+            "a\nb",
+        ] {
+            assert!(interface_name(bad).is_err(), "{bad:?}");
+        }
+        interface_name("vx-blue").unwrap();
+        interface_name("fifteen-chars-x").unwrap();
+    }
+
+    #[test]
+    fn numbers_outside_their_ranges_are_refused() {
+        assert!(vni(0).is_err() && vni(1 << 24).is_err());
+        vni(42).unwrap();
+        assert!(mtu(67).is_err() && mtu(65536).is_err());
+        mtu(1450).unwrap();
+        assert!(netns_name("a/b").is_err() && netns_name("..").is_err());
+    }
+}
