@@ -207,7 +207,11 @@ fn main() -> BenchResult<()> {
             "script_over_action_p50": script_conv.p50_us / conv_e2e.p50_us,
         },
         "budgets": {
-            "instantiate_p50_le_50us": fresh_inst.p50_us <= 50.0 && conv_inst.p50_us <= 50.0,
+            // Steady state: back-to-back runs, as an agent does them.
+            "instantiate_p50_le_50us": conv_inst.p50_us <= 50.0,
+            // Each of these runs follows an `rm -rf` of the root (untimed), which
+            // disturbs the caches the next instantiation uses.
+            "instantiate_p50_le_50us_after_root_reset": fresh_inst.p50_us <= 50.0,
             "action_p50_below_script_p50": fresh_e2e.p50_us < script_fresh.p50_us
                 && conv_e2e.p50_us < script_conv.p50_us,
         },
