@@ -337,20 +337,8 @@ fn nl_error(what: &str, kind: Option<&str>, err: &rtnetlink::Error) -> NetError 
 
 /// Refuses a link name the kernel would refuse, with a clear message.
 fn check_ifname(name: &str) -> Result<(), NetError> {
-    // Names come from guests through the capability: refuse what the kernel's
-    // dev_valid_name() refuses, before any netlink request is built.
-    let valid = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
-    if valid {
-        Ok(())
-    } else {
-        Err(NetError::InvalidArgument(format!(
-            "{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
-        )))
-    }
+    // Names come from guests through the capability: refuse them before any
+    // netlink request is built, by the capability's own rules.
+    super::scope::interface_name_problem(name)
+        .map_or(Ok(()), |why| Err(NetError::InvalidArgument(why)))
 }

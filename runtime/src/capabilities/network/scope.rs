@@ -16,57 +16,52 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// The alias that marks links hostaction created, for `ownedOnly` grants.
 pub const OWNED_ALIAS: &str = "hostaction";
 
-/// Checks an interface name as the kernel would, and more strictly.
-pub fn interface_name(name: &str) -> Result<(), CapError> {
-    let bad = |why: &str| {
-        Err(CapError::InvalidArgument(format!(
-            "interface name {name:?} {why}"
-        )))
-    };
-    if name.is_empty() {
-        return bad("is empty");
-    }
-    if name.len() > MAX_IFNAME_BYTES {
-        return bad(&format!(
-            "is {} bytes; the limit is {MAX_IFNAME_BYTES}",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return bad("is not allowed");
-    }
-    if name
+/// Why `name` is not an acceptable interface name: the kernel's rules
+/// (`dev_valid_name`) and more strictly, no '%' or control characters.
+pub fn interface_name_problem(name: &str) -> Option<String> {
+    let why = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.len() > MAX_IFNAME_BYTES {
+        format!("is {} bytes; the limit is {MAX_IFNAME_BYTES}", name.len())
+    } else if name == "." || name == ".." {
+        "is not allowed".to_owned()
+    } else if name
         .chars()
         .any(|c| c == '/' || c == '%' || c == ':' || c.is_whitespace() || c.is_control())
     {
-        return bad("contains '/', '%', ':', whitespace or a control character");
-    }
-    Ok(())
+        "contains '/', '%', ':', whitespace or a control character".to_owned()
+    } else {
+        return None;
+    };
+    Some(format!("interface name {name:?} {why}"))
 }
 
-/// Checks a named network namespace (a file under `/var/run/netns`).
-pub fn netns_name(name: &str) -> Result<(), CapError> {
-    let bad = |why: &str| {
-        Err(CapError::InvalidArgument(format!(
-            "netns name {name:?} {why}"
-        )))
-    };
-    if name.is_empty() || name == "." || name == ".." {
-        return bad("is not a file name");
-    }
-    if name.len() > MAX_NETNS_BYTES {
-        return bad(&format!(
-            "is {} bytes; the limit is {MAX_NETNS_BYTES}",
-            name.len()
-        ));
-    }
-    if name
+/// Why `name` is not an acceptable network namespace name: it becomes a file
+/// name under the namespace directory, so it must be one plain component.
+pub fn netns_name_problem(name: &str) -> Option<String> {
+    let why = if name.is_empty() || name == "." || name == ".." {
+        "is not a file name".to_owned()
+    } else if name.len() > MAX_NETNS_BYTES {
+        format!("is {} bytes; the limit is {MAX_NETNS_BYTES}", name.len())
+    } else if name
         .chars()
         .any(|c| c == '/' || c.is_whitespace() || c.is_control())
     {
-        return bad("contains '/', whitespace or a control character");
-    }
-    Ok(())
+        "contains '/', whitespace or a control character".to_owned()
+    } else {
+        return None;
+    };
+    Some(format!("netns name {name:?} {why}"))
+}
+
+/// Checks an interface name from the guest.
+pub fn interface_name(name: &str) -> Result<(), CapError> {
+    interface_name_problem(name).map_or(Ok(()), |why| Err(CapError::InvalidArgument(why)))
+}
+
+/// Checks a named network namespace from the guest (a file under `/var/run/netns`).
+pub fn netns_name(name: &str) -> Result<(), CapError> {
+    netns_name_problem(name).map_or(Ok(()), |why| Err(CapError::InvalidArgument(why)))
 }
 
 /// Checks an MTU.

@@ -143,14 +143,8 @@ fn is_netns(path: &Path) -> Result<bool, NetError> {
     }
 }
 
-/// Refuses a namespace name that is not a single path component.
+/// Refuses a namespace name that is not a single plain path component.
 fn check_netns_name(name: &str) -> Result<(), NetError> {
-    // The name becomes a file name under the namespace directory: refuse
-    // anything that could name another file.
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(NetError::InvalidArgument(format!(
-            "{name:?} is not a valid network namespace name"
-        )));
-    }
-    Ok(())
+    crate::capabilities::network::scope::netns_name_problem(name)
+        .map_or(Ok(()), |why| Err(NetError::InvalidArgument(why)))
 }
