@@ -78,6 +78,25 @@ impl Effects {
         Ok(())
     }
 
+    /// Records a mutation that a backend carried out itself, or in plan mode
+    /// only worked out: backends whose check and change are one kernel
+    /// conversation (netlink) take the mode and report what they changed.
+    pub fn record(
+        &mut self,
+        capability: &'static str,
+        action: &'static str,
+        target: &str,
+        detail: String,
+    ) {
+        self.recorded.push(Effect {
+            capability,
+            action,
+            target: target.to_owned(),
+            detail,
+            applied: self.mode == Mode::Apply,
+        });
+    }
+
     /// Everything recorded so far, in order.
     pub fn into_recorded(self) -> Vec<Effect> {
         self.recorded

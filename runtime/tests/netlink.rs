@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hostaction_runtime::capabilities::network::netlink::{
-    IpNetwork, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, Route, delete_link,
+    Call, IpNetwork, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, Route, delete_link,
     delete_netns, ensure_address, ensure_link, ensure_netns, ensure_route, list_links, list_netns,
     remove_address, remove_route,
 };
@@ -55,7 +55,14 @@ impl Drop for Namespaces {
         for name in &self.names {
             let _ = delete_netns(self.dir.path(), name);
         }
+        unmount(self.dir.path());
     }
+}
+
+/// Detaches the bind mount `ensure_netns` makes of a namespace directory
+/// (as `ip netns add` does), so the temp directory can be removed.
+fn unmount(dir: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
 fn deadline() -> Instant {
@@ -64,6 +71,21 @@ fn deadline() -> Instant {
 
 fn ns(path: &Path) -> Netns<'_> {
     Netns(Some(path))
+}
+
+/// A call in the namespace file `path` that makes its changes.
+fn call(path: &Path) -> Call<'_> {
+    Call::apply(ns(path), deadline())
+}
+
+/// `ensure_link` in `path`; whether anything changed.
+fn ensure(
+    path: &Path,
+    name: &str,
+    spec: &LinkSpec,
+    settings: &LinkSettings,
+) -> Result<bool, NetError> {
+    ensure_link(call(path), name, spec, settings).map(|changes| !changes.is_empty())
 }
 
 fn net(s: &str) -> IpNetwork {
@@ -155,17 +177,7 @@ fn bridge_is_created_once_with_alias_and_settings_converge() {
         master: None,
     };
     let spec = LinkSpec::Bridge;
-    assert!(
-        ensure_link(
-            ns(&a),
-            "br0",
-            &spec,
-            &settings,
-            Some("hostaction"),
-            deadline()
-        )
-        .unwrap()
-    );
+    assert!(ensure(&a, "br0", &spec, &settings).unwrap());
     let seen = observed_link(&a, "br0").unwrap();
     assert_eq!(seen["linkinfo"]["info_kind"], "bridge");
     assert_eq!(seen["mtu"], 1400);
@@ -173,17 +185,7 @@ fn bridge_is_created_once_with_alias_and_settings_converge() {
     assert!(seen["flags"].as_array().unwrap().contains(&"UP".into()));
 
     // The same call again changes nothing.
-    assert!(
-        !ensure_link(
-            ns(&a),
-            "br0",
-            &spec,
-            &settings,
-            Some("hostaction"),
-            deadline()
-        )
-        .unwrap()
-    );
+    assert!(!ensure(&a, "br0", &spec, &settings).unwrap());
 
     // A port enslaved afterwards keeps the bridge's MTU.
     let port = LinkSettings {
@@ -191,8 +193,8 @@ fn bridge_is_created_once_with_alias_and_settings_converge() {
         up: Some(true),
         mtu: None,
     };
-    assert!(ensure_link(ns(&a), "p0", &veth("p1", None), &port, None, deadline()).unwrap());
-    assert!(!ensure_link(ns(&a), "p0", &veth("p1", None), &port, None, deadline()).unwrap());
+    assert!(ensure(&a, "p0", &veth("p1", None), &port).unwrap());
+    assert!(!ensure(&a, "p0", &veth("p1", None), &port).unwrap());
     assert_eq!(observed_link(&a, "p0").unwrap()["master"], "br0");
     assert_eq!(observed_link(&a, "br0").unwrap()["mtu"], 1400);
 
@@ -201,13 +203,13 @@ fn bridge_is_created_once_with_alias_and_settings_converge() {
         mtu: Some(1300),
         ..settings.clone()
     };
-    assert!(ensure_link(ns(&a), "br0", &spec, &lower, None, deadline()).unwrap());
+    assert!(ensure(&a, "br0", &spec, &lower).unwrap());
     assert_eq!(observed_link(&a, "br0").unwrap()["mtu"], 1300);
     let down = LinkSettings {
         up: Some(false),
         ..LinkSettings::default()
     };
-    assert!(ensure_link(ns(&a), "br0", &spec, &down, None, deadline()).unwrap());
+    assert!(ensure(&a, "br0", &spec, &down).unwrap());
     let flags = observed_link(&a, "br0").unwrap()["flags"].clone();
     assert!(!flags.as_array().unwrap().contains(&"UP".into()));
 
@@ -220,7 +222,10 @@ fn bridge_is_created_once_with_alias_and_settings_converge() {
     assert!(br.mac.as_deref().is_some_and(|m| m.len() == 17));
     let p0 = links.iter().find(|l| l.name == "p0").unwrap();
     assert_eq!(p0.master.as_deref(), Some("br0"));
-    assert_eq!(p0.alias, None);
+    // Both ends of a veth the backend made carry the mark.
+    assert_eq!(p0.alias.as_deref(), Some("hostaction"));
+    let p1 = links.iter().find(|l| l.name == "p1").unwrap();
+    assert_eq!(p1.alias.as_deref(), Some("hostaction"));
     let lo = links.iter().find(|l| l.name == "lo").unwrap();
     assert_eq!(lo.kind, None);
 }
@@ -231,7 +236,7 @@ fn veth_peer_moves_into_another_netns_and_a_different_peer_conflicts() {
     let a = nss.add();
     let b = nss.add();
     let spec = veth("vb", Some(&b));
-    assert!(ensure_link(ns(&a), "va", &spec, &up(), None, deadline()).unwrap());
+    assert!(ensure(&a, "va", &spec, &up()).unwrap());
     let seen = observed_link(&a, "va").unwrap();
     assert_eq!(seen["linkinfo"]["info_kind"], "veth");
     assert!(seen.get("link_netnsid").is_some());
@@ -241,32 +246,32 @@ fn veth_peer_moves_into_another_netns_and_a_different_peer_conflicts() {
     );
     assert!(observed_link(&a, "vb").is_none());
 
-    assert!(!ensure_link(ns(&a), "va", &spec, &up(), None, deadline()).unwrap());
+    assert!(!ensure(&a, "va", &spec, &up()).unwrap());
 
     let other_peer = veth("vc", Some(&b));
-    let err = ensure_link(ns(&a), "va", &other_peer, &up(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "va", &other_peer, &up()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     let same_ns = veth("vb", None);
-    let err = ensure_link(ns(&a), "va", &same_ns, &up(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "va", &same_ns, &up()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     // Nothing was replaced.
     assert!(observed_link(&b, "vb").is_some());
 
     // A peer name taken in the peer's namespace is a conflict, and no half pair is left.
     let taken = veth("vb", Some(&b));
-    let err = ensure_link(ns(&a), "vz", &taken, &none(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "vz", &taken, &none()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     assert!(observed_link(&a, "vz").is_none());
 
     // A veth pair inside one namespace: the peer is checked by name.
-    assert!(ensure_link(ns(&a), "x0", &veth("x1", None), &none(), None, deadline()).unwrap());
-    assert!(!ensure_link(ns(&a), "x0", &veth("x1", None), &none(), None, deadline()).unwrap());
+    assert!(ensure(&a, "x0", &veth("x1", None), &none()).unwrap());
+    assert!(!ensure(&a, "x0", &veth("x1", None), &none()).unwrap());
     // A peer "moved" into the link's own namespace is the same as no move.
     let own = veth("y1", Some(&a));
-    assert!(ensure_link(ns(&a), "y0", &own, &none(), None, deadline()).unwrap());
-    assert!(!ensure_link(ns(&a), "y0", &own, &none(), None, deadline()).unwrap());
+    assert!(ensure(&a, "y0", &own, &none()).unwrap());
+    assert!(!ensure(&a, "y0", &own, &none()).unwrap());
     assert!(observed_link(&a, "y1").is_some());
-    let err = ensure_link(ns(&a), "x0", &veth("x9", None), &none(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "x0", &veth("x9", None), &none()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
 }
 
@@ -274,17 +279,7 @@ fn veth_peer_moves_into_another_netns_and_a_different_peer_conflicts() {
 fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(
-        ensure_link(
-            ns(&a),
-            "under0",
-            &veth("under1", None),
-            &up(),
-            None,
-            deadline()
-        )
-        .unwrap()
-    );
+    assert!(ensure(&a, "under0", &veth("under1", None), &up()).unwrap());
     let spec = LinkSpec::Vxlan {
         vni: 42,
         local: Some(ip("192.0.2.1")),
@@ -293,7 +288,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         port: Some(4789),
         device: Some("under0".into()),
     };
-    assert!(ensure_link(ns(&a), "vx0", &spec, &up(), Some("ha"), deadline()).unwrap());
+    assert!(ensure(&a, "vx0", &spec, &up()).unwrap());
     let seen = observed_link(&a, "vx0").unwrap();
     let info = &seen["linkinfo"]["info_data"];
     assert_eq!(seen["linkinfo"]["info_kind"], "vxlan");
@@ -303,7 +298,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
     assert_eq!(info["port"], 4789);
     assert_eq!(info["link"], "under0");
 
-    assert!(!ensure_link(ns(&a), "vx0", &spec, &up(), Some("ha"), deadline()).unwrap());
+    assert!(!ensure(&a, "vx0", &spec, &up()).unwrap());
 
     let LinkSpec::Vxlan {
         local,
@@ -323,7 +318,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         port,
         device,
     };
-    let err = ensure_link(ns(&a), "vx0", &other_vni, &up(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "vx0", &other_vni, &up()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     assert_eq!(
         observed_link(&a, "vx0").unwrap()["linkinfo"]["info_data"]["id"],
@@ -331,10 +326,10 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
     );
 
     // Same name, other kind: conflict, and the bridge is left alone.
-    assert!(ensure_link(ns(&a), "br0", &LinkSpec::Bridge, &none(), None, deadline()).unwrap());
-    let err = ensure_link(ns(&a), "br0", &spec, &none(), None, deadline()).unwrap_err();
+    assert!(ensure(&a, "br0", &LinkSpec::Bridge, &none()).unwrap());
+    let err = ensure(&a, "br0", &spec, &none()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
-    let err = ensure_link(ns(&a), "vx0", &LinkSpec::Bridge, &none(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "vx0", &LinkSpec::Bridge, &none()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     assert_eq!(
         observed_link(&a, "br0").unwrap()["linkinfo"]["info_kind"],
@@ -350,7 +345,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         port: None,
         device: Some("nope0".into()),
     };
-    let err = ensure_link(ns(&a), "vx1", &missing, &none(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "vx1", &missing, &none()).unwrap_err();
     assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
     assert!(observed_link(&a, "vx1").is_none());
     // So is a missing master.
@@ -358,7 +353,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         master: Some("nobr0".into()),
         ..LinkSettings::default()
     };
-    let err = ensure_link(ns(&a), "br1", &LinkSpec::Bridge, &orphan, None, deadline()).unwrap_err();
+    let err = ensure(&a, "br1", &LinkSpec::Bridge, &orphan).unwrap_err();
     assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
     assert!(observed_link(&a, "br1").is_none());
 }
@@ -367,32 +362,32 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
 fn macvlan_on_a_veth_parent_and_another_mode_conflicts() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "p0", &veth("p1", None), &up(), None, deadline()).unwrap());
+    assert!(ensure(&a, "p0", &veth("p1", None), &up()).unwrap());
     let spec = LinkSpec::Macvlan {
         parent: "p0".into(),
         mode: MacvlanMode::Bridge,
     };
-    assert!(ensure_link(ns(&a), "mv0", &spec, &up(), None, deadline()).unwrap());
+    assert!(ensure(&a, "mv0", &spec, &up()).unwrap());
     let seen = observed_link(&a, "mv0").unwrap();
     assert_eq!(seen["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(seen["linkinfo"]["info_data"]["mode"], "bridge");
     assert_eq!(seen["link"], "p0");
-    assert!(!ensure_link(ns(&a), "mv0", &spec, &up(), None, deadline()).unwrap());
+    assert!(!ensure(&a, "mv0", &spec, &up()).unwrap());
 
     let private = LinkSpec::Macvlan {
         parent: "p0".into(),
         mode: MacvlanMode::Private,
     };
-    let err = ensure_link(ns(&a), "mv0", &private, &up(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "mv0", &private, &up()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     let other_parent = LinkSpec::Macvlan {
         parent: "p1".into(),
         mode: MacvlanMode::Bridge,
     };
-    let err = ensure_link(ns(&a), "mv0", &other_parent, &up(), None, deadline()).unwrap_err();
+    let err = ensure(&a, "mv0", &other_parent, &up()).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
 
-    assert!(ensure_link(ns(&a), "mv1", &private, &none(), None, deadline()).unwrap());
+    assert!(ensure(&a, "mv1", &private, &none()).unwrap());
     assert_eq!(
         observed_link(&a, "mv1").unwrap()["linkinfo"]["info_data"]["mode"],
         "private"
@@ -403,23 +398,23 @@ fn macvlan_on_a_veth_parent_and_another_mode_conflicts() {
 fn addresses_v4_and_v6_are_ensured_and_removed_once() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "e0", &veth("e1", None), &up(), None, deadline()).unwrap());
+    assert!(ensure(&a, "e0", &veth("e1", None), &up()).unwrap());
     for addr in ["10.1.0.1/24", "2001:db8::1/64"] {
-        assert!(ensure_address(ns(&a), "e0", net(addr), deadline()).unwrap());
-        assert!(!ensure_address(ns(&a), "e0", net(addr), deadline()).unwrap());
+        assert!(ensure_address(call(&a), "e0", net(addr)).unwrap());
+        assert!(!ensure_address(call(&a), "e0", net(addr)).unwrap());
         assert!(observed_addresses(&a, "e0").contains(&addr.to_string()));
     }
     // The same IPv6 address with another prefix is a conflict.
-    let err = ensure_address(ns(&a), "e0", net("2001:db8::1/48"), deadline()).unwrap_err();
+    let err = ensure_address(call(&a), "e0", net("2001:db8::1/48")).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
     // Another prefix length is another address: removing it changes nothing.
-    assert!(!remove_address(ns(&a), "e0", net("10.1.0.1/16"), deadline()).unwrap());
+    assert!(!remove_address(call(&a), "e0", net("10.1.0.1/16")).unwrap());
     for addr in ["10.1.0.1/24", "2001:db8::1/64"] {
-        assert!(remove_address(ns(&a), "e0", net(addr), deadline()).unwrap());
-        assert!(!remove_address(ns(&a), "e0", net(addr), deadline()).unwrap());
+        assert!(remove_address(call(&a), "e0", net(addr)).unwrap());
+        assert!(!remove_address(call(&a), "e0", net(addr)).unwrap());
         assert!(!observed_addresses(&a, "e0").contains(&addr.to_string()));
     }
-    let err = ensure_address(ns(&a), "nope0", net("10.9.0.1/24"), deadline()).unwrap_err();
+    let err = ensure_address(call(&a), "nope0", net("10.9.0.1/24")).unwrap_err();
     assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
 }
 
@@ -427,10 +422,10 @@ fn addresses_v4_and_v6_are_ensured_and_removed_once() {
 fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "r0", &veth("r1", None), &up(), None, deadline()).unwrap());
-    assert!(ensure_link(ns(&a), "r1", &veth("r0", None), &up(), None, deadline()).is_ok());
-    assert!(ensure_address(ns(&a), "r0", net("10.2.0.1/24"), deadline()).unwrap());
-    assert!(ensure_address(ns(&a), "r0", net("2001:db8:2::1/64"), deadline()).unwrap());
+    assert!(ensure(&a, "r0", &veth("r1", None), &up()).unwrap());
+    assert!(ensure(&a, "r1", &veth("r0", None), &up()).is_ok());
+    assert!(ensure_address(call(&a), "r0", net("10.2.0.1/24")).unwrap());
+    assert!(ensure_address(call(&a), "r0", net("2001:db8:2::1/64")).unwrap());
 
     let via = Route {
         destination: Some(net("10.3.0.0/16")),
@@ -457,14 +452,8 @@ fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
         metric: None,
     };
     for route in [&via, &dev_only, &default, &v6] {
-        assert!(
-            ensure_route(ns(&a), route, deadline()).unwrap(),
-            "{route:?}"
-        );
-        assert!(
-            !ensure_route(ns(&a), route, deadline()).unwrap(),
-            "{route:?}"
-        );
+        assert!(ensure_route(call(&a), route).unwrap(), "{route:?}");
+        assert!(!ensure_route(call(&a), route).unwrap(), "{route:?}");
     }
     let routes = observed_routes(&a, false);
     let find = |dst: &str| routes.iter().find(|r| r["dst"] == dst).cloned();
@@ -485,26 +474,20 @@ fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
         gateway: Some(ip("10.2.0.3")),
         ..via.clone()
     };
-    let err = ensure_route(ns(&a), &other, deadline()).unwrap_err();
+    let err = ensure_route(call(&a), &other).unwrap_err();
     assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
-    assert!(!remove_route(ns(&a), &other, deadline()).unwrap());
+    assert!(!remove_route(call(&a), &other).unwrap());
 
     let host_bits = Route {
         destination: Some(net("10.5.0.1/16")),
         ..dev_only.clone()
     };
-    let err = ensure_route(ns(&a), &host_bits, deadline()).unwrap_err();
+    let err = ensure_route(call(&a), &host_bits).unwrap_err();
     assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
 
     for route in [&via, &dev_only, &default, &v6] {
-        assert!(
-            remove_route(ns(&a), route, deadline()).unwrap(),
-            "{route:?}"
-        );
-        assert!(
-            !remove_route(ns(&a), route, deadline()).unwrap(),
-            "{route:?}"
-        );
+        assert!(remove_route(call(&a), route).unwrap(), "{route:?}");
+        assert!(!remove_route(call(&a), route).unwrap(), "{route:?}");
     }
     let routes = observed_routes(&a, false);
     assert!(
@@ -518,10 +501,10 @@ fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
 fn delete_link_removes_it_once() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "br9", &LinkSpec::Bridge, &none(), None, deadline()).unwrap());
-    assert!(delete_link(ns(&a), "br9", deadline()).unwrap());
+    assert!(ensure(&a, "br9", &LinkSpec::Bridge, &none()).unwrap());
+    assert!(delete_link(call(&a), "br9").unwrap());
     assert!(observed_link(&a, "br9").is_none());
-    assert!(!delete_link(ns(&a), "br9", deadline()).unwrap());
+    assert!(!delete_link(call(&a), "br9").unwrap());
 }
 
 /// Whether the kernel makes a link of `kind` (`ip link add ...` in a scratch namespace).
@@ -541,7 +524,7 @@ fn kernel_supports(extra: &[&str]) -> bool {
 fn kinds_missing_from_the_kernel_are_unsupported_and_others_work() {
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "k0", &veth("k1", None), &none(), None, deadline()).unwrap());
+    assert!(ensure(&a, "k0", &veth("k1", None), &none()).unwrap());
     let cases: [(LinkSpec, &str, &[&str]); 3] = [
         (LinkSpec::Dummy, "d0", &["d0", "type", "dummy"]),
         (LinkSpec::Wireguard, "wg0", &["wg0", "type", "wireguard"]),
@@ -555,10 +538,10 @@ fn kinds_missing_from_the_kernel_are_unsupported_and_others_work() {
         ),
     ];
     for (spec, name, ip_args) in cases {
-        let result = ensure_link(ns(&a), name, &spec, &none(), None, deadline());
+        let result = ensure(&a, name, &spec, &none());
         if kernel_supports(ip_args) {
             assert!(result.unwrap(), "{spec:?}");
-            assert!(!ensure_link(ns(&a), name, &spec, &none(), None, deadline()).unwrap());
+            assert!(!ensure(&a, name, &spec, &none()).unwrap());
             let seen = observed_link(&a, name).unwrap();
             assert_eq!(seen["linkinfo"]["info_kind"], spec.kind_name());
         } else {
@@ -577,8 +560,17 @@ fn netns_is_made_once_listed_and_deleted_once() {
     let nested = dir.path().join("run/netns");
     let name = format!("ha-test-{}-own", std::process::id());
     assert!(ensure_netns(&nested, &name).unwrap());
+    let _unmount = Unmount(&nested);
     let path = nested.join(&name);
     let cleanup = scopeguard(&nested, &name);
+    // Like `ip netns add`, the directory is made a shared mount point, so the
+    // namespace mounts propagate to other mount namespaces.
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "PROPAGATION", "--mountpoint"])
+        .arg(&nested)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "shared");
     assert!(!ensure_netns(&nested, &name).unwrap());
     assert_eq!(list_netns(&nested).unwrap(), vec![name.clone()]);
     // The new namespace is empty but for lo, and links made in it stay there.
@@ -586,17 +578,7 @@ fn netns_is_made_once_listed_and_deleted_once() {
     assert!(ok);
     let links: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(links.as_array().unwrap().len(), 1);
-    assert!(
-        ensure_link(
-            ns(&path),
-            "br0",
-            &LinkSpec::Bridge,
-            &none(),
-            None,
-            deadline()
-        )
-        .unwrap()
-    );
+    assert!(ensure(&path, "br0", &LinkSpec::Bridge, &none()).unwrap());
     assert!(observed_link(&path, "br0").is_some());
 
     // A plain file is not listed as a namespace.
@@ -635,6 +617,15 @@ fn netns_is_made_once_listed_and_deleted_once() {
     );
 }
 
+/// Detaches a namespace directory's bind mount when dropped.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        unmount(self.0);
+    }
+}
+
 /// Deletes `dir/name` when dropped, so a failed assertion leaves no mount behind.
 fn scopeguard<'a>(dir: &'a Path, name: &'a str) -> impl Drop + 'a {
     struct Guard<'a>(&'a Path, &'a str);
@@ -663,15 +654,7 @@ fn a_missing_namespace_is_not_found_and_a_past_deadline_times_out() {
     let err = list_links(ns(&a), past).unwrap_err();
     assert!(matches!(err, NetError::Timeout(_)), "{err:?}");
 
-    let err = ensure_link(
-        ns(&a),
-        "name-longer-than-15",
-        &LinkSpec::Bridge,
-        &none(),
-        None,
-        deadline(),
-    )
-    .unwrap_err();
+    let err = ensure(&a, "name-longer-than-15", &LinkSpec::Bridge, &none()).unwrap_err();
     assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
 }
 
@@ -680,7 +663,7 @@ fn the_callers_namespace_is_never_switched() {
     let before = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
     let mut nss = Namespaces::new();
     let a = nss.add();
-    assert!(ensure_link(ns(&a), "s0", &veth("s1", None), &none(), None, deadline()).unwrap());
+    assert!(ensure(&a, "s0", &veth("s1", None), &none()).unwrap());
     list_links(ns(&a), deadline()).unwrap();
     assert_eq!(
         std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
@@ -693,4 +676,81 @@ fn the_callers_namespace_is_never_switched() {
             .iter()
             .any(|l| l.name == "s0")
     );
+}
+
+#[test]
+fn a_dry_run_reports_changes_and_makes_none() {
+    let mut nss = Namespaces::new();
+    let a = nss.add();
+    let dry = Call {
+        dry_run: true,
+        ..call(&a)
+    };
+    let settings = LinkSettings {
+        mtu: Some(1400),
+        up: Some(true),
+        master: None,
+    };
+    let changes = ensure_link(dry, "br0", &LinkSpec::Bridge, &settings).unwrap();
+    assert_eq!(changes, ["create bridge", "mtu 1400", "up"]);
+    assert!(observed_link(&a, "br0").is_none());
+    // A missing reference fails in a dry run as it would for real.
+    let err = ensure_link(dry, "mv0", &macvlan("nope0"), &none()).unwrap_err();
+    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+
+    assert!(ensure(&a, "br0", &LinkSpec::Bridge, &none()).unwrap());
+    let changes = ensure_link(dry, "br0", &LinkSpec::Bridge, &settings).unwrap();
+    assert_eq!(changes, ["mtu 1400", "up"]);
+    assert!(ensure_address(dry, "br0", net("10.3.0.1/24")).unwrap());
+    assert!(delete_link(dry, "br0").unwrap());
+    let seen = observed_link(&a, "br0").unwrap();
+    assert_ne!(seen["mtu"], 1400);
+    assert!(observed_addresses(&a, "br0").is_empty());
+}
+
+#[test]
+fn owned_only_refuses_to_change_links_hostaction_did_not_create() {
+    let mut nss = Namespaces::new();
+    let a = nss.add();
+    // A link someone else made, with `ip`.
+    let (ok, _) = ip_in(&a, &["link", "add", "theirs0", "type", "bridge"]);
+    assert!(ok);
+    let owned = Call {
+        owned_only: true,
+        ..call(&a)
+    };
+    // Nothing to change: fine.
+    assert!(
+        ensure_link(owned, "theirs0", &LinkSpec::Bridge, &none())
+            .unwrap()
+            .is_empty()
+    );
+    for err in [
+        ensure_link(owned, "theirs0", &LinkSpec::Bridge, &up()).unwrap_err(),
+        delete_link(owned, "theirs0").unwrap_err(),
+        ensure_address(owned, "theirs0", net("10.4.0.1/24")).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, NetError::PermissionDenied(m) if m.contains("theirs0")),
+            "{err:?}"
+        );
+    }
+    assert!(observed_link(&a, "theirs0").is_some());
+    assert!(observed_addresses(&a, "theirs0").is_empty());
+
+    // Its own links it may change, delete, and give addresses.
+    assert!(
+        !ensure_link(owned, "mine0", &LinkSpec::Bridge, &up())
+            .unwrap()
+            .is_empty()
+    );
+    assert!(ensure_address(owned, "mine0", net("10.4.0.1/24")).unwrap());
+    assert!(delete_link(owned, "mine0").unwrap());
+}
+
+fn macvlan(parent: &str) -> LinkSpec {
+    LinkSpec::Macvlan {
+        parent: parent.into(),
+        mode: MacvlanMode::Bridge,
+    }
 }

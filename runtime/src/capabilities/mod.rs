@@ -59,6 +59,8 @@ pub struct RunState {
     pub(crate) effects: Effects,
     /// Plan mode: directories recorded as created but not made.
     pub(crate) planned_dirs: Vec<files::HostPath>,
+    /// Plan mode: namespaces and links recorded as created but not made.
+    pub(crate) planned: network::Planned,
     pub(crate) log: Arc<Mutex<RunLog>>,
     pub(crate) deadline: Instant,
     pub(crate) limits: StoreLimits,
@@ -175,6 +177,7 @@ pub(crate) fn add_to_linker(
     host::types::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    host::network::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     Ok(())
 }

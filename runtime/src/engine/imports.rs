@@ -57,7 +57,8 @@ fn provided_by(name: &str) -> Provided {
         "hostaction:host" => match interface {
             "types" | "log" => Provided::Always,
             "files" => Provided::Capability(Capability::Files),
-            "network" | "services" => Provided::No(format!(
+            "network" => Provided::Capability(Capability::Network),
+            "services" => Provided::No(format!(
                 "the `{interface}` capability is in the contract but not yet implemented by this runtime"
             )),
             other => Provided::No(format!("no capability named `{other}`")),

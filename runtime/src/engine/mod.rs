@@ -322,6 +322,7 @@ impl Runtime {
             host_root: Arc::clone(&self.host_root),
             effects: Effects::new(request.mode),
             planned_dirs: Vec::new(),
+            planned: Default::default(),
             wasi: capabilities::wasi::locked_down(&log),
             log: Arc::clone(&log),
             deadline,

@@ -13,7 +13,8 @@
 
 mod path;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -59,6 +60,62 @@ impl HostRoot {
     /// The host root's path on this machine.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The path on this machine of the directory `rel` (relative, `/`
+    /// separated) under the host root, with symlinks resolved as if the host
+    /// root were `/` (on a node `/var/run` is a symlink to `/run`). With
+    /// `create`, missing directories are made (mode 0755, like `mkdir -p`);
+    /// without, a missing one gives `None`.
+    pub fn resolve_dir(&self, rel: &str, create: bool) -> Result<Option<PathBuf>, Errno> {
+        let mut at = String::new();
+        let mut fd = None;
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            let parent = at.clone();
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            let open = || {
+                rustix::fs::openat2(
+                    &self.fd,
+                    at.as_str(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                )
+            };
+            fd = Some(match open() {
+                Err(Errno::NOENT) if create => {
+                    let parent = rustix::fs::openat2(
+                        &self.fd,
+                        if parent.is_empty() {
+                            "."
+                        } else {
+                            parent.as_str()
+                        },
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                    )?;
+                    match make_dir(&parent, part, 0o755) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    open()?
+                }
+                Err(Errno::NOENT) => return Ok(None),
+                other => other?,
+            });
+        }
+        let Some(fd) = fd else {
+            return Ok(Some(self.path.clone()));
+        };
+        // The kernel's name for what was resolved.
+        let path = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())?;
+        Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(
+            path.into_bytes(),
+        ))))
     }
 
     /// Opens `dir`, a granted directory or one of its ancestors. Up to

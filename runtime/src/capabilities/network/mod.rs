@@ -1,7 +1,541 @@
-//! The network capability: links, addresses, routes and named network
-//! namespaces. So far the host backend ([`netlink`]) and the guest-input and
-//! grant-scope checks ([`scope`]); the WIT `network` interface is not linked
-//! yet, so a component importing it is still refused at load.
+//! The `network` capability: links, addresses, routes and named network
+//! namespaces, through netlink.
+//!
+//! Every call checks its arguments ([`scope`]: names, numbers, addresses)
+//! and the grant's and node policy's scopes before the backend ([`netlink`])
+//! sends a single request. Named namespaces live under the host root's
+//! `/var/run/netns`, like `ip netns`. In plan mode the backend makes every read
+//! and no change; a call that builds on something only planned (a link in a
+//! namespace not made) is planned without asking the kernel.
 
 pub mod netlink;
 pub mod scope;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+
+use super::{CapError, RunState};
+use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkSettings};
+use crate::effects::Mode;
+use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns};
+use scope::Scopes;
+
+/// Where named network namespaces live, relative to the host root.
+pub const NETNS_DIR: &str = "var/run/netns";
+
+impl From<NetError> for CapError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::InvalidArgument(m) => CapError::InvalidArgument(m),
+            NetError::PermissionDenied(m) => CapError::PermissionDenied(m),
+            NetError::NotFound(m) => CapError::NotFound(m),
+            NetError::Conflict(m) => CapError::Conflict(m),
+            NetError::Unsupported(m) => CapError::Unsupported(m),
+            NetError::Timeout(m) => CapError::Timeout(m),
+            NetError::Io(m) => CapError::Io(m),
+        }
+    }
+}
+
+/// Plan mode: namespaces and links recorded as created but not made, so that
+/// calls building on them are planned too.
+#[derive(Debug, Default)]
+pub(crate) struct Planned {
+    netns: HashSet<String>,
+    /// (namespace, link name); `None` is the host's own namespace.
+    links: HashSet<(Option<String>, String)>,
+}
+
+impl Planned {
+    fn link(&self, netns: Option<&str>, name: &str) -> bool {
+        netns.is_some_and(|n| self.netns.contains(n))
+            || self
+                .links
+                .contains(&(netns.map(str::to_owned), name.to_owned()))
+    }
+}
+
+/// How a namespace reads in effects: `host` or `netns NAME`.
+fn place(netns: Option<&str>) -> String {
+    netns.map_or_else(|| "host".to_owned(), |n| format!("netns {n}"))
+}
+
+impl RunState {
+    /// The grant's and the policy's network scopes, after the deadline check.
+    fn scopes(&self) -> Result<Scopes<'_>, CapError> {
+        self.check_deadline()?;
+        match &self.grant.network {
+            Some((grant, policy)) => Ok(Scopes {
+                grant,
+                policy: policy.as_ref(),
+            }),
+            None => Err(CapError::PermissionDenied(
+                "network: the grant has no network section".into(),
+            )),
+        }
+    }
+
+    /// The directory of named namespaces on this machine; `None` when it does
+    /// not exist and `create` is false.
+    fn netns_dir(&self, create: bool) -> Result<Option<PathBuf>, CapError> {
+        self.host_root
+            .resolve_dir(NETNS_DIR, create)
+            .map_err(|e: Errno| {
+                CapError::Io(format!(
+                    "cannot resolve {} under the host root {}: {e}",
+                    NETNS_DIR,
+                    self.host_root.path().display()
+                ))
+            })
+    }
+
+    /// The file of the named namespace `name` (which need not exist).
+    fn netns_file(&self, name: &str) -> Result<PathBuf, CapError> {
+        match self.netns_dir(false)? {
+            Some(dir) => Ok(dir.join(name)),
+            None => Err(CapError::NotFound(format!(
+                "network namespace {name} does not exist (no {} under the host root)",
+                NETNS_DIR
+            ))),
+        }
+    }
+
+    /// A backend call in `netns` as the grant and the run's mode say.
+    fn call<'a>(&self, scopes: &Scopes<'_>, ns: Option<&'a Path>) -> Call<'a> {
+        Call {
+            ns: Netns(ns),
+            deadline: self.deadline,
+            dry_run: self.effects.mode() == Mode::Plan,
+            owned_only: scopes.owned_only(),
+        }
+    }
+
+    /// Checks a namespace from the guest and resolves its file.
+    fn scoped_netns(
+        &self,
+        scopes: &Scopes<'_>,
+        netns: Option<&str>,
+    ) -> Result<Option<PathBuf>, CapError> {
+        if let Some(name) = netns {
+            scope::netns_name(name)?;
+        }
+        scopes.netns(netns)?;
+        netns.map(|n| self.netns_file(n)).transpose()
+    }
+
+    /// Records a change the backend made (or, in plan mode, would make).
+    fn record(&mut self, action: &'static str, target: String, detail: String) {
+        self.effects.record("network", action, &target, detail);
+    }
+}
+
+/// Maps the contract's link kind to the backend's, checking every value.
+fn link_spec(
+    kind: LinkKind,
+    resolve_netns: impl Fn(&str) -> Result<PathBuf, CapError>,
+) -> Result<LinkSpec, CapError> {
+    let ip = |what: &str, s: &str| -> Result<IpAddr, CapError> {
+        s.parse()
+            .map_err(|_| CapError::InvalidArgument(format!("{what} {s:?} is not an IP address")))
+    };
+    let opt_ip = |what: &str, s: Option<String>| s.map(|s| ip(what, &s)).transpose();
+    Ok(match kind {
+        LinkKind::Bridge => LinkSpec::Bridge,
+        LinkKind::Dummy => LinkSpec::Dummy,
+        LinkKind::Wireguard => LinkSpec::Wireguard,
+        LinkKind::Veth(v) => {
+            scope::interface_name(&v.peer_name)?;
+            let peer_netns = v.peer_netns.as_deref().map(&resolve_netns).transpose()?;
+            LinkSpec::Veth {
+                peer: v.peer_name,
+                peer_netns,
+            }
+        }
+        LinkKind::Vxlan(v) => {
+            scope::vni(v.vni)?;
+            if v.port == Some(0) {
+                return Err(CapError::InvalidArgument(
+                    "vxlan port 0 is not a port".into(),
+                ));
+            }
+            if let Some(device) = &v.device {
+                scope::interface_name(device)?;
+            }
+            LinkSpec::Vxlan {
+                vni: v.vni,
+                local: opt_ip("vxlan local", v.local)?,
+                remote: opt_ip("vxlan remote", v.remote)?,
+                group: opt_ip("vxlan group", v.group)?,
+                port: v.port,
+                device: v.device,
+            }
+        }
+        LinkKind::Macvlan(m) => {
+            scope::interface_name(&m.parent)?;
+            let mode = match m.mode.as_deref() {
+                None | Some("bridge") => MacvlanMode::Bridge,
+                Some("private") => MacvlanMode::Private,
+                Some("vepa") => MacvlanMode::Vepa,
+                Some("passthru") => MacvlanMode::Passthru,
+                Some(other) => {
+                    return Err(CapError::InvalidArgument(format!(
+                        "macvlan mode {other:?} is not one of bridge, private, vepa, passthru"
+                    )));
+                }
+            };
+            LinkSpec::Macvlan {
+                parent: m.parent,
+                mode,
+            }
+        }
+        LinkKind::Vlan(v) => {
+            scope::interface_name(&v.parent)?;
+            scope::vlan_id(v.id)?;
+            LinkSpec::Vlan {
+                parent: v.parent,
+                id: v.id,
+            }
+        }
+    })
+}
+
+/// Parses an address with its prefix length (`10.0.0.1/24`, `fd00::1/64`).
+fn cidr(what: &str, s: &str) -> Result<IpNetwork, CapError> {
+    s.parse().map_err(|_| {
+        CapError::InvalidArgument(format!(
+            "{what} {s:?} is not an address with a prefix length (like 10.0.0.1/24 or fd00::1/64)"
+        ))
+    })
+}
+
+/// Maps and checks a route from the guest. The device is required: it is what
+/// the grant's interface patterns scope.
+fn route(r: network::Route) -> Result<netlink::Route, CapError> {
+    let destination = match r.destination.as_str() {
+        "default" => None,
+        d => Some(cidr("route destination", d)?),
+    };
+    let gateway = r
+        .gateway
+        .map(|g| {
+            g.parse::<IpAddr>().map_err(|_| {
+                CapError::InvalidArgument(format!("route gateway {g:?} is not an IP address"))
+            })
+        })
+        .transpose()?;
+    let Some(device) = r.device else {
+        return Err(CapError::InvalidArgument(format!(
+            "route to {}: a route must name its device (the grant scopes interfaces)",
+            r.destination
+        )));
+    };
+    scope::interface_name(&device)?;
+    Ok(netlink::Route {
+        destination,
+        gateway,
+        device: Some(device),
+        metric: r.metric,
+    })
+}
+
+impl network::Host for RunState {
+    fn ensure_link(
+        &mut self,
+        netns: Option<String>,
+        name: String,
+        kind: LinkKind,
+        settings: LinkSettings,
+    ) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        scope::interface_name(&name)?;
+        if let Some(mtu) = settings.mtu {
+            scope::mtu(mtu)?;
+        }
+        if let Some(master) = &settings.master {
+            scope::interface_name(master)?;
+        }
+        let peer = match &kind {
+            LinkKind::Veth(v) => Some((v.peer_name.clone(), v.peer_netns.clone())),
+            _ => None,
+        };
+        if let Some((_, Some(peer_netns))) = &peer {
+            scope::netns_name(peer_netns)?;
+        }
+        // Everything the call changes must be in scope: the link, the bridge
+        // it joins, a veth's peer and the namespace the peer goes to.
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        scopes.interface(&name)?;
+        if let Some(master) = &settings.master {
+            scopes.interface(master)?;
+        }
+        if let Some((peer_name, peer_netns)) = &peer {
+            scopes.interface(peer_name)?;
+            if let Some(peer_netns) = peer_netns {
+                scopes.netns(Some(peer_netns))?;
+            }
+        }
+        let spec = link_spec(kind, |n| self.netns_file(n))?;
+        scopes.kind(spec.kind_name())?;
+        let call = self.call(&scopes, ns.as_deref());
+        let target = format!("link {name} ({})", place(netns.as_deref()));
+
+        // Plan mode: a link that depends on something only planned is planned.
+        let peer_ns_planned = matches!(&peer, Some((_, Some(p))) if self.planned.netns.contains(p));
+        let depends_on_planned = netns
+            .as_deref()
+            .is_some_and(|n| self.planned.netns.contains(n))
+            || peer_ns_planned
+            || settings
+                .master
+                .as_deref()
+                .is_some_and(|m| self.planned.link(netns.as_deref(), m));
+        if call.dry_run && depends_on_planned {
+            if self.planned.link(netns.as_deref(), &name) {
+                return Ok(false);
+            }
+            self.planned.links.insert((netns.clone(), name.clone()));
+            self.record(
+                "ensure-link",
+                target,
+                format!("create {}", spec.kind_name()),
+            );
+            return Ok(true);
+        }
+
+        let settings = netlink::LinkSettings {
+            mtu: settings.mtu,
+            up: settings.up,
+            master: settings.master,
+        };
+        let changes = netlink::ensure_link(call, &name, &spec, &settings)?;
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
+            self.planned.links.insert((netns.clone(), name.clone()));
+            if let Some((peer_name, peer_netns)) = peer {
+                self.planned
+                    .links
+                    .insert((peer_netns.or_else(|| netns.clone()), peer_name));
+            }
+        }
+        self.record("ensure-link", target, changes.join(", "));
+        Ok(true)
+    }
+
+    fn delete_link(&mut self, netns: Option<String>, name: String) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        scope::interface_name(&name)?;
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        scopes.interface(&name)?;
+        let target = format!("link {name} ({})", place(netns.as_deref()));
+        let call = self.call(&scopes, ns.as_deref());
+        let planned = self.planned.links.remove(&(netns.clone(), name.clone()));
+        let deleted = planned || netlink::delete_link(call, &name)?;
+        if deleted {
+            self.record("delete-link", target, String::new());
+        }
+        Ok(deleted)
+    }
+
+    fn list_links(&mut self, netns: Option<String>) -> Result<Vec<LinkInfo>, CapError> {
+        let scopes = self.scopes()?;
+        if netns
+            .as_deref()
+            .is_some_and(|n| self.planned.netns.contains(n))
+        {
+            return Ok(Vec::new());
+        }
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        let links = netlink::list_links(Netns(ns.as_deref()), self.deadline)?;
+        Ok(links
+            .into_iter()
+            .map(|l| LinkInfo {
+                owned: l.alias.as_deref() == Some(scope::OWNED_ALIAS),
+                name: l.name,
+                index: l.index,
+                kind: l.kind,
+                mtu: l.mtu,
+                up: l.up,
+                master: l.master,
+                mac: l.mac,
+            })
+            .collect())
+    }
+
+    fn ensure_address(
+        &mut self,
+        netns: Option<String>,
+        device: String,
+        address: String,
+    ) -> Result<bool, CapError> {
+        self.address(netns, device, address, true)
+    }
+
+    fn remove_address(
+        &mut self,
+        netns: Option<String>,
+        device: String,
+        address: String,
+    ) -> Result<bool, CapError> {
+        self.address(netns, device, address, false)
+    }
+
+    fn ensure_route(
+        &mut self,
+        netns: Option<String>,
+        route: network::Route,
+    ) -> Result<bool, CapError> {
+        self.route(netns, route, true)
+    }
+
+    fn remove_route(
+        &mut self,
+        netns: Option<String>,
+        route: network::Route,
+    ) -> Result<bool, CapError> {
+        self.route(netns, route, false)
+    }
+
+    fn ensure_netns(&mut self, name: String) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        scope::netns_name(&name)?;
+        scopes.netns(Some(&name))?;
+        let target = format!("netns {name}");
+        if self.effects.mode() == Mode::Plan {
+            if self.planned.netns.contains(&name) {
+                return Ok(false);
+            }
+            let exists = match self.netns_dir(false)? {
+                Some(dir) => netlink::is_netns(&dir.join(&name))?,
+                None => false,
+            };
+            if !exists {
+                self.planned.netns.insert(name);
+                self.record("ensure-netns", target, String::new());
+            }
+            return Ok(!exists);
+        }
+        let dir = self.netns_dir(true)?.ok_or_else(|| {
+            CapError::Io(format!("{NETNS_DIR} under the host root was not created"))
+        })?;
+        let made = netlink::ensure_netns(&dir, &name)?;
+        if made {
+            self.record("ensure-netns", target, String::new());
+        }
+        Ok(made)
+    }
+
+    fn delete_netns(&mut self, name: String) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        scope::netns_name(&name)?;
+        scopes.netns(Some(&name))?;
+        let target = format!("netns {name}");
+        let deleted = if self.planned.netns.remove(&name) {
+            true
+        } else {
+            match self.netns_dir(false)? {
+                None => false,
+                Some(dir) if self.effects.mode() == Mode::Plan => {
+                    netlink::is_netns(&dir.join(&name))?
+                }
+                Some(dir) => netlink::delete_netns(&dir, &name)?,
+            }
+        };
+        if deleted {
+            self.record("delete-netns", target, String::new());
+        }
+        Ok(deleted)
+    }
+
+    fn list_netns(&mut self) -> Result<Vec<String>, CapError> {
+        let scopes = self.scopes()?;
+        let mut names = match self.netns_dir(false)? {
+            Some(dir) => netlink::list_netns(&dir)?,
+            None => Vec::new(),
+        };
+        names.extend(self.planned.netns.iter().cloned());
+        names.sort();
+        names.dedup();
+        names.retain(|n| scopes.netns(Some(n)).is_ok());
+        Ok(names)
+    }
+}
+
+impl RunState {
+    /// ensure-address (`add`) and remove-address.
+    fn address(
+        &mut self,
+        netns: Option<String>,
+        device: String,
+        address: String,
+        add: bool,
+    ) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        scope::interface_name(&device)?;
+        let addr = cidr("address", &address)?;
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        scopes.interface(&device)?;
+        let action = if add {
+            "ensure-address"
+        } else {
+            "remove-address"
+        };
+        let target = format!("address {addr} on {device} ({})", place(netns.as_deref()));
+        let changed = if self.planned.link(netns.as_deref(), &device) {
+            add
+        } else {
+            let call = self.call(&scopes, ns.as_deref());
+            if add {
+                netlink::ensure_address(call, &device, addr)?
+            } else {
+                netlink::remove_address(call, &device, addr)?
+            }
+        };
+        if changed {
+            self.record(action, target, String::new());
+        }
+        Ok(changed)
+    }
+
+    /// ensure-route (`add`) and remove-route.
+    fn route(
+        &mut self,
+        netns: Option<String>,
+        r: network::Route,
+        add: bool,
+    ) -> Result<bool, CapError> {
+        let scopes = self.scopes()?;
+        let r = route(r)?;
+        let device = r.device.clone().unwrap_or_default();
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        scopes.interface(&device)?;
+        let action = if add { "ensure-route" } else { "remove-route" };
+        let mut target = format!(
+            "route {}",
+            r.destination
+                .map_or_else(|| "default".to_owned(), |d| d.to_string())
+        );
+        if let Some(gw) = r.gateway {
+            target.push_str(&format!(" via {gw}"));
+        }
+        target.push_str(&format!(" dev {device} ({})", place(netns.as_deref())));
+        let changed = if self.planned.link(netns.as_deref(), &device) {
+            add
+        } else {
+            let call = self.call(&scopes, ns.as_deref());
+            if add {
+                netlink::ensure_route(call, &r)?
+            } else {
+                netlink::remove_route(call, &r)?
+            }
+        };
+        if changed {
+            self.record(action, target, String::new());
+        }
+        Ok(changed)
+    }
+}

@@ -27,7 +27,7 @@ use rustix::io::Errno;
 
 pub use addr::{ensure_address, ensure_route, remove_address, remove_route};
 pub use link::{delete_link, ensure_link, list_links};
-pub use netns::{delete_netns, ensure_netns, list_netns};
+pub use netns::{delete_netns, ensure_netns, is_netns, list_netns};
 
 /// The kind of link to ensure, with the attributes that identify it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +157,9 @@ pub enum NetError {
     /// A value was refused before anything was touched (bad name, mixed address families).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The link is not hostaction's and the call may only touch its own.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The named link, namespace, parent or device does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -172,6 +175,33 @@ pub enum NetError {
     /// Any other host failure.
     #[error("io: {0}")]
     Io(String),
+}
+
+/// How one backend call runs: where, until when, and what it may change.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The namespace the call works in.
+    pub ns: Netns<'a>,
+    /// When the call gives up with `Timeout`.
+    pub deadline: Instant,
+    /// Plan mode: every read is real, nothing is changed, and the result says
+    /// what would have changed.
+    pub dry_run: bool,
+    /// Only links marked as hostaction's (alias [`super::scope::OWNED_ALIAS`])
+    /// may be changed or deleted, or get addresses and routes.
+    pub owned_only: bool,
+}
+
+impl<'a> Call<'a> {
+    /// A call in `ns` that changes what it must, with no ownership rule.
+    pub fn apply(ns: Netns<'a>, deadline: Instant) -> Self {
+        Call {
+            ns,
+            deadline,
+            dry_run: false,
+            owned_only: false,
+        }
+    }
 }
 
 /// Where a call runs: the process's own namespace, or a namespace file (e.g.

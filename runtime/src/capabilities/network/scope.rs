@@ -13,6 +13,11 @@ pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
 /// Largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 
+/// How grants name the host's own network namespace.
+pub const HOST_NETNS: &str = "host";
+/// VLAN ids an action may use (0 and 4095 are reserved by 802.1Q).
+pub const VLAN_IDS: std::ops::RangeInclusive<u16> = 1..=4094;
+
 /// The alias that marks links hostaction created, for `ownedOnly` grants.
 pub const OWNED_ALIAS: &str = "hostaction";
 
@@ -41,6 +46,8 @@ pub fn interface_name_problem(name: &str) -> Option<String> {
 pub fn netns_name_problem(name: &str) -> Option<String> {
     let why = if name.is_empty() || name == "." || name == ".." {
         "is not a file name".to_owned()
+    } else if name == HOST_NETNS {
+        format!("is reserved: {HOST_NETNS:?} names the host's own namespace in grants")
     } else if name.len() > MAX_NETNS_BYTES {
         format!("is {} bytes; the limit is {MAX_NETNS_BYTES}", name.len())
     } else if name
@@ -86,6 +93,18 @@ pub fn vni(vni: u32) -> Result<(), CapError> {
     Ok(())
 }
 
+/// Checks an 802.1Q VLAN id.
+pub fn vlan_id(id: u16) -> Result<(), CapError> {
+    if !VLAN_IDS.contains(&id) {
+        return Err(CapError::InvalidArgument(format!(
+            "vlan id {id} is outside {}..={}",
+            VLAN_IDS.start(),
+            VLAN_IDS.end()
+        )));
+    }
+    Ok(())
+}
+
 /// Matches `name` against a pattern where `*` is any run of characters and
 /// `?` any one character.
 pub fn glob(pattern: &str, name: &str) -> bool {
@@ -126,7 +145,7 @@ impl Scopes<'_> {
 
     /// Whether the namespace (`None` = the host's own, `host` in patterns) is in scope.
     pub fn netns(&self, netns: Option<&str>) -> Result<(), CapError> {
-        let name = netns.unwrap_or("host");
+        let name = netns.unwrap_or(HOST_NETNS);
         for (scope, whose) in self.each() {
             if !scope.netns.iter().any(|p| glob(p, name)) {
                 return Err(CapError::PermissionDenied(format!(
@@ -211,5 +230,8 @@ mod tests {
         assert!(mtu(67).is_err() && mtu(65536).is_err());
         mtu(1450).unwrap();
         assert!(netns_name("a/b").is_err() && netns_name("..").is_err());
+        assert!(netns_name("host").is_err());
+        assert!(vlan_id(0).is_err() && vlan_id(4095).is_err());
+        vlan_id(100).unwrap();
     }
 }

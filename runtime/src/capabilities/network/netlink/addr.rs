@@ -1,7 +1,6 @@
 //! Addresses on links, and routes in the main table.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Instant;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
@@ -11,22 +10,20 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, RouteMessageBuilder};
 use rustix::io::Errno;
 
-use super::link::index_of;
-use super::{IpNetwork, NetError, Netns, Route, check_ifname, errno, nl_error, run};
+use super::link::target_index;
+use super::{Call, IpNetwork, NetError, Route, check_ifname, errno, nl_error, run};
 
 /// Ensures `addr` (address and prefix length) is on `device`; returns whether
 /// it was added. Equal to `ip address add ADDR dev DEVICE`.
-pub fn ensure_address(
-    ns: Netns<'_>,
-    device: &str,
-    addr: IpNetwork,
-    deadline: Instant,
-) -> Result<bool, NetError> {
+pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
     check_ifname(device)?;
-    run(ns, deadline, |h| async move {
-        let index = index_of(&h, device, "device").await?;
+    run(call.ns, call.deadline, |h| async move {
+        let index = target_index(&h, device, "device", call.owned_only).await?;
         if find_address(&h, index, addr).await?.is_some() {
             return Ok(false);
+        }
+        if call.dry_run {
+            return Ok(true);
         }
         h.address()
             .add(index, addr.addr(), addr.prefix_len())
@@ -48,18 +45,16 @@ pub fn ensure_address(
 
 /// Removes `addr` from `device`; returns false when it was not there.
 /// Equal to `ip address delete ADDR dev DEVICE`.
-pub fn remove_address(
-    ns: Netns<'_>,
-    device: &str,
-    addr: IpNetwork,
-    deadline: Instant,
-) -> Result<bool, NetError> {
+pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
     check_ifname(device)?;
-    run(ns, deadline, |h| async move {
-        let index = index_of(&h, device, "device").await?;
+    run(call.ns, call.deadline, |h| async move {
+        let index = target_index(&h, device, "device", call.owned_only).await?;
         let Some(found) = find_address(&h, index, addr).await? else {
             return Ok(false);
         };
+        if call.dry_run {
+            return Ok(true);
+        }
         match h.address().del(found).execute().await {
             Ok(()) => Ok(true),
             // Removed between the lookup and the delete.
@@ -79,15 +74,18 @@ pub fn remove_address(
 /// A route that matches every given field counts as present. A route to the
 /// same destination and metric with another gateway or device is a
 /// `Conflict`; it is never replaced.
-pub fn ensure_route(ns: Netns<'_>, route: &Route, deadline: Instant) -> Result<bool, NetError> {
+pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
     let v6 = check_route(route)?;
-    run(ns, deadline, |h| async move {
+    run(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
-            Some(device) => Some(index_of(&h, device, "route device").await?),
+            Some(device) => Some(target_index(&h, device, "route device", call.owned_only).await?),
             None => None,
         };
         if !find_routes(&h, route, v6, oif).await?.is_empty() {
             return Ok(false);
+        }
+        if call.dry_run {
+            return Ok(true);
         }
         let msg = build_route(route, v6, oif)?;
         h.route().add(msg).execute().await.map_err(|e| {
@@ -106,19 +104,24 @@ pub fn ensure_route(ns: Netns<'_>, route: &Route, deadline: Instant) -> Result<b
 
 /// Removes every main-table route that matches each given field of `route`;
 /// returns false when there was none. Equal to `ip route delete DEST ...`.
-pub fn remove_route(ns: Netns<'_>, route: &Route, deadline: Instant) -> Result<bool, NetError> {
+pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
     let v6 = check_route(route)?;
-    run(ns, deadline, |h| async move {
+    run(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
-            Some(device) => match super::link::get_link(&h, device).await? {
-                Some(link) => Some(link.header.index),
+            Some(device) => match target_index(&h, device, "route device", call.owned_only).await {
+                Ok(index) => Some(index),
                 // No such device, so no route through it.
-                None => return Ok(false),
+                Err(NetError::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e),
             },
             None => None,
         };
+        let found = find_routes(&h, route, v6, oif).await?;
+        if call.dry_run {
+            return Ok(!found.is_empty());
+        }
         let mut removed = false;
-        for found in find_routes(&h, route, v6, oif).await? {
+        for found in found {
             let mut msg = RouteMessage::default();
             msg.header = found.header.clone();
             msg.attributes = found

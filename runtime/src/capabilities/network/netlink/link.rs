@@ -18,74 +18,83 @@ use rtnetlink::{
 use rustix::io::Errno;
 
 use super::{
-    LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
+    Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
     errno, is_current_netns, nl_error, run,
 };
+use crate::capabilities::network::scope::OWNED_ALIAS;
 
-/// Ensures a link `name` of kind `spec` exists in `ns` with `settings`;
-/// returns whether anything changed. Equal to `ip link add NAME type KIND ...`
-/// when it is missing, then `ip link set NAME mtu M master B up|down`.
+/// Ensures a link `name` of kind `spec` exists in `call.ns` with `settings`;
+/// returns what changed (empty: nothing). Equal to `ip link add NAME type
+/// KIND ...` when it is missing, then `ip link set NAME mtu M master B up|down`.
 ///
 /// A link of another kind or with other kind attributes (VNI, peer, parent,
-/// ...) is a `Conflict` and is never replaced. A link this call creates gets
-/// `alias`, which marks it as hostaction's. Settings are applied as separate
-/// steps after creation: a bridge's MTU given at creation is reset by its
-/// first port, one set afterwards is kept.
+/// ...) is a `Conflict` and is never replaced. A link this call creates (and a
+/// veth's peer) gets the alias [`OWNED_ALIAS`], which marks it as
+/// hostaction's. Settings are applied as separate steps after creation: a
+/// bridge's MTU given at creation is reset by its first port, one set
+/// afterwards is kept.
 pub fn ensure_link(
-    ns: Netns<'_>,
+    call: Call<'_>,
     name: &str,
     spec: &LinkSpec,
     settings: &LinkSettings,
-    alias: Option<&str>,
-    deadline: Instant,
-) -> Result<bool, NetError> {
+) -> Result<Vec<String>, NetError> {
     check_ifname(name)?;
     check_spec(spec)?;
     if let Some(master) = &settings.master {
         check_ifname(master)?;
     }
-    run(ns, deadline, |h| async move {
-        let (link, created) = match get_link(&h, name).await? {
-            Some(link) => {
-                check_existing(&h, ns, name, &link, spec).await?;
-                (link, false)
+    run(call.ns, call.deadline, |h| async move {
+        let Some(link) = get_link(&h, name).await? else {
+            // Missing references fail before anything is made.
+            if let Some(master) = &settings.master {
+                index_of(&h, master, "master").await?;
             }
-            None => {
-                // A missing master fails before anything is made.
-                if let Some(master) = &settings.master {
-                    index_of(&h, master, "master").await?;
-                }
-                create(&h, name, spec).await?;
-                let link = get_link(&h, name)
-                    .await?
-                    .ok_or_else(|| NetError::Io(format!("link {name} vanished after creation")))?;
-                if let Some(alias) = alias {
-                    let msg = LinkUnspec::new_with_index(link.header.index)
-                        .alias(alias)
-                        .build();
-                    if let Err(e) = h.link().set(msg).execute().await {
-                        // Without its mark the link would pass for someone
-                        // else's: take it away again.
-                        let _ = h.link().del(link.header.index).execute().await;
-                        return Err(nl_error(&format!("set the alias of {name}"), None, &e));
-                    }
-                }
-                (link, true)
+            let mut changes = vec![describe(spec)];
+            if call.dry_run {
+                check_references(&h, spec).await?;
+                changes.extend(settings_changes(settings));
+                return Ok(changes);
             }
+            create(&h, name, spec).await?;
+            let link = get_link(&h, name)
+                .await?
+                .ok_or_else(|| NetError::Io(format!("link {name} vanished after creation")))?;
+            if let Err(e) = mark_owned(&h, &link, spec).await {
+                // Without its mark the link would pass for someone else's:
+                // take it away again.
+                let _ = h.link().del(link.header.index).execute().await;
+                return Err(e);
+            }
+            changes.extend(converge(&h, name, &link, settings, false).await?);
+            return Ok(changes);
         };
-        let converged = converge(&h, name, &link, settings).await?;
-        Ok(created || converged)
+        check_existing(&h, call.ns, name, &link, spec).await?;
+        let pending = converge(&h, name, &link, settings, true).await?;
+        if !pending.is_empty() && call.owned_only {
+            check_owned(&link, name, "changed")?;
+        }
+        if pending.is_empty() || call.dry_run {
+            return Ok(pending);
+        }
+        converge(&h, name, &link, settings, false).await
     })
 }
 
-/// Deletes the link `name` in `ns`; returns false when it did not exist.
+/// Deletes the link `name` in `call.ns`; returns false when it did not exist.
 /// Equal to `ip link delete NAME`.
-pub fn delete_link(ns: Netns<'_>, name: &str, deadline: Instant) -> Result<bool, NetError> {
+pub fn delete_link(call: Call<'_>, name: &str) -> Result<bool, NetError> {
     check_ifname(name)?;
-    run(ns, deadline, |h| async move {
+    run(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
             return Ok(false);
         };
+        if call.owned_only {
+            check_owned(&link, name, "deleted")?;
+        }
+        if call.dry_run {
+            return Ok(true);
+        }
         match h.link().del(link.header.index).execute().await {
             Ok(()) => Ok(true),
             // Gone between the lookup and the delete: someone else deleted it.
@@ -93,6 +102,127 @@ pub fn delete_link(ns: Netns<'_>, name: &str, deadline: Instant) -> Result<bool,
             Err(e) => Err(nl_error(&format!("delete link {name}"), None, &e)),
         }
     })
+}
+
+/// Refuses to touch a link hostaction did not create (`ownedOnly` grants).
+pub(super) fn check_owned(link: &LinkMessage, name: &str, what: &str) -> Result<(), NetError> {
+    let alias = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    });
+    if alias == Some(OWNED_ALIAS) {
+        return Ok(());
+    }
+    Err(NetError::PermissionDenied(format!(
+        "link {name} was not created by hostaction (its alias is not {OWNED_ALIAS:?}); \
+         the grant's ownedOnly forbids it to be {what}"
+    )))
+}
+
+/// Marks a link this call created, and a veth's peer, as hostaction's.
+async fn mark_owned(h: &Handle, link: &LinkMessage, spec: &LinkSpec) -> Result<(), NetError> {
+    let set_alias = |h: Handle, index: u32, what: String| async move {
+        let msg = LinkUnspec::new_with_index(index).alias(OWNED_ALIAS).build();
+        h.link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_error(&format!("set the alias of {what}"), None, &e))
+    };
+    let name = link_name(link).unwrap_or("?").to_string();
+    set_alias(h.clone(), link.header.index, name.clone()).await?;
+    if let LinkSpec::Veth { peer, peer_netns } = spec {
+        let there = match peer_netns {
+            Some(path) => connect_in(path)?,
+            None => h.clone(),
+        };
+        let peer_link = get_link(&there, peer)
+            .await?
+            .ok_or_else(|| NetError::Io(format!("the peer {peer} of {name} vanished")))?;
+        set_alias(
+            there,
+            peer_link.header.index,
+            format!("{peer} (peer of {name})"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Checks, without creating anything, that what `spec` refers to exists
+/// (plan mode's stand-in for the checks creation makes).
+async fn check_references(h: &Handle, spec: &LinkSpec) -> Result<(), NetError> {
+    match spec {
+        LinkSpec::Veth {
+            peer_netns: Some(path),
+            ..
+        } => {
+            File::open(path).map_err(|e| {
+                NetError::NotFound(format!(
+                    "network namespace {} for the peer: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        LinkSpec::Vxlan {
+            device: Some(device),
+            ..
+        } => {
+            index_of(h, device, "vxlan device").await?;
+        }
+        LinkSpec::Macvlan { parent, .. } => {
+            index_of(h, parent, "macvlan parent").await?;
+        }
+        LinkSpec::Vlan { parent, .. } => {
+            index_of(h, parent, "vlan parent").await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A short description of the link `spec` makes, for the run's effects.
+fn describe(spec: &LinkSpec) -> String {
+    match spec {
+        LinkSpec::Veth { peer, peer_netns } => match peer_netns {
+            Some(path) => format!("create veth (peer {peer} in {})", path.display()),
+            None => format!("create veth (peer {peer})"),
+        },
+        LinkSpec::Vxlan {
+            vni,
+            remote,
+            group,
+            device,
+            ..
+        } => {
+            let mut s = format!("create vxlan (vni {vni}");
+            if let Some(peer) = remote.or(*group) {
+                s.push_str(&format!(", remote {peer}"));
+            }
+            if let Some(device) = device {
+                s.push_str(&format!(", dev {device}"));
+            }
+            s + ")"
+        }
+        LinkSpec::Macvlan { parent, .. } => format!("create macvlan (parent {parent})"),
+        LinkSpec::Vlan { parent, id } => format!("create vlan {id} (parent {parent})"),
+        other => format!("create {}", other.kind_name()),
+    }
+}
+
+/// The changes `settings` makes to a link that does not exist yet.
+fn settings_changes(settings: &LinkSettings) -> Vec<String> {
+    let mut changes = Vec::new();
+    if let Some(mtu) = settings.mtu {
+        changes.push(format!("mtu {mtu}"));
+    }
+    if let Some(master) = &settings.master {
+        changes.push(format!("master {master}"));
+    }
+    if settings.up == Some(true) {
+        changes.push("up".to_string());
+    }
+    changes
 }
 
 /// Lists the links of `ns` with their attributes. Equal to `ip -d link show`.
@@ -439,16 +569,20 @@ async fn check_existing(
 }
 
 /// Brings MTU, master and up/down to `settings`, one `ip link set` each;
-/// returns whether any was changed.
+/// returns the changes made, or with `dry_run` the changes it would make.
 async fn converge(
     h: &Handle,
     name: &str,
     link: &LinkMessage,
     settings: &LinkSettings,
-) -> Result<bool, NetError> {
+    dry_run: bool,
+) -> Result<Vec<String>, NetError> {
     let index = link.header.index;
-    let mut changed = false;
+    let mut changes = Vec::new();
     let set = |msg: LinkMessage, what: &'static str| async move {
+        if dry_run {
+            return Ok(());
+        }
         h.link()
             .set(msg)
             .execute()
@@ -462,7 +596,7 @@ async fn converge(
         });
         if has != Some(mtu) {
             set(LinkUnspec::new_with_index(index).mtu(mtu).build(), "MTU").await?;
-            changed = true;
+            changes.push(format!("mtu {mtu}"));
         }
     }
     if let Some(master) = &settings.master {
@@ -473,7 +607,7 @@ async fn converge(
                 "master",
             )
             .await?;
-            changed = true;
+            changes.push(format!("master {master}"));
         }
     }
     if let Some(up) = settings.up
@@ -482,9 +616,9 @@ async fn converge(
         let b = LinkUnspec::new_with_index(index);
         let msg = if up { b.up() } else { b.down() }.build();
         set(msg, "state").await?;
-        changed = true;
+        changes.push(if up { "up" } else { "down" }.to_string());
     }
-    Ok(changed)
+    Ok(changes)
 }
 
 /// The link named `name`, or `None` when there is none. Equal to `ip link show NAME`.
@@ -525,6 +659,24 @@ pub(super) async fn index_of(h: &Handle, name: &str, role: &str) -> Result<u32, 
         .await?
         .map(|l| l.header.index)
         .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))
+}
+
+/// The index of the link `name` a call is about to change (its addresses or
+/// routes); with `owned_only`, it must be hostaction's.
+pub(super) async fn target_index(
+    h: &Handle,
+    name: &str,
+    role: &str,
+    owned_only: bool,
+) -> Result<u32, NetError> {
+    check_ifname(name)?;
+    let link = get_link(h, name)
+        .await?
+        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))?;
+    if owned_only {
+        check_owned(&link, name, "given addresses or routes")?;
+    }
+    Ok(link.header.index)
 }
 
 /// The first attribute of `link` that `pick` accepts.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use rustix::mount::UnmountFlags;
+use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
 use super::NetError;
 
@@ -27,6 +27,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
     if is_netns(&path)? {
         return Ok(false);
     }
+    make_shared(dir)?;
     let created = match rustix::fs::open(
         &path,
         OFlags::RDONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
@@ -79,6 +80,33 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         )));
     }
     Ok(true)
+}
+
+/// Makes `dir` a shared mount point, as `ip netns add` does with
+/// `/var/run/netns`: namespace mounts made here then propagate to other mount
+/// namespaces (a pod's view of the directory, the host's), and an unmount in
+/// one reaches all, so a deleted namespace is freed.
+fn make_shared(dir: &Path) -> Result<(), NetError> {
+    let shared = || {
+        rustix::mount::mount_change(
+            dir,
+            MountPropagationFlags::SHARED | MountPropagationFlags::REC,
+        )
+    };
+    match shared() {
+        Ok(()) => return Ok(()),
+        // Not a mount point yet: bind it onto itself first, as iproute2 does.
+        Err(e) if e == Errno::INVAL => {}
+        Err(e) => {
+            return Err(NetError::Io(format!(
+                "cannot make {} a shared mount: {e}",
+                dir.display()
+            )));
+        }
+    }
+    rustix::mount::mount_bind_recursive(dir, dir)
+        .and_then(|()| shared())
+        .map_err(|e| NetError::Io(format!("cannot make {} a shared mount: {e}", dir.display())))
 }
 
 /// Deletes the network namespace `dir/name`; returns false when it did not
@@ -135,7 +163,7 @@ pub fn list_netns(dir: &Path) -> Result<Vec<String>, NetError> {
 }
 
 /// Whether `path` is a namespace file (a mount of nsfs); false when absent.
-fn is_netns(path: &Path) -> Result<bool, NetError> {
+pub fn is_netns(path: &Path) -> Result<bool, NetError> {
     match rustix::fs::statfs(path) {
         Ok(st) => Ok(st.f_type == NSFS_MAGIC),
         Err(e) if e == Errno::NOENT => Ok(false),
