@@ -25,6 +25,7 @@ set -euo pipefail
 GUEST_CRATES=(
     cni-install
     probe
+    netprobe
     wrong-export
 )
 

@@ -103,6 +103,89 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The file of the named network namespace `name` under the host root.
+    pub fn netns(&self, name: &str) -> PathBuf {
+        self.path(&format!("/var/run/netns/{name}"))
+    }
+
+    /// Runs `ip ARGS` in the host root's namespace `netns` (the independent
+    /// observer; `ip -n` only knows the real /var/run/netns); returns whether
+    /// it succeeded and its stdout.
+    pub fn ip(&self, netns: &str, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.netns(netns).display()))
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("run nsenter ip");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `ip -j -d link show dev NAME` in `netns`, if the link is there.
+    pub fn link(&self, netns: &str, name: &str) -> Option<Value> {
+        let (ok, out) = self.ip(netns, &["-j", "-d", "link", "show", "dev", name]);
+        if !ok {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out).expect("ip -j output");
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+
+    /// The names of the links in `netns` (`ip -j link show`).
+    pub fn links(&self, netns: &str) -> Vec<String> {
+        let (ok, out) = self.ip(netns, &["-j", "link", "show"]);
+        assert!(ok, "ip link show in {netns}");
+        let v: Value = serde_json::from_str(&out).expect("ip -j output");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|l| l["ifname"].as_str().expect("ifname").to_owned())
+            .collect()
+    }
+
+    /// The addresses of `dev` in `netns` as `ADDR/LEN`.
+    pub fn addresses(&self, netns: &str, dev: &str) -> Vec<String> {
+        let (ok, out) = self.ip(netns, &["-j", "address", "show", "dev", dev]);
+        assert!(ok, "ip address show dev {dev} in {netns}");
+        let v: Value = serde_json::from_str(&out).expect("ip -j output");
+        v[0]["addr_info"]
+            .as_array()
+            .expect("addr_info")
+            .iter()
+            .filter(|a| a["scope"] != "link")
+            .map(|a| format!("{}/{}", a["local"].as_str().expect("local"), a["prefixlen"]))
+            .collect()
+    }
+}
+
+/// Named network namespaces the runs made under the host root are mounts
+/// (and so is their directory, made shared as `ip netns` does): detach them
+/// so the namespaces are freed and the scratch root can be removed.
+impl Drop for Host {
+    fn drop(&mut self) {
+        let dir = self.path("/var/run/netns");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            umount(&entry.path());
+        }
+        umount(&dir);
+    }
+}
+
+fn umount(path: &Path) {
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 impl Default for Host {
     fn default() -> Self {
         Self::new()

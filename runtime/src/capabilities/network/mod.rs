@@ -123,7 +123,15 @@ impl RunState {
             scope::netns_name(name)?;
         }
         scopes.netns(netns)?;
-        netns.map(|n| self.netns_file(n)).transpose()
+        match netns {
+            // Plan mode: a namespace only planned has no file yet, and no
+            // call reaches the kernel for it.
+            Some(n) if self.planned.netns.contains(n) => {
+                Ok(Some(self.host_root.path().join(NETNS_DIR).join(n)))
+            }
+            Some(n) => self.netns_file(n).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Records a change the backend made (or, in plan mode, would make).
@@ -132,11 +140,10 @@ impl RunState {
     }
 }
 
-/// Maps the contract's link kind to the backend's, checking every value.
-fn link_spec(
-    kind: LinkKind,
-    resolve_netns: impl Fn(&str) -> Result<PathBuf, CapError>,
-) -> Result<LinkSpec, CapError> {
+/// Maps the contract's link kind to the backend's, checking every value. A
+/// veth's peer namespace is checked here and resolved by the caller after
+/// the scope checks.
+fn link_spec(kind: LinkKind) -> Result<LinkSpec, CapError> {
     let ip = |what: &str, s: &str| -> Result<IpAddr, CapError> {
         s.parse()
             .map_err(|_| CapError::InvalidArgument(format!("{what} {s:?} is not an IP address")))
@@ -148,10 +155,12 @@ fn link_spec(
         LinkKind::Wireguard => LinkSpec::Wireguard,
         LinkKind::Veth(v) => {
             scope::interface_name(&v.peer_name)?;
-            let peer_netns = v.peer_netns.as_deref().map(&resolve_netns).transpose()?;
+            if let Some(peer_netns) = &v.peer_netns {
+                scope::netns_name(peer_netns)?;
+            }
             LinkSpec::Veth {
                 peer: v.peer_name,
-                peer_netns,
+                peer_netns: None,
             }
         }
         LinkKind::Vxlan(v) => {
@@ -233,12 +242,14 @@ fn route(r: network::Route) -> Result<netlink::Route, CapError> {
         )));
     };
     scope::interface_name(&device)?;
-    Ok(netlink::Route {
+    let route = netlink::Route {
         destination,
         gateway,
         device: Some(device),
         metric: r.metric,
-    })
+    };
+    netlink::check_route(&route)?;
+    Ok(route)
 }
 
 impl network::Host for RunState {
@@ -250,6 +261,7 @@ impl network::Host for RunState {
         settings: LinkSettings,
     ) -> Result<bool, CapError> {
         let scopes = self.scopes()?;
+        // The guest's values first, then the scopes, then the kernel.
         scope::interface_name(&name)?;
         if let Some(mtu) = settings.mtu {
             scope::mtu(mtu)?;
@@ -257,16 +269,18 @@ impl network::Host for RunState {
         if let Some(master) = &settings.master {
             scope::interface_name(master)?;
         }
+        if let Some(n) = &netns {
+            scope::netns_name(n)?;
+        }
         let peer = match &kind {
             LinkKind::Veth(v) => Some((v.peer_name.clone(), v.peer_netns.clone())),
             _ => None,
         };
-        if let Some((_, Some(peer_netns))) = &peer {
-            scope::netns_name(peer_netns)?;
-        }
+        let mut spec = link_spec(kind)?;
+        netlink::check_spec(&spec)?;
         // Everything the call changes must be in scope: the link, the bridge
         // it joins, a veth's peer and the namespace the peer goes to.
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        scopes.kind(spec.kind_name())?;
         scopes.interface(&name)?;
         if let Some(master) = &settings.master {
             scopes.interface(master)?;
@@ -277,8 +291,10 @@ impl network::Host for RunState {
                 scopes.netns(Some(peer_netns))?;
             }
         }
-        let spec = link_spec(kind, |n| self.netns_file(n))?;
-        scopes.kind(spec.kind_name())?;
+        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
+        if let (LinkSpec::Veth { peer_netns, .. }, Some((_, Some(name)))) = (&mut spec, &peer) {
+            *peer_netns = self.scoped_netns(&scopes, Some(name))?;
+        }
         let call = self.call(&scopes, ns.as_deref());
         let target = format!("link {name} ({})", place(netns.as_deref()));
 
@@ -292,16 +308,23 @@ impl network::Host for RunState {
                 .master
                 .as_deref()
                 .is_some_and(|m| self.planned.link(netns.as_deref(), m));
-        if call.dry_run && depends_on_planned {
-            if self.planned.link(netns.as_deref(), &name) {
+        if call.dry_run && (depends_on_planned || self.planned.link(netns.as_deref(), &name)) {
+            let mut changes = Vec::new();
+            if !self.planned.link(netns.as_deref(), &name) {
+                changes.push(format!("create {}", spec.kind_name()));
+                self.planned.links.insert((netns.clone(), name.clone()));
+            }
+            changes.extend(settings.mtu.map(|m| format!("mtu {m}")));
+            changes.extend(settings.master.map(|m| format!("master {m}")));
+            changes.extend(
+                settings
+                    .up
+                    .map(|up| if up { "up" } else { "down" }.to_owned()),
+            );
+            if changes.is_empty() {
                 return Ok(false);
             }
-            self.planned.links.insert((netns.clone(), name.clone()));
-            self.record(
-                "ensure-link",
-                target,
-                format!("create {}", spec.kind_name()),
-            );
+            self.record("ensure-link", target, changes.join(", "));
             return Ok(true);
         }
 

@@ -25,8 +25,8 @@ pub use ipnet::IpNet as IpNetwork;
 use rtnetlink::Handle;
 use rustix::io::Errno;
 
-pub use addr::{ensure_address, ensure_route, remove_address, remove_route};
-pub use link::{delete_link, ensure_link, list_links};
+pub use addr::{check_route, ensure_address, ensure_route, remove_address, remove_route};
+pub use link::{check_spec, delete_link, ensure_link, list_links};
 pub use netns::{delete_netns, ensure_netns, is_netns, list_netns};
 
 /// The kind of link to ensure, with the attributes that identify it.

@@ -19,8 +19,20 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
     check_ifname(device)?;
     run(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
-        if find_address(&h, index, addr).await?.is_some() {
-            return Ok(false);
+        for m in addresses(&h, index).await? {
+            if address_of(&m) != Some(addr.addr()) {
+                continue;
+            }
+            if m.header.prefix_len == addr.prefix_len() {
+                return Ok(false);
+            }
+            // IPv4 would take the address twice; neither is what was asked.
+            return Err(NetError::Conflict(format!(
+                "{} is on {device} as /{}, not /{}; it is not replaced",
+                addr.addr(),
+                m.header.prefix_len,
+                addr.prefix_len()
+            )));
         }
         if call.dry_run {
             return Ok(true);
@@ -161,17 +173,21 @@ async fn find_address(
     index: u32,
     addr: IpNetwork,
 ) -> Result<Option<AddressMessage>, NetError> {
-    let all: Vec<AddressMessage> = h
-        .address()
+    Ok(addresses(h, index)
+        .await?
+        .into_iter()
+        .find(|m| m.header.prefix_len == addr.prefix_len() && address_of(m) == Some(addr.addr())))
+}
+
+/// The addresses on link `index`.
+async fn addresses(h: &Handle, index: u32) -> Result<Vec<AddressMessage>, NetError> {
+    h.address()
         .get()
         .set_link_index_filter(index)
         .execute()
         .try_collect()
         .await
-        .map_err(|e| nl_error("list addresses", None, &e))?;
-    Ok(all
-        .into_iter()
-        .find(|m| m.header.prefix_len == addr.prefix_len() && address_of(m) == Some(addr.addr())))
+        .map_err(|e| nl_error("list addresses", None, &e))
 }
 
 /// The local address of an address message: IFA_LOCAL for IPv4 (IFA_ADDRESS
@@ -190,7 +206,7 @@ fn address_of(m: &AddressMessage) -> Option<IpAddr> {
 }
 
 /// Checks a route's fields; returns whether it is IPv6.
-fn check_route(route: &Route) -> Result<bool, NetError> {
+pub fn check_route(route: &Route) -> Result<bool, NetError> {
     if let Some(device) = &route.device {
         check_ifname(device)?;
     }

@@ -266,7 +266,7 @@ pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, Net
 }
 
 /// Refuses kind attributes that cannot describe a link, before any request.
-fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
+pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
     match spec {
         LinkSpec::Veth { peer, .. } => check_ifname(peer),
         LinkSpec::Macvlan { parent, .. } | LinkSpec::Vlan { parent, .. } => check_ifname(parent),
