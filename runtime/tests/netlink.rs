@@ -754,3 +754,48 @@ fn macvlan(parent: &str) -> LinkSpec {
         mode: MacvlanMode::Bridge,
     }
 }
+
+#[test]
+fn vxlan_with_a_multicast_group_on_a_device() {
+    let mut nss = Namespaces::new();
+    let a = nss.add();
+    assert!(ensure(&a, "under0", &veth("under1", None), &up()).unwrap());
+    assert!(ensure_address(call(&a), "under0", net("192.0.2.1/24")).unwrap());
+    let spec = LinkSpec::Vxlan {
+        vni: 100,
+        local: None,
+        remote: None,
+        group: Some(ip("239.1.1.1")),
+        port: None,
+        device: Some("under0".into()),
+    };
+    assert!(ensure(&a, "vxg", &spec, &up()).unwrap());
+    assert!(!ensure(&a, "vxg", &spec, &up()).unwrap());
+    let info = observed_link(&a, "vxg").unwrap()["linkinfo"]["info_data"].clone();
+    assert_eq!(info["group"], "239.1.1.1");
+    assert_eq!(info["link"], "under0");
+    // Another group is a conflict; a unicast "group" is refused up front.
+    let LinkSpec::Vxlan { device, .. } = spec.clone() else {
+        unreachable!()
+    };
+    let other = LinkSpec::Vxlan {
+        vni: 100,
+        local: None,
+        remote: None,
+        group: Some(ip("239.1.1.2")),
+        port: None,
+        device: device.clone(),
+    };
+    let err = ensure(&a, "vxg", &other, &up()).unwrap_err();
+    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    let unicast = LinkSpec::Vxlan {
+        vni: 100,
+        local: None,
+        remote: None,
+        group: Some(ip("192.0.2.9")),
+        port: None,
+        device,
+    };
+    let err = ensure(&a, "vxh", &unicast, &up()).unwrap_err();
+    assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
+}
