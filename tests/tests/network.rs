@@ -448,3 +448,27 @@ fn a_component_importing_network_is_refused_without_a_network_grant() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn plan_mode_plans_links_built_on_planned_links() {
+    let host = Host::new();
+    probe(&host, json!([{"op": "ensure-netns", "name": "t-a"}]), GRANT);
+    let mut req = request(
+        &json!({ "ops": [
+            {"op": "ensure-link", "netns": "t-a", "name": "ve-n", "kind": {"type": "veth", "peer": "ve-m"}, "up": true},
+            {"op": "ensure-link", "netns": "t-a", "name": "vx-n", "kind": {"type": "vxlan", "vni": 9, "device": "ve-n"}},
+            {"op": "ensure-link", "netns": "t-a", "name": "mv-n", "kind": {"type": "macvlan", "parent": "ve-m"}},
+            {"op": "ensure-address", "netns": "t-a", "device": "ve-m", "address": "10.5.0.1/24"},
+            {"op": "ensure-link", "netns": "t-a", "name": "mv-x", "kind": {"type": "macvlan", "parent": "ve-gone"}},
+        ]}),
+        GRANT,
+    );
+    req.mode = Mode::Plan;
+    let report = host.runtime.run(&host.load("netprobe"), req).unwrap();
+    let results = probe_results(&report);
+    assert_all(&results[..4], json!(true));
+    // What is neither there nor planned is still not found.
+    assert_eq!(err_kind(&results[4]), Some("not-found"), "{}", results[4]);
+    assert_eq!(report.effects.len(), 4, "{:#?}", report.effects);
+    assert_eq!(host.links("t-a"), ["lo"]);
+}

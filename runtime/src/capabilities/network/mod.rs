@@ -304,10 +304,10 @@ impl network::Host for RunState {
             .as_deref()
             .is_some_and(|n| self.planned.netns.contains(n))
             || peer_ns_planned
-            || settings
-                .master
-                .as_deref()
-                .is_some_and(|m| self.planned.link(netns.as_deref(), m));
+            || [settings.master.as_deref(), spec.lower()]
+                .into_iter()
+                .flatten()
+                .any(|l| self.planned.link(netns.as_deref(), l));
         if call.dry_run && (depends_on_planned || self.planned.link(netns.as_deref(), &name)) {
             let mut changes = Vec::new();
             if !self.planned.link(netns.as_deref(), &name) {

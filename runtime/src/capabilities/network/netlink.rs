@@ -77,6 +77,16 @@ pub enum LinkSpec {
 }
 
 impl LinkSpec {
+    /// The link this one is built on: a vxlan's device, a macvlan's or a
+    /// vlan's parent.
+    pub fn lower(&self) -> Option<&str> {
+        match self {
+            LinkSpec::Vxlan { device, .. } => device.as_deref(),
+            LinkSpec::Macvlan { parent, .. } | LinkSpec::Vlan { parent, .. } => Some(parent),
+            _ => None,
+        }
+    }
+
     /// The kernel's kind name, as `ip -d link` shows it.
     pub fn kind_name(&self) -> &'static str {
         match self {
