@@ -24,6 +24,7 @@ set -euo pipefail
 # The guest crates: cargo package names. Each builds <name>.wasm.
 GUEST_CRATES=(
     cni-install
+    vxlan-overlay
     probe
     netprobe
     wrong-export

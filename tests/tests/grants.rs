@@ -158,3 +158,22 @@ fn grant_through_a_symlink_in_the_policy_directory_cannot_leave_it() {
     }
     assert_eq!(host.snapshot(), before);
 }
+
+#[test]
+fn every_grant_file_in_the_repository_parses() {
+    let root = hostaction_tests::workspace();
+    let mut files = vec![root.join("manifests/example-grant.yaml")];
+    for entry in std::fs::read_dir(root.join("sample-actions")).unwrap() {
+        let grants = entry.unwrap().path().join("grants.yaml");
+        if grants.exists() {
+            files.push(grants);
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let grant =
+            Grant::parse(&text, "grant").unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        EffectiveGrant::new(&grant, None).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
