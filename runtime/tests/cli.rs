@@ -211,3 +211,87 @@ fn inspect_lists_capabilities_and_exports() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["runnable"], false);
 }
+
+/// Detaches the named namespaces a run made under `root` (and their
+/// directory's own mount) when dropped, so the scratch root can be removed.
+struct NetnsGuard(PathBuf);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let dir = self.0.join("var/run/netns");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg("-l").arg(entry.path()).status();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&dir).status();
+    }
+}
+
+/// `ip -j -d link show dev NAME` inside the namespace file `ns`.
+fn observed_link(ns: &Path, name: &str) -> serde_json::Value {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-j", "-d", "link", "show", "dev", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+}
+
+/// Needs root: the CLI runs vxlan-overlay in "the host's own" namespace,
+/// which here is a namespace the test made (the CLI runs under `nsenter`), so
+/// the workload end's peer is named as `host`.
+#[test]
+fn vxlan_overlay_runs_on_this_hosts_own_namespace() {
+    let s = Scratch::new();
+    let root = s.root();
+    let _guard = NetnsGuard(root.clone());
+    let grants = hostaction_root().join("sample-actions/vxlan-overlay/grants.yaml");
+    let made = s.hostaction(&[
+        &"run",
+        &guest("netprobe"),
+        &"--grants",
+        &grants,
+        &"--host-root",
+        &root,
+        &"--params",
+        &r#"{"ops": [{"op": "ensure-netns", "name": "ovl-h"}]}"#,
+    ]);
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    let host_ns = root.join("var/run/netns/ovl-h");
+    let params = r#"{"vxlan": {"vni": 7, "remote": "192.0.2.2"},
+                     "workload": {"netns": "ovl-w", "address": "10.244.0.1/24"}}"#;
+    let run = || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", host_ns.display()))
+            .arg(env!("CARGO_BIN_EXE_hostaction"))
+            .arg("--cache-dir")
+            .arg(s.dir.path().join("cache"))
+            .args(["run", "--output", "json", "--params", params, "--grants"])
+            .arg(&grants)
+            .arg("--host-root")
+            .arg(&root)
+            .arg(guest("vxlan-overlay"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(run()["report"]["outcome"]["changed"], true);
+    let host_end = observed_link(&host_ns, "ve-ovl");
+    assert_eq!(host_end["master"], "br-ovl");
+    let far_end = observed_link(&root.join("var/run/netns/ovl-w"), "ve-ovl-w");
+    assert_eq!(far_end["mtu"], 1450);
+    assert!(far_end["flags"].as_array().unwrap().contains(&"UP".into()));
+    let second = run();
+    assert_eq!(second["report"]["outcome"]["changed"], false, "{second}");
+}
+
+fn hostaction_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -59,8 +59,8 @@ pub struct RunState {
     pub(crate) effects: Effects,
     /// Plan mode: directories recorded as created but not made.
     pub(crate) planned_dirs: Vec<files::HostPath>,
-    /// Plan mode: namespaces and links recorded as created but not made.
-    pub(crate) planned: network::Planned,
+    /// What the run's network calls remember (plan mode's planned links).
+    pub(crate) network: network::NetRun,
     pub(crate) log: Arc<Mutex<RunLog>>,
     pub(crate) deadline: Instant,
     pub(crate) limits: StoreLimits,

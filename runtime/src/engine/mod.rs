@@ -212,21 +212,33 @@ impl Runtime {
         self.load(&bytes)
     }
 
+    /// A module this process has loaded, by digest: how the agent runs a
+    /// module it already holds (nodes run by digest), without hashing again.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<LoadedModule>> {
+        let start = Instant::now();
+        let loaded = self.lock_loaded().ok()?;
+        let module = loaded.get(digest)?;
+        Some(Arc::new(LoadedModule {
+            digest: module.digest.clone(),
+            imports: module.imports.clone(),
+            exports: module.exports.clone(),
+            source: LoadSource::Memory,
+            load_us: micros(start),
+            pre: module.pre.clone(),
+        }))
+    }
+
     /// Loads a module: from memory if this process has it, else precompiled
     /// from the disk cache, else compiled (and cached).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
         let start = Instant::now();
         check_header(bytes)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        if let Some(module) = self.lock_loaded()?.get(&digest) {
-            return Ok(Arc::new(LoadedModule {
-                digest: module.digest.clone(),
-                imports: module.imports.clone(),
-                exports: module.exports.clone(),
-                source: LoadSource::Memory,
-                load_us: micros(start),
-                pre: module.pre.clone(),
-            }));
+        if let Some(mut module) = self.loaded(&digest) {
+            if let Some(m) = Arc::get_mut(&mut module) {
+                m.load_us = micros(start);
+            }
+            return Ok(module);
         }
         let cached = self
             .cache
@@ -322,7 +334,7 @@ impl Runtime {
             host_root: Arc::clone(&self.host_root),
             effects: Effects::new(request.mode),
             planned_dirs: Vec::new(),
-            planned: Default::default(),
+            network: Default::default(),
             wasi: capabilities::wasi::locked_down(&log),
             log: Arc::clone(&log),
             deadline,

@@ -93,31 +93,16 @@ fn run(p: Params) -> Result<Outcome, String> {
         up: Some(true),
         master: None,
     };
-    let peer_applied = match ns {
-        // The far end is ensured as a veth whose own peer is in `netns`.
-        Some(ns) => {
-            let peer = LinkKind::Veth(VethSpec {
-                peer_name: p.workload.host_end.clone(),
-                peer_netns: Some(ns.to_owned()),
-            });
-            changes.note(
-                format!("veth {} (netns {work})", p.workload.name),
-                network::ensure_link(Some(work), &p.workload.name, &peer, &peer_settings),
-            )?;
-            true
-        }
-        // A veth-spec cannot name the host's own namespace as the peer's
-        // (`none` means the link's own), so the far end cannot be described
-        // from the workload side: its MTU and state are left as created.
-        None => {
-            log::warn(&format!(
-                "{} in netns {work}: MTU and up not set; the network contract cannot name the \
-                 host's own namespace as a veth peer's",
-                p.workload.name
-            ));
-            false
-        }
-    };
+    // The far end is ensured as a veth whose own peer is the host end (in
+    // `netns`, or `host` for the host's own namespace).
+    let peer = LinkKind::Veth(VethSpec {
+        peer_name: p.workload.host_end.clone(),
+        peer_netns: Some(ns.unwrap_or("host").to_owned()),
+    });
+    changes.note(
+        format!("veth {} (netns {work})", p.workload.name),
+        network::ensure_link(Some(work), &p.workload.name, &peer, &peer_settings),
+    )?;
     changes.note(
         format!(
             "address {} on {} (netns {work})",
@@ -133,7 +118,7 @@ fn run(p: Params) -> Result<Outcome, String> {
         "nothing changed".into()
     };
     let peer = p.vxlan.remote.as_ref().or(p.vxlan.group.as_ref());
-    let mut outcome = Outcome::changed(changed)
+    let outcome = Outcome::changed(changed)
         .message(format!(
             "overlay in place: {} with {} (vni {}) and {} to {} {} in netns {work} ({detail})",
             p.bridge,
@@ -150,9 +135,6 @@ fn run(p: Params) -> Result<Outcome, String> {
         .fact("remote", peer.map_or("", String::as_str))
         .fact("workloadNetns", work)
         .fact("workloadAddress", p.workload.address.as_str());
-    if !peer_applied {
-        outcome = outcome.fact("workloadLinkSettings", "skipped");
-    }
     Ok(outcome.fact("changed", changes.0.join(",")))
 }
 

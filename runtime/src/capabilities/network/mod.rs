@@ -14,12 +14,14 @@ pub mod scope;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::io::Errno;
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkSettings};
 use crate::effects::Mode;
+use crate::grant::EffectiveGrant;
 use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns};
 use scope::Scopes;
 
@@ -40,10 +42,19 @@ impl From<NetError> for CapError {
     }
 }
 
-/// Plan mode: namespaces and links recorded as created but not made, so that
-/// calls building on them are planned too.
+/// What one run's network calls remember.
 #[derive(Debug, Default)]
-pub(crate) struct Planned {
+pub(crate) struct NetRun {
+    /// The named-namespace directory, once resolved (or made).
+    netns_dir: Option<PathBuf>,
+    /// Plan mode: what was recorded as created but not made, so that calls
+    /// building on it are planned too.
+    planned: Planned,
+}
+
+/// Plan mode: namespaces and links recorded as created but not made.
+#[derive(Debug, Default)]
+struct Planned {
     netns: HashSet<String>,
     /// (namespace, link name); `None` is the host's own namespace.
     links: HashSet<(Option<String>, String)>,
@@ -64,36 +75,33 @@ fn place(netns: Option<&str>) -> String {
 }
 
 impl RunState {
-    /// The grant's and the policy's network scopes, after the deadline check.
-    fn scopes(&self) -> Result<Scopes<'_>, CapError> {
+    /// The run's grant, after the deadline check (held apart from `self`, so
+    /// that its [`scopes`] can be used while the run's state changes).
+    fn grant(&self) -> Result<Arc<EffectiveGrant>, CapError> {
         self.check_deadline()?;
-        match &self.grant.network {
-            Some((grant, policy)) => Ok(Scopes {
-                grant,
-                policy: policy.as_ref(),
-            }),
-            None => Err(CapError::PermissionDenied(
-                "network: the grant has no network section".into(),
-            )),
-        }
+        Ok(Arc::clone(&self.grant))
     }
 
     /// The directory of named namespaces on this machine; `None` when it does
-    /// not exist and `create` is false.
-    fn netns_dir(&self, create: bool) -> Result<Option<PathBuf>, CapError> {
-        self.host_root
-            .resolve_dir(NETNS_DIR, create)
-            .map_err(|e: Errno| {
-                CapError::Io(format!(
-                    "cannot resolve {} under the host root {}: {e}",
-                    NETNS_DIR,
-                    self.host_root.path().display()
-                ))
-            })
+    /// not exist and `create` is false. Resolved once per run.
+    fn netns_dir(&mut self, create: bool) -> Result<Option<PathBuf>, CapError> {
+        if self.network.netns_dir.is_none() {
+            self.network.netns_dir =
+                self.host_root
+                    .resolve_dir(NETNS_DIR, create)
+                    .map_err(|e: Errno| {
+                        CapError::Io(format!(
+                            "cannot resolve {} under the host root {}: {e}",
+                            NETNS_DIR,
+                            self.host_root.path().display()
+                        ))
+                    })?;
+        }
+        Ok(self.network.netns_dir.clone())
     }
 
     /// The file of the named namespace `name` (which need not exist).
-    fn netns_file(&self, name: &str) -> Result<PathBuf, CapError> {
+    fn netns_file(&mut self, name: &str) -> Result<PathBuf, CapError> {
         match self.netns_dir(false)? {
             Some(dir) => Ok(dir.join(name)),
             None => Err(CapError::NotFound(format!(
@@ -115,7 +123,7 @@ impl RunState {
 
     /// Checks a namespace from the guest and resolves its file.
     fn scoped_netns(
-        &self,
+        &mut self,
         scopes: &Scopes<'_>,
         netns: Option<&str>,
     ) -> Result<Option<PathBuf>, CapError> {
@@ -126,7 +134,7 @@ impl RunState {
         match netns {
             // Plan mode: a namespace only planned has no file yet, and no
             // call reaches the kernel for it.
-            Some(n) if self.planned.netns.contains(n) => {
+            Some(n) if self.network.planned.netns.contains(n) => {
                 Ok(Some(self.host_root.path().join(NETNS_DIR).join(n)))
             }
             Some(n) => self.netns_file(n).map(Some),
@@ -137,6 +145,19 @@ impl RunState {
     /// Records a change the backend made (or, in plan mode, would make).
     fn record(&mut self, action: &'static str, target: String, detail: String) {
         self.effects.record("network", action, &target, detail);
+    }
+}
+
+/// The grant's and the policy's network scopes.
+fn scopes(grant: &EffectiveGrant) -> Result<Scopes<'_>, CapError> {
+    match &grant.network {
+        Some((grant, policy)) => Ok(Scopes {
+            grant,
+            policy: policy.as_ref(),
+        }),
+        None => Err(CapError::PermissionDenied(
+            "network: the grant has no network section".into(),
+        )),
     }
 }
 
@@ -155,7 +176,7 @@ fn link_spec(kind: LinkKind) -> Result<LinkSpec, CapError> {
         LinkKind::Wireguard => LinkSpec::Wireguard,
         LinkKind::Veth(v) => {
             scope::interface_name(&v.peer_name)?;
-            if let Some(peer_netns) = &v.peer_netns {
+            if let Some(peer_netns) = v.peer_netns.as_deref().filter(|n| *n != scope::HOST_NETNS) {
                 scope::netns_name(peer_netns)?;
             }
             LinkSpec::Veth {
@@ -260,7 +281,8 @@ impl network::Host for RunState {
         kind: LinkKind,
         settings: LinkSettings,
     ) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         // The guest's values first, then the scopes, then the kernel.
         scope::interface_name(&name)?;
         if let Some(mtu) = settings.mtu {
@@ -293,26 +315,37 @@ impl network::Host for RunState {
         }
         let ns = self.scoped_netns(&scopes, netns.as_deref())?;
         if let (LinkSpec::Veth { peer_netns, .. }, Some((_, Some(name)))) = (&mut spec, &peer) {
-            *peer_netns = self.scoped_netns(&scopes, Some(name))?;
+            *peer_netns = match name.as_str() {
+                // The host's own: this process's namespace (its main thread
+                // never changes namespace).
+                scope::HOST_NETNS => Some(PathBuf::from("/proc/self/ns/net")),
+                named => self.scoped_netns(&scopes, Some(named))?,
+            };
         }
         let call = self.call(&scopes, ns.as_deref());
         let target = format!("link {name} ({})", place(netns.as_deref()));
 
         // Plan mode: a link that depends on something only planned is planned.
-        let peer_ns_planned = matches!(&peer, Some((_, Some(p))) if self.planned.netns.contains(p));
+        let peer_ns_planned =
+            matches!(&peer, Some((_, Some(p))) if self.network.planned.netns.contains(p));
         let depends_on_planned = netns
             .as_deref()
-            .is_some_and(|n| self.planned.netns.contains(n))
+            .is_some_and(|n| self.network.planned.netns.contains(n))
             || peer_ns_planned
             || [settings.master.as_deref(), spec.lower()]
                 .into_iter()
                 .flatten()
-                .any(|l| self.planned.link(netns.as_deref(), l));
-        if call.dry_run && (depends_on_planned || self.planned.link(netns.as_deref(), &name)) {
+                .any(|l| self.network.planned.link(netns.as_deref(), l));
+        if call.dry_run
+            && (depends_on_planned || self.network.planned.link(netns.as_deref(), &name))
+        {
             let mut changes = Vec::new();
-            if !self.planned.link(netns.as_deref(), &name) {
+            if !self.network.planned.link(netns.as_deref(), &name) {
                 changes.push(format!("create {}", spec.kind_name()));
-                self.planned.links.insert((netns.clone(), name.clone()));
+                self.network
+                    .planned
+                    .links
+                    .insert((netns.clone(), name.clone()));
             }
             changes.extend(settings.mtu.map(|m| format!("mtu {m}")));
             changes.extend(settings.master.map(|m| format!("master {m}")));
@@ -338,11 +371,17 @@ impl network::Host for RunState {
             return Ok(false);
         }
         if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
-            self.planned.links.insert((netns.clone(), name.clone()));
+            self.network
+                .planned
+                .links
+                .insert((netns.clone(), name.clone()));
             if let Some((peer_name, peer_netns)) = peer {
-                self.planned
-                    .links
-                    .insert((peer_netns.or_else(|| netns.clone()), peer_name));
+                let peer_ns = match peer_netns.as_deref() {
+                    Some(scope::HOST_NETNS) => None,
+                    Some(named) => Some(named.to_owned()),
+                    None => netns.clone(),
+                };
+                self.network.planned.links.insert((peer_ns, peer_name));
             }
         }
         self.record("ensure-link", target, changes.join(", "));
@@ -350,13 +389,18 @@ impl network::Host for RunState {
     }
 
     fn delete_link(&mut self, netns: Option<String>, name: String) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         scope::interface_name(&name)?;
         let ns = self.scoped_netns(&scopes, netns.as_deref())?;
         scopes.interface(&name)?;
         let target = format!("link {name} ({})", place(netns.as_deref()));
         let call = self.call(&scopes, ns.as_deref());
-        let planned = self.planned.links.remove(&(netns.clone(), name.clone()));
+        let planned = self
+            .network
+            .planned
+            .links
+            .remove(&(netns.clone(), name.clone()));
         let deleted = planned || netlink::delete_link(call, &name)?;
         if deleted {
             self.record("delete-link", target, String::new());
@@ -365,10 +409,11 @@ impl network::Host for RunState {
     }
 
     fn list_links(&mut self, netns: Option<String>) -> Result<Vec<LinkInfo>, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         if netns
             .as_deref()
-            .is_some_and(|n| self.planned.netns.contains(n))
+            .is_some_and(|n| self.network.planned.netns.contains(n))
         {
             return Ok(Vec::new());
         }
@@ -424,12 +469,13 @@ impl network::Host for RunState {
     }
 
     fn ensure_netns(&mut self, name: String) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
         if self.effects.mode() == Mode::Plan {
-            if self.planned.netns.contains(&name) {
+            if self.network.planned.netns.contains(&name) {
                 return Ok(false);
             }
             let exists = match self.netns_dir(false)? {
@@ -437,7 +483,7 @@ impl network::Host for RunState {
                 None => false,
             };
             if !exists {
-                self.planned.netns.insert(name);
+                self.network.planned.netns.insert(name);
                 self.record("ensure-netns", target, String::new());
             }
             return Ok(!exists);
@@ -453,11 +499,12 @@ impl network::Host for RunState {
     }
 
     fn delete_netns(&mut self, name: String) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
-        let deleted = if self.planned.netns.remove(&name) {
+        let deleted = if self.network.planned.netns.remove(&name) {
             true
         } else {
             match self.netns_dir(false)? {
@@ -475,12 +522,13 @@ impl network::Host for RunState {
     }
 
     fn list_netns(&mut self) -> Result<Vec<String>, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         let mut names = match self.netns_dir(false)? {
             Some(dir) => netlink::list_netns(&dir)?,
             None => Vec::new(),
         };
-        names.extend(self.planned.netns.iter().cloned());
+        names.extend(self.network.planned.netns.iter().cloned());
         names.sort();
         names.dedup();
         names.retain(|n| scopes.netns(Some(n)).is_ok());
@@ -497,7 +545,8 @@ impl RunState {
         address: String,
         add: bool,
     ) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         scope::interface_name(&device)?;
         let addr = cidr("address", &address)?;
         let ns = self.scoped_netns(&scopes, netns.as_deref())?;
@@ -508,7 +557,7 @@ impl RunState {
             "remove-address"
         };
         let target = format!("address {addr} on {device} ({})", place(netns.as_deref()));
-        let changed = if self.planned.link(netns.as_deref(), &device) {
+        let changed = if self.network.planned.link(netns.as_deref(), &device) {
             add
         } else {
             let call = self.call(&scopes, ns.as_deref());
@@ -531,7 +580,8 @@ impl RunState {
         r: network::Route,
         add: bool,
     ) -> Result<bool, CapError> {
-        let scopes = self.scopes()?;
+        let grant = self.grant()?;
+        let scopes = scopes(&grant)?;
         let r = route(r)?;
         let device = r.device.clone().unwrap_or_default();
         let ns = self.scoped_netns(&scopes, netns.as_deref())?;
@@ -546,7 +596,7 @@ impl RunState {
             target.push_str(&format!(" via {gw}"));
         }
         target.push_str(&format!(" dev {device} ({})", place(netns.as_deref())));
-        let changed = if self.planned.link(netns.as_deref(), &device) {
+        let changed = if self.network.planned.link(netns.as_deref(), &device) {
             add
         } else {
             let call = self.call(&scopes, ns.as_deref());
