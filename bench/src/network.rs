@@ -251,8 +251,9 @@ fn script_env(place: &Place) -> Vec<(&'static str, String)> {
 /// The action's grant: this process's namespaces, the overlay's links.
 fn grant(netns_pattern: &str) -> String {
     format!(
-        "network:\n  netns: [\"{netns_pattern}\"]\n  interfaces: [{BRIDGE}, {VXLAN}, \"{HOST_END}*\"]\n  \
-         kinds: [bridge, vxlan, veth]\n  ownedOnly: true\n"
+        "network:\n  netns: [\"{netns_pattern}\"]\n  \
+         interfaces: [{BRIDGE}, {VXLAN}, {DEVICE}, \"{HOST_END}*\"]\n  \
+         kinds: [bridge, vxlan, veth]\n  addresses: [10.244.0.0/16]\n  ownedOnly: true\n"
     )
 }
 

@@ -15,6 +15,8 @@
 //!   netns: [host, "overlay-*"]
 //!   interfaces: ["vx-*", "br-*"]
 //!   kinds: [bridge, vxlan, veth]
+//!   addresses: [10.244.0.0/16]
+//!   routes: [10.244.0.0/16]
 //!   ownedOnly: true
 //! services:
 //!   units: [containerd.service]
@@ -68,9 +70,17 @@ pub struct NetworkScope {
     /// Link kinds the action may create.
     #[serde(default)]
     pub kinds: Vec<String>,
-    /// Only links hostaction created may be changed or deleted.
+    /// Only links (and namespaces) hostaction created may be changed or deleted.
     #[serde(default)]
     pub owned_only: bool,
+    /// Address ranges (CIDR) addresses may be put in: `10.244.0.0/16` allows
+    /// `10.244.1.1/24`, not `10.0.0.1/8`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Route destinations (CIDR) routes may go to; `default` allows default
+    /// routes (which `0.0.0.0/0` and `::/0` also cover).
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// The `services` scope.
@@ -132,6 +142,25 @@ impl Grant {
                         return Err(bad(
                             format!("network.{list}[{i}]"),
                             format!("{pattern:?} is not a name pattern"),
+                        ));
+                    }
+                }
+            }
+            for (list, items) in [("addresses", &net.addresses), ("routes", &net.routes)] {
+                for (i, cidr) in items.iter().enumerate() {
+                    let ok = (list == "routes" && cidr == "default")
+                        || cidr.parse::<ipnet::IpNet>().is_ok_and(|n| n == n.trunc());
+                    if !ok {
+                        return Err(bad(
+                            format!("network.{list}[{i}]"),
+                            format!(
+                                "{cidr:?} is not a network in CIDR notation (like 10.244.0.0/16){}",
+                                if list == "routes" {
+                                    " or `default`"
+                                } else {
+                                    ""
+                                }
+                            ),
                         ));
                     }
                 }

@@ -502,9 +502,9 @@ fn delete_link_removes_it_once() {
     let mut nss = Namespaces::new();
     let a = nss.add();
     assert!(ensure(&a, "br9", &LinkSpec::Bridge, &none()).unwrap());
-    assert!(delete_link(call(&a), "br9").unwrap());
+    assert!(delete_link(call(&a), "br9", &any).unwrap());
     assert!(observed_link(&a, "br9").is_none());
-    assert!(!delete_link(call(&a), "br9").unwrap());
+    assert!(!delete_link(call(&a), "br9", &any).unwrap());
 }
 
 /// Whether the kernel makes a link of `kind` (`ip link add ...` in a scratch namespace).
@@ -593,6 +593,11 @@ fn netns_is_made_once_listed_and_deleted_once() {
     assert!(ensure_netns(&nested, &stale).unwrap());
     assert!(!ensure_netns(&nested, &stale).unwrap());
     assert!(delete_netns(&nested, &stale).unwrap());
+    // A plain file is not a namespace to delete.
+    std::fs::write(nested.join("plain"), b"").unwrap();
+    let err = delete_netns(&nested, "plain").unwrap_err();
+    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(nested.join("plain").exists());
     drop(stale_guard);
     std::os::unix::fs::symlink(dir.path(), nested.join("link")).unwrap();
     let err = ensure_netns(&nested, "link").unwrap_err();
@@ -702,7 +707,7 @@ fn a_dry_run_reports_changes_and_makes_none() {
     let changes = ensure_link(dry, "br0", &LinkSpec::Bridge, &settings).unwrap();
     assert_eq!(changes, ["mtu 1400", "up"]);
     assert!(ensure_address(dry, "br0", net("10.3.0.1/24")).unwrap());
-    assert!(delete_link(dry, "br0").unwrap());
+    assert!(delete_link(dry, "br0", &any).unwrap());
     let seen = observed_link(&a, "br0").unwrap();
     assert_ne!(seen["mtu"], 1400);
     assert!(observed_addresses(&a, "br0").is_empty());
@@ -727,7 +732,7 @@ fn owned_only_refuses_to_change_links_hostaction_did_not_create() {
     );
     for err in [
         ensure_link(owned, "theirs0", &LinkSpec::Bridge, &up()).unwrap_err(),
-        delete_link(owned, "theirs0").unwrap_err(),
+        delete_link(owned, "theirs0", &any).unwrap_err(),
         ensure_address(owned, "theirs0", net("10.4.0.1/24")).unwrap_err(),
     ] {
         assert!(
@@ -745,7 +750,7 @@ fn owned_only_refuses_to_change_links_hostaction_did_not_create() {
             .is_empty()
     );
     assert!(ensure_address(owned, "mine0", net("10.4.0.1/24")).unwrap());
-    assert!(delete_link(owned, "mine0").unwrap());
+    assert!(delete_link(owned, "mine0", &any).unwrap());
 }
 
 fn macvlan(parent: &str) -> LinkSpec {
@@ -798,4 +803,79 @@ fn vxlan_with_a_multicast_group_on_a_device() {
     };
     let err = ensure(&a, "vxh", &unicast, &up()).unwrap_err();
     assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
+}
+
+/// A scope that lets every link be touched.
+fn any(_: &str) -> bool {
+    true
+}
+
+#[test]
+fn deleting_a_link_that_would_take_out_of_scope_links_with_it_is_refused() {
+    let mut nss = Namespaces::new();
+    let a = nss.add();
+    assert!(ensure(&a, "br0", &LinkSpec::Bridge, &none()).unwrap());
+    let port = LinkSettings {
+        master: Some("br0".into()),
+        ..none()
+    };
+    assert!(ensure(&a, "keep0", &veth("keep1", None), &port).unwrap());
+    let only_br = |n: &str| n.starts_with("br");
+    let err = delete_link(call(&a), "br0", &only_br).unwrap_err();
+    assert!(
+        matches!(&err, NetError::PermissionDenied(m) if m.contains("keep0")),
+        "{err:?}"
+    );
+    // A veth's peer in the same namespace goes with it.
+    let only_keep0 = |n: &str| n == "keep0";
+    let err = delete_link(call(&a), "keep0", &only_keep0).unwrap_err();
+    assert!(
+        matches!(&err, NetError::PermissionDenied(m) if m.contains("keep1")),
+        "{err:?}"
+    );
+    assert!(observed_link(&a, "br0").is_some() && observed_link(&a, "keep1").is_some());
+    assert!(delete_link(call(&a), "br0", &any).unwrap());
+    assert_eq!(observed_link(&a, "keep0").unwrap().get("master"), None);
+}
+
+#[test]
+fn a_failure_after_creating_a_link_takes_it_away_again() {
+    let mut nss = Namespaces::new();
+    let a = nss.add();
+    assert!(ensure(&a, "p0", &veth("p1", None), &none()).unwrap());
+    // A veth is no bridge: enslaving to it fails after the link is made.
+    let bad = LinkSettings {
+        master: Some("p0".into()),
+        ..none()
+    };
+    assert!(ensure(&a, "c0", &veth("c1", None), &bad).is_err());
+    assert!(observed_link(&a, "c0").is_none() && observed_link(&a, "c1").is_none());
+}
+
+#[test]
+fn namespace_files_are_never_followed_or_blocked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("/proc/self/ns/net", &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"").unwrap();
+    for path in [&link, &fifo, &plain] {
+        let start = Instant::now();
+        let err = list_links(ns(path), deadline()).unwrap_err();
+        assert!(
+            matches!(err, NetError::NotFound(_)),
+            "{}: {err:?}",
+            path.display()
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(!hostaction_runtime::capabilities::network::netlink::is_netns(path).unwrap());
+    }
 }

@@ -21,6 +21,8 @@ network:
   netns: ["t-*"]
   interfaces: ["br-*", "vx-*", "ve-*", "mv-*", "du-*"]
   kinds: [bridge, veth, vxlan, macvlan, dummy, vlan, wireguard]
+  addresses: [10.0.0.0/8, 192.168.0.0/16, "fd00::/8"]
+  routes: [10.0.0.0/8]
 "#;
 
 /// Runs netprobe with `ops` and returns the per-op results.
@@ -54,6 +56,7 @@ fn topology() -> Value {
         {"op": "ensure-address", "netns": "t-w", "device": "ve-1", "address": "10.9.0.1/24"},
         {"op": "ensure-address", "netns": "t-w", "device": "ve-1", "address": "fd00:9::1/64"},
         {"op": "ensure-route", "netns": "t-w", "destination": "10.10.0.0/16", "gateway": "10.9.0.254", "device": "ve-1"},
+        {"op": "ensure-link", "netns": "t-a", "name": "mv-0", "kind": {"type": "macvlan", "parent": "ve-u", "mode": "private"}, "up": true},
     ])
 }
 
@@ -97,6 +100,9 @@ fn a_topology_is_built_once_and_a_second_run_changes_nothing() {
         (json!(4789), json!("ve-u"))
     );
     assert_eq!(vx["master"], "br-0");
+    let mv = host.link("t-a", "mv-0").unwrap();
+    assert_eq!(mv["linkinfo"]["info_data"]["mode"], "private");
+    assert_eq!(mv["link"], "ve-u");
     let peer = host.link("t-w", "ve-1").unwrap();
     assert_eq!(peer["linkinfo"]["info_kind"], "veth");
     assert_eq!(peer["ifalias"], "hostaction");
@@ -333,10 +339,47 @@ fn plan_mode_records_the_whole_topology_and_makes_nothing() {
     req.mode = Mode::Plan;
     let report = host.runtime.run(&host.load("netprobe"), req).unwrap();
     assert!(report.status.is_success(), "{report:#?}");
+    assert!(report.status.is_success(), "{report:#?}");
     assert_all(&probe_results(&report), json!(true));
-    assert_eq!(report.effects.len(), 11, "{:#?}", report.effects);
+    assert_eq!(report.effects.len(), 12, "{:#?}", report.effects);
     assert!(report.effects.iter().all(|e| !e.applied));
-    assert!(!host.netns("t-a").exists() && !host.netns("t-w").exists());
+    let detail = |target: &str| {
+        report
+            .effects
+            .iter()
+            .find(|e| e.target == target)
+            .map(|e| e.detail.clone())
+    };
+    assert_eq!(
+        detail("link br-0 (netns t-a)").unwrap(),
+        "create bridge, mtu 1400, up"
+    );
+    assert_eq!(detail("link ve-1 (netns t-w)").unwrap(), "up");
+    assert!(
+        !host.path("/var/run/netns").exists(),
+        "plan mode made nothing"
+    );
+
+    // Planned twice: the second time changes nothing, as a real run would.
+    let mut twice = topology().as_array().unwrap().clone();
+    twice.extend(topology().as_array().unwrap().clone());
+    twice.push(
+        json!({"op": "ensure-link", "netns": "t-a", "name": "br-9", "kind": {"type": "bridge"}}),
+    );
+    twice.push(json!({"op": "delete-link", "netns": "t-a", "name": "br-8"}));
+    let mut req = request(&json!({ "ops": twice }), GRANT);
+    req.mode = Mode::Plan;
+    let report = host.runtime.run(&host.load("netprobe"), req).unwrap();
+    let results = probe_results(&report);
+    let n = topology().as_array().unwrap().len();
+    assert_all(&results[..n], json!(true));
+    assert_all(&results[n..2 * n], json!(false));
+    assert_eq!(
+        results[2 * n]["ok"],
+        true,
+        "a link with no settings is still made"
+    );
+    assert_eq!(results[2 * n + 1]["ok"], false, "nothing to delete");
 }
 
 #[test]
@@ -347,6 +390,10 @@ fn plan_mode_on_a_host_in_shape_plans_only_the_difference() {
     let mut req = request(&json!({ "ops": topology() }), GRANT);
     req.mode = Mode::Plan;
     let report = host.runtime.run(&host.load("netprobe"), req).unwrap();
+    assert!(report.status.is_success(), "{report:#?}");
+    for (i, r) in probe_results(&report).iter().enumerate() {
+        assert_eq!(r["ok"], json!(i == 2), "op {i}: {r}");
+    }
     let planned: Vec<_> = report
         .effects
         .iter()
@@ -471,4 +518,211 @@ fn plan_mode_plans_links_built_on_planned_links() {
     assert_eq!(err_kind(&results[4]), Some("not-found"), "{}", results[4]);
     assert_eq!(report.effects.len(), 4, "{:#?}", report.effects);
     assert_eq!(host.links("t-a"), ["lo"]);
+}
+
+#[test]
+fn a_name_in_the_namespace_directory_never_leads_to_the_host() {
+    let host = Host::new();
+    probe(&host, json!([{"op": "ensure-netns", "name": "t-a"}]), GRANT);
+    let dir = host.path("/var/run/netns");
+    // What a hostile or careless hand could leave there.
+    std::os::unix::fs::symlink("/proc/1/ns/net", dir.join("t-link")).unwrap();
+    let fifo = dir.join("t-fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // `ip netns attach t-hostie 1`: the host's own namespace under a name.
+    std::fs::write(dir.join("t-hostie"), b"").unwrap();
+    assert!(
+        std::process::Command::new("mount")
+            .args(["--bind", "/proc/self/ns/net"])
+            .arg(dir.join("t-hostie"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = std::time::Instant::now();
+    let results = probe(
+        &host,
+        json!([
+            {"op": "ensure-link", "netns": "t-link", "name": "br-pwn", "kind": {"type": "bridge"}},
+            {"op": "list-links", "netns": "t-fifo"},
+            {"op": "ensure-link", "netns": "t-hostie", "name": "br-pwn", "kind": {"type": "bridge"}},
+            {"op": "ensure-link", "netns": "t-a", "name": "ve-0", "kind": {"type": "veth", "peer": "ve-1", "peer_netns": "t-hostie"}},
+            {"op": "ensure-link", "netns": "t-a", "name": "ve-2", "kind": {"type": "veth", "peer": "ve-3", "peer_netns": "host"}},
+            {"op": "list-netns"},
+        ]),
+        GRANT,
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "nothing blocks"
+    );
+    assert_eq!(err_kind(&results[0]), Some("not-found"), "{}", results[0]);
+    assert_eq!(err_kind(&results[1]), Some("not-found"), "{}", results[1]);
+    for i in [2, 3, 4] {
+        assert_eq!(
+            err_kind(&results[i]),
+            Some("permission-denied"),
+            "op {i}: {}",
+            results[i]
+        );
+    }
+    assert!(
+        results[2]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host's own")
+    );
+    // Only namespaces are listed (t-hostie is one: it is listed, not reachable).
+    assert_eq!(results[5]["ok"], json!(["t-a", "t-hostie"]));
+    assert_eq!(host.links("t-a"), ["lo"]);
+    let (ok, _) = host.ip("t-hostie", &["link", "show", "br-pwn"]);
+    assert!(!ok, "nothing was made in the host's namespace");
+}
+
+#[test]
+fn what_a_link_builds_on_must_be_in_scope_and_owned() {
+    let host = Host::new();
+    probe(&host, json!([{"op": "ensure-netns", "name": "t-a"}]), GRANT);
+    // Links someone else made, with `ip`.
+    assert!(
+        host.ip(
+            "t-a",
+            &[
+                "link", "add", "eth9", "type", "veth", "peer", "name", "eth8"
+            ]
+        )
+        .0
+    );
+    assert!(
+        host.ip("t-a", &["link", "add", "br-theirs", "type", "bridge"])
+            .0
+    );
+    let owned = format!("{GRANT}  ownedOnly: true\n");
+    let results = probe(
+        &host,
+        json!([
+            // The parent is out of scope.
+            {"op": "ensure-link", "netns": "t-a", "name": "mv-0", "kind": {"type": "macvlan", "parent": "eth9", "mode": "passthru"}},
+            // In scope but not hostaction's: not under ownedOnly.
+            {"op": "ensure-link", "netns": "t-a", "name": "ve-a", "kind": {"type": "veth", "peer": "ve-b"}, "mtu": 1280, "master": "br-theirs"},
+        ]),
+        &owned,
+    );
+    assert_eq!(
+        err_kind(&results[0]),
+        Some("permission-denied"),
+        "{}",
+        results[0]
+    );
+    assert!(
+        results[0]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("eth9")
+    );
+    assert_eq!(
+        err_kind(&results[1]),
+        Some("permission-denied"),
+        "{}",
+        results[1]
+    );
+    assert!(
+        results[1]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("br-theirs")
+    );
+    assert_eq!(host.link("t-a", "br-theirs").unwrap()["mtu"], 1500);
+    assert_eq!(host.links("t-a"), ["lo", "eth8", "eth9", "br-theirs"]);
+}
+
+#[test]
+fn the_host_namespace_is_only_granted_by_name() {
+    let host = Host::new();
+    let any = "network: {netns: ['*'], interfaces: ['br-*'], kinds: [bridge]}";
+    let results = probe(
+        &host,
+        json!([{"op": "ensure-link", "name": "br-0", "kind": {"type": "bridge"}}]),
+        any,
+    );
+    assert_eq!(
+        err_kind(&results[0]),
+        Some("permission-denied"),
+        "{}",
+        results[0]
+    );
+}
+
+#[test]
+fn addresses_and_routes_must_lie_in_granted_ranges() {
+    let host = Host::new();
+    probe(
+        &host,
+        json!([
+            {"op": "ensure-netns", "name": "t-a"},
+            {"op": "ensure-link", "netns": "t-a", "name": "ve-0", "kind": {"type": "veth", "peer": "ve-1"}, "up": true},
+        ]),
+        GRANT,
+    );
+    let results = probe(
+        &host,
+        json!([
+            {"op": "ensure-address", "netns": "t-a", "device": "ve-0", "address": "172.16.0.1/24"},
+            {"op": "ensure-address", "netns": "t-a", "device": "ve-0", "address": "10.0.0.1/1"},
+            {"op": "ensure-route", "netns": "t-a", "destination": "default", "device": "ve-0"},
+            {"op": "ensure-route", "netns": "t-a", "destination": "0.0.0.0/1", "device": "ve-0"},
+            {"op": "ensure-address", "netns": "t-a", "device": "ve-0", "address": "10.1.0.1/24"},
+            {"op": "ensure-route", "netns": "t-a", "destination": "10.2.0.0/16", "device": "ve-0"},
+        ]),
+        GRANT,
+    );
+    for (i, r) in results[..4].iter().enumerate() {
+        assert_eq!(err_kind(r), Some("permission-denied"), "op {i}: {r}");
+    }
+    assert_all(&results[4..], json!(true));
+    assert_eq!(host.addresses("t-a", "ve-0"), ["10.1.0.1/24"]);
+}
+
+#[test]
+fn owned_only_grants_delete_only_namespaces_hostaction_made() {
+    let host = Host::new();
+    probe(
+        &host,
+        json!([{"op": "ensure-netns", "name": "t-mine"}]),
+        GRANT,
+    );
+    // A namespace made by someone else (`unshare --net=FILE` binds it).
+    let theirs = host.path("/var/run/netns/t-theirs");
+    std::fs::write(&theirs, b"").unwrap();
+    assert!(
+        std::process::Command::new("unshare")
+            .arg(format!("--net={}", theirs.display()))
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let owned = format!("{GRANT}  ownedOnly: true\n");
+    let results = probe(
+        &host,
+        json!([
+            {"op": "delete-netns", "name": "t-theirs"},
+            {"op": "delete-netns", "name": "t-mine"},
+        ]),
+        &owned,
+    );
+    assert_eq!(
+        err_kind(&results[0]),
+        Some("permission-denied"),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[1]["ok"], true);
+    assert!(host.netns("t-theirs").exists() && !host.netns("t-mine").exists());
 }

@@ -70,7 +70,11 @@ fn two_overlay_hosts_reach_each_other_across_the_vxlan() {
         {"op": "ensure-address", "netns": "ovl-h1", "device": "ve-ovl-ul", "address": "192.168.50.1/24"},
         {"op": "ensure-address", "netns": "ovl-h2", "device": "ve-ovl-ul", "address": "192.168.50.2/24"},
     ]});
-    let report = host.run("netprobe", &underlay, &grant).unwrap();
+    // The test's own grant for the underlay it stands up (the sample's does
+    // not give the underlay's addresses).
+    let underlay_grant = "network:\n  netns: [ovl-h1, ovl-h2]\n  interfaces: [ve-ovl-ul]\n  \
+                          kinds: [veth]\n  addresses: [192.168.50.0/24]\n";
+    let report = host.run("netprobe", &underlay, underlay_grant).unwrap();
     for r in probe_results(&report) {
         assert_eq!(r["ok"], true, "{r}");
     }

@@ -1,32 +1,42 @@
 //! The `network` capability: links, addresses, routes and named network
 //! namespaces, through netlink.
 //!
-//! Every call checks its arguments ([`scope`]: names, numbers, addresses)
-//! and the grant's and node policy's scopes before the backend ([`netlink`])
-//! sends a single request. Named namespaces live under the host root's
-//! `/var/run/netns`, like `ip netns`. In plan mode the backend makes every read
-//! and no change; a call that builds on something only planned (a link in a
-//! namespace not made) is planned without asking the kernel.
+//! Every call checks its arguments ([`scope`]: names, numbers, addresses) and
+//! the grant's and node policy's scopes before the backend ([`netlink`]) sends
+//! a single request. Named namespaces live under the host root's
+//! `/var/run/netns`, like `ip netns`; each is opened once per call, checked
+//! (a namespace, not through a symlink, and not the host's own unless `host`
+//! is granted), and entered by that handle. In plan mode the backend makes
+//! every read and no change; what builds on something only planned is answered
+//! from the plan ([`planned`]).
 
 pub mod netlink;
+mod planned;
 pub mod scope;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::fs::File;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkSettings};
-use crate::effects::Mode;
+use crate::effects::Mode as RunMode;
 use crate::grant::EffectiveGrant;
-use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns};
-use scope::Scopes;
+use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns, PROCESS_NETNS};
+use planned::{Ns, Planned};
+use scope::{HOST_NETNS, Scopes};
 
-/// Where named network namespaces live, relative to the host root.
+/// Where named namespaces live, relative to the host root.
 pub const NETNS_DIR: &str = "var/run/netns";
+/// Where hostaction marks the namespaces it made (for `ownedOnly`), relative
+/// to the host root; a tmpfs on a node, like the namespaces themselves.
+pub const OWNED_NETNS_DIR: &str = "var/run/hostaction/netns";
 
 impl From<NetError> for CapError {
     fn from(e: NetError) -> Self {
@@ -47,105 +57,58 @@ impl From<NetError> for CapError {
 pub(crate) struct NetRun {
     /// The named-namespace directory, once resolved (or made).
     netns_dir: Option<PathBuf>,
-    /// Plan mode: what was recorded as created but not made, so that calls
-    /// building on it are planned too.
+    /// Named namespaces opened and checked by this run, by name: each is
+    /// opened once (and again after this run deletes or makes it).
+    opened: HashMap<String, Arc<Opened>>,
+    /// Plan mode: what the run would have made.
     planned: Planned,
 }
 
-/// Plan mode: namespaces and links recorded as created but not made.
-#[derive(Debug, Default)]
-struct Planned {
-    netns: HashSet<String>,
-    /// (namespace, link name); `None` is the host's own namespace.
-    links: HashSet<(Option<String>, String)>,
+/// A named namespace, opened and checked: the backend enters it through
+/// `/proc/self/fd/N`, whatever its name points to meanwhile.
+#[derive(Debug)]
+struct Opened {
+    _fd: OwnedFd,
+    path: PathBuf,
 }
 
-impl Planned {
-    fn link(&self, netns: Option<&str>, name: &str) -> bool {
-        netns.is_some_and(|n| self.netns.contains(n))
-            || self
-                .links
-                .contains(&(netns.map(str::to_owned), name.to_owned()))
+/// The namespace a call works in, resolved and checked.
+enum Place {
+    /// The host's own (this process's).
+    Host,
+    /// A named namespace.
+    Named(Arc<Opened>),
+    /// Plan mode: a namespace only planned; no call reaches the kernel.
+    Planned,
+}
+
+impl Place {
+    /// Where the backend works; never a planned namespace.
+    fn netns(&self) -> Result<Netns<'_>, CapError> {
+        match self {
+            Place::Host => Ok(Netns(None)),
+            Place::Named(opened) => Ok(Netns(Some(&opened.path))),
+            Place::Planned => Err(CapError::Io(
+                "network: a planned namespace reached the kernel".into(),
+            )),
+        }
+    }
+
+    /// The namespace file a veth's peer is moved into.
+    fn peer_path(&self) -> Result<PathBuf, CapError> {
+        match self {
+            Place::Host => Ok(PathBuf::from(PROCESS_NETNS)),
+            Place::Named(opened) => Ok(opened.path.clone()),
+            Place::Planned => Err(CapError::Io(
+                "network: a planned namespace reached the kernel".into(),
+            )),
+        }
     }
 }
 
 /// How a namespace reads in effects: `host` or `netns NAME`.
-fn place(netns: Option<&str>) -> String {
+fn place_name(netns: Option<&str>) -> String {
     netns.map_or_else(|| "host".to_owned(), |n| format!("netns {n}"))
-}
-
-impl RunState {
-    /// The run's grant, after the deadline check (held apart from `self`, so
-    /// that its [`scopes`] can be used while the run's state changes).
-    fn grant(&self) -> Result<Arc<EffectiveGrant>, CapError> {
-        self.check_deadline()?;
-        Ok(Arc::clone(&self.grant))
-    }
-
-    /// The directory of named namespaces on this machine; `None` when it does
-    /// not exist and `create` is false. Resolved once per run.
-    fn netns_dir(&mut self, create: bool) -> Result<Option<PathBuf>, CapError> {
-        if self.network.netns_dir.is_none() {
-            self.network.netns_dir =
-                self.host_root
-                    .resolve_dir(NETNS_DIR, create)
-                    .map_err(|e: Errno| {
-                        CapError::Io(format!(
-                            "cannot resolve {} under the host root {}: {e}",
-                            NETNS_DIR,
-                            self.host_root.path().display()
-                        ))
-                    })?;
-        }
-        Ok(self.network.netns_dir.clone())
-    }
-
-    /// The file of the named namespace `name` (which need not exist).
-    fn netns_file(&mut self, name: &str) -> Result<PathBuf, CapError> {
-        match self.netns_dir(false)? {
-            Some(dir) => Ok(dir.join(name)),
-            None => Err(CapError::NotFound(format!(
-                "network namespace {name} does not exist (no {} under the host root)",
-                NETNS_DIR
-            ))),
-        }
-    }
-
-    /// A backend call in `netns` as the grant and the run's mode say.
-    fn call<'a>(&self, scopes: &Scopes<'_>, ns: Option<&'a Path>) -> Call<'a> {
-        Call {
-            ns: Netns(ns),
-            deadline: self.deadline,
-            dry_run: self.effects.mode() == Mode::Plan,
-            owned_only: scopes.owned_only(),
-        }
-    }
-
-    /// Checks a namespace from the guest and resolves its file.
-    fn scoped_netns(
-        &mut self,
-        scopes: &Scopes<'_>,
-        netns: Option<&str>,
-    ) -> Result<Option<PathBuf>, CapError> {
-        if let Some(name) = netns {
-            scope::netns_name(name)?;
-        }
-        scopes.netns(netns)?;
-        match netns {
-            // Plan mode: a namespace only planned has no file yet, and no
-            // call reaches the kernel for it.
-            Some(n) if self.network.planned.netns.contains(n) => {
-                Ok(Some(self.host_root.path().join(NETNS_DIR).join(n)))
-            }
-            Some(n) => self.netns_file(n).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Records a change the backend made (or, in plan mode, would make).
-    fn record(&mut self, action: &'static str, target: String, detail: String) {
-        self.effects.record("network", action, &target, detail);
-    }
 }
 
 /// The grant's and the policy's network scopes.
@@ -158,6 +121,95 @@ fn scopes(grant: &EffectiveGrant) -> Result<Scopes<'_>, CapError> {
         None => Err(CapError::PermissionDenied(
             "network: the grant has no network section".into(),
         )),
+    }
+}
+
+impl RunState {
+    /// The run's grant, after the deadline check (held apart from `self`, so
+    /// that its [`scopes`] can be used while the run's state changes).
+    fn grant(&self) -> Result<Arc<EffectiveGrant>, CapError> {
+        self.check_deadline()?;
+        Ok(Arc::clone(&self.grant))
+    }
+
+    fn dry_run(&self) -> bool {
+        self.effects.mode() == RunMode::Plan
+    }
+
+    /// The directory of named namespaces on this machine; `None` when it does
+    /// not exist and `create` is false. Resolved once per run.
+    fn netns_dir(&mut self, create: bool) -> Result<Option<PathBuf>, CapError> {
+        if self.network.netns_dir.is_none() {
+            self.network.netns_dir = self.resolve(NETNS_DIR, create)?;
+        }
+        Ok(self.network.netns_dir.clone())
+    }
+
+    /// A directory under the host root (symlinks resolved inside it).
+    fn resolve(&self, rel: &str, create: bool) -> Result<Option<PathBuf>, CapError> {
+        self.host_root.resolve_dir(rel, create).map_err(|e: Errno| {
+            CapError::Io(format!(
+                "cannot resolve {rel} under the host root {}: {e}",
+                self.host_root.path().display()
+            ))
+        })
+    }
+
+    /// Checks a namespace from the guest against the scopes and opens it.
+    fn place(&mut self, scopes: &Scopes<'_>, netns: Option<&str>) -> Result<Place, CapError> {
+        let Some(name) = netns else {
+            scopes.netns(None)?;
+            return Ok(Place::Host);
+        };
+        scope::netns_name(name)?;
+        scopes.netns(Some(name))?;
+        if self.network.planned.has_netns(name) {
+            return Ok(Place::Planned);
+        }
+        if let Some(opened) = self.network.opened.get(name) {
+            return Ok(Place::Named(Arc::clone(opened)));
+        }
+        let Some(dir) = self.netns_dir(false)? else {
+            return Err(CapError::NotFound(format!(
+                "network namespace {name} does not exist (no {NETNS_DIR} under the host root)"
+            )));
+        };
+        let fd = netlink::open_netns(&dir.join(name))?;
+        // A name bound to the host's own namespace (`ip netns attach NAME 1`)
+        // is the host: only a grant of `host` reaches it.
+        let own = File::open(PROCESS_NETNS)
+            .map_err(|e| CapError::Io(format!("cannot open {PROCESS_NETNS}: {e}")))?;
+        if netlink::same_netns(&fd, &own)? && scopes.netns(None).is_err() {
+            return Err(CapError::PermissionDenied(format!(
+                "network: netns {name:?} is the host's own namespace, and `host` is not granted"
+            )));
+        }
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let opened = Arc::new(Opened { _fd: fd, path });
+        self.network
+            .opened
+            .insert(name.to_owned(), Arc::clone(&opened));
+        Ok(Place::Named(opened))
+    }
+
+    /// A backend call as the grant and the run's mode say.
+    fn call<'a>(&self, scopes: &Scopes<'_>, ns: Netns<'a>) -> Call<'a> {
+        Call {
+            ns,
+            deadline: self.deadline,
+            dry_run: self.dry_run(),
+            owned_only: scopes.owned_only(),
+        }
+    }
+
+    /// Records a change the backend made (or, in plan mode, would make).
+    fn record(&mut self, action: &'static str, target: String, detail: String) {
+        self.effects.record("network", action, &target, detail);
+    }
+
+    /// The mark of a namespace hostaction made (for `ownedOnly`).
+    fn netns_mark(&self, name: &str, create: bool) -> Result<Option<PathBuf>, CapError> {
+        Ok(self.resolve(OWNED_NETNS_DIR, create)?.map(|d| d.join(name)))
     }
 }
 
@@ -291,97 +343,95 @@ impl network::Host for RunState {
         if let Some(master) = &settings.master {
             scope::interface_name(master)?;
         }
-        if let Some(n) = &netns {
-            scope::netns_name(n)?;
-        }
         let peer = match &kind {
             LinkKind::Veth(v) => Some((v.peer_name.clone(), v.peer_netns.clone())),
             _ => None,
         };
         let mut spec = link_spec(kind)?;
         netlink::check_spec(&spec)?;
-        // Everything the call changes must be in scope: the link, the bridge
-        // it joins, a veth's peer and the namespace the peer goes to.
+        // Everything the call changes or builds on must be in scope: the
+        // link, the bridge it joins, the parent or device it sits on, a
+        // veth's peer and the namespace the peer goes to.
         scopes.kind(spec.kind_name())?;
-        scopes.interface(&name)?;
-        if let Some(master) = &settings.master {
-            scopes.interface(master)?;
+        for link in std::iter::once(name.as_str())
+            .chain(settings.master.as_deref())
+            .chain(spec.lower())
+            .chain(peer.as_ref().map(|(p, _)| p.as_str()))
+        {
+            scopes.interface(link)?;
         }
-        if let Some((peer_name, peer_netns)) = &peer {
-            scopes.interface(peer_name)?;
-            if let Some(peer_netns) = peer_netns {
-                scopes.netns(Some(peer_netns))?;
-            }
-        }
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
-        if let (LinkSpec::Veth { peer_netns, .. }, Some((_, Some(name)))) = (&mut spec, &peer) {
-            *peer_netns = match name.as_str() {
-                // The host's own: this process's namespace (its main thread
-                // never changes namespace).
-                scope::HOST_NETNS => Some(PathBuf::from("/proc/self/ns/net")),
-                named => self.scoped_netns(&scopes, Some(named))?,
-            };
-        }
-        let call = self.call(&scopes, ns.as_deref());
-        let target = format!("link {name} ({})", place(netns.as_deref()));
+        let place = self.place(&scopes, netns.as_deref())?;
+        let peer_place = match peer.as_ref().and_then(|(_, n)| n.as_deref()) {
+            None => None,
+            Some(HOST_NETNS) => Some(self.place(&scopes, None)?),
+            Some(named) => Some(self.place(&scopes, Some(named))?),
+        };
+        let ns: Ns = netns.clone();
+        let peer_ns: Ns = match peer.as_ref().and_then(|(_, n)| n.as_deref()) {
+            None => ns.clone(),
+            Some(HOST_NETNS) => None,
+            Some(named) => Some(named.to_owned()),
+        };
+        let target = format!("link {name} ({})", place_name(netns.as_deref()));
+        let want = planned::Link {
+            kind: spec.kind_name().to_owned(),
+            mtu: settings.mtu,
+            up: settings.up,
+            master: settings.master.clone(),
+        };
 
-        // Plan mode: a link that depends on something only planned is planned.
-        let peer_ns_planned =
-            matches!(&peer, Some((_, Some(p))) if self.network.planned.netns.contains(p));
-        let depends_on_planned = netns
-            .as_deref()
-            .is_some_and(|n| self.network.planned.netns.contains(n))
-            || peer_ns_planned
+        // Plan mode: what builds on something only planned is planned.
+        let planned = &self.network.planned;
+        let from_plan = matches!(place, Place::Planned)
+            || matches!(peer_place, Some(Place::Planned))
+            || planned.has_link(&ns, &name)
             || [settings.master.as_deref(), spec.lower()]
                 .into_iter()
                 .flatten()
-                .any(|l| self.network.planned.link(netns.as_deref(), l));
-        if call.dry_run
-            && (depends_on_planned || self.network.planned.link(netns.as_deref(), &name))
-        {
-            let mut changes = Vec::new();
-            if !self.network.planned.link(netns.as_deref(), &name) {
-                changes.push(format!("create {}", spec.kind_name()));
-                self.network
-                    .planned
-                    .links
-                    .insert((netns.clone(), name.clone()));
-            }
-            changes.extend(settings.mtu.map(|m| format!("mtu {m}")));
-            changes.extend(settings.master.map(|m| format!("master {m}")));
-            changes.extend(
-                settings
-                    .up
-                    .map(|up| if up { "up" } else { "down" }.to_owned()),
-            );
+                .any(|l| planned.has_link(&ns, l));
+        if from_plan {
+            let changes = self.network.planned.ensure_link(&ns, &name, want);
             if changes.is_empty() {
                 return Ok(false);
+            }
+            if let Some((peer_name, _)) = &peer {
+                self.network.planned.ensure_link(
+                    &peer_ns,
+                    peer_name,
+                    planned::Link {
+                        kind: "veth".into(),
+                        ..Default::default()
+                    },
+                );
             }
             self.record("ensure-link", target, changes.join(", "));
             return Ok(true);
         }
 
-        let settings = netlink::LinkSettings {
+        if let (LinkSpec::Veth { peer_netns, .. }, Some(p)) = (&mut spec, &peer_place) {
+            *peer_netns = Some(p.peer_path()?);
+        }
+        let backend_settings = netlink::LinkSettings {
             mtu: settings.mtu,
             up: settings.up,
             master: settings.master,
         };
-        let changes = netlink::ensure_link(call, &name, &spec, &settings)?;
+        let call = self.call(&scopes, place.netns()?);
+        let changes = netlink::ensure_link(call, &name, &spec, &backend_settings)?;
         if changes.is_empty() {
             return Ok(false);
         }
         if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
-            self.network
-                .planned
-                .links
-                .insert((netns.clone(), name.clone()));
-            if let Some((peer_name, peer_netns)) = peer {
-                let peer_ns = match peer_netns.as_deref() {
-                    Some(scope::HOST_NETNS) => None,
-                    Some(named) => Some(named.to_owned()),
-                    None => netns.clone(),
-                };
-                self.network.planned.links.insert((peer_ns, peer_name));
+            self.network.planned.ensure_link(&ns, &name, want);
+            if let Some((peer_name, _)) = &peer {
+                self.network.planned.ensure_link(
+                    &peer_ns,
+                    peer_name,
+                    planned::Link {
+                        kind: "veth".into(),
+                        ..Default::default()
+                    },
+                );
             }
         }
         self.record("ensure-link", target, changes.join(", "));
@@ -392,16 +442,15 @@ impl network::Host for RunState {
         let grant = self.grant()?;
         let scopes = scopes(&grant)?;
         scope::interface_name(&name)?;
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
         scopes.interface(&name)?;
-        let target = format!("link {name} ({})", place(netns.as_deref()));
-        let call = self.call(&scopes, ns.as_deref());
-        let planned = self
-            .network
-            .planned
-            .links
-            .remove(&(netns.clone(), name.clone()));
-        let deleted = planned || netlink::delete_link(call, &name)?;
+        let place = self.place(&scopes, netns.as_deref())?;
+        let target = format!("link {name} ({})", place_name(netns.as_deref()));
+        let deleted = if self.network.planned.covers(&netns, &name) {
+            self.network.planned.remove_link(&netns, &name)
+        } else {
+            let call = self.call(&scopes, place.netns()?);
+            netlink::delete_link(call, &name, &|other| scopes.interface(other).is_ok())?
+        };
         if deleted {
             self.record("delete-link", target, String::new());
         }
@@ -411,27 +460,39 @@ impl network::Host for RunState {
     fn list_links(&mut self, netns: Option<String>) -> Result<Vec<LinkInfo>, CapError> {
         let grant = self.grant()?;
         let scopes = scopes(&grant)?;
-        if netns
-            .as_deref()
-            .is_some_and(|n| self.network.planned.netns.contains(n))
-        {
-            return Ok(Vec::new());
+        let place = self.place(&scopes, netns.as_deref())?;
+        let mut links: Vec<LinkInfo> = match place {
+            Place::Planned => Vec::new(),
+            _ => netlink::list_links(place.netns()?, self.deadline)?
+                .into_iter()
+                .map(|l| LinkInfo {
+                    owned: l.alias.as_deref() == Some(scope::OWNED_ALIAS),
+                    name: l.name,
+                    index: l.index,
+                    kind: l.kind,
+                    mtu: l.mtu,
+                    up: l.up,
+                    master: l.master,
+                    mac: l.mac,
+                })
+                .collect(),
+        };
+        // Plan mode: what this run would have made is listed too.
+        for (name, link) in self.network.planned.links_in(&netns) {
+            if !links.iter().any(|l| &l.name == name) {
+                links.push(LinkInfo {
+                    name: name.clone(),
+                    index: 0,
+                    kind: Some(link.kind.clone()),
+                    mtu: link.mtu.unwrap_or(0),
+                    up: link.up.unwrap_or(false),
+                    master: link.master.clone(),
+                    mac: None,
+                    owned: true,
+                });
+            }
         }
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
-        let links = netlink::list_links(Netns(ns.as_deref()), self.deadline)?;
-        Ok(links
-            .into_iter()
-            .map(|l| LinkInfo {
-                owned: l.alias.as_deref() == Some(scope::OWNED_ALIAS),
-                name: l.name,
-                index: l.index,
-                kind: l.kind,
-                mtu: l.mtu,
-                up: l.up,
-                master: l.master,
-                mac: l.mac,
-            })
-            .collect())
+        Ok(links)
     }
 
     fn ensure_address(
@@ -474,8 +535,8 @@ impl network::Host for RunState {
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
-        if self.effects.mode() == Mode::Plan {
-            if self.network.planned.netns.contains(&name) {
+        if self.dry_run() {
+            if self.network.planned.has_netns(&name) {
                 return Ok(false);
             }
             let exists = match self.netns_dir(false)? {
@@ -483,7 +544,7 @@ impl network::Host for RunState {
                 None => false,
             };
             if !exists {
-                self.network.planned.netns.insert(name);
+                self.network.planned.add_netns(&name);
                 self.record("ensure-netns", target, String::new());
             }
             return Ok(!exists);
@@ -493,6 +554,16 @@ impl network::Host for RunState {
         })?;
         let made = netlink::ensure_netns(&dir, &name)?;
         if made {
+            self.network.opened.remove(&name);
+            if let Some(mark) = self.netns_mark(&name, true)? {
+                // Without its mark an ownedOnly grant cannot delete it later;
+                // the namespace itself is in place either way.
+                let _ = rustix::fs::open(
+                    &mark,
+                    OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                );
+            }
             self.record("ensure-netns", target, String::new());
         }
         Ok(made)
@@ -504,21 +575,38 @@ impl network::Host for RunState {
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
-        let deleted = if self.network.planned.netns.remove(&name) {
-            true
-        } else {
-            match self.netns_dir(false)? {
-                None => false,
-                Some(dir) if self.effects.mode() == Mode::Plan => {
-                    netlink::is_netns(&dir.join(&name))?
-                }
-                Some(dir) => netlink::delete_netns(&dir, &name)?,
-            }
-        };
-        if deleted {
+        if self.network.planned.remove_netns(&name) {
             self.record("delete-netns", target, String::new());
+            return Ok(true);
         }
-        Ok(deleted)
+        let Some(dir) = self.netns_dir(false)? else {
+            return Ok(false);
+        };
+        let path = dir.join(&name);
+        if !netlink::is_netns(&path)? {
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(CapError::Conflict(format!(
+                    "{NETNS_DIR}/{name} is not a network namespace; it is left alone"
+                )));
+            }
+            return Ok(false);
+        }
+        let mark = self.netns_mark(&name, false)?;
+        if scopes.owned_only() && !mark.as_ref().is_some_and(|m| m.exists()) {
+            return Err(CapError::PermissionDenied(format!(
+                "network: netns {name} was not made by hostaction; the grant's ownedOnly \
+                 forbids deleting it"
+            )));
+        }
+        if !self.dry_run() {
+            self.network.opened.remove(&name);
+            netlink::delete_netns(&dir, &name)?;
+            if let Some(mark) = mark {
+                let _ = std::fs::remove_file(mark);
+            }
+        }
+        self.record("delete-netns", target, String::new());
+        Ok(true)
     }
 
     fn list_netns(&mut self) -> Result<Vec<String>, CapError> {
@@ -528,7 +616,7 @@ impl network::Host for RunState {
             Some(dir) => netlink::list_netns(&dir)?,
             None => Vec::new(),
         };
-        names.extend(self.network.planned.netns.iter().cloned());
+        names.extend(self.network.planned.netns_names().cloned());
         names.sort();
         names.dedup();
         names.retain(|n| scopes.netns(Some(n)).is_ok());
@@ -549,18 +637,24 @@ impl RunState {
         let scopes = scopes(&grant)?;
         scope::interface_name(&device)?;
         let addr = cidr("address", &address)?;
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
         scopes.interface(&device)?;
+        scopes.address(&addr)?;
+        let place = self.place(&scopes, netns.as_deref())?;
         let action = if add {
             "ensure-address"
         } else {
             "remove-address"
         };
-        let target = format!("address {addr} on {device} ({})", place(netns.as_deref()));
-        let changed = if self.network.planned.link(netns.as_deref(), &device) {
-            add
+        let target = format!(
+            "address {addr} on {device} ({})",
+            place_name(netns.as_deref())
+        );
+        let changed = if self.network.planned.covers(&netns, &device) {
+            self.network
+                .planned
+                .on_link(&netns, &device, format!("address {addr}"), add)
         } else {
-            let call = self.call(&scopes, ns.as_deref());
+            let call = self.call(&scopes, place.netns()?);
             if add {
                 netlink::ensure_address(call, &device, addr)?
             } else {
@@ -584,8 +678,10 @@ impl RunState {
         let scopes = scopes(&grant)?;
         let r = route(r)?;
         let device = r.device.clone().unwrap_or_default();
-        let ns = self.scoped_netns(&scopes, netns.as_deref())?;
         scopes.interface(&device)?;
+        let v6 = netlink::check_route(&r)?;
+        scopes.route(r.destination.as_ref(), v6)?;
+        let place = self.place(&scopes, netns.as_deref())?;
         let action = if add { "ensure-route" } else { "remove-route" };
         let mut target = format!(
             "route {}",
@@ -595,11 +691,13 @@ impl RunState {
         if let Some(gw) = r.gateway {
             target.push_str(&format!(" via {gw}"));
         }
-        target.push_str(&format!(" dev {device} ({})", place(netns.as_deref())));
-        let changed = if self.network.planned.link(netns.as_deref(), &device) {
-            add
+        target.push_str(&format!(" dev {device}"));
+        let changed = if self.network.planned.covers(&netns, &device) {
+            self.network
+                .planned
+                .on_link(&netns, &device, target.clone(), add)
         } else {
-            let call = self.call(&scopes, ns.as_deref());
+            let call = self.call(&scopes, place.netns()?);
             if add {
                 netlink::ensure_route(call, &r)?
             } else {
@@ -607,6 +705,7 @@ impl RunState {
             }
         };
         if changed {
+            target.push_str(&format!(" ({})", place_name(netns.as_deref())));
             self.record(action, target, String::new());
         }
         Ok(changed)

@@ -15,7 +15,7 @@ use std::fmt;
 use std::fs::File;
 use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use std::time::Instant;
 /// it carries the address and its prefix length.
 pub use ipnet::IpNet as IpNetwork;
 use rtnetlink::Handle;
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 pub use addr::{check_route, ensure_address, ensure_route, remove_address, remove_route};
@@ -302,31 +303,73 @@ fn connect_in(path: &Path) -> Result<Handle, NetError> {
     handle
 }
 
+/// `f_type` of nsfs, the filesystem of namespace files.
+pub(crate) const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// This process's own network namespace: a handle the runtime trusts.
+pub const PROCESS_NETNS: &str = "/proc/self/ns/net";
+
+/// Opens the namespace file `path` for `setns`, only if it is one.
+///
+/// A named namespace is looked at before it is opened: never through a
+/// symlink (`O_NOFOLLOW`), and only a file of nsfs is opened for reading, so
+/// a FIFO, a device or a regular file planted in the namespace directory
+/// neither blocks nor has effects. Paths under `/proc/self/` are handles the
+/// runtime holds (a namespace it opened and checked, or its own) and are
+/// followed.
+pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
+    let not_netns = || NetError::NotFound(format!("{} is not a network namespace", path.display()));
+    if path.starts_with("/proc/self/") {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| NetError::NotFound(format!("{}: {e}", path.display())))?;
+        return match rustix::fs::fstatfs(&fd) {
+            Ok(st) if st.f_type == NSFS_MAGIC => Ok(fd),
+            _ => Err(not_netns()),
+        };
+    }
+    let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let probe = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        Errno::NOENT => NetError::NotFound(format!(
+            "network namespace {} does not exist",
+            path.display()
+        )),
+        e => NetError::Io(format!(
+            "cannot open network namespace {}: {e}",
+            path.display()
+        )),
+    })?;
+    match rustix::fs::fstatfs(&probe) {
+        Ok(st) if st.f_type == NSFS_MAGIC => {}
+        _ => return Err(not_netns()),
+    }
+    rustix::fs::open(
+        format!("/proc/self/fd/{}", probe.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| NetError::Io(format!("cannot open {}: {e}", path.display())))
+}
+
+/// Whether two namespace handles are the same namespace.
+pub fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetError> {
+    let id = |fd: BorrowedFd<'_>| {
+        rustix::fs::fstat(fd)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(|e| NetError::Io(format!("cannot stat a network namespace: {e}")))
+    };
+    Ok(id(a.as_fd())? == id(b.as_fd())?)
+}
+
 /// Whether the namespace file `path` is the namespace the calling thread is in.
 fn is_current_netns(path: &Path) -> Result<bool, NetError> {
-    let stat = |p: &Path| {
-        rustix::fs::stat(p)
-            .map(|st| (st.st_dev, st.st_ino))
-            .map_err(|e| NetError::NotFound(format!("network namespace {}: {e}", p.display())))
-    };
-    Ok(stat(path)? == stat(Path::new("/proc/thread-self/ns/net"))?)
+    let current = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| NetError::Io(format!("cannot open this thread's network namespace: {e}")))?;
+    same_netns(open_netns(path)?, current)
 }
 
 /// Moves the calling thread into the network namespace file `path` (`setns`).
 fn enter_netns(path: &Path) -> Result<(), NetError> {
-    let file = File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            NetError::NotFound(format!(
-                "network namespace {} does not exist",
-                path.display()
-            ))
-        } else {
-            NetError::Io(format!(
-                "cannot open network namespace {}: {e}",
-                path.display()
-            ))
-        }
-    })?;
+    let file = open_netns(path)?;
     rustix::thread::move_into_link_name_space(
         file.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::Network),

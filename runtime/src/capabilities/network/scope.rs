@@ -1,6 +1,8 @@
 //! Guest input checks and grant scopes of the network capability. Every value
 //! here comes from the guest: it is checked before any netlink call.
 
+use ipnet::IpNet;
+
 use crate::capabilities::CapError;
 use crate::grant::NetworkScope;
 
@@ -32,9 +34,9 @@ pub fn interface_name_problem(name: &str) -> Option<String> {
         "is not allowed".to_owned()
     } else if name
         .chars()
-        .any(|c| c == '/' || c == '%' || c == ':' || c.is_whitespace() || c.is_control())
+        .any(|c| !c.is_ascii_graphic() || c == '/' || c == '%' || c == ':')
     {
-        "contains '/', '%', ':', whitespace or a control character".to_owned()
+        "contains '/', '%', ':', or a character that is not printable ASCII".to_owned()
     } else {
         return None;
     };
@@ -50,11 +52,8 @@ pub fn netns_name_problem(name: &str) -> Option<String> {
         format!("is reserved: {HOST_NETNS:?} names the host's own namespace in grants")
     } else if name.len() > MAX_NETNS_BYTES {
         format!("is {} bytes; the limit is {MAX_NETNS_BYTES}", name.len())
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
-    {
-        "contains '/', whitespace or a control character".to_owned()
+    } else if name.chars().any(|c| !c.is_ascii_graphic() || c == '/') {
+        "contains '/' or a character that is not printable ASCII".to_owned()
     } else {
         return None;
     };
@@ -69,6 +68,11 @@ pub fn interface_name(name: &str) -> Result<(), CapError> {
 /// Checks a named network namespace from the guest (a file under `/var/run/netns`).
 pub fn netns_name(name: &str) -> Result<(), CapError> {
     netns_name_problem(name).map_or(Ok(()), |why| Err(CapError::InvalidArgument(why)))
+}
+
+/// Whether `net` lies inside the granted range `range` (CIDR text).
+fn within(range: &str, net: &IpNet) -> bool {
+    range.parse::<IpNet>().is_ok_and(|r| r.contains(net))
 }
 
 /// Checks an MTU.
@@ -143,11 +147,16 @@ impl Scopes<'_> {
         std::iter::once((self.grant, "grant")).chain(self.policy.map(|p| (p, "node policy")))
     }
 
-    /// Whether the namespace (`None` = the host's own, `host` in patterns) is in scope.
+    /// Whether the namespace is in scope. The host's own (`None`) is only by
+    /// the literal entry `host`: no pattern (`*`, `h*`) reaches it.
     pub fn netns(&self, netns: Option<&str>) -> Result<(), CapError> {
         let name = netns.unwrap_or(HOST_NETNS);
         for (scope, whose) in self.each() {
-            if !scope.netns.iter().any(|p| glob(p, name)) {
+            let granted = match netns {
+                None => scope.netns.iter().any(|p| p == HOST_NETNS),
+                Some(n) => scope.netns.iter().any(|p| p != HOST_NETNS && glob(p, n)),
+            };
+            if !granted {
                 return Err(CapError::PermissionDenied(format!(
                     "network: netns {name:?} is not in the {whose}'s network.netns {:?}",
                     scope.netns
@@ -177,6 +186,43 @@ impl Scopes<'_> {
                 return Err(CapError::PermissionDenied(format!(
                     "network: link kind {kind:?} is not in the {whose}'s network.kinds {:?}",
                     scope.kinds
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an address (with its prefix length) lies in a granted range.
+    pub fn address(&self, addr: &IpNet) -> Result<(), CapError> {
+        for (scope, whose) in self.each() {
+            if !scope.addresses.iter().any(|r| within(r, &addr.trunc())) {
+                return Err(CapError::PermissionDenied(format!(
+                    "network: address {addr} is not in the {whose}'s network.addresses {:?}",
+                    scope.addresses
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a route's destination (`None`: the default route) lies in a
+    /// granted range.
+    pub fn route(&self, destination: Option<&IpNet>, v6: bool) -> Result<(), CapError> {
+        let dest = match destination {
+            Some(d) => *d,
+            None if v6 => IpNet::V6(ipnet::Ipv6Net::default()),
+            None => IpNet::V4(ipnet::Ipv4Net::default()),
+        };
+        for (scope, whose) in self.each() {
+            let granted = scope
+                .routes
+                .iter()
+                .any(|r| (r == "default" && dest.prefix_len() == 0) || within(r, &dest));
+            if !granted {
+                return Err(CapError::PermissionDenied(format!(
+                    "network: a route to {} is not in the {whose}'s network.routes {:?}",
+                    destination.map_or_else(|| "default".to_owned(), ToString::to_string),
+                    scope.routes
                 )));
             }
         }
@@ -216,6 +262,8 @@ mod tests {
             "sixteen-chars-xx",
             "eth0:1",
             "a\nb",
+            "br\u{200b}0",
+            "é0",
         ] {
             assert!(interface_name(bad).is_err(), "{bad:?}");
         }
@@ -233,5 +281,42 @@ mod tests {
         assert!(netns_name("host").is_err());
         assert!(vlan_id(0).is_err() && vlan_id(4095).is_err());
         vlan_id(100).unwrap();
+    }
+
+    #[test]
+    fn the_host_is_only_granted_by_name_and_ranges_contain_what_they_allow() {
+        let scope = NetworkScope {
+            netns: vec!["*".into()],
+            addresses: vec!["10.244.0.0/16".into(), "fd00::/8".into()],
+            routes: vec!["10.244.0.0/16".into(), "default".into()],
+            ..NetworkScope::default()
+        };
+        let scopes = Scopes {
+            grant: &scope,
+            policy: None,
+        };
+        assert!(scopes.netns(None).is_err(), "`*` does not reach the host");
+        scopes.netns(Some("ovl")).unwrap();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        scopes.address(&net("10.244.3.1/24")).unwrap();
+        scopes.address(&net("fd00:1::1/64")).unwrap();
+        assert!(
+            scopes.address(&net("10.244.3.1/8")).is_err(),
+            "wider than the range"
+        );
+        assert!(scopes.address(&net("10.245.0.1/24")).is_err());
+        scopes.route(Some(&net("10.244.8.0/24")), false).unwrap();
+        scopes.route(None, false).unwrap();
+        assert!(scopes.route(Some(&net("0.0.0.0/1")), false).is_err());
+        let no_default = NetworkScope {
+            routes: vec!["10.0.0.0/8".into()],
+            ..NetworkScope::default()
+        };
+        let scopes = Scopes {
+            grant: &no_default,
+            policy: Some(&scope),
+        };
+        assert!(scopes.route(None, false).is_err());
+        assert!(scopes.netns(None).is_err());
     }
 }

@@ -1,9 +1,8 @@
 //! Links: ensure (create or check, then converge settings), delete, list.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use futures_util::TryStreamExt;
@@ -19,7 +18,7 @@ use rustix::io::Errno;
 
 use super::{
     Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
-    errno, is_current_netns, nl_error, run,
+    errno, is_current_netns, nl_error, open_netns, run,
 };
 use crate::capabilities::network::scope::OWNED_ALIAS;
 
@@ -46,9 +45,14 @@ pub fn ensure_link(
     }
     run(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
-            // Missing references fail before anything is made.
+            // Missing references fail before anything is made; with
+            // `owned_only`, the bridge joined and the parent taken over must
+            // be hostaction's too.
             if let Some(master) = &settings.master {
-                index_of(&h, master, "master").await?;
+                require(&h, master, "master", call.owned_only).await?;
+            }
+            if let LinkSpec::Macvlan { parent, .. } | LinkSpec::Vlan { parent, .. } = spec {
+                require(&h, parent, "parent", call.owned_only).await?;
             }
             let mut changes = vec![describe(spec)];
             if call.dry_run {
@@ -66,13 +70,23 @@ pub fn ensure_link(
                 let _ = h.link().del(link.header.index).execute().await;
                 return Err(e);
             }
-            changes.extend(converge(&h, name, &link, settings, false).await?);
+            match converge(&h, name, &link, settings, false).await {
+                Ok(more) => changes.extend(more),
+                Err(e) => {
+                    // Half made is not made: take it away, report the error.
+                    let _ = h.link().del(link.header.index).execute().await;
+                    return Err(e);
+                }
+            }
             return Ok(changes);
         };
         check_existing(&h, call.ns, name, &link, spec).await?;
         let pending = converge(&h, name, &link, settings, true).await?;
         if !pending.is_empty() && call.owned_only {
             check_owned(&link, name, "changed")?;
+            if let Some(master) = &settings.master {
+                require(&h, master, "master", true).await?;
+            }
         }
         if pending.is_empty() || call.dry_run {
             return Ok(pending);
@@ -83,7 +97,18 @@ pub fn ensure_link(
 
 /// Deletes the link `name` in `call.ns`; returns false when it did not exist.
 /// Equal to `ip link delete NAME`.
-pub fn delete_link(call: Call<'_>, name: &str) -> Result<bool, NetError> {
+///
+/// Deleting a link also changes others: a bridge's ports are released, the
+/// macvlans and vlans on a parent and a veth's peer go with it. Each of those
+/// in the same namespace must pass `may_touch` (and, with `owned_only`, be
+/// hostaction's). A veth's peer in another namespace cannot be named from
+/// here: it goes with the link, which is why creating the pair needed both
+/// names and namespaces in scope.
+pub fn delete_link(
+    call: Call<'_>,
+    name: &str,
+    may_touch: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<bool, NetError> {
     check_ifname(name)?;
     run(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
@@ -91,6 +116,39 @@ pub fn delete_link(call: Call<'_>, name: &str) -> Result<bool, NetError> {
         };
         if call.owned_only {
             check_owned(&link, name, "deleted")?;
+        }
+        let index = link.header.index;
+        let all: Vec<LinkMessage> = h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("list links", None, &e))?;
+        for other in &all {
+            let here = !other
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            let port = link_master(other) == Some(index);
+            let on_it = here && link_lower(other) == Some(index) && other.header.index != index;
+            if !(port || on_it) {
+                continue;
+            }
+            let other_name = link_name(other).unwrap_or("?");
+            let what = if port {
+                "released from it"
+            } else {
+                "deleted with it"
+            };
+            if !may_touch(other_name) {
+                return Err(NetError::PermissionDenied(format!(
+                    "deleting {name} would leave {other_name} {what}, and {other_name} is not in scope"
+                )));
+            }
+            if call.owned_only {
+                check_owned(other, other_name, what)?;
+            }
         }
         if call.dry_run {
             return Ok(true);
@@ -102,6 +160,18 @@ pub fn delete_link(call: Call<'_>, name: &str) -> Result<bool, NetError> {
             Err(e) => Err(nl_error(&format!("delete link {name}"), None, &e)),
         }
     })
+}
+
+/// The link `name` must exist (`NotFound` names its `role`) and, with
+/// `owned_only`, be hostaction's.
+async fn require(h: &Handle, name: &str, role: &str, owned_only: bool) -> Result<(), NetError> {
+    let link = get_link(h, name)
+        .await?
+        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))?;
+    if owned_only {
+        check_owned(&link, name, &format!("used as a {role}"))?;
+    }
+    Ok(())
 }
 
 /// Refuses to touch a link hostaction did not create (`ownedOnly` grants).
@@ -157,12 +227,7 @@ async fn check_references(h: &Handle, spec: &LinkSpec) -> Result<(), NetError> {
             peer_netns: Some(path),
             ..
         } => {
-            File::open(path).map_err(|e| {
-                NetError::NotFound(format!(
-                    "network namespace {} for the peer: {e}",
-                    path.display()
-                ))
-            })?;
+            open_netns(path)?;
         }
         LinkSpec::Vxlan {
             device: Some(device),
@@ -323,18 +388,13 @@ pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
 async fn create(h: &Handle, name: &str, spec: &LinkSpec) -> Result<(), NetError> {
     let kind = spec.kind_name();
     // Kept open until the request is sent: the peer's IFLA_NET_NS_FD refers to it.
-    let mut _peer_ns: Option<File> = None;
+    let mut _peer_ns: Option<OwnedFd> = None;
     let msg = match spec {
         LinkSpec::Bridge => LinkMessageBuilder::<LinkBridge>::new(name).build(),
         LinkSpec::Veth { peer, peer_netns } => {
             let mut peer_msg = LinkUnspec::new_with_name(peer);
             if let Some(path) = peer_netns {
-                let file = File::open(path).map_err(|e| {
-                    NetError::NotFound(format!(
-                        "network namespace {} for the peer of {name}: {e}",
-                        path.display()
-                    ))
-                })?;
+                let file = open_netns(path)?;
                 peer_msg = peer_msg.setns_by_fd(file.as_raw_fd());
                 _peer_ns = Some(file);
             }

@@ -5,14 +5,13 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags};
+use std::os::fd::AsRawFd;
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
 use super::NetError;
-
-/// `f_type` of nsfs, the filesystem of namespace files.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// Ensures `dir/name` is a network namespace; returns whether one was made.
 /// Equal to `ip netns add NAME` (with `dir` as `/var/run/netns`).
@@ -27,6 +26,18 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
     if is_netns(&path)? {
         return Ok(false);
     }
+    // One maker at a time in this directory (hostaction's, not ip's): two
+    // concurrent calls must not stack two mounts on one file.
+    let lock = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|fd| rustix::fs::flock(&fd, FlockOperation::LockExclusive).map(|()| fd))
+    .map_err(|e| NetError::Io(format!("cannot lock {}: {e}", dir.display())))?;
+    if is_netns(&path)? {
+        return Ok(false);
+    }
     make_shared(dir)?;
     let created = match rustix::fs::open(
         &path,
@@ -34,20 +45,9 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         Mode::empty(),
     ) {
         Ok(_) => true,
-        // A plain file left by an interrupted `ip netns add`: mount onto it,
-        // but never through a symlink or onto anything else.
-        Err(e) if e == Errno::EXIST => {
-            let st = rustix::fs::lstat(&path)
-                .map_err(|e| NetError::Io(format!("cannot stat {}: {e}", path.display())))?;
-            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
-            {
-                return Err(NetError::Conflict(format!(
-                    "{} exists and is not a network namespace",
-                    path.display()
-                )));
-            }
-            false
-        }
+        // A plain file left by an interrupted `ip netns add`: mount onto it
+        // (checked below: never through a symlink, never onto anything else).
+        Err(e) if e == Errno::EXIST => false,
         Err(e) => {
             return Err(NetError::Io(format!(
                 "cannot create {}: {e}",
@@ -55,6 +55,23 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
             )));
         }
     };
+    // The mount target, held open: what was checked is what gets mounted on,
+    // even if the name is swapped for a symlink meanwhile.
+    let target = rustix::fs::open(
+        &path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| NetError::Io(format!("cannot open {}: {e}", path.display())))?;
+    let st = rustix::fs::fstat(&target)
+        .map_err(|e| NetError::Io(format!("cannot stat {}: {e}", path.display())))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(NetError::Conflict(format!(
+            "{} exists and is not a network namespace",
+            path.display()
+        )));
+    }
+    let target = format!("/proc/self/fd/{}", target.as_raw_fd());
     let mounted = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("hostaction-netns".into())
@@ -64,7 +81,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
                 // which is not used here.
                 #[allow(deprecated)]
                 rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)?;
-                rustix::mount::mount_bind("/proc/thread-self/ns/net", &path)
+                rustix::mount::mount_bind("/proc/thread-self/ns/net", target.as_str())
             })
             .map_err(|e| NetError::Io(format!("cannot start the netns thread: {e}")))?
             .join()
@@ -79,6 +96,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
             path.display()
         )));
     }
+    drop(lock);
     Ok(true)
 }
 
@@ -117,26 +135,27 @@ fn make_shared(dir: &Path) -> Result<(), NetError> {
 pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
     check_netns_name(name)?;
     let path = dir.join(name);
-    let unmounted =
-        match rustix::mount::unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
-            Ok(()) => true,
-            // EINVAL: a plain file, not a mount point; ENOENT: absent.
-            Err(e) if e == Errno::INVAL || e == Errno::NOENT => false,
-            Err(e) => {
-                return Err(NetError::Io(format!(
-                    "cannot unmount {}: {e}",
-                    path.display()
-                )));
-            }
-        };
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(unmounted),
-        Err(e) => Err(NetError::Io(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        ))),
+    match rustix::mount::unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) => {}
+        Err(e) if e == Errno::NOENT => return Ok(false),
+        // Not a mount point: nothing this call should remove.
+        Err(e) if e == Errno::INVAL => {
+            return Err(NetError::Conflict(format!(
+                "{} is not a network namespace; it is left alone",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(NetError::Io(format!(
+                "cannot unmount {}: {e}",
+                path.display()
+            )));
+        }
     }
+    // Once unmounted the namespace is deleted; the empty file is what
+    // `ip netns add` would reuse, so failing to remove it changes nothing.
+    let _ = fs::remove_file(&path);
+    Ok(true)
 }
 
 /// Lists the names of the network namespaces in `dir`, sorted; files there
@@ -162,12 +181,13 @@ pub fn list_netns(dir: &Path) -> Result<Vec<String>, NetError> {
     Ok(names)
 }
 
-/// Whether `path` is a namespace file (a mount of nsfs); false when absent.
+/// Whether `path` is a namespace file (a mount of nsfs, not through a
+/// symlink); false when absent or anything else.
 pub fn is_netns(path: &Path) -> Result<bool, NetError> {
-    match rustix::fs::statfs(path) {
-        Ok(st) => Ok(st.f_type == NSFS_MAGIC),
-        Err(e) if e == Errno::NOENT => Ok(false),
-        Err(e) => Err(NetError::Io(format!("cannot stat {}: {e}", path.display()))),
+    match super::open_netns(path) {
+        Ok(_) => Ok(true),
+        Err(NetError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
