@@ -27,6 +27,8 @@ GUEST_CRATES=(
     vxlan-overlay
     probe
     netprobe
+    svcprobe
+    restart-on-change
     wrong-export
 )
 

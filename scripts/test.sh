@@ -22,6 +22,8 @@ if command -v cargo-deny >/dev/null 2>&1; then
     # Advisories need the advisory database from the network, which this
     # machine cannot reach; licences, bans and sources are checked offline.
     step "cargo deny check bans licenses sources"
+    # Every platform's crates, so that the licence check sees them all.
+    cargo fetch --locked >/dev/null
     cargo deny --offline check bans licenses sources
 else
     step "cargo deny not installed (cargo install --locked cargo-deny@0.20.2); skipped"

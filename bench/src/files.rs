@@ -37,6 +37,7 @@ pub fn run(iterations: usize, module: &Path, out: &Path) -> BenchResult<()> {
     let config = RuntimeConfig {
         host_root: root.clone(),
         cache_dir: Some(cache.clone()),
+        system_bus: None,
     };
 
     // Precompiled-cache load: each sample is a new runtime (as a new process

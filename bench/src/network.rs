@@ -274,6 +274,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
     let runtime = Runtime::new(RuntimeConfig {
         host_root: PathBuf::from("/"),
         cache_dir: Some(cache.path().to_path_buf()),
+        system_bus: None,
     })?;
     let compile_start = Instant::now();
     let digest = runtime.load(&bytes)?.digest.clone();

@@ -70,6 +70,10 @@ struct RunArgs {
     /// Where the host's filesystem is seen.
     #[arg(long, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
+    /// D-Bus address of systemd's system bus (`services`); the host root's
+    /// /run/dbus/system_bus_socket by default.
+    #[arg(long, value_name = "ADDRESS")]
+    system_bus: Option<String>,
     /// Wall-clock deadline of the run, in seconds (host calls included).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     timeout: f64,
@@ -139,6 +143,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             let runtime = Runtime::new(RuntimeConfig {
                 host_root: PathBuf::from("/"),
                 cache_dir,
+                system_bus: None,
             })?;
             let module = runtime.load_file(&module)?;
             print_inspect(&module, output);
@@ -186,6 +191,7 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
     let runtime = Runtime::new(RuntimeConfig {
         host_root: args.host_root.clone(),
         cache_dir,
+        system_bus: args.system_bus.clone(),
     })?;
     let module = runtime.load_file(&args.module)?;
     let mut request = RunRequest::new(params, EffectiveGrant::new(&grant, policy.as_ref())?);

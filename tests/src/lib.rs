@@ -10,6 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub mod systemd;
+
 use hostaction_runtime::grant::{EffectiveGrant, Grant};
 use hostaction_runtime::{LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 use serde_json::Value;
@@ -55,10 +57,17 @@ pub struct Host {
 impl Host {
     /// A fresh, empty host root.
     pub fn new() -> Self {
+        Self::with_bus(None)
+    }
+
+    /// A fresh, empty host root whose systemd is at the D-Bus `address`
+    /// (else the root's own, absent, `/run/dbus/system_bus_socket`).
+    pub fn with_bus(address: Option<String>) -> Self {
         let root = tempfile::tempdir().expect("scratch host root");
         let runtime = Runtime::new(RuntimeConfig {
             host_root: root.path().to_owned(),
             cache_dir: Some(cache_dir()),
+            system_bus: address,
         })
         .expect("runtime");
         Self { root, runtime }

@@ -130,6 +130,7 @@ fn magic_links_are_denied_even_inside_a_granted_directory() {
     let runtime = Runtime::new(RuntimeConfig {
         host_root: "/".into(),
         cache_dir: None,
+        system_bus: None,
     })
     .unwrap();
     let module = runtime

@@ -8,6 +8,7 @@
 pub mod files;
 pub mod log;
 pub mod network;
+pub mod services;
 pub mod wasi;
 
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub struct RunState {
     pub(crate) planned_dirs: Vec<files::HostPath>,
     /// What the run's network calls remember (plan mode's planned links).
     pub(crate) network: network::NetRun,
+    /// systemd, for the `services` capability (connected on first use).
+    pub(crate) systemd: Arc<services::systemd::Systemd>,
     pub(crate) log: Arc<Mutex<RunLog>>,
     pub(crate) deadline: Instant,
     pub(crate) limits: StoreLimits,
@@ -178,6 +181,7 @@ pub(crate) fn add_to_linker(
     host::log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::network::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    host::services::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     Ok(())
 }

@@ -58,9 +58,7 @@ fn provided_by(name: &str) -> Provided {
             "types" | "log" => Provided::Always,
             "files" => Provided::Capability(Capability::Files),
             "network" => Provided::Capability(Capability::Network),
-            "services" => Provided::No(format!(
-                "the `{interface}` capability is in the contract but not yet implemented by this runtime"
-            )),
+            "services" => Provided::Capability(Capability::Services),
             other => Provided::No(format!("no capability named `{other}`")),
         },
         _ => match package.strip_prefix("wasi:") {

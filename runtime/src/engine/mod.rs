@@ -22,6 +22,7 @@ use crate::bindings::ActionPre;
 use crate::bindings::hostaction::host::types;
 use crate::capabilities::files::HostRoot;
 use crate::capabilities::log::RunLog;
+use crate::capabilities::services::systemd::Systemd;
 use crate::capabilities::{self, RunState, StoreLimits};
 use crate::effects::{Effects, Mode};
 use crate::error::{Error, Result};
@@ -66,6 +67,9 @@ pub struct RuntimeConfig {
     pub host_root: PathBuf,
     /// Directory of precompiled modules; none keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// D-Bus address of systemd's system bus; none is the host root's
+    /// `/run/dbus/system_bus_socket`.
+    pub system_bus: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -73,6 +77,7 @@ impl Default for RuntimeConfig {
         Self {
             host_root: PathBuf::from("/"),
             cache_dir: default_cache_dir(),
+            system_bus: None,
         }
     }
 }
@@ -153,6 +158,7 @@ pub struct Runtime {
     host_root: Arc<HostRoot>,
     cache: Option<DiskCache>,
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    systemd: Arc<Systemd>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -166,6 +172,15 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker)
             .map_err(|e| Error::Host(format!("linking capabilities: {e:#}")))?;
+        let system_bus = config.system_bus.clone().unwrap_or_else(|| {
+            format!(
+                "unix:path={}",
+                config
+                    .host_root
+                    .join("run/dbus/system_bus_socket")
+                    .display()
+            )
+        });
         let host_root = HostRoot::open(&config.host_root)
             .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
         let cache = match config.cache_dir {
@@ -189,6 +204,7 @@ impl Runtime {
             host_root: Arc::new(host_root),
             cache,
             loaded: Mutex::new(HashMap::new()),
+            systemd: Arc::new(Systemd::new(system_bus)),
             ticker_stop,
         })
     }
@@ -335,6 +351,7 @@ impl Runtime {
             effects: Effects::new(request.mode),
             planned_dirs: Vec::new(),
             network: Default::default(),
+            systemd: Arc::clone(&self.systemd),
             wasi: capabilities::wasi::locked_down(&log),
             log: Arc::clone(&log),
             deadline,

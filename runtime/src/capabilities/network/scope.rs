@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 
 use crate::capabilities::CapError;
-use crate::grant::NetworkScope;
+use crate::grant::{NetworkScope, glob};
 
 /// Longest interface name the kernel takes (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME_BYTES: usize = 15;
@@ -107,31 +107,6 @@ pub fn vlan_id(id: u16) -> Result<(), CapError> {
         )));
     }
     Ok(())
-}
-
-/// Matches `name` against a pattern where `*` is any run of characters and
-/// `?` any one character.
-pub fn glob(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Iterative matcher with one backtrack point: linear in practice, no recursion.
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// The grant's scope and the node policy's: a call must satisfy both.

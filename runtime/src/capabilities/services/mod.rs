@@ -1,0 +1,245 @@
+//! The `services` capability: systemd units restarted, started, stopped,
+//! reloaded and queried over D-Bus ([`systemd`]).
+//!
+//! Every call checks the unit name the guest gave, asks systemd what unit it
+//! names (an alias resolves to the unit it stands for, `x@y.service` to its
+//! instance), and checks the grant's unit patterns against that canonical
+//! name, so no alias reaches an ungranted unit. Jobs wait for systemd's
+//! `JobRemoved` up to the guest's timeout and the run's deadline.
+
+pub mod systemd;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CapError, RunState};
+use crate::bindings::hostaction::host::services::{self, JobResult, UnitStatus};
+use crate::effects::Mode;
+use crate::grant::{EffectiveGrant, ServicesScope, glob};
+use systemd::{JobKind, ResolvedUnit};
+
+/// Longest unit name systemd takes.
+pub const MAX_UNIT_NAME_BYTES: usize = 255;
+
+/// Unit types a name may end with.
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".target",
+    ".timer",
+    ".path",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".slice",
+    ".scope",
+    ".device",
+];
+
+/// Why `name` is not a unit name systemd would take (its rules, checked here
+/// before the name goes on the bus).
+pub fn unit_name_problem(name: &str) -> Option<String> {
+    let why = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.len() > MAX_UNIT_NAME_BYTES {
+        format!(
+            "is {} bytes; the limit is {MAX_UNIT_NAME_BYTES}",
+            name.len()
+        )
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        format!("contains {c:?} (allowed: letters, digits and `:-_.\\@`)")
+    } else if !UNIT_SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
+    {
+        format!(
+            "does not end with a unit type ({})",
+            UNIT_SUFFIXES.join(", ")
+        )
+    } else if name.matches('@').count() > 1 || name.starts_with('@') {
+        "has a misplaced '@'".to_owned()
+    } else if name.contains("@.") {
+        "is a template without an instance (name one, as in x@instance.service)".to_owned()
+    } else {
+        return None;
+    };
+    Some(format!("unit name {name:?} {why}"))
+}
+
+/// The grant's and the policy's services scopes.
+fn scopes(grant: &EffectiveGrant) -> Result<(&ServicesScope, Option<&ServicesScope>), CapError> {
+    match &grant.services {
+        Some((grant, policy)) => Ok((grant, policy.as_ref())),
+        None => Err(CapError::PermissionDenied(
+            "services: the grant has no services section".into(),
+        )),
+    }
+}
+
+impl RunState {
+    /// Checks `unit`, resolves it with systemd, and checks the canonical name
+    /// against the grant and the node policy.
+    fn scoped_unit(&mut self, unit: &str) -> Result<ResolvedUnit, CapError> {
+        self.check_deadline()?;
+        let grant = Arc::clone(&self.grant);
+        let (grant_scope, policy_scope) = scopes(&grant)?;
+        if let Some(why) = unit_name_problem(unit) {
+            return Err(CapError::InvalidArgument(why));
+        }
+        let resolved = self.systemd.resolve(unit, self.deadline)?;
+        let shown = if resolved.id == unit {
+            format!("unit {unit}")
+        } else {
+            format!("unit {unit} (systemd's {})", resolved.id)
+        };
+        for (scope, whose) in
+            std::iter::once((grant_scope, "grant")).chain(policy_scope.map(|p| (p, "node policy")))
+        {
+            if !scope.units.iter().any(|p| glob(p, &resolved.id)) {
+                return Err(CapError::PermissionDenied(format!(
+                    "services: {shown} is not in the {whose}'s services.units {:?}",
+                    scope.units
+                )));
+            }
+        }
+        if resolved.load_state == "not-found" {
+            return Err(CapError::NotFound(format!("{shown} does not exist")));
+        }
+        Ok(resolved)
+    }
+
+    /// A job on a granted unit, waited for up to `timeout_ms` (and never past
+    /// the run's deadline); recorded as an effect.
+    fn job(&mut self, kind: JobKind, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        if timeout_ms == 0 {
+            return Err(CapError::InvalidArgument(
+                "timeout-ms is 0; give the job time to finish".into(),
+            ));
+        }
+        let resolved = self.scoped_unit(&unit)?;
+        if self.effects.mode() == Mode::Plan {
+            self.effects
+                .record("services", kind.name(), &resolved.id, "planned".into());
+            return Ok(JobResult::Done);
+        }
+        let wait = Duration::from_millis(u64::from(timeout_ms));
+        let result = self.systemd.job(kind, &resolved.id, wait, self.deadline);
+        self.check_deadline()?;
+        let result = result?;
+        self.effects.record(
+            "services",
+            kind.name(),
+            &resolved.id,
+            format!("result {result}"),
+        );
+        job_result(&result)
+    }
+}
+
+/// Maps `JobRemoved`'s result string.
+fn job_result(result: &str) -> Result<JobResult, CapError> {
+    Ok(match result {
+        "done" => JobResult::Done,
+        "failed" => JobResult::Failed,
+        "timeout" => JobResult::Timeout,
+        "canceled" => JobResult::Canceled,
+        "dependency" => JobResult::Dependency,
+        "skipped" => JobResult::Skipped,
+        other => {
+            return Err(CapError::Io(format!(
+                "systemd reported a job result hostaction does not know: {other:?}"
+            )));
+        }
+    })
+}
+
+impl services::Host for RunState {
+    fn restart(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        self.job(JobKind::Restart, unit, timeout_ms)
+    }
+
+    fn start(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        self.job(JobKind::Start, unit, timeout_ms)
+    }
+
+    fn stop(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        self.job(JobKind::Stop, unit, timeout_ms)
+    }
+
+    fn reload(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        self.job(JobKind::Reload, unit, timeout_ms)
+    }
+
+    fn try_restart(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
+        self.job(JobKind::TryRestart, unit, timeout_ms)
+    }
+
+    fn status(&mut self, unit: String) -> Result<UnitStatus, CapError> {
+        let resolved = self.scoped_unit(&unit)?;
+        let status = self.systemd.status(&resolved, self.deadline)?;
+        Ok(UnitStatus {
+            name: resolved.id,
+            active_state: status.active_state,
+            sub_state: status.sub_state,
+            main_pid: status.main_pid,
+            active_since_us: status.active_since_us,
+        })
+    }
+
+    fn daemon_reload(&mut self) -> Result<(), CapError> {
+        self.check_deadline()?;
+        let grant = Arc::clone(&self.grant);
+        let (grant_scope, policy_scope) = scopes(&grant)?;
+        if !grant_scope.daemon_reload || policy_scope.is_some_and(|p| !p.daemon_reload) {
+            return Err(CapError::PermissionDenied(format!(
+                "services: daemon-reload needs services.daemonReload: true in the {}",
+                if grant_scope.daemon_reload {
+                    "node policy"
+                } else {
+                    "grant"
+                }
+            )));
+        }
+        if self.effects.mode() == Mode::Apply {
+            self.systemd.daemon_reload(self.deadline)?;
+        }
+        self.effects
+            .record("services", "daemon-reload", "systemd", String::new());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_follow_systemds_rules() {
+        for good in [
+            "containerd.service",
+            "getty@tty1.service",
+            "x-y_z:1.socket",
+            "a\\x2db.mount",
+        ] {
+            assert_eq!(unit_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "containerd",
+            ".service",
+            "a b.service",
+            "../x.service",
+            "a/b.service",
+            "x@.service",
+            "@x.service",
+            "a@b@c.service",
+            "kubelet.service\n",
+        ] {
+            assert!(unit_name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(unit_name_problem(&format!("{}.service", "a".repeat(250))).is_some());
+    }
+}

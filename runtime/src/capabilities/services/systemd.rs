@@ -1,0 +1,370 @@
+//! The services capability's host backend: systemd's manager over D-Bus, with
+//! zbus. One connection per runtime, made on first use and made again after
+//! it breaks; calls run on a small tokio runtime of their own, bounded by the
+//! caller's deadline. Properties are read live (no proxy cache): a cached
+//! `MainPID` would be the old process's right after a restart.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use zbus::OwnedObjectPath;
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, proxy};
+
+use crate::capabilities::CapError;
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    /// Asks systemd to send its signals (`JobRemoved`) to this client.
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn try_restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// `systemctl daemon-reload`.
+    fn reload(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+}
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+}
+
+/// A unit job: what `systemctl restart|start|stop|reload|try-restart` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// `RestartUnit`.
+    Restart,
+    /// `StartUnit`.
+    Start,
+    /// `StopUnit`.
+    Stop,
+    /// `ReloadUnit`.
+    Reload,
+    /// `TryRestartUnit`.
+    TryRestart,
+}
+
+impl JobKind {
+    /// The effect's name (`restart`, `try-restart`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Restart => "restart",
+            JobKind::Start => "start",
+            JobKind::Stop => "stop",
+            JobKind::Reload => "reload",
+            JobKind::TryRestart => "try-restart",
+        }
+    }
+}
+
+/// A unit as systemd resolved a requested name.
+#[derive(Debug, Clone)]
+pub struct ResolvedUnit {
+    /// The canonical name (`Id`): an alias resolves to the unit it names.
+    pub id: String,
+    /// The unit's object path.
+    pub path: OwnedObjectPath,
+    /// `loaded`, `not-found`, `masked`, `error`, ...
+    pub load_state: String,
+}
+
+/// A unit's live state.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// `active`, `inactive`, `failed`, ...
+    pub active_state: String,
+    /// `running`, `exited`, `dead`, ...
+    pub sub_state: String,
+    /// The main process, for a service that has one.
+    pub main_pid: Option<u32>,
+    /// When the unit last became active, µs since the epoch.
+    pub active_since_us: Option<u64>,
+}
+
+/// systemd at one D-Bus address.
+pub struct Systemd {
+    address: String,
+    /// The runtime the connection's tasks run on, started on first use.
+    runtime: OnceLock<Result<tokio::runtime::Runtime, String>>,
+    /// The connection (subscribed to signals), once made.
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Systemd {
+    /// A client for the bus at `address` (`unix:path=/run/dbus/system_bus_socket`);
+    /// nothing starts and nothing is connected until the first call.
+    pub fn new(address: String) -> Self {
+        Systemd {
+            address,
+            runtime: OnceLock::new(),
+            connection: Mutex::new(None),
+        }
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, CapError> {
+        self.runtime
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("hostaction-dbus")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| CapError::Io(format!("cannot start the D-Bus runtime: {e}")))
+    }
+
+    /// The bus address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Runs `call` with the connection, giving up at `deadline`. A broken
+    /// connection is dropped so the next call makes a new one.
+    fn with<T>(
+        &self,
+        deadline: Instant,
+        call: impl AsyncFnOnce(&Connection) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.runtime()?.block_on(async {
+            let work = async {
+                let connection = self.connect().await?;
+                let result = call(&connection).await;
+                if let Err(CapError::Io(_)) = &result
+                    && connection.is_closed()
+                {
+                    self.forget(&connection);
+                }
+                result
+            };
+            tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
+                Err(CapError::Timeout(format!(
+                    "systemd at {} did not answer in time",
+                    self.address
+                )))
+            })
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, CapError> {
+        if let Some(c) = self.lock()?.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let unreachable = |e: zbus::Error| {
+            CapError::Io(format!(
+                "cannot reach systemd's bus at {}: {e}",
+                self.address
+            ))
+        };
+        let connection = zbus::connection::Builder::address(self.address.as_str())
+            .build()
+            .await
+            .map_err(unreachable)?;
+        ManagerProxy::new(&connection)
+            .await
+            .map_err(unreachable)?
+            .subscribe()
+            .await
+            .map_err(unreachable)?;
+        *self.lock()? = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn forget(&self, broken: &Connection) {
+        if let Ok(mut slot) = self.connection.lock()
+            && slot
+                .as_ref()
+                .is_some_and(|c| c.unique_name() == broken.unique_name())
+        {
+            *slot = None;
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Connection>>, CapError> {
+        self.connection
+            .lock()
+            .map_err(|_| CapError::Io("the D-Bus connection lock is poisoned".into()))
+    }
+
+    /// Asks systemd what `name` is: its canonical name (aliases and template
+    /// instances resolved by systemd itself) and its load state. Equal to
+    /// `systemctl show -p Id,LoadState NAME`.
+    pub fn resolve(&self, name: &str, deadline: Instant) -> Result<ResolvedUnit, CapError> {
+        self.with(deadline, async |c| {
+            let path = ManagerProxy::new(c)
+                .await
+                .map_err(bus_error)?
+                .load_unit(name)
+                .await
+                .map_err(|e| unit_error(name, e))?;
+            let unit = unit_proxy(c, &path).await?;
+            Ok(ResolvedUnit {
+                id: unit.id().await.map_err(bus_error)?,
+                load_state: unit.load_state().await.map_err(bus_error)?,
+                path,
+            })
+        })
+    }
+
+    /// Runs a job on `unit` (a canonical name) and waits up to `wait` for
+    /// systemd's `JobRemoved`; returns its result (`done`, `failed`, ...).
+    pub fn job(
+        &self,
+        kind: JobKind,
+        unit: &str,
+        wait: Duration,
+        deadline: Instant,
+    ) -> Result<String, CapError> {
+        self.with(deadline, async |c| {
+            let manager = ManagerProxy::new(c).await.map_err(bus_error)?;
+            // Listen before asking: the job may end before the reply arrives.
+            let mut removed = manager.receive_job_removed().await.map_err(bus_error)?;
+            let mode = "replace";
+            let job = match kind {
+                JobKind::Restart => manager.restart_unit(unit, mode).await,
+                JobKind::Start => manager.start_unit(unit, mode).await,
+                JobKind::Stop => manager.stop_unit(unit, mode).await,
+                JobKind::Reload => manager.reload_unit(unit, mode).await,
+                JobKind::TryRestart => manager.try_restart_unit(unit, mode).await,
+            }
+            .map_err(|e| unit_error(unit, e))?;
+            let ended = async {
+                while let Some(signal) = removed.next().await {
+                    let args = signal.args().map_err(bus_error)?;
+                    if args.job == job {
+                        return Ok(args.result);
+                    }
+                }
+                Err(CapError::Io(
+                    "the D-Bus connection closed during the job".into(),
+                ))
+            };
+            tokio::time::timeout(wait, ended).await.unwrap_or_else(|_| {
+                Err(CapError::Timeout(format!(
+                    "the {} job of {unit} did not finish in {} ms; it was left to finish",
+                    kind.name(),
+                    wait.as_millis()
+                )))
+            })
+        })
+    }
+
+    /// The live state of the unit at `path`. Equal to `systemctl show -p
+    /// ActiveState,SubState,MainPID,ActiveEnterTimestamp`.
+    pub fn status(&self, unit: &ResolvedUnit, deadline: Instant) -> Result<Status, CapError> {
+        self.with(deadline, async |c| {
+            let proxy = unit_proxy(c, &unit.path).await?;
+            let main_pid = if unit.id.ends_with(".service") {
+                let service = ServiceProxy::builder(c)
+                    .path(unit.path.clone())
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await
+                    .map_err(bus_error)?;
+                Some(service.main_pid().await.map_err(bus_error)?).filter(|p| *p != 0)
+            } else {
+                None
+            };
+            let since = proxy.active_enter_timestamp().await.map_err(bus_error)?;
+            Ok(Status {
+                active_state: proxy.active_state().await.map_err(bus_error)?,
+                sub_state: proxy.sub_state().await.map_err(bus_error)?,
+                main_pid,
+                active_since_us: Some(since).filter(|t| *t != 0),
+            })
+        })
+    }
+
+    /// Makes systemd reread its unit files (`systemctl daemon-reload`).
+    pub fn daemon_reload(&self, deadline: Instant) -> Result<(), CapError> {
+        self.with(deadline, async |c| {
+            ManagerProxy::new(c)
+                .await
+                .map_err(bus_error)?
+                .reload()
+                .await
+                .map_err(bus_error)
+        })
+    }
+}
+
+async fn unit_proxy(
+    c: &Connection,
+    path: &OwnedObjectPath,
+) -> Result<UnitProxy<'static>, CapError> {
+    UnitProxy::builder(c)
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(bus_error)
+}
+
+/// A failed call on the bus.
+fn bus_error(e: zbus::Error) -> CapError {
+    CapError::Io(format!("systemd: {e}"))
+}
+
+/// A failed call about `unit`, by systemd's error name.
+fn unit_error(unit: &str, e: zbus::Error) -> CapError {
+    if let zbus::Error::MethodError(name, message, _) = &e {
+        let message = message.clone().unwrap_or_default();
+        return match name.as_str() {
+            "org.freedesktop.systemd1.NoSuchUnit" | "org.freedesktop.systemd1.LoadFailed" => {
+                CapError::NotFound(format!("unit {unit}: {message}"))
+            }
+            "org.freedesktop.DBus.Error.AccessDenied" | "org.freedesktop.systemd1.UnitMasked" => {
+                CapError::PermissionDenied(format!("unit {unit}: {message}"))
+            }
+            "org.freedesktop.DBus.Error.InvalidArgs" => {
+                CapError::InvalidArgument(format!("unit {unit}: {message}"))
+            }
+            "org.freedesktop.systemd1.JobTypeNotApplicable"
+            | "org.freedesktop.systemd1.OnlyByDependency"
+            | "org.freedesktop.systemd1.TransactionIsDestructive" => {
+                CapError::Conflict(format!("unit {unit}: {message}"))
+            }
+            _ => CapError::Io(format!("unit {unit}: {name}: {message}")),
+        };
+    }
+    bus_error(e)
+}
