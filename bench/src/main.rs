@@ -7,9 +7,13 @@
 //! - `network` ([`network`], needs root): `vxlan-overlay` against the same
 //!   topology made by `overlay.sh` (`ip`) and by the same netlink calls made
 //!   natively from Rust; writes `target/bench/network.json`.
+//! - `services` ([`services`], needs root): a unit restart by an action
+//!   against `systemctl restart` and `busctl`; writes
+//!   `target/bench/services.json`.
 
 mod files;
 mod network;
+mod services;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +42,9 @@ struct Args {
     /// The `ip` script that makes the same overlay (network suite).
     #[arg(long, default_value = "sample-actions/vxlan-overlay/overlay.sh")]
     overlay_script: PathBuf,
+    /// The component whose `restart` op the services suite runs.
+    #[arg(long, default_value = "target/guests/svcprobe.wasm")]
+    services_module: PathBuf,
     /// Where to write the JSON results (`<suite>.json`).
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
@@ -50,7 +57,9 @@ enum Suite {
     Files,
     /// vxlan-overlay against `ip` and native netlink calls (root only).
     Network,
-    /// Both; the network suite is skipped with a note when not root.
+    /// A unit restart against `systemctl` and `busctl` (root only).
+    Services,
+    /// All; the root-only suites are skipped with a note when not root.
     All,
 }
 
@@ -104,21 +113,28 @@ fn main() -> BenchResult<()> {
             &args.out_dir.join("files.json"),
         )?;
     }
-    if matches!(args.suite, Suite::Network | Suite::All) {
-        // Namespaces and links need CAP_SYS_ADMIN and CAP_NET_ADMIN: without
-        // root, `all` leaves the suite out rather than failing the files one.
-        if !rustix::process::geteuid().is_root() {
-            if args.suite == Suite::Network {
-                return Err("the network suite needs root (network namespaces and links)".into());
-            }
-            println!("hostaction bench: network skipped (needs root)");
-            return Ok(());
+    if args.suite != Suite::Files && !rustix::process::geteuid().is_root() {
+        // Namespaces, links and a booted systemd need root: without it, `all`
+        // leaves those suites out rather than failing the files one.
+        if args.suite != Suite::All {
+            return Err("the network and services suites need root".into());
         }
+        println!("hostaction bench: network and services skipped (need root)");
+        return Ok(());
+    }
+    if matches!(args.suite, Suite::Network | Suite::All) {
         network::run(&network::Config {
             iterations: args.iterations.min(network::MAX_ITERATIONS),
             module: args.overlay_module.clone(),
             script: args.overlay_script.clone(),
             out: args.out_dir.join("network.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Services | Suite::All) {
+        services::run(&services::Config {
+            iterations: args.iterations.min(services::MAX_ITERATIONS),
+            module: args.services_module.clone(),
+            out: args.out_dir.join("services.json"),
         })?;
     }
     Ok(())

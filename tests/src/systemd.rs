@@ -129,6 +129,15 @@ impl Systemd {
         }
     }
 
+    /// The container's PID 1 (systemd), as this machine numbers it: what
+    /// `nsenter -t` takes to run a command inside, such as `systemctl`.
+    pub fn leader_pid(&self) -> Option<u32> {
+        let nspawn = self.child.as_ref()?.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+
     /// The D-Bus address of its system bus.
     pub fn address(&self) -> String {
         format!("unix:path={}", self.socket().display())
