@@ -95,6 +95,15 @@ pub struct ServicesScope {
     pub daemon_reload: bool,
 }
 
+/// Where systemd loads unit files and drop-ins from.
+const SYSTEMD_UNIT_DIRS: &[&str] = &[
+    "/etc/systemd",
+    "/run/systemd",
+    "/lib/systemd",
+    "/usr/lib/systemd",
+    "/usr/local/lib/systemd",
+];
+
 /// Link kinds the contract knows (`wit/network.wit`).
 const LINK_KINDS: &[&str] = &[
     "bridge",
@@ -268,6 +277,24 @@ impl EffectiveGrant {
         }
         let network = bounded(grant.network.as_ref(), policy.map(|p| p.network.as_ref()));
         let services = bounded(grant.services.as_ref(), policy.map(|p| p.services.as_ref()));
+        if services.is_some() {
+            // Writing where systemd loads units from, and starting units, is
+            // defining what runs as root: the two never go together.
+            for dir in &write {
+                for units in SYSTEMD_UNIT_DIRS {
+                    let units = HostPath::parse(units)
+                        .map_err(|e| Error::BadGrant(format!("{units}: {e}")))?;
+                    if dir.path.starts_with(&units) || units.starts_with(&dir.path) {
+                        return Err(Error::BadGrant(format!(
+                            "grant: files.write {} covers {units}, where systemd loads units \
+                             from; with services that would let the action define the units it \
+                             starts. Grant one or the other.",
+                            dir.path
+                        )));
+                    }
+                }
+            }
+        }
         Ok(Self {
             files_read: read,
             files_write: write,
@@ -341,6 +368,11 @@ fn intersect(grant: &[HostPath], policy: &[HostPath]) -> Vec<GrantedDir> {
 /// `?` any one character.
 pub fn glob(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // systemd escapes (`\x2f` is `/`) carry arbitrary bytes into template
+    // instances: a wildcard matches them only where the pattern itself has one.
+    if n.contains(&'\\') && !p.contains(&'\\') {
+        return false;
+    }
     // Iterative matcher with one backtrack point: linear in practice, no recursion.
     let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
     while ni < n.len() {

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a boot may take before the test fails (it takes ~1 s).
@@ -16,7 +17,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Systemd {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// One container at a time per process: nspawn places each under the
+    /// caller's cgroup, where two would share their units' cgroups.
+    _turn: MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A unit file for [`Systemd::boot`]: its name, contents, and whether it is
 /// started at boot (`multi-user.target.wants`).
@@ -36,6 +42,8 @@ impl Systemd {
     /// traces in.
     pub fn boot(units: &[Unit<'_>], aliases: &[(&str, &str)]) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // A test that failed while holding it leaves it poisoned: still ours.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("systemd scratch dir");
         let etc = dir.path().join("units");
         for sub in ["multi-user.target.wants", "sockets.target.wants"] {
@@ -98,6 +106,7 @@ impl Systemd {
         let systemd = Systemd {
             dir,
             child: Some(child),
+            _turn: turn,
         };
         systemd.wait_running();
         systemd
@@ -145,6 +154,12 @@ impl Systemd {
 
     fn socket(&self) -> PathBuf {
         self.dir.path().join("bus/system_bus_socket")
+    }
+
+    /// The host side of the container's `/etc/systemd/system` (read-only
+    /// inside), to change a unit file under a running systemd.
+    pub fn units(&self) -> PathBuf {
+        self.dir.path().join("units")
     }
 
     /// The directory units see as `/run/ha-state`.

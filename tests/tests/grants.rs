@@ -177,3 +177,26 @@ fn every_grant_file_in_the_repository_parses() {
         EffectiveGrant::new(&grant, None).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
 }
+
+#[test]
+fn services_with_writes_where_systemd_loads_units_is_refused() {
+    for write in [
+        "/etc",
+        "/etc/systemd/system",
+        "/usr/lib/systemd/system/x.service.d",
+    ] {
+        let grant = Grant::parse(
+            &format!("files: {{write: [{write}]}}\nservices: {{units: [x.service]}}"),
+            "grant",
+        )
+        .unwrap();
+        let err = EffectiveGrant::new(&grant, None).unwrap_err().to_string();
+        assert!(err.contains("systemd loads units"), "{write}: {err}");
+    }
+    let fine = Grant::parse(
+        "files: {write: [/etc/containerd]}\nservices: {units: [containerd.service]}",
+        "grant",
+    )
+    .unwrap();
+    EffectiveGrant::new(&fine, None).unwrap();
+}

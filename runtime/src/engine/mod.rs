@@ -82,6 +82,21 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The D-Bus address of a unix socket (`unix:path=...`, with the path's
+/// bytes outside D-Bus's safe set escaped as `%XX`).
+fn unix_address(socket: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut address = String::from("unix:path=");
+    for &b in socket.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-_/.\\*".contains(&b) {
+            address.push(char::from(b));
+        } else {
+            address.push_str(&format!("%{b:02x}"));
+        }
+    }
+    address
+}
+
 /// `$HOSTACTION_CACHE_DIR`, else `$XDG_CACHE_HOME/hostaction`, else
 /// `~/.cache/hostaction`, else `/var/cache/hostaction`.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -172,15 +187,10 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker)
             .map_err(|e| Error::Host(format!("linking capabilities: {e:#}")))?;
-        let system_bus = config.system_bus.clone().unwrap_or_else(|| {
-            format!(
-                "unix:path={}",
-                config
-                    .host_root
-                    .join("run/dbus/system_bus_socket")
-                    .display()
-            )
-        });
+        let system_bus = config
+            .system_bus
+            .clone()
+            .unwrap_or_else(|| unix_address(&config.host_root.join("run/dbus/system_bus_socket")));
         let host_root = HostRoot::open(&config.host_root)
             .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
         let cache = match config.cache_dir {

@@ -52,7 +52,7 @@ fn run(p: Params) -> Result<Outcome, String> {
     }
     let written = files::ensure_file(&p.path, p.contents.as_bytes(), p.mode)
         .map_err(|e| format!("write {}: {e}", p.path))?;
-    if !written {
+    if !written && !restart_owed(&p)? {
         return Ok(Outcome::changed(false)
             .message(format!("{} unchanged; {} not restarted", p.path, p.unit))
             .fact("restarted", "false"));
@@ -69,6 +69,26 @@ fn run(p: Params) -> Result<Outcome, String> {
     Ok(Outcome::changed(true)
         .message(format!("{} written; {} restarted", p.path, p.unit))
         .fact("restarted", "true"))
+}
+
+/// Whether the unit still runs (or failed) with a start older than the file:
+/// an earlier run wrote the file and its restart did not happen or failed.
+/// A unit someone stopped is left stopped.
+fn restart_owed(p: &Params) -> Result<bool, String> {
+    let modified_ns = files::stat(&p.path)
+        .map_err(|e| format!("stat {}: {e}", p.path))?
+        .map_or(0, |s| s.modified_ns);
+    let status = services::status(&p.unit).map_err(|e| format!("status of {}: {e}", p.unit))?;
+    let started_ns = status.active_since_us.unwrap_or(0).saturating_mul(1000);
+    let owed =
+        matches!(status.active_state.as_str(), "active" | "failed") && started_ns < modified_ns;
+    if owed {
+        log::warn(&format!(
+            "{} is {} since before {} was written: the restart is still owed",
+            p.unit, status.active_state, p.path
+        ));
+    }
+    Ok(owed)
 }
 
 hostaction_sdk::action!(run);

@@ -223,6 +223,9 @@ mod tests {
         assert!(!glob("vx-*", "vxlan0"));
         assert!(!glob("br?", "br10"));
         assert!(!glob("host", "hostile"));
+        // systemd's escapes are matched only by patterns that spell them.
+        assert!(!glob("modprobe@*.service", "modprobe@\\x2e\\x2e.service"));
+        assert!(glob("a\\x2db.mount", "a\\x2db.mount"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{CapError, RunState};
 use crate::bindings::hostaction::host::services::{self, JobResult, UnitStatus};
 use crate::effects::Mode;
 use crate::grant::{EffectiveGrant, ServicesScope, glob};
-use systemd::{JobKind, ResolvedUnit};
+use systemd::{JobEnd, JobKind, ResolvedUnit};
 
 /// Longest unit name systemd takes.
 pub const MAX_UNIT_NAME_BYTES: usize = 255;
@@ -126,16 +126,50 @@ impl RunState {
             return Ok(JobResult::Done);
         }
         let wait = Duration::from_millis(u64::from(timeout_ms));
-        let result = self.systemd.job(kind, &resolved.id, wait, self.deadline);
+        let end = self.systemd.job(kind, &resolved.id, wait, self.deadline);
+        // Whatever came of the wait, a job systemd took is an effect: record
+        // it before anything else can end the call.
+        let (detail, outcome) = match end {
+            Ok(JobEnd::Finished { result, unit }) if unit == resolved.id => {
+                (format!("result {result}"), job_result(&result))
+            }
+            Ok(JobEnd::Finished { result, unit }) => (
+                format!("result {result} on {unit}"),
+                Err(CapError::Conflict(format!(
+                    "systemd ran the {} job on {unit}, not on {} as checked (a daemon-reload \
+                     in between?)",
+                    kind.name(),
+                    resolved.id
+                ))),
+            ),
+            Ok(JobEnd::Running(waited)) => (
+                format!("still running after {} ms", waited.as_millis()),
+                Err(CapError::Timeout(format!(
+                    "the {} job of {} did not finish in {} ms; it was left to finish",
+                    kind.name(),
+                    resolved.id,
+                    waited.as_millis()
+                ))),
+            ),
+            Ok(JobEnd::Lost) => (
+                "end not seen (the bus connection closed)".to_owned(),
+                Err(CapError::Io(format!(
+                    "the D-Bus connection closed during the {} job of {}",
+                    kind.name(),
+                    resolved.id
+                ))),
+            ),
+            Err(e @ CapError::Timeout(_)) => (
+                "no answer from systemd before the run's deadline; the job may have been queued"
+                    .to_owned(),
+                Err(e),
+            ),
+            Err(e) => return Err(e),
+        };
+        self.effects
+            .record("services", kind.name(), &resolved.id, detail);
         self.check_deadline()?;
-        let result = result?;
-        self.effects.record(
-            "services",
-            kind.name(),
-            &resolved.id,
-            format!("result {result}"),
-        );
-        job_result(&result)
+        outcome
     }
 }
 
@@ -148,6 +182,12 @@ fn job_result(result: &str) -> Result<JobResult, CapError> {
         "canceled" => JobResult::Canceled,
         "dependency" => JobResult::Dependency,
         "skipped" => JobResult::Skipped,
+        "invalid" => JobResult::Invalid,
+        "assert" => JobResult::Assert,
+        "unsupported" => JobResult::Unsupported,
+        "collected" => JobResult::Collected,
+        "once" => JobResult::Once,
+        "frozen" => JobResult::Frozen,
         other => {
             return Err(CapError::Io(format!(
                 "systemd reported a job result hostaction does not know: {other:?}"
@@ -203,12 +243,16 @@ impl services::Host for RunState {
                 }
             )));
         }
-        if self.effects.mode() == Mode::Apply {
-            self.systemd.daemon_reload(self.deadline)?;
+        let done = match self.effects.mode() {
+            Mode::Plan => Ok(()),
+            Mode::Apply => self.systemd.daemon_reload(self.deadline),
+        };
+        // A reload that did not answer in time may still have happened.
+        if matches!(done, Ok(()) | Err(CapError::Timeout(_))) {
+            self.effects
+                .record("services", "daemon-reload", "systemd", String::new());
         }
-        self.effects
-            .record("services", "daemon-reload", "systemd", String::new());
-        Ok(())
+        done
     }
 }
 

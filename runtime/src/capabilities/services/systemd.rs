@@ -94,6 +94,22 @@ impl JobKind {
     }
 }
 
+/// How a job that systemd took ended, as far as this call saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// systemd's `JobRemoved`: the result and the unit the job ran on.
+    Finished {
+        /// `done`, `failed`, `timeout`, ...
+        result: String,
+        /// The unit's name as systemd reports it.
+        unit: String,
+    },
+    /// Still running after this long; left to finish.
+    Running(Duration),
+    /// The connection closed before the job's end was seen.
+    Lost,
+}
+
 /// A unit as systemd resolved a requested name.
 #[derive(Debug, Clone)]
 pub struct ResolvedUnit {
@@ -159,13 +175,33 @@ impl Systemd {
 
     /// Runs `call` with the connection, giving up at `deadline`. A broken
     /// connection is dropped so the next call makes a new one.
-    fn with<T>(
+    ///
+    /// On a thread of its own: the caller may itself be on a tokio runtime
+    /// (an agent's), where `block_on` is not allowed.
+    fn with<T: Send>(
         &self,
+        deadline: Instant,
+        call: impl AsyncFnOnce(&Connection) -> Result<T, CapError> + Send,
+    ) -> Result<T, CapError> {
+        let runtime = self.runtime()?;
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("hostaction-dbus-call".into())
+                .spawn_scoped(scope, || self.on(runtime, deadline, call))
+                .map_err(|e| CapError::Io(format!("cannot start the D-Bus thread: {e}")))?
+                .join()
+                .map_err(|_| CapError::Io("the D-Bus thread panicked".into()))?
+        })
+    }
+
+    fn on<T>(
+        &self,
+        runtime: &tokio::runtime::Runtime,
         deadline: Instant,
         call: impl AsyncFnOnce(&Connection) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        self.runtime()?.block_on(async {
+        runtime.block_on(async {
             let work = async {
                 let connection = self.connect().await?;
                 let result = call(&connection).await;
@@ -178,7 +214,7 @@ impl Systemd {
             };
             tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
                 Err(CapError::Timeout(format!(
-                    "systemd at {} did not answer in time",
+                    "systemd at {} did not answer before the run's deadline",
                     self.address
                 )))
             })
@@ -245,15 +281,17 @@ impl Systemd {
         })
     }
 
-    /// Runs a job on `unit` (a canonical name) and waits up to `wait` for
-    /// systemd's `JobRemoved`; returns its result (`done`, `failed`, ...).
+    /// Runs a job on `unit` (a canonical name) and waits up to `wait` (and
+    /// never past `deadline`) for systemd's `JobRemoved`. An error means
+    /// systemd did not take the job.
     pub fn job(
         &self,
         kind: JobKind,
         unit: &str,
         wait: Duration,
         deadline: Instant,
-    ) -> Result<String, CapError> {
+    ) -> Result<JobEnd, CapError> {
+        let wait = wait.min(deadline.saturating_duration_since(Instant::now()));
         self.with(deadline, async |c| {
             let manager = ManagerProxy::new(c).await.map_err(bus_error)?;
             // Listen before asking: the job may end before the reply arrives.
@@ -271,20 +309,17 @@ impl Systemd {
                 while let Some(signal) = removed.next().await {
                     let args = signal.args().map_err(bus_error)?;
                     if args.job == job {
-                        return Ok(args.result);
+                        return Ok(JobEnd::Finished {
+                            result: args.result,
+                            unit: args.unit,
+                        });
                     }
                 }
-                Err(CapError::Io(
-                    "the D-Bus connection closed during the job".into(),
-                ))
+                Ok(JobEnd::Lost)
             };
-            tokio::time::timeout(wait, ended).await.unwrap_or_else(|_| {
-                Err(CapError::Timeout(format!(
-                    "the {} job of {unit} did not finish in {} ms; it was left to finish",
-                    kind.name(),
-                    wait.as_millis()
-                )))
-            })
+            tokio::time::timeout(wait, ended)
+                .await
+                .unwrap_or(Ok(JobEnd::Running(wait)))
         })
     }
 
@@ -348,21 +383,37 @@ fn bus_error(e: zbus::Error) -> CapError {
 fn unit_error(unit: &str, e: zbus::Error) -> CapError {
     if let zbus::Error::MethodError(name, message, _) = &e {
         let message = message.clone().unwrap_or_default();
+        // `permission-denied` is the grant's word: a host-side refusal is
+        // `io`, with what to do about it.
         return match name.as_str() {
-            "org.freedesktop.systemd1.NoSuchUnit" | "org.freedesktop.systemd1.LoadFailed" => {
+            "org.freedesktop.systemd1.NoSuchUnit" => {
                 CapError::NotFound(format!("unit {unit}: {message}"))
             }
-            "org.freedesktop.DBus.Error.AccessDenied" | "org.freedesktop.systemd1.UnitMasked" => {
-                CapError::PermissionDenied(format!("unit {unit}: {message}"))
+            "org.freedesktop.systemd1.UnitMasked"
+            | "org.freedesktop.systemd1.LoadFailed"
+            | "org.freedesktop.systemd1.JobTypeNotApplicable"
+            | "org.freedesktop.systemd1.OnlyByDependency"
+            | "org.freedesktop.systemd1.TransactionIsDestructive"
+            | "org.freedesktop.systemd1.TransactionJobsConflicting"
+            | "org.freedesktop.systemd1.TransactionOrderIsCyclic"
+            | "org.freedesktop.systemd1.UnitInactive"
+            | "org.freedesktop.systemd1.BadUnitSetting" => {
+                CapError::Conflict(format!("unit {unit}: {message}"))
             }
             "org.freedesktop.DBus.Error.InvalidArgs" => {
                 CapError::InvalidArgument(format!("unit {unit}: {message}"))
             }
-            "org.freedesktop.systemd1.JobTypeNotApplicable"
-            | "org.freedesktop.systemd1.OnlyByDependency"
-            | "org.freedesktop.systemd1.TransactionIsDestructive" => {
-                CapError::Conflict(format!("unit {unit}: {message}"))
+            "org.freedesktop.DBus.Error.AccessDenied"
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => {
+                CapError::Io(format!(
+                    "unit {unit}: systemd refused this process ({message}); the runtime must \
+                     run as root"
+                ))
             }
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner" => CapError::Io(format!(
+                "unit {unit}: systemd is not on this bus ({message})"
+            )),
             _ => CapError::Io(format!("unit {unit}: {name}: {message}")),
         };
     }

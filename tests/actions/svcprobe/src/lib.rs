@@ -85,6 +85,12 @@ fn job_name(r: JobResult) -> &'static str {
         JobResult::Canceled => "canceled",
         JobResult::Dependency => "dependency",
         JobResult::Skipped => "skipped",
+        JobResult::Invalid => "invalid",
+        JobResult::Assert => "assert",
+        JobResult::Unsupported => "unsupported",
+        JobResult::Collected => "collected",
+        JobResult::Once => "once",
+        JobResult::Frozen => "frozen",
     }
 }
 
