@@ -389,20 +389,11 @@ impl network::Host for RunState {
                 .into_iter()
                 .flatten()
                 .any(|l| planned.has_link(&ns, l));
+        let peer = peer.map(|(peer_name, _)| (peer_ns, peer_name));
         if from_plan {
-            let changes = self.network.planned.ensure_link(&ns, &name, want);
+            let changes = self.network.planned.ensure_link(&ns, &name, want, peer);
             if changes.is_empty() {
                 return Ok(false);
-            }
-            if let Some((peer_name, _)) = &peer {
-                self.network.planned.ensure_link(
-                    &peer_ns,
-                    peer_name,
-                    planned::Link {
-                        kind: "veth".into(),
-                        ..Default::default()
-                    },
-                );
             }
             self.record("ensure-link", target, changes.join(", "));
             return Ok(true);
@@ -422,17 +413,7 @@ impl network::Host for RunState {
             return Ok(false);
         }
         if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
-            self.network.planned.ensure_link(&ns, &name, want);
-            if let Some((peer_name, _)) = &peer {
-                self.network.planned.ensure_link(
-                    &peer_ns,
-                    peer_name,
-                    planned::Link {
-                        kind: "veth".into(),
-                        ..Default::default()
-                    },
-                );
-            }
+            self.network.planned.ensure_link(&ns, &name, want, peer);
         }
         self.record("ensure-link", target, changes.join(", "));
         Ok(true)

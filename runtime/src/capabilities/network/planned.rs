@@ -66,9 +66,22 @@ impl Planned {
         self.netns.remove(name)
     }
 
-    /// Records `link` (made, or brought to these settings); returns what that
-    /// changes, empty when the plan already has it so.
-    pub fn ensure_link(&mut self, ns: &Ns, name: &str, want: Link) -> Vec<String> {
+    /// Records `link` (made, or brought to these settings), and a veth's
+    /// peer (its namespace and name) with it; returns what that changes,
+    /// empty when the plan already has it so.
+    pub fn ensure_link(
+        &mut self,
+        ns: &Ns,
+        name: &str,
+        want: Link,
+        peer: Option<(Ns, String)>,
+    ) -> Vec<String> {
+        if let Some(key) = peer {
+            self.links.entry(key).or_insert_with(|| Link {
+                kind: "veth".into(),
+                ..Link::default()
+            });
+        }
         let key = (ns.clone(), name.to_owned());
         let mut changes = Vec::new();
         let have = match self.links.get_mut(&key) {

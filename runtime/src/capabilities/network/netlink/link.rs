@@ -118,14 +118,7 @@ pub fn delete_link(
             check_owned(&link, name, "deleted")?;
         }
         let index = link.header.index;
-        let all: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_error("list links", None, &e))?;
-        for other in &all {
+        for other in &all_links(&h).await? {
             let here = !other
                 .attributes
                 .iter()
@@ -293,13 +286,7 @@ fn settings_changes(settings: &LinkSettings) -> Vec<String> {
 /// Lists the links of `ns` with their attributes. Equal to `ip -d link show`.
 pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, NetError> {
     run(ns, deadline, |h| async move {
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_error("list links", None, &e))?;
+        let links = all_links(&h).await?;
         let names: HashMap<u32, String> = links
             .iter()
             .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
@@ -679,6 +666,16 @@ async fn converge(
         changes.push(if up { "up" } else { "down" }.to_string());
     }
     Ok(changes)
+}
+
+/// Every link of the namespace. Equal to `ip link show`.
+async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, NetError> {
+    h.link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("list links", None, &e))
 }
 
 /// The link named `name`, or `None` when there is none. Equal to `ip link show NAME`.
