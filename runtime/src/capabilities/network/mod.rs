@@ -293,9 +293,9 @@ fn cidr(what: &str, s: &str) -> Result<IpNetwork, CapError> {
     })
 }
 
-/// Maps and checks a route from the guest. The device is required: it is what
-/// the grant's interface patterns scope.
-fn route(r: network::Route) -> Result<netlink::Route, CapError> {
+/// Maps and checks a route from the guest; also says whether it is IPv6. The
+/// device is required: it is what the grant's interface patterns scope.
+fn route(r: network::Route) -> Result<(netlink::Route, bool), CapError> {
     let destination = match r.destination.as_str() {
         "default" => None,
         d => Some(cidr("route destination", d)?),
@@ -321,8 +321,8 @@ fn route(r: network::Route) -> Result<netlink::Route, CapError> {
         device: Some(device),
         metric: r.metric,
     };
-    netlink::check_route(&route)?;
-    Ok(route)
+    let v6 = netlink::check_route(&route)?;
+    Ok((route, v6))
 }
 
 impl network::Host for RunState {
@@ -657,10 +657,9 @@ impl RunState {
     ) -> Result<bool, CapError> {
         let grant = self.grant()?;
         let scopes = scopes(&grant)?;
-        let r = route(r)?;
+        let (r, v6) = route(r)?;
         let device = r.device.clone().unwrap_or_default();
         scopes.interface(&device)?;
-        let v6 = netlink::check_route(&r)?;
         scopes.route(r.destination.as_ref(), v6)?;
         let place = self.place(&scopes, netns.as_deref())?;
         let action = if add { "ensure-route" } else { "remove-route" };

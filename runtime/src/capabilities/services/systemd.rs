@@ -168,11 +168,6 @@ impl Systemd {
             .map_err(|e| CapError::Io(format!("cannot start the D-Bus runtime: {e}")))
     }
 
-    /// The bus address.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
     /// Runs `call` with the connection, giving up at `deadline`. A broken
     /// connection is dropped so the next call makes a new one.
     ///
