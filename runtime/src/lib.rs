@@ -24,10 +24,11 @@ pub mod effects;
 pub mod engine;
 pub mod error;
 pub mod grant;
+pub mod oci;
 pub mod report;
 
 pub use engine::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
-pub use error::{Error, Result};
+pub use error::{Error, RegistryFault, Result};
 pub use report::{RunReport, RunStatus};
 
 /// Host bindings of the `hostaction:host` WIT package, generated from `wit/`.

@@ -1,18 +1,27 @@
-//! `hostaction`: run a host action on the machine you are on, or inspect one.
+//! `hostaction`: run a host action on the machine you are on, inspect one,
+//! push and pull action artifacts, and tend the node's module store.
 //!
 //! Exit codes: 0 the action succeeded; 1 the action failed (returned an error,
 //! trapped, hit its deadline or a limit); 2 bad input (usage, module, params,
 //! grant, policy); 3 refused by the grant (the module imports a capability the
-//! effective grant does not give; it never started); 4 a host error.
+//! effective grant does not give; it never started); 4 a host error; 5 a
+//! registry error (unreachable, unauthorized, not found, content that does not
+//! match its digest).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use hostaction_runtime::capabilities::payload::Payload;
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{Limits, LoadSource, Provided};
 use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::oci::{
+    self, Credentials, ModuleStore, PushRequest, Registry, RegistryOptions, SizeLimits,
+    StoredArtifact,
+};
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 
 /// Appends a formatted line to the output buffer.
@@ -30,12 +39,17 @@ macro_rules! outln {
     about = "Run host actions: Wasm components with granted host capabilities"
 )]
 struct Cli {
-    /// Directory of precompiled modules [default: $HOSTACTION_CACHE_DIR, else ~/.cache/hostaction]
+    /// The node cache: pulled artifacts (`modules/`) and precompiled code
+    /// (`compiled/`) [default: $HOSTACTION_CACHE_DIR, else ~/.cache/hostaction]
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Do not read or write precompiled modules on disk.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Bound of the module store; least recently used artifacts beyond it
+    /// are collected after a pull.
+    #[arg(long, global = true, value_name = "MIB", default_value_t = 2048)]
+    cache_max_mib: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,18 +60,113 @@ enum Command {
     Run(RunArgs),
     /// List the capabilities a module imports and what it exports.
     Inspect {
-        /// The module (a component .wasm file).
+        /// The module: a component .wasm file, or an OCI reference.
+        module: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Push a module, with payload files, as an OCI artifact; prints its
+    /// reference by digest.
+    Push {
+        /// The component .wasm file.
         module: PathBuf,
+        /// Where to: registry/repository[:tag].
+        reference: String,
+        /// A payload file shipped beside the module, read by the action
+        /// through `payload` (repeatable).
+        #[arg(long, value_name = "NAME=FILE", value_parser = name_and_path)]
+        payload: Vec<(String, PathBuf)>,
+        /// An annotation of the manifest (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = key_and_value)]
+        annotation: Vec<(String, String)>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Pull an artifact into the module store by digest (resolving a tag
+    /// once); prints its digest.
+    Pull {
+        /// registry/repository:tag or registry/repository@sha256:...
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the module store's artifacts, or collect unused ones.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List stored artifacts, most recently used first.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove least recently used artifacts (and their precompiled code)
+    /// until the store holds at most --max-mib.
+    Gc {
+        /// What the store may keep [default: --cache-max-mib].
+        #[arg(long, value_name = "MIB")]
+        max_mib: Option<u64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
 }
 
+/// How to reach a registry.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Speak plain HTTP to the registry (a registry on loopback).
+    #[arg(long)]
+    plain_http: bool,
+    /// PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// User for basic auth; the password is read from stdin.
+    #[arg(long, value_name = "USER", requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password (one line) from stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
+    #[arg(long, value_name = "FILE", conflicts_with = "username")]
+    registry_config: Option<PathBuf>,
+    /// Retries of a failed request that may pass (unreachable, time-out, 5xx).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    retries: u32,
+    /// Time-out to connect and for each read, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    registry_timeout: u64,
+    /// Largest payload file a pull accepts, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    max_payload_mib: u64,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The module (a component .wasm file).
-    module: PathBuf,
+    /// The module: a component .wasm file, or an OCI reference
+    /// (registry/repository:tag or @sha256:...), pulled into the node's
+    /// module store and run by digest.
+    module: String,
+    /// A payload file for a module run from a file (repeatable); an
+    /// artifact brings its own.
+    #[arg(long, value_name = "NAME=FILE", value_parser = name_and_path)]
+    payload: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Params: a JSON document, or @FILE to read one.
     #[arg(long, default_value = "{}")]
     params: String,
@@ -114,7 +223,12 @@ fn main() -> ExitCode {
         .init();
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Inspect { output, .. } => *output,
+        Command::Inspect { output, .. }
+        | Command::Push { output, .. }
+        | Command::Pull { output, .. }
+        | Command::Cache {
+            command: CacheCommand::List { output } | CacheCommand::Gc { output, .. },
+        } => *output,
     };
     match execute(cli) {
         Ok(code) => ExitCode::from(code),
@@ -131,29 +245,215 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(cli: Cli) -> Result<u8, Error> {
-    let cache_dir = if cli.no_cache {
-        None
-    } else {
-        cli.cache_dir
-            .or_else(hostaction_runtime::engine::default_cache_dir)
-    };
-    match cli.command {
-        Command::Inspect { module, output } => {
-            let runtime = Runtime::new(RuntimeConfig {
-                host_root: PathBuf::from("/"),
-                cache_dir,
-                system_bus: None,
-            })?;
-            let module = runtime.load_file(&module)?;
-            print_inspect(&module, output);
-            Ok(0)
+/// Where the node cache keeps what: precompiled code and the module store.
+struct CacheDirs {
+    compiled: Option<PathBuf>,
+    store: PathBuf,
+    max_bytes: u64,
+}
+
+impl CacheDirs {
+    fn store(&self, registry: Option<&RegistryArgs>) -> Result<ModuleStore, Error> {
+        let mut store = ModuleStore::open(&self.store, self.compiled.clone(), self.max_bytes)?;
+        if let Some(args) = registry {
+            store.set_limits(SizeLimits {
+                payload_file_bytes: args.max_payload_mib.saturating_mul(1 << 20),
+                ..SizeLimits::default()
+            });
         }
-        Command::Run(args) => run(args, cache_dir),
+        Ok(store)
+    }
+
+    fn runtime(&self, host_root: PathBuf, system_bus: Option<String>) -> Result<Runtime, Error> {
+        Runtime::new(RuntimeConfig {
+            host_root,
+            cache_dir: self.compiled.clone(),
+            system_bus,
+        })
     }
 }
 
-fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
+fn execute(cli: Cli) -> Result<u8, Error> {
+    let root = cli
+        .cache_dir
+        .or_else(hostaction_runtime::engine::default_cache_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hostaction"));
+    let dirs = CacheDirs {
+        compiled: (!cli.no_cache).then(|| root.join("compiled")),
+        store: root.join("modules"),
+        max_bytes: cli.cache_max_mib.saturating_mul(1 << 20),
+    };
+    match cli.command {
+        Command::Inspect {
+            module,
+            registry,
+            output,
+        } => {
+            let runtime = dirs.runtime(PathBuf::from("/"), None)?;
+            let (module, _) = load(&runtime, &dirs, &module, &registry)?;
+            print_inspect(&module, output);
+            Ok(0)
+        }
+        Command::Run(args) => run(args, &dirs),
+        Command::Push {
+            module,
+            reference,
+            payload,
+            annotation,
+            registry,
+            output,
+        } => {
+            // Load it first: only a runnable hostaction component is pushed.
+            let runtime = dirs.runtime(PathBuf::from("/"), None)?;
+            let loaded = runtime.load_file(&module)?;
+            if let Some(why) = loaded.unrunnable() {
+                return Err(Error::BadModule(why.to_owned()));
+            }
+            let bytes = std::fs::read(&module)
+                .map_err(|e| Error::BadModule(format!("{}: {e}", module.display())))?;
+            let request = PushRequest {
+                module: bytes,
+                imports: loaded.imports.iter().map(|i| i.name.clone()).collect(),
+                exports: loaded.exports.clone(),
+                payload,
+                annotations: annotation.into_iter().collect(),
+            };
+            let pushed = Registry::new(registry.options()?)?.push(&reference, &request)?;
+            match output {
+                Output::Json => emit(&format!("{:#}\n", serde_json::json!(pushed))),
+                Output::Text => emit(&format!("{}\n", pushed.reference)),
+            }
+            Ok(0)
+        }
+        Command::Pull {
+            reference,
+            registry,
+            output,
+        } => {
+            let store = dirs.store(Some(&registry))?;
+            let artifact = Registry::new(registry.options()?)?.pull(&reference, &store)?;
+            match output {
+                Output::Json => emit(&format!("{:#}\n", artifact_json(&reference, &artifact))),
+                Output::Text => emit(&format!("{}\n", artifact.digest)),
+            }
+            Ok(0)
+        }
+        Command::Cache { command } => {
+            let store = dirs.store(None)?;
+            match command {
+                CacheCommand::List { output } => {
+                    let listed = store.list()?;
+                    let mut out = String::new();
+                    if output == Output::Json {
+                        outln!(out, "{:#}", serde_json::json!(listed));
+                    }
+                    for a in listed.iter().filter(|_| output == Output::Text) {
+                        outln!(
+                            out,
+                            "{}  {:>10} bytes  payload: {}",
+                            a.digest,
+                            a.bytes,
+                            if a.payload.is_empty() {
+                                "-".into()
+                            } else {
+                                a.payload.join(",")
+                            }
+                        );
+                    }
+                    emit(&out);
+                }
+                CacheCommand::Gc { max_mib, output } => {
+                    let max = max_mib.map_or(dirs.max_bytes, |m| m.saturating_mul(1 << 20));
+                    let collected = store.collect(max)?;
+                    match output {
+                        Output::Json => emit(&format!("{:#}\n", serde_json::json!(collected))),
+                        Output::Text => emit(&format!(
+                            "removed {} artifacts, freed {} bytes, {} bytes kept\n",
+                            collected.removed.len(),
+                            collected.freed_bytes,
+                            collected.kept_bytes
+                        )),
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+impl RegistryArgs {
+    fn options(&self) -> Result<RegistryOptions, Error> {
+        let credentials = if let Some(username) = &self.username {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| Error::BadParams(format!("--password-stdin: {e}")))?;
+            Credentials::Basic {
+                username: username.clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_owned(),
+            }
+        } else if let Some(file) = &self.registry_config {
+            Credentials::DockerConfigFile(file.clone())
+        } else {
+            Credentials::DockerConfig
+        };
+        Ok(RegistryOptions {
+            credentials,
+            plain_http: self.plain_http,
+            ca_file: self.ca_file.clone(),
+            retries: self.retries,
+            timeout: Duration::from_secs(self.registry_timeout.max(1)),
+            progress: true,
+            ..RegistryOptions::default()
+        })
+    }
+}
+
+/// Loads a module from a file or, for an OCI reference, from the module
+/// store (pulling it by digest first if the store lacks it).
+fn load(
+    runtime: &Runtime,
+    dirs: &CacheDirs,
+    module: &str,
+    registry: &RegistryArgs,
+) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+    if !oci::is_reference(module) {
+        return Ok((runtime.load_file(module.as_ref())?, None));
+    }
+    let store = dirs.store(Some(registry))?;
+    let artifact = Registry::new(registry.options()?)?.pull(module, &store)?;
+    Ok((runtime.load_stored(&artifact)?, Some(artifact)))
+}
+
+fn artifact_json(reference: &str, artifact: &StoredArtifact) -> serde_json::Value {
+    serde_json::json!({
+        "reference": reference,
+        "digest": artifact.digest,
+        "moduleDigest": artifact.module_digest,
+        "payload": artifact.payload.files().iter().map(|f| serde_json::json!({
+            "name": f.name, "size": f.size, "digest": f.digest,
+        })).collect::<Vec<_>>(),
+        "annotations": artifact.annotations,
+    })
+}
+
+fn name_and_path(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!("{arg:?}: expected NAME=FILE")),
+    }
+}
+
+fn key_and_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{arg:?}: expected KEY=VALUE")),
+    }
+}
+
+fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     let params = match args.params.strip_prefix('@') {
         Some(file) => {
             std::fs::read_to_string(file).map_err(|e| Error::BadParams(format!("{file}: {e}")))?
@@ -188,33 +488,57 @@ fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> Result<u8, Error> {
         log_bytes: bytes("log-limit", args.log_limit, 1 << 10)?,
         output_bytes: bytes("outcome-limit", args.outcome_limit, 1 << 10)?,
     };
-    let runtime = Runtime::new(RuntimeConfig {
-        host_root: args.host_root.clone(),
-        cache_dir,
-        system_bus: args.system_bus.clone(),
-    })?;
-    let module = runtime.load_file(&args.module)?;
-    let mut request = RunRequest::new(params, EffectiveGrant::new(&grant, policy.as_ref())?);
+    let effective = EffectiveGrant::new(&grant, policy.as_ref())?;
+    let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
+    let (module, artifact) = load(&runtime, dirs, &args.module, &args.registry)?;
+    let payload = match &artifact {
+        Some(_) if !args.payload.is_empty() => {
+            return Err(Error::BadParams(
+                "--payload is for a module run from a file; an artifact brings its own".into(),
+            ));
+        }
+        Some(artifact) => artifact.payload.clone(),
+        None => Payload::from_files(&args.payload)?,
+    };
+    let mut request = RunRequest::new(params, effective);
     request.mode = if args.plan { Mode::Plan } else { Mode::Apply };
     request.limits = limits;
+    request.payload = Arc::new(payload);
     let report = runtime.run(&module, request)?;
     match args.output {
         Output::Json => {
-            let json = serde_json::json!({
-                "module": {"path": args.module, "digest": module.digest, "source": module.source, "loadUs": module.load_us},
+            let mut json = serde_json::json!({
+                "module": {"digest": module.digest, "source": module.source, "loadUs": module.load_us},
                 "hostRoot": args.host_root,
                 "report": report,
             });
+            match &artifact {
+                Some(a) => json["module"]["artifact"] = artifact_json(&args.module, a),
+                None => json["module"]["path"] = serde_json::json!(args.module),
+            }
             emit(&format!("{json:#}\n"));
         }
-        Output::Text => print_report(&args.module, &module, &report),
+        Output::Text => print_report(&args.module, artifact.as_ref(), &module, &report),
     }
     Ok(report.status.exit_code())
 }
 
-fn print_report(path: &Path, module: &LoadedModule, report: &RunReport) {
+fn print_report(
+    name: &str,
+    artifact: Option<&StoredArtifact>,
+    module: &LoadedModule,
+    report: &RunReport,
+) {
     let mut out = String::new();
-    outln!(out, "action   {} ({})", path.display(), module.digest);
+    match artifact {
+        Some(a) => outln!(
+            out,
+            "action   {name} ({}, module {})",
+            a.digest,
+            module.digest
+        ),
+        None => outln!(out, "action   {name} ({})", module.digest),
+    }
     let mode = if report.mode == Mode::Plan {
         " (plan)"
     } else {

@@ -8,6 +8,7 @@
 pub mod files;
 pub mod log;
 pub mod network;
+pub mod payload;
 pub mod services;
 pub mod wasi;
 
@@ -64,6 +65,8 @@ pub struct RunState {
     pub(crate) network: network::NetRun,
     /// systemd, for the `services` capability (connected on first use).
     pub(crate) systemd: Arc<services::systemd::Systemd>,
+    /// The files shipped with the action (`payload`).
+    pub(crate) payload: Arc<payload::Payload>,
     pub(crate) log: Arc<Mutex<RunLog>>,
     pub(crate) deadline: Instant,
     pub(crate) limits: StoreLimits,
@@ -179,6 +182,7 @@ pub(crate) fn add_to_linker(
     use wasmtime::component::HasSelf;
     host::types::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
+    host::payload::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::network::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::services::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;

@@ -55,7 +55,7 @@ fn provided_by(name: &str) -> Provided {
             "this runtime implements hostaction:host@0.1.x, not {version:?}"
         )),
         "hostaction:host" => match interface {
-            "types" | "log" => Provided::Always,
+            "types" | "log" | "payload" => Provided::Always,
             "files" => Provided::Capability(Capability::Files),
             "network" => Provided::Capability(Capability::Network),
             "services" => Provided::Capability(Capability::Services),

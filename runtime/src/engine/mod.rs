@@ -22,11 +22,13 @@ use crate::bindings::ActionPre;
 use crate::bindings::hostaction::host::types;
 use crate::capabilities::files::HostRoot;
 use crate::capabilities::log::RunLog;
+use crate::capabilities::payload::Payload;
 use crate::capabilities::services::systemd::Systemd;
 use crate::capabilities::{self, RunState, StoreLimits};
 use crate::effects::{Effects, Mode};
 use crate::error::{Error, Result};
 use crate::grant::EffectiveGrant;
+use crate::oci::StoredArtifact;
 use crate::report::{Outcome, RunReport, RunStatus, Timing};
 use cache::DiskCache;
 
@@ -152,6 +154,8 @@ pub struct RunRequest {
     pub mode: Mode,
     /// The run's limits.
     pub limits: Limits,
+    /// The files shipped with the action (its artifact's payload).
+    pub payload: Arc<Payload>,
 }
 
 impl RunRequest {
@@ -162,6 +166,7 @@ impl RunRequest {
             grant: Arc::new(grant),
             mode: Mode::Apply,
             limits: Limits::default(),
+            payload: Arc::default(),
         }
     }
 }
@@ -236,6 +241,15 @@ impl Runtime {
         }
         let bytes = std::fs::read(path).map_err(bad)?;
         self.load(&bytes)
+    }
+
+    /// Loads the component of an artifact from the module store (from
+    /// memory, without reading it, when this process has it).
+    pub fn load_stored(&self, artifact: &StoredArtifact) -> Result<Arc<LoadedModule>> {
+        match self.loaded(&artifact.module_digest) {
+            Some(module) => Ok(module),
+            None => self.load_file(&artifact.module_path),
+        }
     }
 
     /// A module this process has loaded, by digest: how the agent runs a
@@ -362,6 +376,7 @@ impl Runtime {
             planned_dirs: Vec::new(),
             network: Default::default(),
             systemd: Arc::clone(&self.systemd),
+            payload: request.payload,
             wasi: capabilities::wasi::locked_down(&log),
             log: Arc::clone(&log),
             deadline,

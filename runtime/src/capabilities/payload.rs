@@ -1,0 +1,123 @@
+//! The `payload` capability (always allowed): read-only access to the files
+//! shipped with the action — the payload layers of its artifact, or the
+//! files given with `hostaction run --payload`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use super::{CapError, RunState};
+use crate::bindings::hostaction::host::payload;
+use crate::error::{Error, Result};
+use crate::oci::artifact::{check_payload_name, sha256};
+
+/// Bytes one `read` or `read-at` returns at most.
+pub const MAX_READ_BYTES: u64 = 16 << 20;
+
+/// One payload file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadFile {
+    /// Its name, a plain file name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+    /// Where its bytes are (a verified blob of the module store).
+    pub path: PathBuf,
+}
+
+/// The files shipped with an action, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    files: Vec<PayloadFile>,
+}
+
+impl Payload {
+    /// A payload of these files.
+    pub fn new(mut files: Vec<PayloadFile>) -> Self {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Self { files }
+    }
+
+    /// A payload of local files (`NAME=FILE` of `hostaction run`), hashed now.
+    pub fn from_files(files: &[(String, PathBuf)]) -> Result<Self> {
+        let mut out = Vec::new();
+        for (name, path) in files {
+            check_payload_name(name)
+                .map_err(|why| Error::BadParams(format!("payload name {name:?}: {why}")))?;
+            if out.iter().any(|f: &PayloadFile| &f.name == name) {
+                return Err(Error::BadParams(format!("payload {name:?} is given twice")));
+            }
+            let bytes = std::fs::read(path).map_err(|e| {
+                Error::BadParams(format!("payload {name}: {}: {e}", path.display()))
+            })?;
+            out.push(PayloadFile {
+                name: name.clone(),
+                size: bytes.len() as u64,
+                digest: sha256(&bytes),
+                path: path.clone(),
+            });
+        }
+        Ok(Self::new(out))
+    }
+
+    /// The files, sorted by name.
+    pub fn files(&self) -> &[PayloadFile] {
+        &self.files
+    }
+
+    fn get(&self, name: &str) -> Result<&PayloadFile, CapError> {
+        self.files
+            .binary_search_by(|f| f.name.as_str().cmp(name))
+            .map(|i| &self.files[i])
+            .map_err(|_| CapError::NotFound(format!("no payload file named {name:?}")))
+    }
+}
+
+fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapError> {
+    let io = |e: std::io::Error| CapError::Io(format!("payload {}: {e}", file.name));
+    let handle = File::open(&file.path).map_err(io)?;
+    let len = len.min(file.size.saturating_sub(offset));
+    let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
+    handle.read_exact_at(&mut buf, offset).map_err(io)?;
+    Ok(buf)
+}
+
+impl payload::Host for RunState {
+    fn files(&mut self) -> wasmtime::Result<Vec<payload::PayloadFile>> {
+        Ok(self
+            .payload
+            .files()
+            .iter()
+            .map(|f| payload::PayloadFile {
+                name: f.name.clone(),
+                size: f.size,
+                digest: f.digest.clone(),
+            })
+            .collect())
+    }
+
+    fn read(&mut self, name: String) -> Result<Vec<u8>, CapError> {
+        self.check_deadline()?;
+        let file = self.payload.get(&name)?;
+        if file.size > MAX_READ_BYTES {
+            return Err(CapError::InvalidArgument(format!(
+                "payload {name:?} is {} bytes; read returns at most {MAX_READ_BYTES}: use read-at",
+                file.size
+            )));
+        }
+        read_range(file, 0, file.size)
+    }
+
+    fn read_at(&mut self, name: String, offset: u64, len: u32) -> Result<Vec<u8>, CapError> {
+        self.check_deadline()?;
+        let file = self.payload.get(&name)?;
+        if u64::from(len) > MAX_READ_BYTES {
+            return Err(CapError::InvalidArgument(format!(
+                "read-at of {len} bytes; at most {MAX_READ_BYTES} per call"
+            )));
+        }
+        read_range(file, offset, u64::from(len))
+    }
+}
