@@ -11,6 +11,8 @@
 //! - [`Outcome`] is what a run reports: whether it changed the host, one line
 //!   for humans, and facts for machines.
 //! - [`log`] writes to the run's log (always allowed).
+//! - [`payload`] reads the files shipped in the action's artifact (always
+//!   allowed).
 //! - [`files`] is the `files` capability; [`network`] and [`services`] are the
 //!   generated bindings of theirs.
 //! - [`Error`] is the error every capability call can return, as a value.
@@ -55,6 +57,7 @@ mod outcome;
 pub mod __private;
 pub mod files;
 pub mod log;
+pub mod payload;
 
 pub use error::Error;
 pub use outcome::Outcome;

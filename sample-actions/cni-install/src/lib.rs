@@ -1,6 +1,7 @@
-//! Sample action: installs a CNI network configuration (a `.conflist` with a
-//! `bridge` plugin, `host-local` IPAM and `portmap`) and a set of files under
-//! the CNI binary directory, idempotently.
+//! Sample action: installs CNI plugin binaries shipped in its artifact's
+//! payload, a CNI network configuration (a `.conflist` with a `bridge`
+//! plugin, `host-local` IPAM and `portmap`) and a set of files under the CNI
+//! binary directory, idempotently.
 //!
 //! This is the kind of work a privileged DaemonSet does today; as an action it
 //! imports only `log` and `files`, and its grant names only the two
@@ -9,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use hostaction_sdk::{Outcome, files, log};
+use hostaction_sdk::{Outcome, files, log, payload};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -17,6 +18,8 @@ use serde_json::json;
 const DIR_MODE: u32 = 0o755;
 /// Permission bits of the conflist.
 const CONF_MODE: u32 = 0o644;
+/// Permission bits of an installed plugin binary.
+const BINARY_MODE: u32 = 0o755;
 
 /// The action's params (JSON, camelCase); every field has a default.
 #[derive(Deserialize)]
@@ -46,6 +49,17 @@ struct Params {
     /// Files to install under `binDir`.
     #[serde(default = "default_files")]
     files: Vec<FileSpec>,
+    /// Payload files to install under `binDir` as executables; every payload
+    /// file when absent.
+    #[serde(default)]
+    binaries: Option<Vec<String>>,
+    /// Whether the bridge masquerades traffic leaving the subnet (`ipMasq`).
+    #[serde(default = "default_true")]
+    ip_masq: bool,
+    /// Where `host-local` keeps its leases (`dataDir`); its default
+    /// (`/var/lib/cni/networks`) when absent.
+    #[serde(default)]
+    ipam_data_dir: Option<String>,
 }
 
 /// One file to install under `binDir`.
@@ -78,6 +92,9 @@ fn default_conf_dir() -> String {
 }
 fn default_bin_dir() -> String {
     "/opt/cni/bin".into()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_file_mode() -> u32 {
     0o644
@@ -125,6 +142,21 @@ fn run(params: Params) -> Result<Outcome, String> {
         }
     }
 
+    let binaries = match &params.binaries {
+        Some(names) => names.clone(),
+        None => payload::files().into_iter().map(|f| f.name).collect(),
+    };
+    for name in &binaries {
+        let bytes = payload::read(name).map_err(|e| format!("payload {name}: {e}"))?;
+        let path = join(&params.bin_dir, name);
+        if files::ensure_file(&path, &bytes, BINARY_MODE)
+            .map_err(|e| format!("install {path}: {e}"))?
+        {
+            log::info(&format!("installed {path} ({} bytes)", bytes.len()));
+            changed_paths.push(path);
+        }
+    }
+
     let count = params.files.len();
     let noun = if count == 1 { "file" } else { "files" };
     let changed = !changed_paths.is_empty();
@@ -134,8 +166,12 @@ fn run(params: Params) -> Result<Outcome, String> {
         "nothing changed".into()
     };
     Ok(Outcome::changed(changed)
-        .message(format!("conflist and {count} {noun} in place ({detail})"))
+        .message(format!(
+            "conflist, {} plugin binaries and {count} {noun} in place ({detail})",
+            binaries.len()
+        ))
         .fact("conflist", conf_path)
+        .fact("binaries", binaries.join(","))
         .fact("files", count.to_string())
         .fact("changed", changed_paths.join(",")))
 }
@@ -204,10 +240,24 @@ fn validate(p: &Params) -> Result<(), String> {
             ));
         }
     }
+    for (i, name) in p.binaries.iter().flatten().enumerate() {
+        check_file_name(&format!("binaries[{i}]"), name)?;
+    }
+    if let Some(dir) = &p.ipam_data_dir
+        && !dir.starts_with('/')
+    {
+        return Err(format!(
+            "invalid params: ipamDataDir {dir:?}: must be an absolute path"
+        ));
+    }
     let mut names: Vec<&str> = p.files.iter().map(|f| f.name.as_str()).collect();
+    names.extend(p.binaries.iter().flatten().map(String::as_str));
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("invalid params: files: {:?} is listed twice", w[0]));
+        return Err(format!(
+            "invalid params: {:?} is listed twice (files and binaries share binDir)",
+            w[0]
+        ));
     }
     Ok(())
 }
@@ -248,6 +298,14 @@ fn join(dir: &str, name: &str) -> String {
 /// The conflist, pretty-printed; keys come out in a fixed order, so the bytes
 /// are the same for the same params, which keeps re-runs unchanged.
 fn conflist(p: &Params) -> Result<String, String> {
+    let mut ipam = json!({
+        "type": "host-local",
+        "ranges": [[{ "subnet": p.subnet }]],
+        "routes": [{ "dst": default_route(&p.subnet) }],
+    });
+    if let Some(dir) = &p.ipam_data_dir {
+        ipam["dataDir"] = json!(dir);
+    }
     let doc = json!({
         "cniVersion": p.cni_version,
         "name": p.name,
@@ -256,13 +314,9 @@ fn conflist(p: &Params) -> Result<String, String> {
                 "type": "bridge",
                 "bridge": p.bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": p.ip_masq,
                 "hairpinMode": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": p.subnet }]],
-                    "routes": [{ "dst": default_route(&p.subnet) }],
-                },
+                "ipam": ipam,
             },
             {
                 "type": "portmap",

@@ -9,7 +9,7 @@
 //! `{"err": {"kind": "...", "message": "..."}}` for the op at that index.
 
 use hostaction_sdk::files::{self, FileKind};
-use hostaction_sdk::{Error, Outcome, log};
+use hostaction_sdk::{Error, Outcome, log, payload};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -62,6 +62,12 @@ enum Op {
     Env,
     /// Reads a file through WASI's filesystem (not the `files` capability).
     WasiRead { path: String },
+    /// `payload.files`: `[{"name", "size", "digest"}]`.
+    PayloadFiles,
+    /// `payload.read`, reported as (lossy) UTF-8.
+    PayloadRead { name: String },
+    /// `payload.read-at`, reported as (lossy) UTF-8.
+    PayloadReadAt { name: String, offset: u64, len: u32 },
 }
 
 /// What one op did: `Ok(value)`, or the capability error.
@@ -142,6 +148,14 @@ fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
             log_flood(bytes);
             Ok(Value::Null)
         }
+        Op::PayloadFiles => Ok(payload::files()
+            .iter()
+            .map(|f| json!({ "name": f.name, "size": f.size, "digest": f.digest }))
+            .collect()),
+        Op::PayloadRead { name } => payload::read(&name)
+            .map(|bytes| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        Op::PayloadReadAt { name, offset, len } => payload::read_at(&name, offset, len)
+            .map(|bytes| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
         Op::Spin => spin(),
         Op::Alloc { mib } => {
             alloc(hoard, mib);

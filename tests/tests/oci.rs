@@ -1,0 +1,952 @@
+//! OCI distribution against a real registry (Debian's `docker-registry` on
+//! 127.0.0.1, plain and with TLS + htpasswd), driven through the `hostaction`
+//! CLI as a user runs it: push and pull round trips, interop with `skopeo`
+//! both ways, hostile registries (tampered, truncated and oversized blobs, a
+//! moved tag, the registry down, 401, 5xx, a stall) and the node store's
+//! bound. The fault proxy (`hostaction_tests::registry::FaultProxy`) sits
+//! in front of the real registry only for the faults a registry will not
+//! produce on demand. The end-to-end CNI test needs root (CI is root).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use hostaction_runtime::oci::ModuleStore;
+use hostaction_tests::guest;
+use hostaction_tests::registry::{Fault, FaultProxy, Registry};
+use serde_json::{Value, json};
+
+/// The `hostaction` binary `cargo test` built beside this test.
+fn hostaction_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("hostaction");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` builds it",
+        path.display()
+    );
+    path
+}
+
+/// A node: its own cache directory (module store and precompiled code) and
+/// a scratch dir.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `hostaction --cache-dir <node cache> ARGS`.
+    fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, "")
+    }
+
+    fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(hostaction_bin())
+            .arg("--cache-dir")
+            .arg(self.path("cache"))
+            .args(args)
+            .env_remove("DOCKER_CONFIG")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and expects exit 0; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}:\n{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit 5 (a registry error); returns stderr.
+    fn registry_error(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}:\n{}", text(&out));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// A grant file for the probe (it imports `files`).
+    fn probe_grant(&self) -> String {
+        let path = self.path("probe-grant.yaml");
+        std::fs::write(&path, "files: {write: [/srv]}").unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn store(&self) -> ModuleStore {
+        ModuleStore::open(&self.path("cache/modules"), None, u64::MAX).unwrap()
+    }
+
+    /// Whether the store holds no artifact, no blob and no staging leftover.
+    fn assert_nothing_cached(&self) {
+        let store = self.store();
+        assert_eq!(store.list().unwrap(), vec![]);
+        for dir in ["blobs/sha256", "staging"] {
+            let left: Vec<_> = std::fs::read_dir(store.root().join(dir))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "{dir} holds {left:?}");
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Pushes a module to a plain registry; returns `repo@digest` and the digest.
+fn push(node: &Node, module: &Path, reference: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["push", path_str(module), reference, "--plain-http"];
+    args.extend_from_slice(extra);
+    let pinned = node.ok(&args).trim().to_owned();
+    let digest = pinned.rsplit_once('@').unwrap().1.to_owned();
+    (pinned, digest)
+}
+
+/// The probe's fact `key` of a `--output json` report (facts are
+/// `[key, value]` pairs; the probe's values are JSON).
+fn fact(report: &Value, key: &str) -> Value {
+    let pair = report["report"]["outcome"]["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == key)
+        .unwrap_or_else(|| panic!("no fact {key}: {report:#}"));
+    serde_json::from_str(pair[1].as_str().unwrap()).unwrap()
+}
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+const CNI_GRANT: &str = "files: {write: [/etc/cni/net.d, /opt/cni/bin]}";
+
+#[test]
+fn push_then_pull_round_trips_payload_and_annotations_by_digest() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/actions/cni-install:v1", registry.addr());
+    let (pinned, digest) = push(
+        &node,
+        &guest("cni-install"),
+        &reference,
+        &[
+            "--payload",
+            "bridge=/usr/lib/cni/bridge",
+            "--payload",
+            "loopback=/usr/lib/cni/loopback",
+            "--annotation",
+            "org.opencontainers.image.version=1.0",
+        ],
+    );
+    assert!(pinned.starts_with(&format!("{}/actions/cni-install@sha256:", registry.addr())));
+
+    // The same inputs give the same artifact.
+    let (_, again) = push(
+        &node,
+        &guest("cni-install"),
+        &reference,
+        &[
+            "--payload",
+            "bridge=/usr/lib/cni/bridge",
+            "--payload",
+            "loopback=/usr/lib/cni/loopback",
+            "--annotation",
+            "org.opencontainers.image.version=1.0",
+        ],
+    );
+    assert_eq!(again, digest);
+
+    // Another node pulls it by tag: the tag resolves to the pushed digest.
+    let other = Node::new();
+    let pulled = other.ok(&["pull", &reference, "--plain-http"]);
+    assert_eq!(pulled.trim(), digest);
+    let shown = json_of(&other.ok(&["pull", &pinned, "--plain-http", "--output", "json"]));
+    assert_eq!(shown["digest"], digest.as_str());
+    assert_eq!(
+        shown["annotations"]["org.opencontainers.image.version"],
+        "1.0"
+    );
+    let names: Vec<&str> = shown["payload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bridge", "loopback"]);
+
+    // The stored bytes are the pushed bytes.
+    let stored = other.store().get(&digest).unwrap().expect("stored");
+    assert_eq!(
+        std::fs::read(&stored.module_path).unwrap(),
+        std::fs::read(guest("cni-install")).unwrap()
+    );
+    let bridge = &stored.payload.files()[0];
+    assert_eq!(
+        std::fs::read(&bridge.path).unwrap(),
+        std::fs::read("/usr/lib/cni/bridge").unwrap()
+    );
+
+    // inspect takes the reference too.
+    let inspected = json_of(&other.ok(&["inspect", &pinned, "--plain-http", "--output", "json"]));
+    assert_eq!(inspected["digest"], stored.module_digest.as_str());
+    assert!(
+        inspected["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "hostaction:host/files@0.1.0")
+    );
+}
+
+#[test]
+fn run_by_reference_reads_the_payload_and_reports_the_digest() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let payload_file = node.path("hello.txt");
+    std::fs::write(&payload_file, "hello from the payload").unwrap();
+    let reference = format!("{}/tests/probe:latest", registry.addr());
+    let (_, digest) = push(
+        &node,
+        &guest("probe"),
+        &reference,
+        &[
+            "--payload",
+            &format!("hello.txt={}", payload_file.display()),
+        ],
+    );
+    let params = json!({"ops": [
+        {"op": "payload-files"},
+        {"op": "payload-read", "name": "hello.txt"},
+        {"op": "payload-read-at", "name": "hello.txt", "offset": 11, "len": 100},
+        {"op": "payload-read", "name": "missing"},
+    ]});
+    let report = json_of(&node.ok(&[
+        "run",
+        &reference,
+        "--plain-http",
+        "--grants",
+        &node.probe_grant(),
+        "--params",
+        &params.to_string(),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(report["module"]["artifact"]["digest"], digest.as_str());
+    assert_eq!(report["report"]["status"], "succeeded", "{report:#}");
+    let facts = |i: &str| fact(&report, i);
+    assert_eq!(facts("0")["ok"][0]["name"], "hello.txt");
+    assert_eq!(facts("0")["ok"][0]["size"], 22);
+    assert_eq!(facts("1")["ok"], "hello from the payload");
+    assert_eq!(facts("2")["ok"], "the payload");
+    assert_eq!(facts("3")["err"]["kind"], "not-found");
+
+    // A module run from a file gets its payload with --payload.
+    let local = json_of(&node.ok(&[
+        "run",
+        path_str(&guest("probe")),
+        "--grants",
+        &node.probe_grant(),
+        "--payload",
+        &format!("hello.txt={}", payload_file.display()),
+        "--params",
+        &json!({"ops": [{"op": "payload-read", "name": "hello.txt"}]}).to_string(),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(fact(&local, "0")["ok"], "hello from the payload");
+}
+
+#[test]
+fn tls_with_basic_auth_and_docker_config_credentials() {
+    let registry = Registry::tls_with_auth("ci", "s3cret");
+    let node = Node::new();
+    let ca = path_str(registry.ca_pem().unwrap()).to_owned();
+    let reference = format!("{}/secure/probe:v1", registry.addr());
+    let probe = guest("probe");
+
+    // Push with basic auth from stdin and the test CA.
+    let out = node.cli_with_stdin(
+        &[
+            "push",
+            path_str(&probe),
+            &reference,
+            "--ca-file",
+            &ca,
+            "--username",
+            "ci",
+            "--password-stdin",
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let digest = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .to_owned();
+
+    // A wrong password: 401, nothing cached.
+    let puller = Node::new();
+    let out = puller.cli_with_stdin(
+        &[
+            "pull",
+            &reference,
+            "--ca-file",
+            &ca,
+            "--username",
+            "ci",
+            "--password-stdin",
+        ],
+        "wrong\n",
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("unauthorized"), "{}", text(&out));
+    puller.assert_nothing_cached();
+
+    // No credentials at all: 401 too.
+    let err = puller.registry_error(&["pull", &reference, "--ca-file", &ca]);
+    assert!(err.contains("unauthorized"), "{err}");
+
+    // Without the CA the certificate is not trusted.
+    let err = puller.registry_error(&["pull", &reference, "--retries", "0"]);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    puller.assert_nothing_cached();
+
+    // Credentials from a docker config.json, given as a file and found
+    // through $HOME/.docker.
+    let config = registry.write_docker_config(&puller.path(".docker"), "ci", "s3cret");
+    let pulled = puller.ok(&[
+        "pull",
+        &reference,
+        "--ca-file",
+        &ca,
+        "--registry-config",
+        path_str(&config),
+    ]);
+    assert_eq!(pulled.trim(), digest);
+    let third = Node::new();
+    registry.write_docker_config(&third.path(".docker"), "ci", "s3cret");
+    assert_eq!(
+        third.ok(&["pull", &reference, "--ca-file", &ca]).trim(),
+        digest
+    );
+}
+
+#[test]
+fn skopeo_copies_what_hostaction_pushes_and_hostaction_runs_what_skopeo_pushes() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/interop/probe:v1", registry.addr());
+    let (_, digest) = push(
+        &node,
+        &guest("probe"),
+        &reference,
+        &["--payload", "bridge=/usr/lib/cni/bridge"],
+    );
+
+    // hostaction → skopeo: an OCI layout with the same manifest and blobs.
+    let layout = node.path("layout");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{reference}"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: Value = serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(
+        std::fs::read(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap(),
+        std::fs::read(guest("probe")).unwrap()
+    );
+    assert_eq!(
+        manifest["layers"][1]["annotations"]["org.opencontainers.image.title"],
+        "bridge"
+    );
+
+    // skopeo → hostaction: an artifact laid out by hand (no hostaction
+    // involved), copied by skopeo, run by hostaction by its tag.
+    let made = node.path("made");
+    let module = std::fs::read(guest("probe")).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/wasm", "digest": sha256(&module), "size": module.len()}],
+    }))
+    .unwrap();
+    std::fs::create_dir_all(made.join("blobs/sha256")).unwrap();
+    for bytes in [&module, &config, &manifest] {
+        std::fs::write(
+            made.join("blobs/sha256").join(&sha256(bytes)[7..]),
+            bytes.as_slice(),
+        )
+        .unwrap();
+    }
+    std::fs::write(made.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha256(&manifest), "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+    }]});
+    std::fs::write(made.join("index.json"), index.to_string()).unwrap();
+    let copied = format!("{}/interop/by-skopeo:v1", registry.addr());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", made.display()),
+        &format!("docker://{copied}"),
+    ]);
+    let runner = Node::new();
+    let report = json_of(&runner.ok(&[
+        "run",
+        &copied,
+        "--plain-http",
+        "--grants",
+        &runner.probe_grant(),
+        "--params",
+        r#"{"ops": [{"op": "log", "message": "ran"}]}"#,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        report["module"]["artifact"]["digest"],
+        sha256(&manifest).as_str()
+    );
+    assert_eq!(report["report"]["status"], "succeeded", "{report:#}");
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(out.status.success(), "skopeo {args:?}:\n{}", text(&out));
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hostaction_runtime::oci::artifact::sha256(bytes)
+}
+
+#[test]
+fn tampered_truncated_and_padded_blobs_are_refused_and_nothing_is_cached() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let payload = node.path("payload.bin");
+    std::fs::write(&payload, vec![7u8; 64 << 10]).unwrap();
+    let reference = format!("{}/hostile/probe:v1", registry.addr());
+    push(
+        &node,
+        &guest("probe"),
+        &reference,
+        &["--payload", &format!("data={}", payload.display())],
+    );
+    let data = registry.blob_data(&sha256(&std::fs::read(&payload).unwrap()));
+    let original = std::fs::read(&data).unwrap();
+
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("flipped byte", flip(&original), "the content was altered"),
+        ("truncated", original[..1000].to_vec(), "truncated"),
+        (
+            "padded",
+            [original.as_slice(), b"extra"].concat(),
+            "the manifest declares",
+        ),
+    ];
+    for (case, bytes, expected) in cases {
+        std::fs::write(&data, &bytes).unwrap();
+        let puller = Node::new();
+        let err = puller.registry_error(&["pull", &reference, "--plain-http", "--retries", "1"]);
+        assert!(
+            err.contains("integrity") && err.contains(expected),
+            "{case}: {err}"
+        );
+        assert!(
+            err.contains("data ("),
+            "{case}: the error names the blob: {err}"
+        );
+        puller.assert_nothing_cached();
+    }
+    std::fs::write(&data, &original).unwrap();
+    Node::new().ok(&["pull", &reference, "--plain-http"]);
+}
+
+fn flip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out[100] ^= 0xff;
+    out
+}
+
+#[test]
+fn an_oversized_blob_is_refused_before_it_is_fetched() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let payload = node.path("big.bin");
+    std::fs::write(&payload, vec![1u8; 3 << 20]).unwrap();
+    let reference = format!("{}/hostile/big:v1", registry.addr());
+    push(
+        &node,
+        &guest("probe"),
+        &reference,
+        &["--payload", &format!("big={}", payload.display())],
+    );
+    let proxy = FaultProxy::start(registry.addr());
+    let via_proxy = reference.replace(registry.addr(), proxy.addr());
+    let puller = Node::new();
+    let err =
+        puller.registry_error(&["pull", &via_proxy, "--plain-http", "--max-payload-mib", "1"]);
+    assert!(
+        err.contains("payload file \"big\" is 3145728 bytes; the limit is 1048576"),
+        "{err}"
+    );
+    puller.assert_nothing_cached();
+}
+
+#[test]
+fn a_moved_tag_does_not_change_what_a_digest_runs() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/moving/action:stable", registry.addr());
+    let (first, first_digest) = push(&node, &guest("probe"), &reference, &[]);
+    let (_, second_digest) = push(&node, &guest("cni-install"), &reference, &[]);
+    assert_ne!(first_digest, second_digest);
+
+    // The tag now names the second; the digest still names the first, also
+    // when written beside the tag.
+    let puller = Node::new();
+    assert_eq!(
+        puller.ok(&["pull", &reference, "--plain-http"]).trim(),
+        second_digest
+    );
+    assert_eq!(
+        puller.ok(&["pull", &first, "--plain-http"]).trim(),
+        first_digest
+    );
+    let both = format!("{reference}@{first_digest}");
+    let report = json_of(&puller.ok(&[
+        "run",
+        &both,
+        "--plain-http",
+        "--grants",
+        &puller.probe_grant(),
+        "--params",
+        r#"{"ops": []}"#,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        report["module"]["artifact"]["digest"],
+        first_digest.as_str()
+    );
+    assert_eq!(
+        report["module"]["digest"],
+        sha256(&std::fs::read(guest("probe")).unwrap()).as_str()
+    );
+
+    // A digest the registry does not have is not found, and nothing is kept.
+    let unknown = format!(
+        "{}/moving/action@sha256:{}",
+        registry.addr(),
+        "0".repeat(64)
+    );
+    let fresh = Node::new();
+    let err = fresh.registry_error(&["pull", &unknown, "--plain-http"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fresh.registry_error(&[
+        "pull",
+        &format!("{}/moving/action:nope", registry.addr()),
+        "--plain-http",
+    ]);
+    assert!(err.contains("not found"), "{err}");
+    fresh.assert_nothing_cached();
+}
+
+#[test]
+fn a_cached_digest_runs_with_the_registry_down_and_a_tag_does_not() {
+    let mut registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/offline/probe:v1", registry.addr());
+    let (pinned, _) = push(&node, &guest("probe"), &reference, &[]);
+    let puller = Node::new();
+    puller.ok(&["pull", &pinned, "--plain-http"]);
+    registry.stop();
+
+    let report = json_of(&puller.ok(&[
+        "run",
+        &pinned,
+        "--plain-http",
+        "--grants",
+        &puller.probe_grant(),
+        "--params",
+        r#"{"ops": [{"op": "log", "message": "offline"}]}"#,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(report["report"]["status"], "succeeded");
+
+    // A tag needs the registry to resolve it: bounded retries, then a clear
+    // error naming the registry.
+    let err = puller.registry_error(&["run", &reference, "--plain-http", "--retries", "2"]);
+    assert!(
+        err.contains("unavailable")
+            && err.contains(registry.addr())
+            && err.contains("after 3 attempts"),
+        "{err}"
+    );
+    let fresh = Node::new();
+    fresh.registry_error(&["pull", &pinned, "--plain-http", "--retries", "0"]);
+    fresh.assert_nothing_cached();
+
+    registry.start();
+    fresh.ok(&["pull", &pinned, "--plain-http"]);
+}
+
+#[test]
+fn server_errors_are_retried_a_bounded_number_of_times_and_stalls_time_out() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/flaky/probe:v1", registry.addr());
+    push(&node, &guest("probe"), &reference, &[]);
+    let proxy = FaultProxy::start(registry.addr());
+    let via_proxy = reference.replace(registry.addr(), proxy.addr());
+
+    // Two 503s (the client's /v2/ probe takes the first): retried, pulled.
+    proxy.set(Fault::Status {
+        code: 503,
+        times: 2,
+    });
+    Node::new().ok(&["pull", &via_proxy, "--plain-http"]);
+
+    // 503 for good: given up after the retries, with the status named.
+    proxy.set(Fault::Status {
+        code: 503,
+        times: 1000,
+    });
+    let puller = Node::new();
+    let err = puller.registry_error(&["pull", &via_proxy, "--plain-http", "--retries", "2"]);
+    assert!(err.contains("unavailable") && err.contains("503"), "{err}");
+    assert!(err.contains("after 3 attempts"), "{err}");
+
+    // A transfer cut mid-blob (the small responses before the component's
+    // blob fit in the first 4 KiB): truncated, retried, refused.
+    let cut = Node::new();
+    proxy.set(Fault::CutAfter(4096));
+    let err = cut.registry_error(&["pull", &via_proxy, "--plain-http", "--retries", "1"]);
+    assert!(
+        err.contains("truncated") && err.contains("after 2 attempts"),
+        "{err}"
+    );
+    cut.assert_nothing_cached();
+
+    // A registry that accepts and never answers: the time-out ends it.
+    proxy.set(Fault::Stall);
+    let started = std::time::Instant::now();
+    let err = cut.registry_error(&[
+        "pull",
+        &via_proxy,
+        "--plain-http",
+        "--retries",
+        "0",
+        "--registry-timeout",
+        "1",
+    ]);
+    assert!(err.contains("unavailable"), "{err}");
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "took {:?}",
+        started.elapsed()
+    );
+    cut.assert_nothing_cached();
+}
+
+#[test]
+fn concurrent_pulls_into_one_store_all_succeed_and_store_it_once() {
+    use hostaction_runtime::oci::{Registry as Client, RegistryOptions};
+    let registry = Registry::plain();
+    let node = Node::new();
+    let (pinned, digest) = push(
+        &node,
+        &guest("probe"),
+        &format!("{}/shared/probe:v1", registry.addr()),
+        &["--payload", "bridge=/usr/lib/cni/bridge"],
+    );
+    let root = node.path("shared-store");
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            let (root, pinned) = (root.clone(), pinned.clone());
+            std::thread::spawn(move || {
+                let store = ModuleStore::open(&root, None, u64::MAX).unwrap();
+                let client = Client::new(RegistryOptions {
+                    plain_http: true,
+                    ..RegistryOptions::default()
+                })
+                .unwrap();
+                client.pull(&pinned, &store).map(|a| a.digest)
+            })
+        })
+        .collect();
+    for pull in pulls {
+        assert_eq!(pull.join().unwrap().unwrap(), digest);
+    }
+    let store = ModuleStore::open(&root, None, u64::MAX).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(std::fs::read_dir(root.join("staging")).unwrap().count(), 0);
+}
+
+#[test]
+fn the_store_is_bounded_and_collects_the_least_recently_used_with_their_compiled_code() {
+    use hostaction_runtime::oci::{Registry as Client, RegistryOptions};
+    let registry = Registry::plain();
+    let node = Node::new();
+    let mib = |n: u8| {
+        let path = node.path(&format!("payload-{n}"));
+        std::fs::write(&path, vec![n; 1 << 20]).unwrap();
+        format!("data={}", path.display())
+    };
+    let (a, a_digest) = push(
+        &node,
+        &guest("probe"),
+        &format!("{}/lru/a:v1", registry.addr()),
+        &["--payload", &mib(1)],
+    );
+    let (b, b_digest) = push(
+        &node,
+        &guest("netprobe"),
+        &format!("{}/lru/b:v1", registry.addr()),
+        &["--payload", &mib(2)],
+    );
+
+    let compiled = node.path("compiled");
+    std::fs::create_dir_all(&compiled).unwrap();
+    let module_a = sha256(&std::fs::read(guest("probe")).unwrap());
+    let compiled_a = compiled.join(format!("{}-engine.cwasm", &module_a[7..]));
+    std::fs::write(&compiled_a, vec![0u8; 100_000]).unwrap();
+
+    // Room for one artifact (each is its module, 1 MiB and compiled code).
+    let bound = (1 << 20) + 600_000;
+    let root = node.path("bounded");
+    let store = ModuleStore::open(&root, Some(compiled.clone()), bound).unwrap();
+    let client = Client::new(RegistryOptions {
+        plain_http: true,
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    client.pull(&a, &store).unwrap();
+    assert!(store.get(&a_digest).unwrap().is_some());
+    // A crashed pull's leftovers.
+    std::fs::create_dir_all(root.join("staging/crashed")).unwrap();
+    std::fs::write(root.join("staging/crashed/blob"), b"partial").unwrap();
+
+    client.pull(&b, &store).unwrap();
+    assert!(
+        store.get(&a_digest).unwrap().is_none(),
+        "a was used least recently"
+    );
+    assert!(store.get(&b_digest).unwrap().is_some());
+    assert!(!compiled_a.exists(), "a's compiled code goes with it");
+    assert!(!root.join("staging/crashed").exists());
+    assert!(store.used_bytes() <= bound);
+
+    // Collecting to zero empties it; a pull fills it again.
+    let collected = store.collect(0).unwrap();
+    assert_eq!(collected.removed, vec![b_digest.clone()]);
+    assert_eq!(store.used_bytes(), 0);
+    node.ok(&["cache", "gc", "--max-mib", "0"]);
+}
+
+/// A network namespace this test made (`ip netns add`), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name} (needs root)");
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Needs root: it makes network namespaces and runs the CNI bridge plugin.
+#[test]
+fn cni_install_from_its_artifact_installs_plugins_that_give_a_pod_its_network() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/cni/install:v1", registry.addr());
+    let payload: Vec<String> = ["bridge", "host-local", "loopback"]
+        .iter()
+        .map(|p| format!("{p}=/usr/lib/cni/{p}"))
+        .collect();
+    let mut extra = Vec::new();
+    for p in &payload {
+        extra.extend(["--payload", p.as_str()]);
+    }
+    push(&node, &guest("cni-install"), &reference, &extra);
+
+    let root = node.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let grants = node.path("grants.yaml");
+    std::fs::write(&grants, CNI_GRANT).unwrap();
+    let ipam = node.path("ipam");
+    let id = std::process::id() % 10_000;
+    let params = json!({
+        "name": "e2e",
+        "bridge": format!("hoa-br{id}"),
+        "subnet": "10.99.0.0/24",
+        "ipMasq": false,
+        "ipamDataDir": ipam,
+    })
+    .to_string();
+    let run = |node: &Node| {
+        json_of(&node.ok(&[
+            "run",
+            &reference,
+            "--plain-http",
+            "--host-root",
+            path_str(&root),
+            "--grants",
+            path_str(&grants),
+            "--params",
+            &params,
+            "--output",
+            "json",
+        ]))
+    };
+    let first = run(&node);
+    assert_eq!(first["report"]["status"], "succeeded", "{first:#}");
+    assert_eq!(first["report"]["outcome"]["changed"], true);
+    let bin = root.join("opt/cni/bin");
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let installed = bin.join(plugin);
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(format!("/usr/lib/cni/{plugin}")).unwrap()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "{plugin}");
+    }
+    // Again: already in place, nothing changes.
+    let second = run(&node);
+    assert_eq!(second["report"]["outcome"]["changed"], false, "{second:#}");
+
+    // CNI ADD with the installed plugin and conflist, in namespaces of this
+    // test: a "host" one for the bridge and a pod's.
+    let host = Netns::new(format!("hoa-cni-host-{id}"));
+    let pod = Netns::new(format!("hoa-cni-pod-{id}"));
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(root.join("etc/cni/net.d/10-e2e.conflist")).unwrap())
+            .unwrap();
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    let cni = |command: &str| {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.0])
+            .arg(bin.join("bridge"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("e2e-{id}"))
+            .env("CNI_NETNS", format!("/var/run/netns/{}", pod.0))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let added = cni("ADD");
+    assert!(
+        added.status.success(),
+        "CNI ADD:
+{}",
+        text(&added)
+    );
+    let result: Value = serde_json::from_slice(&added.stdout).unwrap();
+    let address = result["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.99.0."), "{result:#}");
+
+    let shown = Command::new("ip")
+        .args(["-n", &pod.0, "-j", "address", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let addresses: Vec<String> = shown[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert!(
+        addresses.contains(&address),
+        "{addresses:?} lacks {address}"
+    );
+    let deleted = cni("DEL");
+    assert!(
+        deleted.status.success(),
+        "CNI DEL:
+{}",
+        text(&deleted)
+    );
+}
