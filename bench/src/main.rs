@@ -10,9 +10,13 @@
 //! - `services` ([`services`], needs root): a unit restart by an action
 //!   against `systemctl restart` and `busctl`; writes
 //!   `target/bench/services.json`.
+//! - `oci` ([`oci`]): cold, warm and hot starts of an action pulled from a
+//!   real registry on 127.0.0.1, beside `skopeo copy`; writes
+//!   `target/bench/oci.json`.
 
 mod files;
 mod network;
+mod oci;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +63,8 @@ enum Suite {
     Network,
     /// A unit restart against `systemctl` and `busctl` (root only).
     Services,
+    /// Cold, warm and hot starts from a registry, beside `skopeo copy`.
+    Oci,
     /// All; the root-only suites are skipped with a note when not root.
     All,
 }
@@ -113,7 +119,16 @@ fn main() -> BenchResult<()> {
             &args.out_dir.join("files.json"),
         )?;
     }
-    if args.suite != Suite::Files && !rustix::process::geteuid().is_root() {
+    if matches!(args.suite, Suite::Oci | Suite::All) {
+        oci::run(&oci::Config {
+            iterations: args.iterations.min(oci::MAX_ITERATIONS),
+            module: args.module.clone(),
+            out: args.out_dir.join("oci.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Network | Suite::Services | Suite::All)
+        && !rustix::process::geteuid().is_root()
+    {
         // Namespaces, links and a booted systemd need root: without it, `all`
         // leaves those suites out rather than failing the files one.
         if args.suite != Suite::All {

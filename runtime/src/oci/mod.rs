@@ -91,9 +91,10 @@ pub struct Pushed {
 }
 
 /// A client of OCI registries. Calls block; each runs on the client's own
-/// single-threaded tokio runtime.
+/// single-threaded tokio runtime. The HTTP client (TLS roots and all) is
+/// made on first use: a digest the store holds needs none.
 pub struct Registry {
-    client: oci_client::Client,
+    client: std::sync::OnceLock<oci_client::Client>,
     options: RegistryOptions,
     tokio: tokio::runtime::Runtime,
 }
@@ -135,12 +136,19 @@ impl Registry {
             .enable_all()
             .build()
             .map_err(|e| Error::Host(format!("registry client runtime: {e}")))?;
-        let client = transfer::client(&options)?;
         Ok(Self {
-            client,
+            client: std::sync::OnceLock::new(),
             options,
             tokio,
         })
+    }
+
+    fn client(&self) -> Result<&oci_client::Client> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = transfer::client(&self.options)?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Pushes a component and its payload as an artifact to `reference`
@@ -148,7 +156,7 @@ impl Registry {
     pub fn push(&self, reference: &str, request: &PushRequest) -> Result<Pushed> {
         let reference = parse_reference(reference)?;
         self.tokio.block_on(transfer::push(
-            &self.client,
+            self.client()?,
             &self.options,
             &reference,
             request,
@@ -160,7 +168,7 @@ impl Registry {
     pub fn resolve(&self, reference: &str) -> Result<String> {
         let reference = parse_reference(reference)?;
         self.tokio
-            .block_on(transfer::resolve(&self.client, &self.options, &reference))
+            .block_on(transfer::resolve(self.client()?, &self.options, &reference))
     }
 
     /// Pulls an artifact into the store: by digest, resolving a tag once. A
@@ -170,15 +178,16 @@ impl Registry {
         if let Some(stored) = parsed.digest().map(|d| store.get(d)).transpose()?.flatten() {
             return Ok(stored);
         }
-        let digest =
-            self.tokio
-                .block_on(transfer::resolve(&self.client, &self.options, &parsed))?;
+        let client = self.client()?;
+        let digest = self
+            .tokio
+            .block_on(transfer::resolve(client, &self.options, &parsed))?;
         if let Some(stored) = store.get(&digest)? {
             return Ok(stored);
         }
         let by_digest = parsed.clone_with_digest(digest.clone());
         self.tokio.block_on(transfer::pull(
-            &self.client,
+            client,
             &self.options,
             &by_digest,
             &digest,
