@@ -950,3 +950,112 @@ fn cni_install_from_its_artifact_installs_plugins_that_give_a_pod_its_network() 
         text(&deleted)
     );
 }
+
+/// Needs root (to become `nobody`): a pull by an unprivileged user, whose
+/// retries start a staged blob over and whose artifact holds the same
+/// content under two names.
+#[test]
+fn an_unprivileged_pull_retries_a_cut_blob_and_fetches_shared_content_once() {
+    use std::os::unix::fs::chown;
+    let registry = Registry::plain();
+    let node = Node::new();
+    let same = node.path("same.bin");
+    std::fs::write(&same, vec![9u8; 200_000]).unwrap();
+    let reference = format!("{}/nobody/probe:v1", registry.addr());
+    let (_, digest) = push(
+        &node,
+        &guest("probe"),
+        &reference,
+        &[
+            "--payload",
+            &format!("one={}", same.display()),
+            "--payload",
+            &format!("two={}", same.display()),
+        ],
+    );
+    let proxy = FaultProxy::start(registry.addr());
+    let via_proxy = reference.replace(registry.addr(), proxy.addr());
+    let home = tempfile::tempdir().unwrap();
+    chown(home.path(), Some(65534), Some(65534)).unwrap();
+    let pull = |retries: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(hostaction_bin())
+            .arg("--cache-dir")
+            .arg(home.path().join("cache"))
+            .args(["pull", &via_proxy, "--plain-http", "--retries", retries])
+            .env("HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    // Every connection is cut after 4 KiB: each attempt starts the blob over
+    // and fails the same way, as truncated, never as a staging error.
+    proxy.set(Fault::CutAfter(4096));
+    let out = pull("2");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("truncated"), "{}", text(&out));
+    proxy.set(Fault::None);
+    let out = pull("2");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+}
+
+#[test]
+fn a_manifest_over_the_cap_is_refused_while_it_is_read() {
+    use hostaction_runtime::oci::{Registry as Client, RegistryOptions, SizeLimits};
+    let registry = Registry::plain();
+    let node = Node::new();
+    let (pinned, _) = push(
+        &node,
+        &guest("probe"),
+        &format!("{}/caps/probe:v1", registry.addr()),
+        &[],
+    );
+    let mut store = ModuleStore::open(&node.path("capped"), None, u64::MAX).unwrap();
+    store.set_limits(SizeLimits {
+        manifest_bytes: 100,
+        ..SizeLimits::default()
+    });
+    let client = Client::new(RegistryOptions {
+        plain_http: true,
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    let err = client.pull(&pinned, &store).unwrap_err().to_string();
+    assert!(
+        err.contains("more than 100 bytes, the manifest limit"),
+        "{err}"
+    );
+    assert_eq!(store.list().unwrap(), vec![]);
+}
+
+#[test]
+fn a_stored_component_altered_on_disk_is_refused() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let (pinned, digest) = push(
+        &node,
+        &guest("probe"),
+        &format!("{}/altered/probe:v1", registry.addr()),
+        &[],
+    );
+    node.ok(&["pull", &pinned, "--plain-http"]);
+    let stored = node.store().get(&digest).unwrap().unwrap();
+    let mut bytes = std::fs::read(&stored.module_path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&stored.module_path, &bytes).unwrap();
+    let out = node.cli(&[
+        "run",
+        &pinned,
+        "--plain-http",
+        "--grants",
+        &node.probe_grant(),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("the store was altered"),
+        "{}",
+        text(&out)
+    );
+}

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::payload;
@@ -15,7 +16,7 @@ use crate::oci::artifact::{check_payload_name, sha256};
 pub const MAX_READ_BYTES: u64 = 16 << 20;
 
 /// One payload file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PayloadFile {
     /// Its name, a plain file name.
     pub name: String,
@@ -25,10 +26,13 @@ pub struct PayloadFile {
     pub digest: String,
     /// Where its bytes are (a verified blob of the module store).
     pub path: PathBuf,
+    /// The file, opened when the payload was made: it stays readable if the
+    /// store collects the blob meanwhile.
+    pub file: Arc<File>,
 }
 
 /// The files shipped with an action, sorted by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Payload {
     files: Vec<PayloadFile>,
 }
@@ -49,14 +53,18 @@ impl Payload {
             if out.iter().any(|f: &PayloadFile| &f.name == name) {
                 return Err(Error::BadParams(format!("payload {name:?} is given twice")));
             }
-            let bytes = std::fs::read(path).map_err(|e| {
+            let bad = |e: std::io::Error| {
                 Error::BadParams(format!("payload {name}: {}: {e}", path.display()))
-            })?;
+            };
+            let file = File::open(path).map_err(bad)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(bad)?;
             out.push(PayloadFile {
                 name: name.clone(),
                 size: bytes.len() as u64,
                 digest: sha256(&bytes),
                 path: path.clone(),
+                file: Arc::new(file),
             });
         }
         Ok(Self::new(out))
@@ -77,10 +85,9 @@ impl Payload {
 
 fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapError> {
     let io = |e: std::io::Error| CapError::Io(format!("payload {}: {e}", file.name));
-    let handle = File::open(&file.path).map_err(io)?;
     let len = len.min(file.size.saturating_sub(offset));
     let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
-    handle.read_exact_at(&mut buf, offset).map_err(io)?;
+    file.file.read_exact_at(&mut buf, offset).map_err(io)?;
     Ok(buf)
 }
 

@@ -244,12 +244,33 @@ impl Runtime {
     }
 
     /// Loads the component of an artifact from the module store (from
-    /// memory, without reading it, when this process has it).
+    /// memory, without reading it, when this process has it). Bytes that do
+    /// not hash to the digest the manifest gives are refused.
     pub fn load_stored(&self, artifact: &StoredArtifact) -> Result<Arc<LoadedModule>> {
-        match self.loaded(&artifact.module_digest) {
-            Some(module) => Ok(module),
-            None => self.load_file(&artifact.module_path),
+        use std::os::unix::fs::FileExt;
+        if let Some(module) = self.loaded(&artifact.module_digest) {
+            return Ok(module);
         }
+        let path = artifact.module_path.display();
+        if artifact.module_size > MAX_MODULE_BYTES {
+            return Err(Error::BadModule(format!(
+                "{path} is {} bytes; the limit is {MAX_MODULE_BYTES}",
+                artifact.module_size
+            )));
+        }
+        let mut bytes = vec![0; usize::try_from(artifact.module_size).unwrap_or(0)];
+        artifact
+            .module_file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| Error::Host(format!("module store: {path}: {e}")))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if digest != artifact.module_digest {
+            return Err(Error::Host(format!(
+                "module store: {path} has digest {digest}, not {}: the store was altered",
+                artifact.module_digest
+            )));
+        }
+        self.load(&bytes)
     }
 
     /// A module this process has loaded, by digest: how the agent runs a

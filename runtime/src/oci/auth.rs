@@ -65,7 +65,16 @@ impl Credentials {
             Ok(DockerCredential::UsernamePassword(user, password)) => {
                 Ok(RegistryAuth::Basic(user, password))
             }
-            Ok(DockerCredential::IdentityToken(token)) => Ok(RegistryAuth::Bearer(token)),
+            // An identity token is a refresh token for the registry's OAuth
+            // service, not a bearer token; exchanging it is not supported.
+            Ok(DockerCredential::IdentityToken(_)) => Err(Error::registry(
+                RegistryFault::Unauthorized,
+                format!(
+                    "{} holds an identity token for {registry}; hostaction needs a user and \
+                     password (`auth` or a credential helper)",
+                    path.display()
+                ),
+            )),
             Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(RegistryAuth::Anonymous),
             Err(e) => Err(Error::registry(
                 RegistryFault::Unauthorized,

@@ -14,6 +14,7 @@
 
 pub mod artifact;
 pub mod auth;
+mod fetch;
 pub mod store;
 mod transfer;
 
@@ -94,7 +95,7 @@ pub struct Pushed {
 /// single-threaded tokio runtime. The HTTP client (TLS roots and all) is
 /// made on first use: a digest the store holds needs none.
 pub struct Registry {
-    client: std::sync::OnceLock<oci_client::Client>,
+    clients: std::sync::OnceLock<(oci_client::Client, reqwest::Client)>,
     options: RegistryOptions,
     tokio: tokio::runtime::Runtime,
 }
@@ -137,18 +138,31 @@ impl Registry {
             .build()
             .map_err(|e| Error::Host(format!("registry client runtime: {e}")))?;
         Ok(Self {
-            client: std::sync::OnceLock::new(),
+            clients: std::sync::OnceLock::new(),
             options,
             tokio,
         })
     }
 
-    fn client(&self) -> Result<&oci_client::Client> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
+    fn clients(&self) -> Result<&(oci_client::Client, reqwest::Client)> {
+        if let Some(clients) = self.clients.get() {
+            return Ok(clients);
         }
-        let client = transfer::client(&self.options)?;
-        Ok(self.client.get_or_init(|| client))
+        let clients = (
+            transfer::client(&self.options)?,
+            fetch::http_client(&self.options)?,
+        );
+        Ok(self.clients.get_or_init(|| clients))
+    }
+
+    fn puller<'a>(&'a self, reference: &'a Reference) -> Result<fetch::Puller<'a>> {
+        let (client, http) = self.clients()?;
+        Ok(fetch::Puller {
+            client,
+            http,
+            options: &self.options,
+            reference,
+        })
     }
 
     /// Pushes a component and its payload as an artifact to `reference`
@@ -156,43 +170,41 @@ impl Registry {
     pub fn push(&self, reference: &str, request: &PushRequest) -> Result<Pushed> {
         let reference = parse_reference(reference)?;
         self.tokio.block_on(transfer::push(
-            self.client()?,
+            &self.clients()?.0,
             &self.options,
             &reference,
             request,
         ))
     }
 
-    /// Resolves a reference to its manifest digest: the digest it names, else
-    /// the registry's answer for its tag.
+    /// Resolves a reference to its manifest digest: fetches the manifest
+    /// its tag or digest names and hashes it.
     pub fn resolve(&self, reference: &str) -> Result<String> {
-        let reference = parse_reference(reference)?;
-        self.tokio
-            .block_on(transfer::resolve(self.client()?, &self.options, &reference))
+        let parsed = parse_reference(reference)?;
+        let puller = self.puller(&parsed)?;
+        let limit = SizeLimits::default().manifest_bytes;
+        Ok(self.tokio.block_on(puller.manifest(limit))?.1)
     }
 
-    /// Pulls an artifact into the store: by digest, resolving a tag once. A
-    /// digest the store holds is served from it without the registry.
+    /// Pulls an artifact into the store: by digest, resolving a tag once (the
+    /// digest of the manifest the tag names). A digest the store holds is
+    /// served from it without the registry.
     pub fn pull(&self, reference: &str, store: &ModuleStore) -> Result<StoredArtifact> {
         let parsed = parse_reference(reference)?;
         if let Some(stored) = parsed.digest().map(|d| store.get(d)).transpose()?.flatten() {
             return Ok(stored);
         }
-        let client = self.client()?;
-        let digest = self
+        let puller = self.puller(&parsed)?;
+        let (manifest, digest) = self
             .tokio
-            .block_on(transfer::resolve(client, &self.options, &parsed))?;
+            .block_on(puller.manifest(store.limits().manifest_bytes))?;
         if let Some(stored) = store.get(&digest)? {
             return Ok(stored);
         }
         let by_digest = parsed.clone_with_digest(digest.clone());
-        self.tokio.block_on(transfer::pull(
-            client,
-            &self.options,
-            &by_digest,
-            &digest,
-            store,
-        ))?;
+        let puller = self.puller(&by_digest)?;
+        self.tokio
+            .block_on(puller.pull(store, &manifest, &digest))?;
         if let Err(e) = store.collect_if_over() {
             tracing::warn!(error = %e, "collecting the module store failed");
         }

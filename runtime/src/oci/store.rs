@@ -17,12 +17,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use rustix::fs::{FlockOperation, flock};
 
-use super::artifact::{Layout, SizeLimits, check_digest};
+use super::artifact::{Blob, Layout, SizeLimits, check_digest};
 use crate::capabilities::payload::{Payload, PayloadFile};
 use crate::error::{Error, RegistryFault, Result};
 
@@ -38,6 +39,11 @@ pub struct StoredArtifact {
     pub module_digest: String,
     /// The component's bytes on disk.
     pub module_path: PathBuf,
+    /// The component's file, opened with the artifact: it stays readable if
+    /// the store collects the blob meanwhile.
+    pub module_file: Arc<File>,
+    /// The component's size in bytes.
+    pub module_size: u64,
     /// The payload files, read-only.
     pub payload: Payload,
     /// The manifest's annotations.
@@ -211,7 +217,8 @@ impl ModuleStore {
     }
 
     /// The artifact of this manifest digest, if the store holds all of it;
-    /// marks it used.
+    /// marks it used. Its files are opened under the store's lock, so a
+    /// collection that removes them later does not take them from a run.
     pub fn get(&self, digest: &str) -> Result<Option<StoredArtifact>> {
         check_digest(digest).map_err(|why| {
             Error::registry(
@@ -219,6 +226,7 @@ impl ModuleStore {
                 format!("digest {digest:?}: {why}"),
             )
         })?;
+        let _lock = self.lock_shared()?;
         let path = self.manifest_path(digest);
         let manifest = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -232,29 +240,36 @@ impl ModuleStore {
                 return Ok(None);
             }
         };
-        if !layout
-            .blobs()
-            .all(|(_, b)| self.has_blob(&b.digest, b.size))
-        {
+        let open = |blob: &Blob| -> Option<Arc<File>> {
+            let file = File::open(self.blob_path(&blob.digest)).ok()?;
+            let meta = file.metadata().ok()?;
+            (meta.is_file() && meta.len() == blob.size).then(|| Arc::new(file))
+        };
+        let Some(module_file) = open(&layout.module) else {
             return Ok(None);
-        }
-        if let Ok(file) = File::open(&path) {
-            let _ = file.set_modified(SystemTime::now());
-        }
-        let payload = layout
-            .payload
-            .iter()
-            .map(|(name, blob)| PayloadFile {
+        };
+        let mut payload = Vec::new();
+        for (name, blob) in &layout.payload {
+            let Some(file) = open(blob) else {
+                return Ok(None);
+            };
+            payload.push(PayloadFile {
                 name: name.clone(),
                 size: blob.size,
                 digest: blob.digest.clone(),
                 path: self.blob_path(&blob.digest),
-            })
-            .collect();
+                file,
+            });
+        }
+        if let Ok(file) = File::open(&path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
         Ok(Some(StoredArtifact {
             digest: digest.to_owned(),
             module_digest: layout.module.digest.clone(),
             module_path: self.blob_path(&layout.module.digest),
+            module_file,
+            module_size: layout.module.size,
             payload: Payload::new(payload),
             annotations: layout.annotations,
         }))
@@ -275,7 +290,7 @@ impl ModuleStore {
                     .map_or(0, |d| d.as_secs()),
             })
             .collect();
-        listed.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        listed.sort_by_key(|l| std::cmp::Reverse(l.last_used));
         Ok(listed)
     }
 
@@ -338,7 +353,7 @@ impl ModuleStore {
             let _ = fs::remove_dir_all(entry.path());
         }
         let mut manifests = self.manifests()?;
-        manifests.sort_by(|a, b| b.2.cmp(&a.2));
+        manifests.sort_by_key(|m| std::cmp::Reverse(m.2));
         let mut kept_blobs = BTreeMap::new();
         let mut kept_bytes = 0u64;
         for (digest, layout, _) in manifests {

@@ -1,25 +1,23 @@
-//! The transfers: `oci-client` calls wrapped in bounded retries, blobs
-//! streamed into staging while counted and hashed, and every failure mapped
-//! onto a [`RegistryFault`] that names what failed.
+//! What pushes and pulls share — bounded retries with backoff, failures
+//! mapped onto a [`RegistryFault`] that names what failed, progress on a
+//! terminal — and the push itself, over `oci-client`.
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
+use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use sha2::{Digest, Sha256};
 
-use super::artifact::{self, Blob, Layout, sha256};
-use super::store::{ModuleStore, Staging};
+use super::artifact::{self, Blob, sha256};
 use super::{PushRequest, Pushed, RegistryOptions};
 use crate::error::{Error, RegistryFault, Result};
 
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Blobs at least this large show progress.
 const PROGRESS_MIN_BYTES: u64 = 1 << 20;
 
@@ -52,13 +50,13 @@ pub(super) fn client(options: &RegistryOptions) -> Result<Client> {
 
 /// A failure of one attempt: its error, and whether another attempt may
 /// succeed.
-struct Failure {
-    error: Error,
-    transient: bool,
+pub(super) struct Failure {
+    pub(super) error: Error,
+    pub(super) transient: bool,
 }
 
 impl Failure {
-    fn fatal(error: Error) -> Self {
+    pub(super) fn fatal(error: Error) -> Self {
         Self {
             error,
             transient: false,
@@ -67,7 +65,7 @@ impl Failure {
 }
 
 /// Maps a client error onto a fault; `what` names the request.
-fn classify(what: &str, e: &OciDistributionError) -> Failure {
+pub(super) fn classify(what: &str, e: &OciDistributionError) -> Failure {
     use RegistryFault::*;
     let (kind, transient) = match e {
         OciDistributionError::UnauthorizedError { .. }
@@ -113,7 +111,7 @@ fn classify(what: &str, e: &OciDistributionError) -> Failure {
 
 /// The error and its sources on one line (reqwest hides the cause, such as
 /// "connection refused", in its source chain).
-fn describe(e: &dyn std::error::Error) -> String {
+pub(super) fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -129,7 +127,7 @@ fn describe(e: &dyn std::error::Error) -> String {
 
 /// Runs `attempt` until it succeeds, fails for good, or has been retried
 /// `options.retries` times, waiting `backoff`, then twice that, and so on.
-async fn with_retries<T, F, Fut>(options: &RegistryOptions, mut attempt: F) -> Result<T>
+pub(super) async fn with_retries<T, F, Fut>(options: &RegistryOptions, mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, Failure>>,
@@ -143,7 +141,7 @@ where
                 tries += 1;
                 tracing::debug!(error = %f.error, tries, "retrying");
                 tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
+                wait = wait.saturating_mul(2).min(MAX_BACKOFF);
             }
             Err(f) if tries > 0 => {
                 return Err(match f.error {
@@ -158,174 +156,8 @@ where
     }
 }
 
-fn auth(options: &RegistryOptions, reference: &Reference) -> Result<RegistryAuth> {
+pub(super) fn auth(options: &RegistryOptions, reference: &Reference) -> Result<RegistryAuth> {
     options.credentials.resolve(reference.resolve_registry())
-}
-
-/// The manifest digest a reference names, asking the registry for a tag.
-pub(super) async fn resolve(
-    client: &Client,
-    options: &RegistryOptions,
-    reference: &Reference,
-) -> Result<String> {
-    if let Some(digest) = reference.digest() {
-        return Ok(digest.to_owned());
-    }
-    let auth = auth(options, reference)?;
-    let digest = with_retries(options, || async {
-        client
-            .fetch_manifest_digest(reference, &auth)
-            .await
-            .map_err(|e| classify(&format!("resolving {reference}"), &e))
-    })
-    .await?;
-    artifact::check_digest(&digest).map_err(|why| {
-        Error::registry(
-            RegistryFault::Protocol,
-            format!("resolving {reference}: the registry answered digest {digest:?}: {why}"),
-        )
-    })?;
-    Ok(digest)
-}
-
-/// Fetches the artifact `digest` (the manifest, then each blob the store
-/// lacks) into staging and commits it to the store.
-pub(super) async fn pull(
-    client: &Client,
-    options: &RegistryOptions,
-    reference: &Reference,
-    digest: &str,
-    store: &ModuleStore,
-) -> Result<()> {
-    let auth = auth(options, reference)?;
-    let limits = *store.limits();
-    let manifest = with_retries(options, || async {
-        let (bytes, _) = client
-            .pull_manifest_raw(reference, &auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-            .map_err(|e| classify(&format!("fetching the manifest of {reference}"), &e))?;
-        Ok(bytes)
-    })
-    .await?;
-    if manifest.len() as u64 > limits.manifest_bytes {
-        return Err(Error::registry(
-            RegistryFault::Integrity,
-            format!(
-                "the manifest of {reference} is {} bytes; the limit is {}",
-                manifest.len(),
-                limits.manifest_bytes
-            ),
-        ));
-    }
-    let actual = sha256(&manifest);
-    if actual != digest {
-        return Err(Error::registry(
-            RegistryFault::Integrity,
-            format!("the manifest of {reference} has digest {actual}, not {digest}"),
-        ));
-    }
-    let layout = Layout::parse(&manifest, &limits)?;
-    let _lock = store.lock_shared()?;
-    let staging = store.staging()?;
-    for (name, blob) in layout.blobs() {
-        if store.has_blob(&blob.digest, blob.size) {
-            continue;
-        }
-        with_retries(options, || {
-            fetch_blob(client, options, reference, name, blob, &staging)
-        })
-        .await?;
-    }
-    store.commit(staging, digest, &manifest, &layout)
-}
-
-/// Streams one blob into staging, refusing more bytes than declared, fewer,
-/// or other ones.
-async fn fetch_blob(
-    client: &Client,
-    options: &RegistryOptions,
-    reference: &Reference,
-    name: &str,
-    blob: &Blob,
-    staging: &Staging,
-) -> std::result::Result<(), Failure> {
-    let what = format!("{name} ({}) of {reference}", blob.digest);
-    let integrity =
-        |message: String| Failure::fatal(Error::registry(RegistryFault::Integrity, message));
-    let host = |e: std::io::Error| Failure::fatal(Error::Host(format!("staging {what}: {e}")));
-    let descriptor = OciDescriptor {
-        digest: blob.digest.clone(),
-        size: i64::try_from(blob.size).unwrap_or(i64::MAX),
-        ..OciDescriptor::default()
-    };
-    let mut response = client
-        .pull_blob_stream(reference, &descriptor)
-        .await
-        .map_err(|e| classify(&format!("fetching {what}"), &e))?;
-    if let Some(length) = response.content_length.filter(|&l| l > blob.size) {
-        return Err(integrity(format!(
-            "{what}: the registry would send {length} bytes; the manifest declares {}",
-            blob.size
-        )));
-    }
-    let path = staging.path(&blob.digest);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o400)
-        .open(&path)
-        .map_err(host)?;
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut progress = Progress::new(options.progress, name, blob.size);
-    while let Some(chunk) = response.stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            // oci-client also checks the digest at the stream's end; counted
-            // bytes tell a cut transfer from tampered content.
-            Err(_) if received == blob.size => break,
-            Err(e) => {
-                return Err(Failure {
-                    error: Error::registry(
-                        RegistryFault::Integrity,
-                        format!(
-                            "{what}: truncated: the transfer ended after {received} of {} bytes: {e}",
-                            blob.size
-                        ),
-                    ),
-                    transient: true,
-                });
-            }
-        };
-        received += chunk.len() as u64;
-        if received > blob.size {
-            return Err(integrity(format!(
-                "{what}: the registry sent more than the {} bytes the manifest declares",
-                blob.size
-            )));
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).map_err(host)?;
-        progress.update(received);
-    }
-    progress.finish();
-    if received != blob.size {
-        return Err(Failure {
-            error: Error::registry(
-                RegistryFault::Integrity,
-                format!("{what}: truncated: got {received} of {} bytes", blob.size),
-            ),
-            transient: true,
-        });
-    }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if actual != blob.digest {
-        return Err(integrity(format!(
-            "{what}: the bytes received have digest {actual}: the content was altered"
-        )));
-    }
-    file.sync_all().map_err(host)
 }
 
 /// Pushes the blobs the registry lacks, then the manifest by its digest and,
@@ -349,6 +181,12 @@ pub(super) async fn push(
     for (name, path) in &request.payload {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::BadParams(format!("payload {name}: {}: {e}", path.display())))?;
+        if bytes.is_empty() {
+            return Err(Error::BadParams(format!(
+                "payload {name}: {} is empty (registries and OCI clients refuse empty blobs)",
+                path.display()
+            )));
+        }
         let blob = Blob {
             digest: sha256(&bytes),
             size: bytes.len() as u64,
@@ -440,14 +278,14 @@ pub(super) async fn push(
 }
 
 /// A progress line on stderr for a large transfer, when stderr is a terminal.
-struct Progress {
+pub(super) struct Progress {
     name: String,
     total: u64,
     shown: Option<Instant>,
 }
 
 impl Progress {
-    fn new(enabled: bool, name: &str, total: u64) -> Self {
+    pub(super) fn new(enabled: bool, name: &str, total: u64) -> Self {
         let shown = (enabled && total >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal())
             .then(|| Instant::now() - Duration::from_secs(1));
         Self {
@@ -457,7 +295,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, done: u64) {
+    pub(super) fn update(&mut self, done: u64) {
         if self
             .shown
             .is_some_and(|s| s.elapsed() >= Duration::from_millis(100))
@@ -467,7 +305,7 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         self.finish_at(self.total);
     }
 

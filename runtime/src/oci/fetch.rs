@@ -1,0 +1,309 @@
+//! Pulls: bounded GETs of manifests and blobs. oci-client reads whole
+//! bodies into memory (manifests, error bodies) before anything can cap
+//! them, so pulls fetch with reqwest and count every byte, and leave
+//! oci-client the auth negotiation (basic, or a bearer token from the
+//! registry's token service).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::{Digest, Sha256};
+
+use super::RegistryOptions;
+use super::artifact::{self, Blob, Layout};
+use super::store::{ModuleStore, Staging};
+use super::transfer::{Failure, Progress, auth, classify, describe, with_retries};
+use crate::error::{Error, RegistryFault, Result};
+
+/// Bytes of an error response kept for its message.
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// The HTTP client pulls use: the options' CA and time-outs.
+pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(options.timeout)
+        .read_timeout(options.timeout)
+        .user_agent(concat!("hostaction/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &options.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::BadParams(format!("CA file {}: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::BadParams(format!("CA file {}: {e}", ca.display())))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::BadParams(format!("registry client: {}", describe(&e))))
+}
+
+/// One pull's view of a registry: where it is and how to authenticate.
+pub(super) struct Puller<'a> {
+    pub(super) client: &'a Client,
+    pub(super) http: &'a reqwest::Client,
+    pub(super) options: &'a RegistryOptions,
+    pub(super) reference: &'a Reference,
+}
+
+/// What a request carries to authenticate.
+enum Authorization {
+    None,
+    Basic(String, String),
+    Bearer(String),
+}
+
+impl Puller<'_> {
+    fn url(&self, kind: &str, target: &str) -> String {
+        let scheme = if self.options.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        format!(
+            "{scheme}://{}/v2/{}/{kind}/{target}",
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        )
+    }
+
+    /// Negotiates access to the repository (oci-client caches the token).
+    async fn authorization(
+        &self,
+        auth: &RegistryAuth,
+    ) -> std::result::Result<Authorization, Failure> {
+        let token = self
+            .client
+            .auth(self.reference, auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| {
+                classify(
+                    &format!("authenticating to {}", self.reference.registry()),
+                    &e,
+                )
+            })?;
+        Ok(match (token, auth) {
+            (Some(token), _) => Authorization::Bearer(token),
+            (None, RegistryAuth::Bearer(token)) => Authorization::Bearer(token.clone()),
+            (None, RegistryAuth::Basic(user, password)) => {
+                Authorization::Basic(user.clone(), password.clone())
+            }
+            (None, RegistryAuth::Anonymous) => Authorization::None,
+        })
+    }
+
+    /// A GET that succeeded (200), or the failure its status or transport
+    /// means; an error body is read only up to a few KiB.
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        let auth = auth(self.options, self.reference).map_err(Failure::fatal)?;
+        let mut request = self.http.get(url);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        request = match self.authorization(&auth).await? {
+            Authorization::None => request,
+            Authorization::Basic(user, password) => request.basic_auth(user, Some(password)),
+            Authorization::Bearer(token) => request.bearer_auth(token),
+        };
+        let mut response = request.send().await.map_err(|e| transport(what, &e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::OK {
+            return Ok(response);
+        }
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(ERROR_BODY_BYTES);
+        let body = String::from_utf8_lossy(&body);
+        let (kind, transient) = match status.as_u16() {
+            401 | 403 => (RegistryFault::Unauthorized, false),
+            404 => (RegistryFault::NotFound, false),
+            408 | 429 | 500..=599 => (RegistryFault::Unavailable, true),
+            _ => (RegistryFault::Protocol, false),
+        };
+        Err(Failure {
+            error: Error::registry(
+                kind,
+                format!("{what}: HTTP {status} from {url}: {}", body.trim()),
+            ),
+            transient,
+        })
+    }
+
+    /// The manifest a tag or digest names, read up to the cap, with its
+    /// digest (computed here: a digest reference must match it).
+    pub(super) async fn manifest(&self, limits_bytes: u64) -> Result<(Vec<u8>, String)> {
+        let target = self
+            .reference
+            .digest()
+            .or(self.reference.tag())
+            .unwrap_or("latest");
+        let url = self.url("manifests", target);
+        let what = format!("fetching the manifest of {}", self.reference);
+        let bytes = with_retries(self.options, || async {
+            let mut response = self.get(&url, Some(OCI_IMAGE_MEDIA_TYPE), &what).await?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&what, &e))? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() as u64 > limits_bytes {
+                    return Err(Failure::fatal(Error::registry(
+                        RegistryFault::Integrity,
+                        format!("{what}: more than {limits_bytes} bytes, the manifest limit"),
+                    )));
+                }
+            }
+            Ok(bytes)
+        })
+        .await?;
+        let digest = artifact::sha256(&bytes);
+        if let Some(expected) = self.reference.digest()
+            && expected != digest
+        {
+            return Err(Error::registry(
+                RegistryFault::Integrity,
+                format!(
+                    "{what}: the registry sent a manifest with digest {digest}, not {expected}"
+                ),
+            ));
+        }
+        Ok((bytes, digest))
+    }
+
+    /// Fetches the artifact's blobs the store lacks into staging, then
+    /// commits the artifact.
+    pub(super) async fn pull(
+        &self,
+        store: &ModuleStore,
+        manifest: &[u8],
+        digest: &str,
+    ) -> Result<()> {
+        let layout = Layout::parse(manifest, store.limits())?;
+        let _lock = store.lock_shared()?;
+        let staging = store.staging()?;
+        let mut fetched = std::collections::BTreeSet::new();
+        for (name, blob) in layout.blobs() {
+            // The same content twice (two payload names) is fetched once.
+            if store.has_blob(&blob.digest, blob.size) || !fetched.insert(&blob.digest) {
+                continue;
+            }
+            with_retries(self.options, || self.blob(name, blob, &staging)).await?;
+        }
+        store.commit(staging, digest, manifest, &layout)
+    }
+
+    /// Streams one blob into staging, refusing more bytes than declared,
+    /// fewer, or other ones; the staged file is made read-only once verified.
+    async fn blob(
+        &self,
+        name: &str,
+        blob: &Blob,
+        staging: &Staging,
+    ) -> std::result::Result<(), Failure> {
+        let what = format!("{name} ({}) of {}", blob.digest, self.reference);
+        let integrity =
+            |message: String| Failure::fatal(Error::registry(RegistryFault::Integrity, message));
+        let host = |e: std::io::Error| Failure::fatal(Error::Host(format!("staging {what}: {e}")));
+        let mut response = self
+            .get(
+                &self.url("blobs", &blob.digest),
+                None,
+                &format!("fetching {what}"),
+            )
+            .await?;
+        if let Some(length) = response.content_length().filter(|&l| l > blob.size) {
+            return Err(integrity(format!(
+                "{what}: the registry would send {length} bytes; the manifest declares {}",
+                blob.size
+            )));
+        }
+        let path = staging.path(&blob.digest);
+        // A retry starts over.
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(host)?;
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        let mut progress = Progress::new(self.options.progress, name, blob.size);
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Failure {
+                        error: Error::registry(
+                            RegistryFault::Integrity,
+                            format!(
+                                "{what}: truncated: the transfer ended after {received} of {} bytes: {}",
+                                blob.size,
+                                describe(&e)
+                            ),
+                        ),
+                        transient: true,
+                    });
+                }
+            };
+            received += chunk.len() as u64;
+            if received > blob.size {
+                return Err(integrity(format!(
+                    "{what}: the registry sent more than the {} bytes the manifest declares",
+                    blob.size
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(host)?;
+            progress.update(received);
+        }
+        progress.finish();
+        if received != blob.size {
+            return Err(Failure {
+                error: Error::registry(
+                    RegistryFault::Integrity,
+                    format!("{what}: truncated: got {received} of {} bytes", blob.size),
+                ),
+                transient: true,
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != blob.digest {
+            return Err(integrity(format!(
+                "{what}: the bytes received have digest {actual}: the content was altered"
+            )));
+        }
+        file.sync_all().map_err(host)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o400))
+            .map_err(host)
+    }
+}
+
+/// A transport failure (unreachable, time-out, a cut connection): worth
+/// retrying.
+fn transport(what: &str, e: &reqwest::Error) -> Failure {
+    let cause = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "transfer failed"
+    };
+    Failure {
+        error: Error::registry(
+            RegistryFault::Unavailable,
+            format!("{what}: {cause}: {}", describe(e)),
+        ),
+        transient: true,
+    }
+}
