@@ -215,3 +215,38 @@ impl Registry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn references_and_files_are_told_apart() {
+        for reference in [
+            "127.0.0.1:5000/actions/cni-install:v1",
+            "registry.example/a/b@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "localhost/x:latest",
+        ] {
+            assert!(is_reference(reference), "{reference}");
+        }
+        for file in [
+            "cni-install.wasm",
+            "./x",
+            "../x",
+            "dir/x",
+            "plain",
+            "/nonexistent/x",
+        ] {
+            assert!(!is_reference(file), "{file}");
+        }
+    }
+
+    #[test]
+    fn malformed_references_and_digests_are_named() {
+        let err = parse_reference("Registry.example/UPPER:tag").unwrap_err();
+        assert!(err.to_string().contains("bad reference"), "{err}");
+        let err = parse_reference("registry.example/a@sha256:abc").unwrap_err();
+        assert!(err.to_string().contains("bad reference"), "{err}");
+    }
+}

@@ -18,6 +18,8 @@ use crate::error::{Error, RegistryFault, Result};
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Bytes per chunk of a pushed blob.
+const PUSH_CHUNK_BYTES: usize = 256 << 10;
 /// Blobs at least this large show progress.
 const PROGRESS_MIN_BYTES: u64 = 1 << 20;
 
@@ -230,17 +232,39 @@ pub(super) async fn push(
         if exists {
             continue;
         }
-        let progress = Progress::new(options.progress, &name, blob.size);
         let bytes = bytes::Bytes::from(bytes);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
+            options.progress,
+            &name,
+            blob.size,
+        )));
         with_retries(options, || async {
+            // Sent in chunks, so the progress line moves as the registry
+            // takes them.
+            let shown = std::sync::Arc::clone(&progress);
+            let bytes = bytes.clone();
+            let chunks = (0..bytes.len()).step_by(PUSH_CHUNK_BYTES).map(move |at| {
+                let end = (at + PUSH_CHUNK_BYTES).min(bytes.len());
+                if let Ok(mut p) = shown.lock() {
+                    p.update(end as u64);
+                }
+                Ok(bytes.slice(at..end))
+            });
             client
-                .push_blob(reference, bytes.clone(), &blob.digest)
+                .push_blob_stream(
+                    reference,
+                    futures_util::stream::iter(chunks),
+                    &blob.digest,
+                    Some(blob.size),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(&what, &e))
         })
         .await?;
-        progress.finish_at(blob.size);
+        if let Ok(mut p) = progress.lock() {
+            p.finish();
+        }
     }
     let digest = sha256(&built.manifest);
     let by_digest = reference.clone_with_digest(digest.clone());
