@@ -147,6 +147,14 @@ fn fact(report: &Value, key: &str) -> Value {
     serde_json::from_str(pair[1].as_str().unwrap()).unwrap()
 }
 
+/// Pushes the probe with one payload file `name` holding `bytes`.
+fn push_probe_with(node: &Node, reference: &str, name: &str, bytes: &[u8]) -> (String, String) {
+    let file = node.path(&format!("payload-{name}"));
+    std::fs::write(&file, bytes).unwrap();
+    let payload = format!("{name}={}", file.display());
+    push(node, &guest("probe"), reference, &["--payload", &payload])
+}
+
 fn json_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
@@ -476,16 +484,10 @@ fn sha256(bytes: &[u8]) -> String {
 fn tampered_truncated_and_padded_blobs_are_refused_and_nothing_is_cached() {
     let registry = Registry::plain();
     let node = Node::new();
-    let payload = node.path("payload.bin");
-    std::fs::write(&payload, vec![7u8; 64 << 10]).unwrap();
     let reference = format!("{}/hostile/probe:v1", registry.addr());
-    push(
-        &node,
-        &guest("probe"),
-        &reference,
-        &["--payload", &format!("data={}", payload.display())],
-    );
-    let data = registry.blob_data(&sha256(&std::fs::read(&payload).unwrap()));
+    let payload = vec![7u8; 64 << 10];
+    push_probe_with(&node, &reference, "data", &payload);
+    let data = registry.blob_data(&sha256(&payload));
     let original = std::fs::read(&data).unwrap();
 
     let cases: [(&str, Vec<u8>, &str); 3] = [
@@ -525,20 +527,11 @@ fn flip(bytes: &[u8]) -> Vec<u8> {
 fn an_oversized_blob_is_refused_before_it_is_fetched() {
     let registry = Registry::plain();
     let node = Node::new();
-    let payload = node.path("big.bin");
-    std::fs::write(&payload, vec![1u8; 3 << 20]).unwrap();
     let reference = format!("{}/hostile/big:v1", registry.addr());
-    push(
-        &node,
-        &guest("probe"),
-        &reference,
-        &["--payload", &format!("big={}", payload.display())],
-    );
-    let proxy = FaultProxy::start(registry.addr());
-    let via_proxy = reference.replace(registry.addr(), proxy.addr());
+    push_probe_with(&node, &reference, "big", &vec![1u8; 3 << 20]);
     let puller = Node::new();
     let err =
-        puller.registry_error(&["pull", &via_proxy, "--plain-http", "--max-payload-mib", "1"]);
+        puller.registry_error(&["pull", &reference, "--plain-http", "--max-payload-mib", "1"]);
     assert!(
         err.contains("payload file \"big\" is 3145728 bytes; the limit is 1048576"),
         "{err}"
