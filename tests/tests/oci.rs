@@ -970,10 +970,14 @@ fn an_unprivileged_pull_retries_a_cut_blob_and_fetches_shared_content_once() {
     let via_proxy = reference.replace(registry.addr(), proxy.addr());
     let home = tempfile::tempdir().unwrap();
     chown(home.path(), Some(65534), Some(65534)).unwrap();
+    // A copy of the binary nobody can reach (the checkout may be under a
+    // directory only root may enter).
+    let bin = home.path().join("hostaction");
+    std::fs::copy(hostaction_bin(), &bin).unwrap();
     let pull = |retries: &str| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(hostaction_bin())
+            .arg(&bin)
             .arg("--cache-dir")
             .arg(home.path().join("cache"))
             .args(["pull", &via_proxy, "--plain-http", "--retries", retries])
