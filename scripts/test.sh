@@ -29,6 +29,15 @@ else
     step "cargo deny not installed (cargo install --locked cargo-deny@0.20.2); skipped"
 fi
 
+if command -v kubernetes-validate >/dev/null 2>&1; then
+    # Offline: the schemas ship with the tool. The CRDs' own rules (CEL) are
+    # checked by the crds tests.
+    step "kubernetes-validate manifests/*.yaml (Kubernetes 1.33)"
+    kubernetes-validate --quiet --strict -k 1.33.0 manifests/*.yaml
+else
+    step "kubernetes-validate not installed (pip install kubernetes-validate==1.37.0); skipped"
+fi
+
 step "cargo test --release"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

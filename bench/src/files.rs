@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use hostaction_runtime::engine::LoadSource;
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{RunRequest, Runtime, RuntimeConfig};
 
 use crate::{BenchResult, micros, stats, write_json};

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{RunRequest, Runtime, RuntimeConfig};
 use serde_json::json;
 

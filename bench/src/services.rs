@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{RunRequest, Runtime, RuntimeConfig};
 use hostaction_tests::systemd::{Systemd, Unit};
 use serde_json::json;

@@ -25,75 +25,10 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use crate::capabilities::files::HostPath;
 use crate::error::{Error, Result};
 
-/// Scopes per capability. A missing section means the capability is not granted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Grant {
-    /// Directories the action may read or write.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<FilesScope>,
-    /// Namespaces, interface names and link kinds the action may touch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkScope>,
-    /// systemd units the action may act on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<ServicesScope>,
-}
-
-/// The `files` scope: host-absolute directories (each covers its whole subtree).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FilesScope {
-    /// Directories the action may read.
-    #[serde(default)]
-    pub read: Vec<String>,
-    /// Directories the action may write (and read).
-    #[serde(default)]
-    pub write: Vec<String>,
-}
-
-/// The `network` scope.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkScope {
-    /// Named network namespaces (patterns with `*`), `host` for the host's own.
-    #[serde(default)]
-    pub netns: Vec<String>,
-    /// Interface-name patterns (`*` matches any run of characters).
-    #[serde(default)]
-    pub interfaces: Vec<String>,
-    /// Link kinds the action may create.
-    #[serde(default)]
-    pub kinds: Vec<String>,
-    /// Only links (and namespaces) hostaction created may be changed or deleted.
-    #[serde(default)]
-    pub owned_only: bool,
-    /// Address ranges (CIDR) addresses may be put in: `10.244.0.0/16` allows
-    /// `10.244.1.1/24`, not `10.0.0.1/8`.
-    #[serde(default)]
-    pub addresses: Vec<String>,
-    /// Route destinations (CIDR) routes may go to; `default` allows default
-    /// routes (which `0.0.0.0/0` and `::/0` also cover).
-    #[serde(default)]
-    pub routes: Vec<String>,
-}
-
-/// The `services` scope.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServicesScope {
-    /// Unit-name patterns, matched against systemd's canonical names.
-    #[serde(default)]
-    pub units: Vec<String>,
-    /// Whether the action may make systemd reread its unit files.
-    #[serde(default)]
-    pub daemon_reload: bool,
-}
+pub use hostaction_crds::grant::{FilesScope, Grant, NetworkScope, ServicesScope};
 
 /// Where systemd loads unit files and drop-ins from.
 const SYSTEMD_UNIT_DIRS: &[&str] = &[
@@ -115,25 +50,33 @@ const LINK_KINDS: &[&str] = &[
     "wireguard",
 ];
 
-impl Grant {
+/// Reading and checking grant documents (the type lives in
+/// `hostaction-crds`, which the controller uses without the runtime).
+pub trait GrantDocument: Sized {
     /// Parses a grant or policy document (YAML, which includes JSON) and
     /// validates it. `what` names the document in errors ("grant", "policy").
-    pub fn parse(text: &str, what: &str) -> Result<Self> {
+    fn parse(text: &str, what: &str) -> Result<Self>;
+    /// Reads and parses a grant or policy file.
+    fn from_file(path: &Path, what: &str) -> Result<Self>;
+    /// Checks every field; the error names the first bad one.
+    fn validate(&self, what: &str) -> Result<()>;
+}
+
+impl GrantDocument for Grant {
+    fn parse(text: &str, what: &str) -> Result<Self> {
         let grant: Grant =
             serde_yaml_ng::from_str(text).map_err(|e| Error::BadGrant(format!("{what}: {e}")))?;
         grant.validate(what)?;
         Ok(grant)
     }
 
-    /// Reads and parses a grant or policy file.
-    pub fn from_file(path: &Path, what: &str) -> Result<Self> {
+    fn from_file(path: &Path, what: &str) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::BadGrant(format!("{what} {}: {e}", path.display())))?;
         Self::parse(&text, &format!("{what} {}", path.display()))
     }
 
-    /// Checks every field; the error names the first bad one.
-    pub fn validate(&self, what: &str) -> Result<()> {
+    fn validate(&self, what: &str) -> Result<()> {
         let bad = |field: String, msg: String| Error::BadGrant(format!("{what}: {field}: {msg}"));
         if let Some(files) = &self.files {
             for (list, dirs) in [("read", &files.read), ("write", &files.write)] {
@@ -395,7 +338,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 }
 
 /// A capability a component can import, gated by the grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     /// `hostaction:host/files`.

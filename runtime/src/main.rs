@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hostaction_runtime::capabilities::payload::Payload;
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{Limits, LoadSource, Provided};
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::oci::{
     self, Credentials, ModuleStore, PushRequest, Registry, RegistryOptions, SizeLimits,
     StoredArtifact,
@@ -99,6 +99,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print the HostAction and HostActionRun CustomResourceDefinitions (YAML).
+    Crds,
     /// List the module store's artifacts, or collect unused ones.
     Cache {
         #[command(subcommand)]
@@ -223,6 +225,7 @@ fn main() -> ExitCode {
         .init();
     let output = match &cli.command {
         Command::Run(args) => args.output,
+        Command::Crds => Output::Text,
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -336,6 +339,12 @@ fn execute(cli: Cli) -> Result<u8, Error> {
                 Output::Json => emit(&format!("{:#}\n", artifact_json(&reference, &artifact))),
                 Output::Text => emit(&format!("{}\n", artifact.digest)),
             }
+            Ok(0)
+        }
+        Command::Crds => {
+            let yaml = hostaction_crds::crds_yaml()
+                .map_err(|e| Error::Host(format!("rendering the CRDs: {e}")))?;
+            emit(&yaml);
             Ok(0)
         }
         Command::Cache { command } => {

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 pub mod registry;
 pub mod systemd;
 
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 use serde_json::Value;
 

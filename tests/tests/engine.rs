@@ -232,7 +232,7 @@ fn params_the_action_rejects_fail_the_run_with_its_message() {
 
 #[test]
 fn malformed_grant_is_a_bad_grant_naming_the_field() {
-    use hostaction_runtime::grant::Grant;
+    use hostaction_runtime::grant::{Grant, GrantDocument};
     for (doc, field) in [
         ("files: {write: [relative/dir]}", "files.write[0]"),
         ("files: {write: /opt}", "files.write"),

@@ -4,7 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{Capability, EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{Error, RunRequest};
 use hostaction_tests::{Host, err_kind, probe_results};
 use serde_json::json;
@@ -162,7 +162,7 @@ fn grant_through_a_symlink_in_the_policy_directory_cannot_leave_it() {
 #[test]
 fn every_grant_file_in_the_repository_parses() {
     let root = hostaction_tests::workspace();
-    let mut files = vec![root.join("manifests/example-grant.yaml")];
+    let mut files = vec![root.join("manifests/grants/example-grant.yaml")];
     for entry in std::fs::read_dir(root.join("sample-actions")).unwrap() {
         let grants = entry.unwrap().path().join("grants.yaml");
         if grants.exists() {
@@ -175,6 +175,37 @@ fn every_grant_file_in_the_repository_parses() {
         let grant =
             Grant::parse(&text, "grant").unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         EffectiveGrant::new(&grant, None).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+/// The grants of the example HostActions and the agent's node policy are
+/// valid grant documents, and the policy leaves each example what it needs
+/// (restart-on-change's config directory is the administrator's to add).
+#[test]
+fn manifest_grants_and_the_node_policy_validate() {
+    use hostaction_crds::HostAction;
+    let root = hostaction_tests::workspace().join("manifests");
+    let daemonset = std::fs::read_to_string(root.join("agent-daemonset.yaml")).unwrap();
+    let config_map: serde_json::Value =
+        serde_yaml_ng::from_str(daemonset.split("\n---\n").next().unwrap()).unwrap();
+    let policy = Grant::parse(
+        config_map["data"]["policy.yaml"].as_str().unwrap(),
+        "policy",
+    )
+    .unwrap_or_else(|e| panic!("node policy: {e}"));
+    for example in ["cni-install", "vxlan-overlay", "restart-on-change"] {
+        let path = root.join(format!("examples/{example}.yaml"));
+        let action: HostAction =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        action.spec.grants.validate("grant").unwrap();
+        let effective = EffectiveGrant::new(&action.spec.grants, Some(&policy)).unwrap();
+        if example != "restart-on-change" {
+            assert!(
+                effective.capability(Capability::Files).is_ok()
+                    == action.spec.grants.files.is_some(),
+                "{example}"
+            );
+        }
     }
 }
 

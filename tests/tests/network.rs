@@ -11,7 +11,7 @@
 
 use hostaction_runtime::Error;
 use hostaction_runtime::effects::Mode;
-use hostaction_runtime::grant::{EffectiveGrant, Grant};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_tests::{Host, err_kind, probe_results, request};
 use serde_json::{Value, json};
 

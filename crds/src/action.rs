@@ -1,0 +1,180 @@
+//! `HostAction`: a module, its params and grants, the nodes it runs on and
+//! the pace of its rollout. Cluster-scoped: it shapes nodes, not a namespace.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::grant::Grant;
+
+/// What the action runs, where, with which grants, at what pace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostaction.dev",
+    version = "v1alpha1",
+    kind = "HostAction",
+    doc = "A host action: a Wasm component run on the nodes a selector picks, with only the capabilities its grants give (bounded by each node's policy).",
+    status = "HostActionStatus",
+    shortname = "ha",
+    category = "hostaction",
+    printcolumn = r#"{"name":"Module","type":"string","jsonPath":".spec.module"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedNodes"}"#,
+    printcolumn = r#"{"name":"Succeeded","type":"integer","jsonPath":".status.counts.succeeded"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","priority":1,"jsonPath":".status.resolvedDigest"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HostActionSpec {
+    /// The module: an OCI reference (`registry/repository:tag` or
+    /// `registry/repository@sha256:...`). A tag is resolved to a digest once
+    /// per generation; nodes run that digest.
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 1024 && self.contains('/')").message("module must be an OCI reference like registry.example/actions/cni-install:v1"))]
+    pub module: String,
+    /// The action's params: any JSON object, passed to its `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::run::any_object")]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// What the action may do; each node bounds it with its policy.
+    #[serde(default)]
+    pub grants: Grant,
+    /// The nodes to run on (a label selector over Node labels); all Ready
+    /// nodes when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// How fast the action reaches the selected nodes.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// `apply` changes the nodes; `plan` reads and reports what would change.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Each run's deadline, host calls included.
+    #[serde(default = "default_timeout")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("timeoutSeconds must be 1 to 3600"))]
+    pub timeout_seconds: i32,
+    /// When a node runs the action again.
+    #[serde(default)]
+    pub rerun: Rerun,
+}
+
+/// The pace of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Nodes running at once: a count (`5`) or a percentage of the selected
+    /// nodes (`"25%"`, at least one node).
+    #[serde(default = "default_max_concurrent")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^[0-9]+%$')").message("maxConcurrent is a count of at least 1 or a percentage like \"25%\""))]
+    pub max_concurrent: IntOrString,
+    /// Failed runs tolerated; one more stops the rollout (no new runs).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("maxFailures must not be negative"))]
+    pub max_failures: i32,
+    /// No new runs while paused; running ones finish.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            max_concurrent: default_max_concurrent(),
+            max_failures: 0,
+            paused: false,
+        }
+    }
+}
+
+/// Apply or plan.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Change the nodes.
+    #[default]
+    Apply,
+    /// Read for real, change nothing, report what would change.
+    Plan,
+}
+
+/// When a node runs the action again (actions are idempotent, so a re-run
+/// of an unchanged action changes nothing).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rerun {
+    /// Run again on every node when the spec changes (a new generation).
+    #[serde(default = "yes")]
+    pub on_spec_change: bool,
+    /// Run on nodes that join (or start matching the selector) later.
+    #[serde(default = "yes")]
+    pub on_node_join: bool,
+    /// Also run again this often, to put back what drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 60").message("intervalSeconds must be at least 60"))]
+    pub interval_seconds: Option<i32>,
+}
+
+impl Default for Rerun {
+    fn default() -> Self {
+        Self {
+            on_spec_change: true,
+            on_node_join: true,
+            interval_seconds: None,
+        }
+    }
+}
+
+/// What the controller observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostActionStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The module's manifest digest for this generation (`sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_digest: Option<String>,
+    /// Nodes the selector picks.
+    #[serde(default)]
+    pub selected_nodes: i32,
+    /// Runs of this generation per phase.
+    #[serde(default)]
+    pub counts: PhaseCounts,
+    /// `Resolved`, `Progressing`, `Complete`, `Failed` (Kubernetes API
+    /// conventions: status True/False/Unknown, reason, message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Runs per phase.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseCounts {
+    /// Created, not started.
+    #[serde(default)]
+    pub pending: i32,
+    /// Started by their agent.
+    #[serde(default)]
+    pub running: i32,
+    /// Finished with success.
+    #[serde(default)]
+    pub succeeded: i32,
+    /// Finished with failure (or refused, or interrupted and not re-run).
+    #[serde(default)]
+    pub failed: i32,
+}
+
+fn default_timeout() -> i32 {
+    60
+}
+
+fn default_max_concurrent() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+fn yes() -> bool {
+    true
+}
