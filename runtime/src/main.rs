@@ -101,6 +101,9 @@ enum Command {
     },
     /// Print the HostAction and HostActionRun CustomResourceDefinitions (YAML).
     Crds,
+    /// Apply HostAction manifests from a directory on this node, with no API
+    /// server (static mode), and record the results in a state file.
+    Agent(AgentArgs),
     /// List the module store's artifacts, or collect unused ones.
     Cache {
         #[command(subcommand)]
@@ -126,6 +129,36 @@ enum CacheCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Directory of HostAction manifests (*.yaml, *.yml, *.json).
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
+    /// The state file [default: <cache dir>/static-state.json].
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// This node's labels, for node selectors (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = key_and_value)]
+    node_labels: Vec<(String, String)>,
+    /// The node policy bounding every grant (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Where the host's filesystem is seen.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    host_root: PathBuf,
+    /// D-Bus address of systemd's system bus.
+    #[arg(long, value_name = "ADDRESS")]
+    system_bus: Option<String>,
+    /// One pass, then exit: 0 when every selected action succeeded.
+    #[arg(long)]
+    once: bool,
+    /// Seconds between passes (re-applies on change).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    interval: f64,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 /// How to reach a registry.
@@ -225,7 +258,7 @@ fn main() -> ExitCode {
         .init();
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Crds => Output::Text,
+        Command::Crds | Command::Agent(_) => Output::Text,
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -341,6 +374,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Agent(args) => agent(args, &dirs),
         Command::Crds => {
             let yaml = hostaction_crds::crds_yaml()
                 .map_err(|e| Error::Host(format!("rendering the CRDs: {e}")))?;
@@ -390,6 +424,45 @@ fn execute(cli: Cli) -> Result<u8, Error> {
     }
 }
 
+fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
+    use hostaction_runtime::agent::{Loader, static_dir::StaticAgent};
+    let interval = Duration::try_from_secs_f64(args.interval)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            Error::BadParams(format!(
+                "--interval {}: not a positive number",
+                args.interval
+            ))
+        })?;
+    let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
+    let registry = Registry::new(args.registry.options()?)?;
+    let store = dirs.store(Some(&args.registry))?;
+    let agent = StaticAgent {
+        loader: Loader {
+            runtime: &runtime,
+            registry: &registry,
+            store: &store,
+        },
+        dir: args.manifests.clone(),
+        state_path: args
+            .state
+            .clone()
+            .unwrap_or_else(|| dirs.store.with_file_name("static-state.json")),
+        policy: args
+            .policy
+            .as_deref()
+            .map(|p| Grant::from_file(p, "policy"))
+            .transpose()?,
+        labels: args.node_labels.into_iter().collect(),
+    };
+    if args.once {
+        let pass = agent.pass()?;
+        return Ok(if pass.all_succeeded { 0 } else { 1 });
+    }
+    agent.watch(interval)
+}
+
 impl RegistryArgs {
     fn options(&self) -> Result<RegistryOptions, Error> {
         let credentials = if let Some(username) = &self.username {
@@ -430,8 +503,13 @@ fn load(
         return Ok((runtime.load_file(module.as_ref())?, None));
     }
     let store = dirs.store(Some(registry))?;
-    let artifact = Registry::new(registry.options()?)?.pull(module, &store)?;
-    Ok((runtime.load_stored(&artifact)?, Some(artifact)))
+    let registry = Registry::new(registry.options()?)?;
+    hostaction_runtime::agent::Loader {
+        runtime,
+        registry: &registry,
+        store: &store,
+    }
+    .load(module)
 }
 
 fn artifact_json(reference: &str, artifact: &StoredArtifact) -> serde_json::Value {

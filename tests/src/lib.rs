@@ -22,6 +22,22 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The `hostaction` binary `cargo test --workspace` built beside the tests.
+pub fn hostaction_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("hostaction");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` builds it",
+        path.display()
+    );
+    path
+}
+
 /// Path of a guest component built by `scripts/build-guests.sh`.
 ///
 /// # Panics

@@ -13,21 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use hostaction_runtime::oci::ModuleStore;
-use hostaction_tests::guest;
 use hostaction_tests::registry::{Fault, FaultProxy, Registry};
+use hostaction_tests::{guest, hostaction_bin};
 use serde_json::{Value, json};
-
-/// The `hostaction` binary `cargo test` built beside this test.
-fn hostaction_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("hostaction");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test --workspace` builds it",
-        path.display()
-    );
-    path
-}
 
 /// A node: its own cache directory (module store and precompiled code) and
 /// a scratch dir.

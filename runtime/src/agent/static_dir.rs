@@ -1,0 +1,354 @@
+//! Static mode: HostAction manifests from a directory, applied with no API
+//! server (as the kubelet runs static pods) — the embedded default on one
+//! machine, and a way to shape a node before its cluster exists.
+//!
+//! Each pass reads every `*.yaml`, `*.yml` and `*.json` file of the
+//! directory (several documents per file allowed), and runs each HostAction
+//! whose node selector matches this node's labels when it is due: never run,
+//! its spec changed (`rerun.onSpecChange`), its interval passed
+//! (`rerun.intervalSeconds`), or it was left `Running` by an agent that
+//! stopped (actions are idempotent: it runs again). Results go to a JSON
+//! state file, written atomically before and after each run, so nothing is
+//! lost when the agent stops. A bad manifest is recorded with its error and
+//! the others still run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Loader, failed_status, finished_status, now};
+use crate::Error;
+
+/// What static mode remembers between passes and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticState {
+    /// Per HostAction name.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionState>,
+    /// Manifests that could not be applied, per file: why.
+    #[serde(default)]
+    pub errors: BTreeMap<String, String>,
+}
+
+/// One HostAction's last run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionState {
+    /// The manifest file it came from.
+    pub file: PathBuf,
+    /// sha256 of its spec: a change makes a new generation.
+    pub spec_hash: String,
+    /// The digest that ran (artifact manifest or module file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether this node's labels match its selector.
+    pub selected: bool,
+    /// Its last run, as a HostActionRun's status.
+    #[serde(default)]
+    pub status: HostActionRunStatus,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    /// Names of the actions run in this pass.
+    pub ran: Vec<String>,
+    /// Whether every selected action's last run succeeded and every manifest
+    /// was readable.
+    pub all_succeeded: bool,
+}
+
+/// Applies a directory of HostAction manifests on this node.
+pub struct StaticAgent<'a> {
+    /// Loads and runs modules.
+    pub loader: Loader<'a>,
+    /// The manifests directory.
+    pub dir: PathBuf,
+    /// The state file.
+    pub state_path: PathBuf,
+    /// This node's policy, bounding every grant.
+    pub policy: Option<Grant>,
+    /// This node's labels, for node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl StaticAgent<'_> {
+    /// One pass over the directory: runs what is due, records everything.
+    pub fn pass(&self) -> Result<Pass, Error> {
+        let mut state = self.read_state()?;
+        let (actions, errors) = self.read_manifests()?;
+        state.errors = errors;
+        state.actions.retain(|name, _| actions.contains_key(name));
+        let mut ran = Vec::new();
+        for (name, (file, action)) in &actions {
+            let spec_hash = spec_hash(action);
+            let selected = match selects(action.spec.node_selector.as_ref(), &self.labels) {
+                Ok(selected) => selected,
+                Err(why) => {
+                    state
+                        .errors
+                        .insert(file.display().to_string(), format!("{name}: {why}"));
+                    continue;
+                }
+            };
+            let previous = state.actions.get(name);
+            let entry = ActionState {
+                file: file.clone(),
+                spec_hash: spec_hash.clone(),
+                selected,
+                ..previous.cloned().unwrap_or_default()
+            };
+            if !selected || !due(action, previous, &spec_hash) {
+                state.actions.insert(name.clone(), entry);
+                continue;
+            }
+            // Recorded as running first: if the agent stops now, the next
+            // start sees it and runs it again.
+            let started = now();
+            let attempts = entry.status.attempts.saturating_add(1);
+            let mut running = entry.clone();
+            running.status = HostActionRunStatus {
+                phase: RunPhase::Running,
+                started_at: Some(started.clone()),
+                attempts,
+                ..HostActionRunStatus::default()
+            };
+            state.actions.insert(name.clone(), running);
+            self.write_state(&state)?;
+            tracing::info!(action = %name, module = %action.spec.module, "running");
+            let timeout = Duration::from_secs(
+                u64::try_from(action.spec.timeout_seconds.max(1)).unwrap_or(60),
+            );
+            let (status, digest) = match self.loader.run(
+                &action.spec.module,
+                action.spec.params.as_ref(),
+                &action.spec.grants,
+                self.policy.as_ref(),
+                action.spec.mode,
+                timeout,
+            ) {
+                Ok((report, digest)) => (finished_status(&report, started, attempts), Some(digest)),
+                Err(e) => (failed_status(&e, started, attempts), None),
+            };
+            tracing::info!(action = %name, phase = ?status.phase, message = ?status.message, "finished");
+            state.actions.insert(
+                name.clone(),
+                ActionState {
+                    status,
+                    digest: digest.or(entry.digest),
+                    ..entry
+                },
+            );
+            self.write_state(&state)?;
+            ran.push(name.clone());
+        }
+        self.write_state(&state)?;
+        let all_succeeded = state.errors.is_empty()
+            && state
+                .actions
+                .values()
+                .filter(|a| a.selected)
+                .all(|a| a.status.phase == RunPhase::Succeeded);
+        Ok(Pass { ran, all_succeeded })
+    }
+
+    /// Passes every `interval` until the process ends; a pass that fails
+    /// (an unreadable directory) is logged and the next one tries again.
+    pub fn watch(&self, interval: Duration) -> ! {
+        loop {
+            if let Err(e) = self.pass() {
+                tracing::error!(error = %e, dir = %self.dir.display(), "static pass failed");
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
+    /// The HostActions of the directory by name, and the files that failed.
+    #[allow(clippy::type_complexity)]
+    fn read_manifests(
+        &self,
+    ) -> Result<
+        (
+            BTreeMap<String, (PathBuf, HostAction)>,
+            BTreeMap<String, String>,
+        ),
+        Error,
+    > {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            Error::BadParams(format!("manifests directory {}: {e}", self.dir.display()))
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+            })
+            .collect();
+        files.sort();
+        let (mut actions, mut errors) = (BTreeMap::new(), BTreeMap::new());
+        for file in files {
+            match parse_file(&file) {
+                Ok(found) => {
+                    for action in found {
+                        let name = action.metadata.name.clone().unwrap_or_default();
+                        if let Some((first, _)) = actions.get(&name) {
+                            let first: &PathBuf = first;
+                            errors.insert(
+                                file.display().to_string(),
+                                format!(
+                                    "HostAction {name:?} is also defined in {}",
+                                    first.display()
+                                ),
+                            );
+                        } else {
+                            actions.insert(name, (file.clone(), action));
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(file = %file.display(), error = %why, "manifest refused");
+                    errors.insert(file.display().to_string(), why);
+                }
+            }
+        }
+        Ok((actions, errors))
+    }
+
+    fn read_state(&self) -> Result<StaticState, Error> {
+        match std::fs::read(&self.state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Host(format!("state file {}: {e}", self.state_path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaticState::default()),
+            Err(e) => Err(Error::Host(format!(
+                "state file {}: {e}",
+                self.state_path.display()
+            ))),
+        }
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename).
+    fn write_state(&self, state: &StaticState) -> Result<(), Error> {
+        use std::io::Write;
+        let host = |e: std::io::Error| {
+            Error::Host(format!("state file {}: {e}", self.state_path.display()))
+        };
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Host(e.to_string()))?;
+        let tmp = self.state_path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(host)?;
+        file.write_all(&bytes).map_err(host)?;
+        file.sync_all().map_err(host)?;
+        std::fs::rename(&tmp, &self.state_path).map_err(host)
+    }
+}
+
+/// The HostActions of one file; the error names the file's problem.
+fn parse_file(path: &Path) -> Result<Vec<HostAction>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value =
+            serde_json::Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let (api, kind) = (&value["apiVersion"], &value["kind"]);
+        if api != "hostaction.dev/v1alpha1" || kind != "HostAction" {
+            return Err(format!(
+                "document {i}: expected apiVersion hostaction.dev/v1alpha1, kind HostAction (found {api}, {kind})"
+            ));
+        }
+        let action: HostAction =
+            serde_json::from_value(value).map_err(|e| format!("document {i}: {e}"))?;
+        check(&action).map_err(|why| format!("document {i}: {why}"))?;
+        found.push(action);
+    }
+    Ok(found)
+}
+
+/// What the CRD's schema and rules would refuse at the API server.
+fn check(action: &HostAction) -> Result<(), String> {
+    let name = action.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() || name.len() > 253 {
+        return Err("metadata.name: 1 to 253 characters".into());
+    }
+    let spec = &action.spec;
+    if spec.module.is_empty() || spec.module.len() > 1024 {
+        return Err("spec.module: an OCI reference or a .wasm file".into());
+    }
+    if !(1..=3600).contains(&spec.timeout_seconds) {
+        return Err(format!(
+            "spec.timeoutSeconds: {} is not within 1 to 3600",
+            spec.timeout_seconds
+        ));
+    }
+    if spec.rerun.interval_seconds.is_some_and(|s| s < 60) {
+        return Err("spec.rerun.intervalSeconds: at least 60".into());
+    }
+    crate::grant::GrantDocument::validate(&spec.grants, "spec.grants").map_err(|e| e.to_string())
+}
+
+/// Whether `action` must run now.
+fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let status = &previous.status;
+    let never = status.phase == RunPhase::Pending && status.attempts == 0;
+    let interrupted = status.phase == RunPhase::Running;
+    let changed = previous.spec_hash != spec_hash && action.spec.rerun.on_spec_change;
+    let interval_passed = match (action.spec.rerun.interval_seconds, &status.finished_at) {
+        (Some(every), Some(finished)) => {
+            let next = finished.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(every));
+            next <= k8s_openapi::jiff::Timestamp::now()
+        }
+        _ => false,
+    };
+    never || interrupted || changed || interval_passed
+}
+
+fn spec_hash(action: &HostAction) -> String {
+    let json = serde_json::to_vec(&action.spec).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(json)))
+}
+
+/// Whether a label selector matches `labels` (none matches everything).
+pub fn selects(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let Some(selector) = selector else {
+        return Ok(true);
+    };
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if labels.get(key) != Some(value) {
+            return Ok(false);
+        }
+    }
+    for expr in selector.match_expressions.iter().flatten() {
+        let value = labels.get(&expr.key);
+        let values = expr.values.as_deref().unwrap_or_default();
+        let ok = match expr.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => {
+                return Err(format!(
+                    "nodeSelector: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
+                ));
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,198 @@
+//! Static mode (`hostaction agent --manifests DIR`): HostAction manifests
+//! applied from a directory with no API server, through the CLI as a node
+//! runs it — selected by node labels, run once per spec, again after a
+//! change or an agent that stopped mid-run, bad manifests recorded by name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hostaction_tests::{guest, hostaction_bin};
+use serde_json::Value;
+
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let node = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for d in ["manifests", "root"] {
+            std::fs::create_dir_all(node.path(d)).unwrap();
+        }
+        node
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn manifest(&self, file: &str, text: &str) {
+        std::fs::write(self.path("manifests").join(file), text).unwrap();
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            "--cache-dir",
+            path_str(&self.path("cache")),
+            "agent",
+            "--manifests",
+            path_str(&self.path("manifests")),
+            "--host-root",
+            path_str(&self.path("root")),
+            "--state",
+            path_str(&self.path("state.json")),
+            "--node-label",
+            "role=worker",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn once(&self) -> Output {
+        Command::new(hostaction_bin())
+            .args(self.args())
+            .arg("--once")
+            .output()
+            .unwrap()
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.path("state.json")).unwrap()).unwrap()
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn cni_install(name: &str) -> String {
+    format!(
+        r#"apiVersion: hostaction.dev/v1alpha1
+kind: HostAction
+metadata:
+  name: cni
+spec:
+  module: {module}
+  params:
+    name: {name}
+  grants:
+    files:
+      write: [/etc/cni/net.d, /opt/cni/bin]
+  nodeSelector:
+    matchLabels:
+      role: worker
+"#,
+        module = guest("cni-install").display()
+    )
+}
+
+fn attempts(state: &Value) -> i64 {
+    state["actions"]["cni"]["status"]["attempts"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn manifests_run_once_per_spec_and_again_after_a_change_or_an_interrupted_run() {
+    let node = Node::new();
+    node.manifest("cni.yaml", &cni_install("first"));
+    node.manifest(
+        "gpu.yaml",
+        &cni_install("gpu")
+            .replace("name: cni", "name: gpu-only")
+            .replace("role: worker", "role: gpu"),
+    );
+    node.manifest(
+        "bad.yaml",
+        "apiVersion: hostaction.dev/v1alpha1\nkind: HostAction\nmetadata: {name: bad}\nspec: {module: registry.example/a:v1, timeoutSeconds: 0}\n",
+    );
+
+    // A bad manifest fails the pass (exit 1) but not the others.
+    let out = node.once();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let state = node.state();
+    assert_eq!(
+        state["actions"]["cni"]["status"]["phase"], "Succeeded",
+        "{state:#}"
+    );
+    assert_eq!(state["actions"]["cni"]["status"]["changed"], true);
+    assert_eq!(attempts(&state), 1);
+    assert!(node.path("root/etc/cni/net.d/10-first.conflist").is_file());
+    let bad = state["errors"].as_object().unwrap();
+    assert!(
+        bad.iter().any(|(file, why)| file.ends_with("bad.yaml")
+            && why.as_str().unwrap().contains("spec.timeoutSeconds")),
+        "{state:#}"
+    );
+    // Not selected by this node's labels: recorded, never run.
+    assert_eq!(state["actions"]["gpu-only"]["selected"], false);
+    assert_eq!(state["actions"]["gpu-only"]["status"]["attempts"], 0);
+
+    // The same specs again: nothing runs.
+    std::fs::remove_file(node.path("manifests/bad.yaml")).unwrap();
+    let out = node.once();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(attempts(&node.state()), 1);
+
+    // A changed spec runs again.
+    node.manifest("cni.yaml", &cni_install("second"));
+    assert_eq!(node.once().status.code(), Some(0));
+    assert_eq!(attempts(&node.state()), 2);
+    assert!(node.path("root/etc/cni/net.d/10-second.conflist").is_file());
+
+    // An agent that stopped mid-run left it Running: it runs again.
+    let mut state = node.state();
+    state["actions"]["cni"]["status"]["phase"] = "Running".into();
+    std::fs::write(node.path("state.json"), state.to_string()).unwrap();
+    assert_eq!(node.once().status.code(), Some(0));
+    let state = node.state();
+    assert_eq!(state["actions"]["cni"]["status"]["phase"], "Succeeded");
+    assert_eq!(attempts(&state), 3);
+    assert_eq!(state["actions"]["cni"]["status"]["changed"], false);
+}
+
+#[test]
+fn the_watching_agent_reapplies_a_changed_manifest() {
+    let node = Node::new();
+    node.manifest("cni.yaml", &cni_install("watched"));
+    let mut agent = Command::new(hostaction_bin())
+        .args(node.args())
+        .args(["--interval", "0.2"])
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let state = std::fs::read(node.path("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            if state.as_ref().is_some_and(done) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what}: {state:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("first run", &|s| {
+        s["actions"]["cni"]["status"]["phase"] == "Succeeded"
+    });
+    node.manifest("cni.yaml", &cni_install("rewatched"));
+    wait_for("run after the change", &|s| {
+        s["actions"]["cni"]["status"]["attempts"] == 2
+            && s["actions"]["cni"]["status"]["phase"] == "Succeeded"
+    });
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert!(
+        node.path("root/etc/cni/net.d/10-rewatched.conflist")
+            .is_file()
+    );
+}
