@@ -65,7 +65,10 @@ pub struct HostActionSpec {
 pub struct Rollout {
     /// Nodes running at once: a count (`5`) or a percentage of the selected
     /// nodes (`"25%"`, at least one node).
-    #[serde(default = "default_max_concurrent")]
+    #[serde(
+        default = "default_max_concurrent",
+        deserialize_with = "null_is_default_max_concurrent"
+    )]
     #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^[0-9]+%$')").message("maxConcurrent is a count of at least 1 or a percentage like \"25%\""))]
     pub max_concurrent: IntOrString,
     /// Failed runs tolerated; one more stops the rollout (no new runs).
@@ -146,6 +149,7 @@ pub struct HostActionStatus {
     /// `Resolved`, `Progressing`, `Complete`, `Failed` (Kubernetes API
     /// conventions: status True/False/Unknown, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -173,6 +177,14 @@ fn default_timeout() -> i32 {
 
 fn default_max_concurrent() -> IntOrString {
     IntOrString::Int(1)
+}
+
+/// The schema lets `maxConcurrent: null` through (CEL skips nulls): read it
+/// as the default rather than failing to decode the whole object.
+fn null_is_default_max_concurrent<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<IntOrString, D::Error> {
+    Ok(Option::<IntOrString>::deserialize(d)?.unwrap_or_else(default_max_concurrent))
 }
 
 fn yes() -> bool {

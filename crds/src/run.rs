@@ -89,20 +89,20 @@ pub struct HostActionRunStatus {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
-    /// Whether it changed the node.
+    /// Whether it changed the node (in plan mode: whether it would).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
     /// The outcome's message, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.size() <= 4096"))]
+    #[schemars(length(max = 4096))]
     pub message: Option<String>,
     /// The last lines of its log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.size() <= 50"))]
+    #[schemars(length(max = 50))]
     pub log_tail: Vec<String>,
     /// What it changed (or, in plan mode, would change): the first ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.size() <= 100"))]
+    #[schemars(length(max = 100))]
     pub effects: Vec<EffectSummary>,
     /// How many effects it had in all.
     #[serde(default)]

@@ -139,10 +139,10 @@ fn manifests_run_once_per_spec_and_again_after_a_change_or_an_interrupted_run() 
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(attempts(&node.state()), 1);
 
-    // A changed spec runs again.
+    // A changed spec runs again (a new generation: its first attempt).
     node.manifest("cni.yaml", &cni_install("second"));
     assert_eq!(node.once().status.code(), Some(0));
-    assert_eq!(attempts(&node.state()), 2);
+    assert_eq!(attempts(&node.state()), 1);
     assert!(node.path("root/etc/cni/net.d/10-second.conflist").is_file());
 
     // An agent that stopped mid-run left it Running: it runs again.
@@ -152,19 +152,57 @@ fn manifests_run_once_per_spec_and_again_after_a_change_or_an_interrupted_run() 
     assert_eq!(node.once().status.code(), Some(0));
     let state = node.state();
     assert_eq!(state["actions"]["cni"]["status"]["phase"], "Succeeded");
-    assert_eq!(attempts(&state), 3);
+    assert_eq!(attempts(&state), 2);
     assert_eq!(state["actions"]["cni"]["status"]["changed"], false);
+}
+
+#[test]
+fn paused_actions_wait_a_corrupt_state_is_set_aside_and_a_run_that_keeps_stopping_the_agent_ends() {
+    let node = Node::new();
+    node.manifest(
+        "cni.yaml",
+        &cni_install("paused").replace("  grants:", "  rollout: {paused: true}\n  grants:"),
+    );
+    assert_eq!(
+        node.once().status.code(),
+        Some(1),
+        "a paused action has not succeeded"
+    );
+    assert_eq!(attempts(&node.state()), 0);
+    assert!(!node.path("root/etc/cni/net.d/10-paused.conflist").exists());
+
+    node.manifest("cni.yaml", &cni_install("resumed"));
+    std::fs::write(node.path("state.json"), "{not json").unwrap();
+    assert_eq!(node.once().status.code(), Some(0));
+    assert!(node.path("state.json.corrupt").is_file());
+    assert_eq!(attempts(&node.state()), 1);
+
+    // Left Running three times (the agent stopped during each attempt).
+    let mut state = node.state();
+    state["actions"]["cni"]["status"]["phase"] = "Running".into();
+    state["actions"]["cni"]["status"]["attempts"] = 3.into();
+    std::fs::write(node.path("state.json"), state.to_string()).unwrap();
+    assert_eq!(node.once().status.code(), Some(1));
+    let state = node.state();
+    assert_eq!(
+        state["actions"]["cni"]["status"]["phase"], "Interrupted",
+        "{state:#}"
+    );
+    assert_eq!(attempts(&state), 3);
 }
 
 #[test]
 fn the_watching_agent_reapplies_a_changed_manifest() {
     let node = Node::new();
     node.manifest("cni.yaml", &cni_install("watched"));
-    let mut agent = Command::new(hostaction_bin())
+    let agent = Command::new(hostaction_bin())
         .args(node.args())
         .args(["--interval", "0.2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _agent = Killed(agent);
     let wait_for = |what: &str, done: &dyn Fn(&Value) -> bool| {
         let start = Instant::now();
         loop {
@@ -184,15 +222,27 @@ fn the_watching_agent_reapplies_a_changed_manifest() {
     wait_for("first run", &|s| {
         s["actions"]["cni"]["status"]["phase"] == "Succeeded"
     });
-    node.manifest("cni.yaml", &cni_install("rewatched"));
+    let first_hash = node.state()["actions"]["cni"]["specHash"].clone();
+    // Written whole (rename), as an editor or a config tool would.
+    let tmp = node.path("cni.yaml.new");
+    std::fs::write(&tmp, cni_install("rewatched")).unwrap();
+    std::fs::rename(&tmp, node.path("manifests/cni.yaml")).unwrap();
     wait_for("run after the change", &|s| {
-        s["actions"]["cni"]["status"]["attempts"] == 2
+        s["actions"]["cni"]["specHash"] != first_hash
             && s["actions"]["cni"]["status"]["phase"] == "Succeeded"
     });
-    agent.kill().unwrap();
-    agent.wait().unwrap();
     assert!(
         node.path("root/etc/cni/net.d/10-rewatched.conflist")
             .is_file()
     );
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

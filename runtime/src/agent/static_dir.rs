@@ -7,7 +7,8 @@
 //! whose node selector matches this node's labels when it is due: never run,
 //! its spec changed (`rerun.onSpecChange`), its interval passed
 //! (`rerun.intervalSeconds`), or it was left `Running` by an agent that
-//! stopped (actions are idempotent: it runs again). Results go to a JSON
+//! stopped (actions are idempotent: it runs again, up to three times; then it
+//! is `Interrupted` until its spec changes). A paused rollout runs nothing. Results go to a JSON
 //! state file, written atomically before and after each run, so nothing is
 //! lost when the agent stops. A bad manifest is recorded with its error and
 //! the others still run.
@@ -23,6 +24,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Loader, failed_status, finished_status, now};
 use crate::Error;
+
+/// Attempts a run gets when the agent stops during it each time.
+const MAX_INTERRUPTED: i32 = 3;
 
 /// What static mode remembers between passes and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,8 +87,12 @@ impl StaticAgent<'_> {
     pub fn pass(&self) -> Result<Pass, Error> {
         let mut state = self.read_state()?;
         let (actions, errors) = self.read_manifests()?;
+        // Actions of a file that does not parse right now (an edit in
+        // progress, say) keep their state; those of removed files go.
+        state.actions.retain(|name, a| {
+            actions.contains_key(name) || errors.contains_key(&a.file.display().to_string())
+        });
         state.errors = errors;
-        state.actions.retain(|name, _| actions.contains_key(name));
         let mut ran = Vec::new();
         for (name, (file, action)) in &actions {
             let spec_hash = spec_hash(action);
@@ -97,14 +105,27 @@ impl StaticAgent<'_> {
                     continue;
                 }
             };
-            let previous = state.actions.get(name);
-            let entry = ActionState {
+            let previous = state.actions.get(name).cloned();
+            let mut entry = ActionState {
                 file: file.clone(),
                 spec_hash: spec_hash.clone(),
                 selected,
-                ..previous.cloned().unwrap_or_default()
+                ..previous.clone().unwrap_or_default()
             };
-            if !selected || !due(action, previous, &spec_hash) {
+            if previous.as_ref().is_some_and(|p| p.spec_hash != spec_hash) {
+                // A new generation counts its own attempts.
+                entry.status.attempts = 0;
+            }
+            if entry.status.phase == RunPhase::Running && entry.status.attempts >= MAX_INTERRUPTED {
+                // It stopped the agent every time (it restarts the agent's
+                // own unit, say): no more attempts until its spec changes.
+                entry.status.phase = RunPhase::Interrupted;
+                entry.status.finished_at = Some(now());
+                entry.status.message = Some(format!(
+                    "the agent stopped during each of {MAX_INTERRUPTED} attempts; not run again until the spec changes"
+                ));
+            }
+            if !selected || !due(action, previous.as_ref(), &spec_hash) {
                 state.actions.insert(name.clone(), entry);
                 continue;
             }
@@ -141,7 +162,7 @@ impl StaticAgent<'_> {
                 name.clone(),
                 ActionState {
                     status,
-                    digest: digest.or(entry.digest),
+                    digest,
                     ..entry
                 },
             );
@@ -188,6 +209,10 @@ impl StaticAgent<'_> {
             .map(|e| e.path())
             .filter(|p| {
                 p.is_file()
+                    && *p != self.state_path
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
                     && p.extension()
                         .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
             })
@@ -222,10 +247,22 @@ impl StaticAgent<'_> {
         Ok((actions, errors))
     }
 
+    /// The state; an unreadable one is moved aside (`.corrupt`) and
+    /// started afresh, since running idempotent actions again is safe.
     fn read_state(&self) -> Result<StaticState, Error> {
         match std::fs::read(&self.state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Host(format!("state file {}: {e}", self.state_path.display()))),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => Ok(state),
+                Err(e) => {
+                    let aside = suffixed(&self.state_path, ".corrupt");
+                    tracing::warn!(state = %self.state_path.display(), error = %e,
+                        aside = %aside.display(), "unreadable state file moved aside; starting afresh");
+                    std::fs::rename(&self.state_path, &aside).map_err(|e| {
+                        Error::Host(format!("state file {}: {e}", self.state_path.display()))
+                    })?;
+                    Ok(StaticState::default())
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaticState::default()),
             Err(e) => Err(Error::Host(format!(
                 "state file {}: {e}",
@@ -241,12 +278,19 @@ impl StaticAgent<'_> {
             Error::Host(format!("state file {}: {e}", self.state_path.display()))
         };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Host(e.to_string()))?;
-        let tmp = self.state_path.with_extension("tmp");
+        let tmp = suffixed(&self.state_path, ".tmp");
         let mut file = std::fs::File::create(&tmp).map_err(host)?;
         file.write_all(&bytes).map_err(host)?;
         file.sync_all().map_err(host)?;
         std::fs::rename(&tmp, &self.state_path).map_err(host)
     }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// The HostActions of one file; the error names the file's problem.
@@ -297,12 +341,15 @@ fn check(action: &HostAction) -> Result<(), String> {
 
 /// Whether `action` must run now.
 fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> bool {
+    if action.spec.rollout.paused {
+        return false;
+    }
     let Some(previous) = previous else {
         return true;
     };
     let status = &previous.status;
     let never = status.phase == RunPhase::Pending && status.attempts == 0;
-    let interrupted = status.phase == RunPhase::Running;
+    let interrupted = status.phase == RunPhase::Running && status.attempts < MAX_INTERRUPTED;
     let changed = previous.spec_hash != spec_hash && action.spec.rerun.on_spec_change;
     let interval_passed = match (action.spec.rerun.interval_seconds, &status.finished_at) {
         (Some(every), Some(finished)) => {
