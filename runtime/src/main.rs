@@ -426,15 +426,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
 
 fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     use hostaction_runtime::agent::{Loader, static_dir::StaticAgent};
-    let interval = Duration::try_from_secs_f64(args.interval)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            Error::BadParams(format!(
-                "--interval {}: not a positive number",
-                args.interval
-            ))
-        })?;
+    let interval = seconds("interval", args.interval)?;
     let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
     let registry = Registry::new(args.registry.options()?)?;
     let store = dirs.store(Some(&args.registry))?;
@@ -524,6 +516,18 @@ fn artifact_json(reference: &str, artifact: &StoredArtifact) -> serde_json::Valu
     })
 }
 
+/// A flag's positive number of seconds.
+fn seconds(flag: &str, value: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            Error::BadParams(format!(
+                "--{flag} {value}: not a positive number of seconds"
+            ))
+        })
+}
+
 fn name_and_path(arg: &str) -> Result<(String, PathBuf), String> {
     match arg.split_once('=') {
         Some((name, path)) if !name.is_empty() && !path.is_empty() => {
@@ -556,15 +560,7 @@ fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
         .as_deref()
         .map(|p| Grant::from_file(p, "policy"))
         .transpose()?;
-    let timeout = Duration::try_from_secs_f64(args.timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            Error::BadParams(format!(
-                "--timeout {}: not a positive number of seconds",
-                args.timeout
-            ))
-        })?;
+    let timeout = seconds("timeout", args.timeout)?;
     let bytes = |flag: &str, n: usize, unit: usize| {
         n.checked_mul(unit)
             .ok_or_else(|| Error::BadParams(format!("--{flag} {n}: too large")))

@@ -154,35 +154,19 @@ fn push_then_pull_round_trips_payload_and_annotations_by_digest() {
     let registry = Registry::plain();
     let node = Node::new();
     let reference = format!("{}/actions/cni-install:v1", registry.addr());
-    let (pinned, digest) = push(
-        &node,
-        &guest("cni-install"),
-        &reference,
-        &[
-            "--payload",
-            "bridge=/usr/lib/cni/bridge",
-            "--payload",
-            "loopback=/usr/lib/cni/loopback",
-            "--annotation",
-            "org.opencontainers.image.version=1.0",
-        ],
-    );
+    let extra = [
+        "--payload",
+        "bridge=/usr/lib/cni/bridge",
+        "--payload",
+        "loopback=/usr/lib/cni/loopback",
+        "--annotation",
+        "org.opencontainers.image.version=1.0",
+    ];
+    let (pinned, digest) = push(&node, &guest("cni-install"), &reference, &extra);
     assert!(pinned.starts_with(&format!("{}/actions/cni-install@sha256:", registry.addr())));
 
     // The same inputs give the same artifact.
-    let (_, again) = push(
-        &node,
-        &guest("cni-install"),
-        &reference,
-        &[
-            "--payload",
-            "bridge=/usr/lib/cni/bridge",
-            "--payload",
-            "loopback=/usr/lib/cni/loopback",
-            "--annotation",
-            "org.opencontainers.image.version=1.0",
-        ],
-    );
+    let (_, again) = push(&node, &guest("cni-install"), &reference, &extra);
     assert_eq!(again, digest);
 
     // Another node pulls it by tag: the tag resolves to the pushed digest.
