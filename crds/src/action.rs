@@ -1,6 +1,8 @@
 //! `HostAction`: a module, its params and grants, the nodes it runs on and
 //! the pace of its rollout. Cluster-scoped: it shapes nodes, not a namespace.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -57,6 +59,57 @@ pub struct HostActionSpec {
     /// When a node runs the action again.
     #[serde(default)]
     pub rerun: Rerun,
+}
+
+impl HostActionSpec {
+    /// Whether its node selector picks a node with `labels` (no selector
+    /// picks every node); an unknown operator is an error naming it.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+        let Some(selector) = &self.node_selector else {
+            return Ok(true);
+        };
+        for (key, value) in selector.match_labels.iter().flatten() {
+            if labels.get(key) != Some(value) {
+                return Ok(false);
+            }
+        }
+        for expr in selector.match_expressions.iter().flatten() {
+            let value = labels.get(&expr.key);
+            let values = expr.values.as_deref().unwrap_or_default();
+            let ok = match expr.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => {
+                    return Err(format!(
+                        "nodeSelector: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
+                    ));
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Nodes running at once out of `selected`: the count, or the
+    /// percentage rounded up (at least one).
+    pub fn max_concurrent(&self, selected: usize) -> Result<usize, String> {
+        match &self.rollout.max_concurrent {
+            IntOrString::Int(n) if *n >= 1 => Ok(*n as usize),
+            IntOrString::String(p) => match p.strip_suffix('%').map(str::parse::<u32>) {
+                Some(Ok(percent)) if percent >= 1 => {
+                    Ok((selected * percent as usize).div_ceil(100).max(1))
+                }
+                _ => Err(format!(
+                    "rollout.maxConcurrent: {p:?} is not a percentage like \"25%\""
+                )),
+            },
+            IntOrString::Int(n) => Err(format!("rollout.maxConcurrent: {n} is below 1")),
+        }
+    }
 }
 
 /// The pace of a rollout.

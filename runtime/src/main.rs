@@ -101,9 +101,14 @@ enum Command {
     },
     /// Print the HostAction and HostActionRun CustomResourceDefinitions (YAML).
     Crds,
-    /// Apply HostAction manifests from a directory on this node, with no API
-    /// server (static mode), and record the results in a state file.
+    /// The node agent: run this node's HostActionRuns from the API server
+    /// (--node-name), or apply HostAction manifests from a directory with no
+    /// API server (--manifests, static mode).
     Agent(AgentArgs),
+    /// The controller: roll HostActions out to nodes as HostActionRuns and
+    /// report their status (needs no wasmtime; also the
+    /// `hostaction-controller` binary).
+    Controller(hostaction_controller::cli::ControllerArgs),
     /// List the module store's artifacts, or collect unused ones.
     Cache {
         #[command(subcommand)]
@@ -132,14 +137,30 @@ enum CacheCommand {
 }
 
 #[derive(clap::Args)]
+#[group(id = "source", required = true, multiple = false, args = ["node_name", "manifests"])]
 struct AgentArgs {
-    /// Directory of HostAction manifests (*.yaml, *.yml, *.json).
+    /// This node's name: run the HostActionRuns whose spec.nodeName it is,
+    /// from the API server (kubeconfig from $KUBECONFIG, else in-cluster).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` here (with --node-name).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9091")]
+    metrics_addr: std::net::SocketAddr,
+    /// A run still going after this long is marked Running in the API (with
+    /// --node-name; shorter runs cost one status write).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    mark_running_after: f64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = hostaction_controller::cli::LogFormat::Text)]
+    log_format: hostaction_controller::cli::LogFormat,
+    /// Directory of HostAction manifests (*.yaml, *.yml, *.json): static mode.
     #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
-    /// The state file [default: <cache dir>/static-state.json].
-    #[arg(long, value_name = "FILE")]
+    manifests: Option<PathBuf>,
+    /// The state file (static mode) [default: <cache dir>/static-state.json];
+    /// with --node-name, the run journal directory [default: <cache dir>/agent-runs].
+    #[arg(long, value_name = "PATH")]
     state: Option<PathBuf>,
-    /// This node's labels, for node selectors (repeatable).
+    /// This node's labels, for node selectors (repeatable; static mode).
     #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = key_and_value)]
     node_labels: Vec<(String, String)>,
     /// The node policy bounding every grant (YAML or JSON).
@@ -252,13 +273,19 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HOSTACTION_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    let (format, default) = match &cli.command {
+        Command::Agent(args) => (args.log_format, "info"),
+        Command::Controller(args) => (args.log_format, "info"),
+        // A CLI run reports through its output; logs only for errors.
+        _ => (hostaction_controller::cli::LogFormat::Text, "error"),
+    };
+    hostaction_controller::cli::init_logging(format, default);
+    if let Command::Controller(args) = cli.command {
+        return hostaction_controller::cli::main(args);
+    }
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Crds | Command::Agent(_) => Output::Text,
+        Command::Crds | Command::Agent(_) | Command::Controller(_) => Output::Text,
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -375,6 +402,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Agent(args) => agent(args, &dirs),
+        Command::Controller(_) => Ok(0),
         Command::Crds => {
             let yaml = hostaction_crds::crds_yaml()
                 .map_err(|e| Error::Host(format!("rendering the CRDs: {e}")))?;
@@ -430,22 +458,26 @@ fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
     let registry = Registry::new(args.registry.options()?)?;
     let store = dirs.store(Some(&args.registry))?;
+    let policy = args
+        .policy
+        .as_deref()
+        .map(|p| Grant::from_file(p, "policy"))
+        .transpose()?;
+    let Some(manifests) = args.manifests.clone() else {
+        return cluster_agent(args, dirs, runtime, registry, store, policy);
+    };
     let agent = StaticAgent {
         loader: Loader {
             runtime: &runtime,
             registry: &registry,
             store: &store,
         },
-        dir: args.manifests.clone(),
+        dir: manifests,
         state_path: args
             .state
             .clone()
             .unwrap_or_else(|| dirs.store.with_file_name("static-state.json")),
-        policy: args
-            .policy
-            .as_deref()
-            .map(|p| Grant::from_file(p, "policy"))
-            .transpose()?,
+        policy,
         labels: args.node_labels.into_iter().collect(),
     };
     if args.once {
@@ -453,6 +485,50 @@ fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
         return Ok(if pass.all_succeeded { 0 } else { 1 });
     }
     agent.watch(interval)
+}
+
+/// `hostaction agent --node-name`: runs until SIGTERM.
+fn cluster_agent(
+    args: AgentArgs,
+    dirs: &CacheDirs,
+    runtime: Runtime,
+    registry: Registry,
+    store: ModuleStore,
+    policy: Option<Grant>,
+) -> Result<u8, Error> {
+    use hostaction_controller::cli::{serve_metrics, shutdown_signal};
+    use hostaction_controller::metrics::AgentMetrics;
+    use hostaction_runtime::agent::cluster::ClusterAgent;
+    let node_name = args.node_name.clone().unwrap_or_default();
+    let mark_running_after = seconds("mark-running-after", args.mark_running_after)?;
+    let tokio = tokio::runtime::Runtime::new().map_err(|e| Error::Host(format!("tokio: {e}")))?;
+    tokio.block_on(async move {
+        let mut metrics_registry = prometheus_client::registry::Registry::default();
+        let metrics = AgentMetrics::register(&mut metrics_registry);
+        serve_metrics(args.metrics_addr, metrics_registry)
+            .await
+            .map_err(|e| Error::Host(e.to_string()))?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Host(format!("kubernetes API: {e}")))?;
+        let agent = Arc::new(ClusterAgent {
+            client,
+            node_name,
+            runtime: Arc::new(runtime),
+            registry: Arc::new(registry),
+            store: Arc::new(store),
+            policy,
+            journal: args
+                .state
+                .clone()
+                .unwrap_or_else(|| dirs.store.with_file_name("agent-runs")),
+            mark_running_after,
+            metrics,
+        });
+        tracing::info!(node = %agent.node_name, "agent starting");
+        agent.run(shutdown_signal()).await?;
+        Ok(0)
+    })
 }
 
 impl RegistryArgs {

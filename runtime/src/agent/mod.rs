@@ -1,9 +1,11 @@
-//! The node agent's parts that need no API server: loading a HostAction's
+//! The node agent: [`cluster`] runs the HostActionRuns of its node from the
+//! API server. Its parts that need no API server: loading a HostAction's
 //! module (a file, or an OCI reference run by digest), running it with its
 //! grants bounded by the node's policy, and summing the report up as a
 //! `HostActionRun` status. [`static_dir`] applies HostAction manifests from a
 //! directory with them, as the kubelet runs static pods.
 
+pub mod cluster;
 pub mod static_dir;
 
 use std::sync::Arc;

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -96,7 +95,7 @@ impl StaticAgent<'_> {
         let mut ran = Vec::new();
         for (name, (file, action)) in &actions {
             let spec_hash = spec_hash(action);
-            let selected = match selects(action.spec.node_selector.as_ref(), &self.labels) {
+            let selected = match action.spec.selects(&self.labels) {
                 Ok(selected) => selected,
                 Err(why) => {
                     state
@@ -364,38 +363,4 @@ fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> 
 fn spec_hash(action: &HostAction) -> String {
     let json = serde_json::to_vec(&action.spec).unwrap_or_default();
     format!("sha256:{}", hex::encode(Sha256::digest(json)))
-}
-
-/// Whether a label selector matches `labels` (none matches everything).
-pub fn selects(
-    selector: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, String> {
-    let Some(selector) = selector else {
-        return Ok(true);
-    };
-    for (key, value) in selector.match_labels.iter().flatten() {
-        if labels.get(key) != Some(value) {
-            return Ok(false);
-        }
-    }
-    for expr in selector.match_expressions.iter().flatten() {
-        let value = labels.get(&expr.key);
-        let values = expr.values.as_deref().unwrap_or_default();
-        let ok = match expr.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            other => {
-                return Err(format!(
-                    "nodeSelector: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
-                ));
-            }
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -1,0 +1,154 @@
+//! The controller's command line, shared by `hostaction controller` and
+//! the `hostaction-controller` binary, and the process plumbing the node
+//! agent shares with it: logs, the metrics endpoint, shutdown on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::lease::LeaseConfig;
+use crate::metrics::ControllerMetrics;
+use crate::resolve::Resolver;
+use crate::{Error, Options};
+
+/// `hostaction controller` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` here.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Reconcile without holding the leader Lease (one replica only).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// The leader Lease's name.
+    #[arg(long, value_name = "NAME", default_value = crate::NAME)]
+    pub lease_name: String,
+    /// The leader Lease's namespace.
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "hostaction-system"
+    )]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease and in Events [default: host name and process id].
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Resolve module tags over plain HTTP (a registry on loopback).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to stderr, filtered by `HOSTACTION_LOG` (else `default`, like
+/// `info`).
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOSTACTION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests, the all-in-one CLI) keeps the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C; the exit code says how it
+/// ended (1: lost the lease or failed).
+pub fn main(args: ControllerArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&Error::Config(format!("tokio: {e}"))),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(args: ControllerArgs) -> Result<(), Error> {
+    let client = kube::Client::try_default().await?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let mut registry = Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    serve_metrics(args.metrics_addr, registry).await?;
+    let options = Options {
+        lease: (!args.no_leader_election).then(|| {
+            LeaseConfig::new(
+                args.lease_name.clone(),
+                args.lease_namespace.clone(),
+                identity.clone(),
+            )
+        }),
+        resolver: Resolver::new(args.plain_http, args.ca_file.as_deref()).map_err(Error::Config)?,
+        metrics,
+        instance: identity,
+    };
+    tracing::info!(
+        leader_election = options.lease.is_some(),
+        "controller starting"
+    );
+    crate::run(client, options, shutdown_signal()).await
+}
+
+/// Binds `addr` and serves `registry` there in the background.
+pub async fn serve_metrics(addr: SocketAddr, registry: Registry) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(error) = crate::metrics::serve(listener, Arc::new(registry)).await {
+            tracing::error!(%error, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Host name and process id: unique enough among replicas.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn fail(error: &Error) -> ExitCode {
+    tracing::error!(%error, "controller stopped");
+    ExitCode::FAILURE
+}

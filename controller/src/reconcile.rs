@@ -1,0 +1,371 @@
+//! The reconciler: for each HostAction, resolve its module once per
+//! generation, create the runs its rollout allows, delete the ones it no
+//! longer needs, and report counts and conditions. It reads nodes and runs
+//! from the controller's caches (reflectors), so a reconcile costs API
+//! calls only for what it changes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use hostaction_crds::{
+    ACTION_LABEL, HostAction, HostActionRun, HostActionRunSpec, HostActionStatus, NODE_LABEL,
+};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::metrics::{ControllerMetrics, ResultLabels};
+use crate::plan::{self, condition};
+use crate::resolve::{self, Resolver};
+
+/// The finalizer that lets the controller delete an action's runs first.
+pub const FINALIZER: &str = "hostaction.dev/runs";
+/// Requests in flight at once when creating or deleting many runs.
+const PARALLEL_WRITES: usize = 32;
+/// Look again this often even when nothing changes (a lost event, a node
+/// turning Ready without a label change is seen anyway, but cheaply).
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// A reconcile's failure; the object is looked at again after a back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The module could not be resolved to a digest.
+    #[error("{0}")]
+    Resolve(String),
+    /// The spec cannot be acted on (a field the schema could not check).
+    #[error("invalid spec: {0}")]
+    Spec(String),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// All nodes (a reflector's cache).
+    pub nodes: Store<Node>,
+    /// All HostActionRuns (a reflector's cache).
+    pub runs: Store<HostActionRun>,
+    /// Resolves tags to digests.
+    pub resolver: Resolver,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The controller's metrics.
+    pub metrics: ControllerMetrics,
+}
+
+/// Reconciles one HostAction (the kube-rs `Controller` calls this).
+pub async fn reconcile(action: Arc<HostAction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    // Until both caches hold a full list, a reconcile would see no runs and
+    // no nodes and act on that.
+    ctx.nodes.wait_until_ready().await.ok();
+    ctx.runs.wait_until_ready().await.ok();
+    let api = Api::<HostAction>::all(ctx.client.clone());
+    let shared = ctx.clone();
+    let result = finalizer(&api, FINALIZER, action, |event| async move {
+        match event {
+            finalizer::Event::Apply(action) => apply(&action, &shared).await,
+            finalizer::Event::Cleanup(action) => cleanup(&action, &shared).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels { result: outcome })
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Looks again after a failed reconcile.
+pub fn error_policy(action: Arc<HostAction>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(action = %action.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
+    let name = action.name_any();
+    let generation = action.metadata.generation.unwrap_or(1);
+    let old = action.status.clone().unwrap_or_default();
+    let this_generation = old.observed_generation == Some(generation);
+
+    // The digest: resolved once per generation, then read from the status.
+    let known = old.resolved_digest.as_deref().filter(|_| this_generation);
+    let pinned = match known {
+        Some(digest) => resolve::pin(&action.spec.module, digest),
+        None => ctx.resolver.resolve(&action.spec.module).await,
+    };
+    let pinned = match pinned {
+        Ok(pinned) => pinned,
+        Err(why) => {
+            report_unresolved(action, ctx, &old, generation, &why).await?;
+            return Err(Error::Resolve(why));
+        }
+    };
+    if known.is_none() {
+        publish(
+            ctx,
+            action,
+            EventType::Normal,
+            "Resolved",
+            format!("{} is {}", action.spec.module, pinned.digest),
+        )
+        .await;
+    }
+
+    let nodes = ctx.nodes.state();
+    let nodes: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
+    let runs: Vec<Arc<HostActionRun>> = ctx
+        .runs
+        .state()
+        .into_iter()
+        .filter(|r| r.spec.action == name)
+        .collect();
+    let runs: Vec<&HostActionRun> = runs.iter().map(Arc::as_ref).collect();
+    let completed = this_generation && is_true(&old, condition::COMPLETE);
+    let mut plan = plan::plan(
+        action,
+        &pinned.digest,
+        &nodes,
+        &runs,
+        completed,
+        Timestamp::now(),
+    )
+    .map_err(Error::Spec)?;
+
+    let run_api = Api::<HostActionRun>::all(ctx.client.clone());
+    let new_runs: Vec<HostActionRun> = plan
+        .create
+        .iter()
+        .map(|node| new_run(action, node, generation, &pinned.reference))
+        .collect();
+    let created = stream::iter(new_runs)
+        .map(|run| {
+            let api = run_api.clone();
+            async move { create(&api, &run).await }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    ctx.metrics.runs_created.inc_by(created.len() as u64);
+    if !plan.create.is_empty() {
+        // Created runs are Pending from now on.
+        plan.status.counts.pending += i32::try_from(plan.create.len()).unwrap_or(i32::MAX);
+    }
+    delete_runs(&run_api, &plan.delete, ctx).await?;
+
+    plan::with_transition_times(
+        &mut plan.status.conditions,
+        &old.conditions,
+        Timestamp::now(),
+    );
+    if plan::differs(&plan.status, &old) {
+        announce_transitions(action, ctx, &old, &plan.status).await;
+        Api::<HostAction>::all(ctx.client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": plan.status })),
+            )
+            .await?;
+    }
+    Ok(Action::requeue(
+        plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC)),
+    ))
+}
+
+/// The action is being deleted: its runs go first (the API server's
+/// garbage collector would take them too, but later and unseen).
+async fn cleanup(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
+    let name = action.name_any();
+    let runs: Vec<String> = ctx
+        .runs
+        .state()
+        .iter()
+        .filter(|r| r.spec.action == name)
+        .map(|r| r.name_any())
+        .collect();
+    delete_runs(&Api::all(ctx.client.clone()), &runs, ctx).await?;
+    Ok(Action::await_change())
+}
+
+fn new_run(action: &HostAction, node: &str, generation: i64, module: &str) -> HostActionRun {
+    let name = action.name_any();
+    let spec = &action.spec;
+    // Labels are for people and kubectl (`-l hostaction.dev/node=...`);
+    // agents select by the `spec.nodeName` field, which has no 63-character
+    // limit.
+    let labels = [(NODE_LABEL, node), (ACTION_LABEL, name.as_str())]
+        .into_iter()
+        .filter(|(_, value)| value.len() <= 63)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    HostActionRun {
+        metadata: ObjectMeta {
+            name: Some(plan::run_name(&name, node, generation)),
+            labels: Some(labels),
+            owner_references: action.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: HostActionRunSpec {
+            action: name,
+            generation,
+            node_name: node.to_owned(),
+            module: module.to_owned(),
+            params: spec.params.clone(),
+            grants: spec.grants.clone(),
+            mode: spec.mode,
+            timeout_seconds: spec.timeout_seconds,
+        },
+        status: None,
+    }
+}
+
+/// Creates a run; one that exists already (a cache behind the API) is fine.
+async fn create(api: &Api<HostActionRun>, run: &HostActionRun) -> Result<(), Error> {
+    match api.create(&PostParams::default(), run).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_runs(
+    api: &Api<HostActionRun>,
+    names: &[String],
+    ctx: &Context,
+) -> Result<(), Error> {
+    let deleted = stream::iter(names.to_vec())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    ctx.metrics.runs_deleted.inc_by(deleted.len() as u64);
+    Ok(())
+}
+
+/// Records an unresolvable module in the status (once) and as an Event.
+async fn report_unresolved(
+    action: &HostAction,
+    ctx: &Context,
+    old: &HostActionStatus,
+    generation: i64,
+    why: &str,
+) -> Result<(), Error> {
+    let mut status = old.clone();
+    status.observed_generation = Some(generation);
+    status.resolved_digest = None;
+    let mut conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: condition::RESOLVED.to_owned(),
+        status: "False".to_owned(),
+        reason: "ResolveFailed".to_owned(),
+        message: why.chars().take(1024).collect(),
+        observed_generation: Some(generation),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    }];
+    plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
+    status.conditions.retain(|c| c.type_ != condition::RESOLVED);
+    status.conditions.extend(conditions);
+    if plan::differs(&status, old) {
+        publish(
+            ctx,
+            action,
+            EventType::Warning,
+            "ResolveFailed",
+            why.to_owned(),
+        )
+        .await;
+        Api::<HostAction>::all(ctx.client.clone())
+            .patch_status(
+                &action.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Events for the transitions people wait for: complete, or stopped.
+async fn announce_transitions(
+    action: &HostAction,
+    ctx: &Context,
+    old: &HostActionStatus,
+    new: &HostActionStatus,
+) {
+    if is_true(new, condition::COMPLETE) && !is_true(old, condition::COMPLETE) {
+        let message = message(new, condition::COMPLETE);
+        publish(ctx, action, EventType::Normal, "Complete", message).await;
+    }
+    if is_true(new, condition::FAILED) && !is_true(old, condition::FAILED) {
+        let message = message(new, condition::FAILED);
+        publish(
+            ctx,
+            action,
+            EventType::Warning,
+            "FailureBudgetExceeded",
+            message,
+        )
+        .await;
+    }
+}
+
+async fn publish(ctx: &Context, action: &HostAction, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    // An Event is for people; failing to record one does not fail the
+    // reconcile.
+    if let Err(error) = ctx.recorder.publish(&event, &action.object_ref(&())).await {
+        tracing::warn!(action = %action.name_any(), %error, "could not publish an event");
+    }
+}
+
+fn is_true(status: &HostActionStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn message(status: &HostActionStatus, type_: &str) -> String {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
