@@ -534,17 +534,23 @@ mod tests {
         let leadership = acquiring.await.expect("join").expect("acquired");
         assert!(leadership.is_leader());
 
-        // The renewal replaces the lease we wrote, guarded by its version.
-        let (method, path, renewed, reply) = next(&mut api).await;
-        assert_eq!((method, path.as_str()), (Method::PUT, LEASE_PATH));
-        let renewed_lease = renewed.clone().expect("body");
-        assert_eq!(
-            renewed_lease.metadata.resource_version.as_deref(),
-            Some("1")
-        );
-        assert_eq!(spec(&renewed).holder_identity.as_deref(), Some("me"));
-        assert_eq!(spec(&renewed).lease_transitions, Some(0));
-        respond(reply, StatusCode::OK, &stored(renewed_lease, 2));
+        // Each renewal replaces the lease we wrote last, guarded by its
+        // version, and keeps us leader well past the lease's duration.
+        let lease_duration = leadership.config.lease_duration;
+        let start = Instant::now();
+        let mut version = 1;
+        while start.elapsed() < lease_duration * 3 {
+            let (method, path, renewed, reply) = next(&mut api).await;
+            assert_eq!((method, path.as_str()), (Method::PUT, LEASE_PATH));
+            let renewed_lease = renewed.clone().expect("body");
+            let expected = version.to_string();
+            let written = renewed_lease.metadata.resource_version.as_deref();
+            assert_eq!(written, Some(expected.as_str()));
+            assert_eq!(spec(&renewed).holder_identity.as_deref(), Some("me"));
+            assert_eq!(spec(&renewed).lease_transitions, Some(0));
+            version += 1;
+            respond(reply, StatusCode::OK, &stored(renewed_lease, version));
+        }
         assert!(leadership.is_leader());
     }
 

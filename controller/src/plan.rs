@@ -94,6 +94,8 @@ pub fn plan(
     let mut counts = PhaseCounts::default();
     let mut waiting = Vec::new();
     let mut requeue: Option<SignedDuration> = None;
+    // Nodes whose finished run's interval passed: waiting again.
+    let mut rerun = BTreeSet::new();
     for node in &selected {
         let current = latest
             .get(node.as_str())
@@ -121,25 +123,46 @@ pub fn plan(
         {
             let left = at.0.duration_since(now) + SignedDuration::from_secs(every.into());
             if left <= SignedDuration::ZERO {
-                plan.delete.extend(run.metadata.name.clone());
+                rerun.insert(node.as_str());
                 waiting.push(node.clone());
             } else {
                 requeue = Some(requeue.map_or(left, |r| r.min(left)));
             }
         }
     }
-    let active = usize::try_from(counts.pending + counts.running).unwrap_or(0);
+    // Unfinished runs on matching nodes that are NotReady for now still
+    // hold their slots.
+    let held = latest
+        .iter()
+        .filter(|(node, run)| {
+            !selected.contains(**node)
+                && run.spec.generation == generation
+                && matches!(
+                    run.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+                    RunPhase::Pending | RunPhase::Running
+                )
+        })
+        .count();
+    let active = usize::try_from(counts.pending + counts.running).unwrap_or(0) + held;
     let failures = counts.failed;
     let stopped = failures > spec.rollout.max_failures;
     if !stopped && !spec.rollout.paused {
         let slots = max_concurrent.saturating_sub(active);
-        plan.create = waiting.iter().take(slots).cloned().collect();
-        for node in &plan.create {
-            // A node's older run goes once its new one exists.
-            if let Some(old) = latest.get(node.as_str())
-                && old.spec.generation != generation
-            {
-                plan.delete.extend(old.metadata.name.clone());
+        for node in waiting.iter().take(slots) {
+            let rerun = rerun.contains(node.as_str());
+            match latest.get(node.as_str()) {
+                // A rerun of this generation has the old run's name: the old
+                // run goes first, and the reconcile its deletion triggers
+                // creates the new one (the node is still waiting).
+                Some(old) if rerun && old.spec.generation == generation => {
+                    plan.delete.extend(old.metadata.name.clone());
+                }
+                // A node's older run goes once its new one exists.
+                Some(old) if old.spec.generation < generation => {
+                    plan.create.push(node.clone());
+                    plan.delete.extend(old.metadata.name.clone());
+                }
+                _ => plan.create.push(node.clone()),
             }
         }
     }
@@ -276,3 +299,6 @@ fn condition(
         last_transition_time: Time(Timestamp::UNIX_EPOCH),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -142,7 +142,12 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
         .filter(|r| r.spec.action == name)
         .collect();
     let runs: Vec<&HostActionRun> = runs.iter().map(Arc::as_ref).collect();
-    let completed = this_generation && is_true(&old, condition::COMPLETE);
+    let completed = this_generation
+        && old.conditions.iter().any(|c| {
+            c.type_ == condition::COMPLETE
+                && c.status == "True"
+                && c.observed_generation == Some(generation)
+        });
     let mut plan = plan::plan(
         action,
         &pinned.digest,
@@ -304,12 +309,13 @@ async fn report_unresolved(
             why.to_owned(),
         )
         .await;
+        let mut patch = serde_json::json!({ "status": status });
+        // A merge patch keeps what it does not name: the old digest must go
+        // explicitly, or the next reconcile would take it for this
+        // generation's.
+        patch["status"]["resolvedDigest"] = serde_json::Value::Null;
         Api::<HostAction>::all(ctx.client.clone())
-            .patch_status(
-                &action.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": status })),
-            )
+            .patch_status(&action.name_any(), &PatchParams::default(), &Patch::Merge(patch))
             .await?;
     }
     Ok(())
