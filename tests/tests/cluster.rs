@@ -405,7 +405,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     let mut cluster = Cluster::new();
     // A run that takes its whole 3 s deadline: the probe spinning.
     let probe = cluster.push("probe");
-    cluster.add_node("slow", json!({"role": "worker"}), true);
+    cluster.add_node("slow", json!({"role": "batch"}), true);
     cluster.start_agent("slow", None, None);
     cluster.apply(
         "spin",
@@ -414,6 +414,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
             "params": {"ops": [{"op": "spin"}]},
             // The probe imports `files`; it must be granted for it to start.
             "grants": {"files": {"write": ["/opt/cni/bin"]}},
+            "nodeSelector": {"matchLabels": {"role": "batch"}},
             "timeoutSeconds": 3,
         }),
     );
