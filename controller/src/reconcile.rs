@@ -315,7 +315,11 @@ async fn report_unresolved(
         // generation's.
         patch["status"]["resolvedDigest"] = serde_json::Value::Null;
         Api::<HostAction>::all(ctx.client.clone())
-            .patch_status(&action.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(
+                &action.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
             .await?;
     }
     Ok(())
