@@ -13,7 +13,13 @@
 //! - `oci` ([`oci`]): cold, warm and hot starts of an action pulled from a
 //!   real registry on 127.0.0.1, beside `skopeo copy`; writes
 //!   `target/bench/oci.json`.
+//! - `cluster` ([`cluster`]): one HostAction fanned out to `--nodes`
+//!   (1000) simulated nodes — the real controller and one real node agent
+//!   per node in this process, against the tests' API-server double — timed
+//!   until every run Succeeded, with the API writes per node; writes
+//!   `target/bench/cluster.json`.
 
+mod cluster;
 mod files;
 mod network;
 mod oci;
@@ -49,6 +55,12 @@ struct Args {
     /// The component whose `restart` op the services suite runs.
     #[arg(long, default_value = "target/guests/svcprobe.wasm")]
     services_module: PathBuf,
+    /// The probe component the cluster suite's action runs.
+    #[arg(long, default_value = "target/guests/probe.wasm")]
+    cluster_module: PathBuf,
+    /// Simulated nodes (cluster suite).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
     /// Where to write the JSON results (`<suite>.json`).
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
@@ -65,6 +77,8 @@ enum Suite {
     Services,
     /// Cold, warm and hot starts from a registry, beside `skopeo copy`.
     Oci,
+    /// One HostAction to `--nodes` simulated nodes: time and API writes.
+    Cluster,
     /// All; the root-only suites are skipped with a note when not root.
     All,
 }
@@ -124,6 +138,13 @@ fn main() -> BenchResult<()> {
             iterations: args.iterations.min(oci::MAX_ITERATIONS),
             module: args.module.clone(),
             out: args.out_dir.join("oci.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Cluster | Suite::All) {
+        cluster::run(&cluster::Config {
+            nodes: args.nodes,
+            module: args.cluster_module.clone(),
+            out: args.out_dir.join("cluster.json"),
         })?;
     }
     if matches!(args.suite, Suite::Network | Suite::Services | Suite::All)
