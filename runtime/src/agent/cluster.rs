@@ -163,10 +163,10 @@ impl ClusterAgent {
                 attempts: entry.attempts.max(reported) + 1,
                 result: None,
             };
-            self.write_entry(uid, &entry);
+            self.write_entry(uid, &entry).await;
             let result = self.execute(run, entry.attempts).await;
             entry.result = Some(result.clone());
-            self.write_entry(uid, &entry);
+            self.write_entry(uid, &entry).await;
             result
         };
         let phase = format!("{:?}", result.phase);
@@ -306,19 +306,32 @@ impl ClusterAgent {
     }
 
     /// Written before a run starts and when it ends (temp file, fsync,
-    /// rename): a crash leaves the old entry or the new one.
-    fn write_entry(&self, uid: &str, entry: &Entry) {
+    /// rename, fsync of the directory) on a blocking thread: a crash leaves
+    /// the old entry or the new one.
+    async fn write_entry(&self, uid: &str, entry: &Entry) {
         let path = self.entry_path(uid);
-        let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(entry)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&tmp)?;
-                file.write_all(&bytes)?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
+        let bytes = match serde_json::to_vec(entry) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "could not encode the run journal");
+                return;
+            }
+        };
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = target.with_extension("tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &target)?;
+            match target.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)));
         if let Err(error) = written {
             tracing::warn!(path = %path.display(), %error, "could not write the run journal");
         }
