@@ -283,7 +283,8 @@ pub fn differs(a: &HostActionStatus, b: &HostActionStatus) -> bool {
     strip(a) != strip(b)
 }
 
-fn condition(
+/// A condition with no transition time yet (see [`with_transition_times`]).
+pub fn condition(
     type_: &str,
     status: bool,
     reason: &str,

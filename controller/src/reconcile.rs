@@ -186,13 +186,7 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
     );
     if plan::differs(&plan.status, &old) {
         announce_transitions(action, ctx, &old, &plan.status).await;
-        Api::<HostAction>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": plan.status })),
-            )
-            .await?;
+        patch_status(ctx, action, serde_json::json!({ "status": plan.status })).await?;
     }
     Ok(Action::requeue(
         plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC)),
@@ -289,14 +283,13 @@ async fn report_unresolved(
     let mut status = old.clone();
     status.observed_generation = Some(generation);
     status.resolved_digest = None;
-    let mut conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: condition::RESOLVED.to_owned(),
-        status: "False".to_owned(),
-        reason: "ResolveFailed".to_owned(),
-        message: why.chars().take(1024).collect(),
-        observed_generation: Some(generation),
-        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-    }];
+    let mut conditions = vec![plan::condition(
+        condition::RESOLVED,
+        false,
+        "ResolveFailed",
+        why.chars().take(1024).collect(),
+        generation,
+    )];
     plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
     status.conditions.retain(|c| c.type_ != condition::RESOLVED);
     status.conditions.extend(conditions);
@@ -314,14 +307,24 @@ async fn report_unresolved(
         // explicitly, or the next reconcile would take it for this
         // generation's.
         patch["status"]["resolvedDigest"] = serde_json::Value::Null;
-        Api::<HostAction>::all(ctx.client.clone())
-            .patch_status(
-                &action.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
+        patch_status(ctx, action, patch).await?;
     }
+    Ok(())
+}
+
+/// Merge-patches the action's status subresource.
+async fn patch_status(
+    ctx: &Context,
+    action: &HostAction,
+    patch: serde_json::Value,
+) -> Result<(), Error> {
+    Api::<HostAction>::all(ctx.client.clone())
+        .patch_status(
+            &action.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
     Ok(())
 }
 
