@@ -52,23 +52,23 @@ pub fn plan(
 ) -> Result<Plan, String> {
     let spec = &action.spec;
     let generation = action.metadata.generation.unwrap_or(1);
+    // Nodes that exist (ready or not) and match keep their runs: a node
+    // that is briefly NotReady finishes what it started. Only Ready ones
+    // are selected for new runs.
+    let mut matching = BTreeSet::new();
     let mut selected = BTreeSet::new();
     for node in nodes {
+        let Some(name) = node.metadata.name.as_deref() else {
+            continue;
+        };
         let labels = node.metadata.labels.clone().unwrap_or_default();
-        if spec.selects(&labels)? && is_ready(node) {
-            selected.extend(node.metadata.name.clone());
+        if spec.selects(&labels)? {
+            matching.insert(name);
+            if is_ready(node) {
+                selected.insert(name.to_owned());
+            }
         }
     }
-    // Nodes that exist (ready or not) and match keep their runs: a node
-    // that is briefly NotReady finishes what it started.
-    let matching: BTreeSet<&str> = nodes
-        .iter()
-        .filter(|n| {
-            let labels = n.metadata.labels.clone().unwrap_or_default();
-            spec.selects(&labels).unwrap_or(false)
-        })
-        .filter_map(|n| n.metadata.name.as_deref())
-        .collect();
     let max_concurrent = spec.max_concurrent(selected.len())?;
 
     let mut plan = Plan::default();
