@@ -18,9 +18,13 @@
 //!   per node in this process, against the tests' API-server double — timed
 //!   until every run Succeeded, with the API writes per node; writes
 //!   `target/bench/cluster.json`.
+//! - `languages` ([`languages`]): the same action in Rust, Python,
+//!   JavaScript and C side by side — size, first compile, precompiled-cache
+//!   load, instantiate and run; writes `target/bench/languages.json`.
 
 mod cluster;
 mod files;
+mod languages;
 mod network;
 mod oci;
 mod services;
@@ -58,6 +62,9 @@ struct Args {
     /// The probe component the cluster suite's action runs.
     #[arg(long, default_value = "target/guests/probe.wasm")]
     cluster_module: PathBuf,
+    /// Where the built guests are (languages suite: each language's probe).
+    #[arg(long, default_value = "target/guests")]
+    guests: PathBuf,
     /// Simulated nodes (cluster suite).
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -79,6 +86,8 @@ enum Suite {
     Oci,
     /// One HostAction to `--nodes` simulated nodes: time and API writes.
     Cluster,
+    /// The same action in Rust, Python, JavaScript and C.
+    Languages,
     /// All; the root-only suites are skipped with a note when not root.
     All,
 }
@@ -145,6 +154,13 @@ fn main() -> BenchResult<()> {
             nodes: args.nodes,
             module: args.cluster_module.clone(),
             out: args.out_dir.join("cluster.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Languages | Suite::All) {
+        languages::run(&languages::Config {
+            iterations: args.iterations,
+            guests: args.guests.clone(),
+            out: args.out_dir.join("languages.json"),
         })?;
     }
     if matches!(args.suite, Suite::Network | Suite::Services | Suite::All)

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("refused: the module imports {} the effective grant does not give: {}",
         if .0.len() == 1 { "a capability" } else { "capabilities" }, .0.join("; "))]
     Refused(Vec<String>),
+    /// The command was used wrongly in a way the argument parser cannot see
+    /// (a name `hostaction new` refuses, a directory that is not empty).
+    #[error("{0}")]
+    Usage(String),
     /// A fault of the host (cache directory, engine setup, host root).
     #[error("host error: {0}")]
     Host(String),
@@ -88,6 +92,7 @@ impl Error {
             Error::BadParams(_) => "bad-params",
             Error::BadGrant(_) => "bad-grant",
             Error::Refused(_) => "refused",
+            Error::Usage(_) => "usage",
             Error::Host(_) => "host",
             Error::Registry { .. } => "registry",
         }
@@ -96,7 +101,7 @@ impl Error {
     /// The `hostaction` CLI's exit code for this error (see the README).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::BadModule(_) | Error::BadParams(_) | Error::BadGrant(_) => 2,
+            Error::BadModule(_) | Error::BadParams(_) | Error::BadGrant(_) | Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::Host(_) => 4,
             Error::Registry { .. } => 5,

@@ -27,6 +27,7 @@ pub mod error;
 pub mod grant;
 pub mod oci;
 pub mod report;
+pub mod scaffold;
 
 pub use engine::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
 pub use error::{Error, RegistryFault, Result};

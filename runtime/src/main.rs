@@ -99,6 +99,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Write a new action project: its world, typed params, a grant, and a
+    /// README saying how to build, inspect, run and push it.
+    New {
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: hostaction_runtime::scaffold::Lang,
+        /// The action's name: lowercase letters, digits and `-`.
+        name: String,
+        /// Where to write it (must not exist, or be empty) [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print the HostAction and HostActionRun CustomResourceDefinitions (YAML).
     Crds,
     /// The node agent: run this node's HostActionRuns from the API server
@@ -285,7 +297,9 @@ fn main() -> ExitCode {
     }
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Crds | Command::Agent(_) | Command::Controller(_) => Output::Text,
+        Command::Crds | Command::New { .. } | Command::Agent(_) | Command::Controller(_) => {
+            Output::Text
+        }
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -403,6 +417,16 @@ fn execute(cli: Cli) -> Result<u8, Error> {
         }
         Command::Agent(args) => agent(args, &dirs),
         Command::Controller(_) => Ok(0),
+        Command::New { lang, name, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let written = hostaction_runtime::scaffold::create(lang, &name, &dir)?;
+            emit(&format!(
+                "wrote {} files to {}\nnext: its README.md says how to build, inspect, run and push it\n",
+                written.len(),
+                dir.display()
+            ));
+            Ok(0)
+        }
         Command::Crds => {
             let yaml = hostaction_crds::crds_yaml()
                 .map_err(|e| Error::Host(format!("rendering the CRDs: {e}")))?;

@@ -21,7 +21,7 @@ pub use imports::{Import, Provided};
 use crate::bindings::ActionPre;
 use crate::bindings::hostaction::host::types;
 use crate::capabilities::files::HostRoot;
-use crate::capabilities::log::RunLog;
+use crate::capabilities::log::{LogLine, RunLog, Source};
 use crate::capabilities::payload::Payload;
 use crate::capabilities::services::systemd::Systemd;
 use crate::capabilities::{self, RunState, StoreLimits};
@@ -445,6 +445,12 @@ impl Runtime {
             .and_then(|m| m.into_inner().ok())
             .map(RunLog::finish)
             .unwrap_or_default();
+        let status = match status {
+            RunStatus::Trapped(trap) => {
+                RunStatus::Trapped(with_last_words(trap, &log, limits.output_bytes))
+            }
+            other => other,
+        };
         Ok(RunReport {
             digest: module.digest.clone(),
             mode: request.mode,
@@ -519,6 +525,22 @@ fn check_output(outcome: types::Outcome, cap: usize) -> (RunStatus, Option<Outco
             .collect(),
     };
     (RunStatus::Succeeded, Some(outcome))
+}
+
+/// A trap alone says little about why (`unreachable` executed): the guest's
+/// last line on stderr or logged at error level — a Rust panic's message, the
+/// last line of a Python traceback, a JavaScript error — goes in front of it,
+/// so that the failure names the guest's own reason.
+fn with_last_words(trap: String, log: &[LogLine], cap: usize) -> String {
+    let last = log
+        .iter()
+        .rev()
+        .filter(|l| !l.message.trim().is_empty())
+        .find(|l| l.source == Source::Stderr || l.level == "error");
+    match last {
+        Some(line) => truncate(format!("{}; {trap}", line.message.trim()), cap),
+        None => trap,
+    }
 }
 
 /// Cuts a guest-supplied message to `cap` bytes at a character boundary.

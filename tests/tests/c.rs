@@ -1,0 +1,372 @@
+//! C actions built with clang, wasi-libc and the C SDK (`scripts/guests/c.sh`):
+//! the `host-facts` sample on a scratch host root, its capabilities as
+//! `hostaction inspect` lists them, the C probe for what the runtime promises
+//! every guest (denied capabilities, abort() as a trap, stdio in the run's
+//! log, the locked-down WASI), and the SDK's JSON unit tests.
+
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use hostaction_runtime::capabilities::log::Source;
+use hostaction_runtime::{Error, RunReport, RunStatus};
+use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results, workspace};
+use serde_json::{Value, json};
+
+const SAMPLE: &str = "host-facts";
+const PROBE: &str = "c-probe";
+const SAMPLE_GRANT: &str = "files: {read: [/etc, /usr/lib], write: [/var/lib/hostaction]}";
+const PROBE_GRANT: &str = "files: {write: [/opt/probe]}";
+const FACTS_FILE: &str = "/var/lib/hostaction/host-facts.json";
+
+const OS_RELEASE: &str = "\
+PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"
+NAME=\"Debian GNU/Linux\"
+VERSION_ID=\"12\"
+ID=debian
+";
+
+fn fact<'a>(report: &'a RunReport, key: &str) -> &'a str {
+    let outcome = report.outcome.as_ref().expect("an outcome");
+    outcome
+        .facts
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no fact {key}: {outcome:?}"))
+}
+
+fn probe(ops: Value) -> Value {
+    json!({ "ops": ops })
+}
+
+#[test]
+fn sample_reports_the_host_and_a_second_run_changes_nothing() {
+    // As on Debian: /etc/os-release links to ../usr/lib/os-release, which the
+    // files capability does not follow out of /etc; the sample falls back to
+    // the file it points at.
+    let host = Host::new();
+    host.write("/usr/lib/os-release", OS_RELEASE);
+    host.write("/etc/hostname", "# set by the installer\nnode-1\n");
+    std::os::unix::fs::symlink("../usr/lib/os-release", host.path("/etc/os-release")).unwrap();
+    host.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+
+    let report = host.run(SAMPLE, &json!({}), SAMPLE_GRANT).unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    assert!(report.outcome.as_ref().unwrap().changed);
+    for (key, value) in [
+        ("os-id", "debian"),
+        ("os-version-id", "12"),
+        ("os-pretty-name", "Debian GNU/Linux 12 (bookworm)"),
+        ("hostname", "node-1"),
+        ("machine-id", "0123456789abcdef0123456789abcdef"),
+        ("path", FACTS_FILE),
+    ] {
+        assert_eq!(fact(&report, key), value, "{key}");
+    }
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(host.path(FACTS_FILE)).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        json!({
+            "hostname": "node-1",
+            "machineId": "0123456789abcdef0123456789abcdef",
+            "os": {"id": "debian", "versionId": "12", "prettyName": "Debian GNU/Linux 12 (bookworm)"},
+        })
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(host.path(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(FACTS_FILE), 0o644);
+    assert_eq!(mode("/var/lib/hostaction"), 0o755);
+
+    let before = host.snapshot();
+    let again = host.run(SAMPLE, &json!({}), SAMPLE_GRANT).unwrap();
+    assert!(again.status.is_success(), "{}", again.status);
+    let outcome = again.outcome.as_ref().unwrap();
+    assert!(!outcome.changed, "{outcome:?}");
+    assert!(
+        outcome.message.contains("already in"),
+        "{}",
+        outcome.message
+    );
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(host.snapshot(), before);
+}
+
+#[test]
+fn sample_reads_etc_os_release_first_and_reports_a_missing_machine_id() {
+    let host = Host::new();
+    // Quoting as os-release(5) allows it; a comment; no VERSION_ID (rolling).
+    host.write(
+        "/etc/os-release",
+        "# rolling\nID='arch'\nPRETTY_NAME=\"Arch \\\"Linux\\\"\"\n",
+    );
+    host.write("/usr/lib/os-release", OS_RELEASE);
+    host.write("/etc/hostname", "edge-7\n");
+    let path = "/var/lib/hostaction/facts/host.json";
+
+    let report = host
+        .run(SAMPLE, &json!({ "path": path }), SAMPLE_GRANT)
+        .unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    assert_eq!(fact(&report, "os-id"), "arch");
+    assert_eq!(fact(&report, "os-pretty-name"), "Arch \"Linux\"");
+    assert_eq!(fact(&report, "os-version-id"), "absent");
+    assert_eq!(fact(&report, "machine-id"), "absent");
+    let written: Value = serde_json::from_slice(&std::fs::read(host.path(path)).unwrap()).unwrap();
+    assert_eq!(written["machineId"], Value::Null);
+    assert_eq!(written["os"]["versionId"], Value::Null);
+    assert_eq!(written["hostname"], "edge-7");
+}
+
+#[test]
+fn sample_params_are_checked_naming_the_field_before_anything_is_touched() {
+    let host = Host::new();
+    host.write("/etc/os-release", OS_RELEASE);
+    host.write("/etc/hostname", "node-1\n");
+    let before = host.snapshot();
+    for (params, expected) in [
+        (
+            json!({"path": 3}),
+            "field \"path\": expected a string, got 3",
+        ),
+        (
+            json!({"path": "facts.json"}),
+            "field \"path\": \"facts.json\" is not an absolute path to a file",
+        ),
+        (
+            json!({"paht": "/x"}),
+            "unknown field \"paht\", expected one of \"path\"",
+        ),
+        (json!([]), "expected a JSON object, got an array"),
+    ] {
+        let report = host.run(SAMPLE, &params, SAMPLE_GRANT).unwrap();
+        match &report.status {
+            RunStatus::Failed(m) => assert_eq!(*m, format!("invalid params: {expected}")),
+            other => panic!("{params}: expected a failed run, got {other}"),
+        }
+    }
+    // A path outside the grant: denied, named, nothing written.
+    let report = host
+        .run(SAMPLE, &json!({"path": "/etc/facts.json"}), SAMPLE_GRANT)
+        .unwrap();
+    assert!(
+        matches!(&report.status, RunStatus::Failed(m) if m.starts_with("creating /etc: permission-denied: ")),
+        "{}",
+        report.status
+    );
+    assert_eq!(host.snapshot(), before);
+}
+
+/// The imports `hostaction inspect --output json` lists as capabilities.
+fn capabilities(name: &str) -> Vec<String> {
+    let out = Command::new(hostaction_bin())
+        .args(["inspect", "--no-cache", "--output", "json"])
+        .arg(guest(name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exports"], json!(["run"]));
+    assert_eq!(report["runnable"], true);
+    let imports = report["imports"].as_array().unwrap();
+    for import in imports {
+        // Everything else is the contract's types or the locked-down WASI
+        // (wasi-libc's stdio through the preview1 adapter).
+        let by = import["provided"]["by"].as_str().unwrap();
+        assert!(
+            matches!(by, "capability" | "always" | "locked-down-wasi"),
+            "{import}"
+        );
+    }
+    imports
+        .iter()
+        .filter(|i| i["provided"]["by"] == "capability")
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn inspect_lists_files_as_the_only_capability() {
+    // The log interface is in the world but neither component calls it, so
+    // neither imports it: a C component imports only the functions it uses.
+    for name in [SAMPLE, PROBE] {
+        assert_eq!(
+            capabilities(name),
+            ["hostaction:host/files@0.1.0"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn ungranted_files_refuse_the_sample_and_deny_the_probe() {
+    let host = Host::new();
+    host.write("/etc/hostname", "node-1\n");
+    let err = host
+        .run(SAMPLE, &json!({}), "services: {units: [x.service]}")
+        .unwrap_err();
+    match &err {
+        Error::Refused(missing) => assert!(missing[0].contains("`files`"), "{missing:?}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    std::fs::create_dir_all(host.path("/opt/probe")).unwrap();
+    let before = host.snapshot();
+    let report = host
+        .run(
+            PROBE,
+            &probe(json!([
+                {"op": "ensure-file", "path": "/etc/motd", "contents": "x", "mode": 420},
+                {"op": "ensure-file", "path": "/opt/probe/ok", "contents": "y", "mode": 420},
+            ])),
+            PROBE_GRANT,
+        )
+        .unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    let r = probe_results(&report);
+    assert_eq!(err_kind(&r[0]), Some("permission-denied"), "{}", r[0]);
+    assert!(
+        r[0]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/etc/motd"),
+        "{}",
+        r[0]
+    );
+    // The error is a value: the run went on to the next op.
+    assert_eq!(r[1], json!({"ok": true}));
+    assert!(!host.path("/etc/motd").exists());
+    let after = host.snapshot();
+    let added: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+    assert_eq!(added, [std::path::Path::new("opt/probe/ok")]);
+    assert!(report.outcome.as_ref().unwrap().changed);
+}
+
+#[test]
+fn abort_is_a_trapped_run_with_its_message_in_the_log_and_fail_is_a_failed_run() {
+    let host = Host::new();
+    let report = host
+        .run(
+            PROBE,
+            &probe(json!([{"op": "throw", "message": "boom 42"}])),
+            PROBE_GRANT,
+        )
+        .unwrap();
+    assert!(
+        matches!(report.status, RunStatus::Trapped(_)),
+        "{}",
+        report.status
+    );
+    assert!(
+        report
+            .log
+            .iter()
+            .any(|l| l.message == "boom 42" && l.source == Source::Stderr),
+        "{:?}",
+        report.log
+    );
+    assert_eq!(report.status.exit_code(), 1);
+
+    let report = host
+        .run(
+            PROBE,
+            &probe(json!([{"op": "print", "message": "first"}, {"op": "fail", "message": "no can do"}])),
+            PROBE_GRANT,
+        )
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed("no can do".into()));
+    assert!(report.outcome.is_none());
+}
+
+#[test]
+fn stdout_and_stderr_go_to_the_run_log() {
+    let host = Host::new();
+    let report = host
+        .run(
+            PROBE,
+            &probe(json!([
+                {"op": "print", "message": "to stdout"},
+                {"op": "eprint", "message": "to stderr"},
+            ])),
+            PROBE_GRANT,
+        )
+        .unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    for (source, message) in [(Source::Stdout, "to stdout"), (Source::Stderr, "to stderr")] {
+        assert!(
+            report
+                .log
+                .iter()
+                .any(|l| l.source == source && l.message == message),
+            "{message}: {:?}",
+            report.log
+        );
+    }
+    assert_eq!(report.outcome.as_ref().unwrap().message, "ran 2 ops");
+}
+
+#[test]
+fn locked_down_wasi_gives_no_environment_and_no_files() {
+    let host = Host::new();
+    host.write("/etc/hostname", "node-1\n");
+    let report = host
+        .run(
+            PROBE,
+            &probe(json!([
+                {"op": "env"},
+                {"op": "wasi-read", "path": "/etc/hostname"},
+                {"op": "wasi-read", "path": "etc/hostname"},
+            ])),
+            PROBE_GRANT,
+        )
+        .unwrap();
+    let r = probe_results(&report);
+    assert_eq!(r[0]["ok"]["vars"], 0, "{}", r[0]);
+    assert!(r[0]["ok"]["args"].as_u64().unwrap() <= 1, "{}", r[0]);
+    for result in &r[1..] {
+        // No preopened directory: wasi-libc has nothing to open a path in.
+        assert_eq!(err_kind(result), Some("io"), "WASI allowed it: {result}");
+    }
+}
+
+#[test]
+fn sdk_json_unit_tests_pass_under_the_sanitizers() {
+    // Built for this machine with the clang that builds the guests.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("json_test");
+    let sdk = workspace().join("sdk/c");
+    let build = Command::new("clang-19")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-fsanitize=address,undefined")
+        .arg("-fno-sanitize-recover=all")
+        .arg(sdk.join("tests/json_test.c"))
+        .arg(sdk.join("hostaction_json.c"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("clang-19 (scripts/guests/c.sh installs it)");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && stdout.contains(" passed, 0 failed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
