@@ -22,8 +22,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use hostaction_runtime::capabilities::log::Source;
+use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunReport, RunStatus};
-use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results, workspace};
+use hostaction_tests::{
+    Host, err_kind, guest, hostaction_bin, probe_results, request, workspace,
+};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "netns-bridge";
@@ -444,4 +447,17 @@ fn wasi_is_locked_down() {
         results[0]
     );
     assert_eq!(err_kind(&results[1]), Some("io"), "{}", results[1]);
+}
+
+#[test]
+fn a_new_runtime_loads_the_large_component_precompiled() {
+    // A first runtime compiles the 12 MB probe (or finds it compiled by an
+    // earlier test of this process); a second one, as a new agent process
+    // would, reads the precompiled code instead of compiling it.
+    Host::new().load(PROBE);
+    let host = Host::new();
+    let module = host.load(PROBE);
+    assert_eq!(module.source, LoadSource::DiskCache);
+    let report = host.runtime.run(&module, request(&json!({"ops": []}), PROBE_GRANT)).unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
 }

@@ -133,11 +133,11 @@ fn scaffold_build_and_run(lang: &str, name: &str, heading: &str) {
     assert!(!second.changed(), "the second run changed something: {second:#?}");
 }
 
-/// The first ```sh block after the line `heading` of a README.
+/// The first ```sh block after the line starting with `heading` in a README.
 fn sh_block_under(readme: &str, heading: &str) -> String {
     let after = readme
         .lines()
-        .skip_while(|l| l.trim_end() != heading)
+        .skip_while(|l| !l.starts_with(heading))
         .skip_while(|l| l.trim_end() != "```sh")
         .skip(1);
     let block: Vec<&str> = after.take_while(|l| l.trim_end() != "```").collect();

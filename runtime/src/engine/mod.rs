@@ -528,20 +528,29 @@ fn check_output(outcome: types::Outcome, cap: usize) -> (RunStatus, Option<Outco
 }
 
 /// A trap alone says little about why (`unreachable` executed): the guest's
-/// last line on stderr or logged at error level — a Rust panic's message, the
-/// last line of a Python traceback, a JavaScript error — goes in front of it,
-/// so that the failure names the guest's own reason.
+/// last lines on stderr or logged at error level — a Rust panic's message, the
+/// end of a Python traceback, a C program's complaint before `abort()` — go in
+/// front of it, so that the failure names the guest's own reason. Several
+/// lines, since language runtimes print a line or two of their own after it.
 fn with_last_words(trap: String, log: &[LogLine], cap: usize) -> String {
-    let last = log
+    let mut words: Vec<&str> = log
         .iter()
         .rev()
-        .filter(|l| !l.message.trim().is_empty())
-        .find(|l| l.source == Source::Stderr || l.level == "error");
-    match last {
-        Some(line) => truncate(format!("{}; {trap}", line.message.trim()), cap),
-        None => trap,
+        .filter(|l| l.source == Source::Stderr || l.level == "error")
+        .map(|l| l.message.trim())
+        // Blank lines, and the hint Rust's panic handler always adds.
+        .filter(|m| !m.is_empty() && !m.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .take(LAST_WORDS)
+        .collect();
+    if words.is_empty() {
+        return trap;
     }
+    words.reverse();
+    truncate(format!("{} ({trap})", words.join(" / ")), cap)
 }
+
+/// Lines of the guest's last words a trap's message carries.
+const LAST_WORDS: usize = 3;
 
 /// Cuts a guest-supplied message to `cap` bytes at a character boundary.
 fn truncate(mut message: String, cap: usize) -> String {
