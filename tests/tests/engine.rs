@@ -131,7 +131,10 @@ fn guest_panic_is_a_failed_run_carrying_its_message() {
         .unwrap();
     match &report.status {
         // The panic's message leads the failure, the trap follows.
-        RunStatus::Trapped(m) => assert!(m.starts_with("panicked at ") && m.contains("boom 42"), "{m}"),
+        RunStatus::Trapped(m) => assert!(
+            m.starts_with("panicked at ") && m.contains("boom 42"),
+            "{m}"
+        ),
         other => panic!("expected a trap, got {other}"),
     }
     assert!(

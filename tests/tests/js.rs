@@ -24,9 +24,7 @@ use std::sync::OnceLock;
 use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunReport, RunStatus};
-use hostaction_tests::{
-    Host, err_kind, guest, hostaction_bin, probe_results, request, workspace,
-};
+use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results, request, workspace};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "netns-bridge";
@@ -458,6 +456,9 @@ fn a_new_runtime_loads_the_large_component_precompiled() {
     let host = Host::new();
     let module = host.load(PROBE);
     assert_eq!(module.source, LoadSource::DiskCache);
-    let report = host.runtime.run(&module, request(&json!({"ops": []}), PROBE_GRANT)).unwrap();
+    let report = host
+        .runtime
+        .run(&module, request(&json!({"ops": []}), PROBE_GRANT))
+        .unwrap();
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
 }

@@ -72,7 +72,10 @@ fn bad_names_and_busy_directories_are_refused() {
         std::fs::read_to_string(dir.path().join("taken/notes.txt")).unwrap(),
         "mine"
     );
-    assert_eq!(std::fs::read_dir(dir.path().join("taken")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("taken")).unwrap().count(),
+        1
+    );
 }
 
 /// `hostaction new --lang LANG NAME` in a scratch directory, the README's
@@ -118,10 +121,7 @@ fn scaffold_build_and_run(lang: &str, name: &str, heading: &str) {
     std::fs::create_dir_all(host.path(path).parent().unwrap()).unwrap();
     let loaded = host.runtime.load_file(&module).unwrap();
     let run = || {
-        let request = RunRequest::new(
-            params.clone(),
-            EffectiveGrant::new(&grant, None).unwrap(),
-        );
+        let request = RunRequest::new(params.clone(), EffectiveGrant::new(&grant, None).unwrap());
         host.runtime.run(&loaded, request).unwrap()
     };
     let first = run();
@@ -130,7 +130,10 @@ fn scaffold_build_and_run(lang: &str, name: &str, heading: &str) {
     assert!(host.path(path).is_file(), "{path} was not written");
     let second = run();
     assert_eq!(second.status, RunStatus::Succeeded, "{second:#?}");
-    assert!(!second.changed(), "the second run changed something: {second:#?}");
+    assert!(
+        !second.changed(),
+        "the second run changed something: {second:#?}"
+    );
 }
 
 /// The first ```sh block after the line starting with `heading` in a README.

@@ -248,9 +248,9 @@ mod tests {
                     .lines()
                     .find(|l| l.starts_with(dep))
                     .unwrap_or_else(|| panic!("no {dep} in {text}"));
-                let start = line.find('"').unwrap() + 1;
-                let version = &line[start..];
-                version[..version.find('"').unwrap()].trim_start_matches('=').to_owned()
+                // The first quoted string: `dep = { version = "=1.2.3", ... }`.
+                let version = line.split('"').nth(1).unwrap();
+                version.trim_start_matches('=').to_owned()
             };
             assert_eq!(pin(sdk), pin(workspace), "{dep}");
         }
@@ -262,7 +262,16 @@ mod tests {
             check_name(good).unwrap();
         }
         let long = "a".repeat(64);
-        for bad in ["", "Caps", "2fast", "a_b", "a--b", "a-", "../x", long.as_str()] {
+        for bad in [
+            "",
+            "Caps",
+            "2fast",
+            "a_b",
+            "a--b",
+            "a-",
+            "../x",
+            long.as_str(),
+        ] {
             let err = check_name(bad).unwrap_err().to_string();
             assert!(err.contains("action name"), "{bad}: {err}");
         }
