@@ -23,6 +23,8 @@
 #   GUEST_DEBUG=1   keep DWARF line tables in the components (default: stripped)
 #   GUEST_LANGS     the languages to build (default: "rust python js c")
 set -euo pipefail
+# A failing step inside $(...) fails the script too.
+shopt -s inherit_errexit
 # The other languages' toolchains are found on the caller's PATH, not on the
 # one route B puts Debian's tools first on.
 caller_path=$PATH

@@ -11,26 +11,29 @@
 
 # The directory holding package.json and package-lock.json.
 JS_TOOLCHAIN_DIR=scripts/guests/js
-# Oldest Node.js componentize-js 0.23 runs on (Debian 12's own is 18).
-JS_MIN_NODE_MAJOR=18
+# Oldest Node.js the pinned toolchain runs on (its preview2-shim dependency
+# needs 20; Debian 12's own nodejs is 18).
+JS_MIN_NODE_MAJOR=20
 # The JavaScript guests: "source world output-name".
 JS_GUESTS=(
     "sample-actions/netns-bridge/app.js network-action netns-bridge"
     "tests/actions/js-probe/app.js files-action js-probe"
 )
 
-# Installs Node.js (apt) when missing or too old, then the pinned toolchain
-# (`npm ci`) when the lock file is newer than what is installed.
+# Checks Node.js (installing Debian's when there is none), then installs the
+# pinned toolchain (`npm ci`) when the lock file is newer than what is installed.
 ensure_js_toolchain() {
-    local major=0
-    if command -v node >/dev/null 2>&1; then
-        major=$(node -p 'process.versions.node.split(".")[0]')
-    fi
-    if ((major < JS_MIN_NODE_MAJOR)) || ! command -v npm >/dev/null 2>&1; then
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         say "installing nodejs and npm (apt)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq nodejs npm
+    fi
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    if ((major < JS_MIN_NODE_MAJOR)); then
+        say "node $(node --version) is too old: componentize-js 0.23 needs Node.js $JS_MIN_NODE_MAJOR or later"
+        return 1
     fi
     # npm ci writes node_modules/.package-lock.json last.
     local stamp="$JS_TOOLCHAIN_DIR/node_modules/.package-lock.json"

@@ -546,7 +546,9 @@ fn with_last_words(trap: String, log: &[LogLine], cap: usize) -> String {
         return trap;
     }
     words.reverse();
-    truncate(format!("{} ({trap})", words.join(" / ")), cap)
+    // The guest's words get half the room: the trap itself always stays.
+    let words = truncate(words.join(" / "), cap / 2);
+    truncate(format!("{words} ({trap})"), cap)
 }
 
 /// Lines of the guest's last words a trap's message carries.

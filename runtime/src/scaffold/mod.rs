@@ -3,6 +3,7 @@
 //! build, inspect, run and push it. The templates live beside this file, one
 //! folder per language; every project also gets the contract (`wit/`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -176,6 +177,8 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     };
     let staging = tempfile::Builder::new()
         .prefix(".hostaction-new-")
+        // An ordinary directory once moved into place: the umask decides.
+        .permissions(std::fs::Permissions::from_mode(0o777))
         .tempdir_in(&parent)
         .map_err(|e| host("creating a directory in", &parent, e))?;
     let snake = name.replace('-', "_");
@@ -242,7 +245,13 @@ mod tests {
     fn vendored_sdk_pins_the_workspace_versions() {
         let workspace = include_str!("../../../Cargo.toml");
         let sdk = include_str!("rust/sdk.Cargo.toml.in");
-        for dep in ["wit-bindgen", "serde ", "serde_json"] {
+        let project = include_str!("rust/Cargo.toml.in");
+        for (dep, template) in [
+            ("wit-bindgen", sdk),
+            ("serde ", sdk),
+            ("serde_json", sdk),
+            ("serde ", project),
+        ] {
             let pin = |text: &str| {
                 let line = text
                     .lines()
@@ -252,7 +261,7 @@ mod tests {
                 let version = line.split('"').nth(1).unwrap();
                 version.trim_start_matches('=').to_owned()
             };
-            assert_eq!(pin(sdk), pin(workspace), "{dep}");
+            assert_eq!(pin(template), pin(workspace), "{dep}");
         }
     }
 
@@ -300,5 +309,9 @@ mod tests {
         assert!(dir.join("wit/worlds.wit").exists());
         // Nothing but the project is left beside it.
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+        // The mode any new directory gets here (the umask's), not a private one.
+        std::fs::create_dir(parent.path().join("plain")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&dir), mode(&parent.path().join("plain")));
     }
 }

@@ -1,11 +1,12 @@
 /**
- * {{name}}: a hostaction action in JavaScript. It ensures one file holds the
- * given contents, through the `files` capability (world `files-action`);
+ * {{name}}: a hostaction action in JavaScript. It ensures one file (and its
+ * directory) holds the given contents, through the `files` capability (world
+ * `files-action`);
  * hostaction runs it only with a grant that covers the file's directory.
  *
  * Params (JSON): {"path": "/var/lib/{{name}}/hello.txt", "contents": "hello\n"}
  */
-import { ensureFile } from 'hostaction:host/files@0.1.0';
+import { ensureDir, ensureFile } from 'hostaction:host/files@0.1.0';
 
 /** A failure the run returns as its WIT `err` (bad params, a refused call). */
 class Failure extends Error {}
@@ -27,24 +28,34 @@ export function run(paramsJson) {
 }
 
 function apply({ path, contents }) {
-  let changed;
+  // The file's directory first (a no-op when it exists).
+  const dir = path.slice(0, path.lastIndexOf('/'));
+  const dirChanged = dir !== '' && call(`create ${dir}`, () => ensureDir(dir, 0o755));
+  const bytes = new TextEncoder().encode(contents);
+  const fileChanged = call(`ensure ${path}`, () => ensureFile(path, bytes, 0o644));
+  // console.log and console.error lines go to the run's log.
+  console.log(`${path}: ${fileChanged ? 'written' : 'already in place'}`);
+  return {
+    changed: dirChanged || fileChanged,
+    message: fileChanged ? `wrote ${path}` : `${path} already in place`,
+    facts: [{ key: 'path', value: path }],
+  };
+}
+
+/**
+ * Runs one capability call. A WIT error from the host arrives as an exception
+ * whose `payload` is `{tag, val}`; it fails the run saying what was being done.
+ */
+function call(what, f) {
   try {
-    changed = ensureFile(path, new TextEncoder().encode(contents), 0o644);
+    return f();
   } catch (e) {
-    // A WIT error from the host: an object whose `payload` is `{tag, val}`.
     const error = e?.payload;
     if (typeof error?.tag !== 'string') {
       throw e;
     }
-    throw new Failure(`ensure ${path}: ${error.tag}: ${error.val}`);
+    throw new Failure(`${what}: ${error.tag}: ${error.val}`);
   }
-  // console.log and console.error lines go to the run's log.
-  console.log(`${path}: ${changed ? 'written' : 'already in place'}`);
-  return {
-    changed,
-    message: changed ? `wrote ${path}` : `${path} already in place`,
-    facts: [{ key: 'path', value: path }],
-  };
 }
 
 /** Parses the params; each error names its field. */
