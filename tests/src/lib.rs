@@ -6,7 +6,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -101,6 +101,15 @@ impl Host {
         let path = self.path(host_path);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("create parents");
         std::fs::write(path, contents).expect("write");
+    }
+
+    /// The permission bits of a path under the host root.
+    pub fn mode(&self, host_path: &str) -> u32 {
+        std::fs::metadata(self.path(host_path))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
     }
 
     /// Loads a built guest.
@@ -275,4 +284,52 @@ pub fn probe_results(report: &RunReport) -> Vec<Value> {
 /// The error kind of a probe result, or none when it succeeded.
 pub fn err_kind(result: &Value) -> Option<&str> {
     result["err"]["kind"].as_str()
+}
+
+/// The value of the outcome's fact `key`.
+pub fn fact<'a>(report: &'a RunReport, key: &str) -> &'a str {
+    let outcome = report.outcome.as_ref().expect("an outcome");
+    outcome
+        .facts
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no fact {key}: {outcome:?}"))
+}
+
+/// One precompiled cache for the `hostaction` CLI runs of this test process,
+/// so each large component is compiled once by the CLI too.
+pub fn cli_cache() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("CLI cache dir"))
+        .path()
+}
+
+/// `hostaction inspect <guest> --output json`, with this process's CLI cache.
+pub fn inspect(guest_name: &str) -> Value {
+    let out = std::process::Command::new(hostaction_bin())
+        .arg("inspect")
+        .arg(guest(guest_name))
+        .args(["--output", "json", "--cache-dir"])
+        .arg(cli_cache())
+        .output()
+        .expect("run hostaction inspect");
+    assert!(
+        out.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inspect's JSON")
+}
+
+/// The names of the imports `inspect` lists as provided `by` (`capability`,
+/// `always`, `locked-down-wasi`).
+pub fn imports_by(inspected: &Value, by: &str) -> Vec<String> {
+    inspected["imports"]
+        .as_array()
+        .expect("imports")
+        .iter()
+        .filter(|i| i["provided"]["by"] == by)
+        .map(|i| i["name"].as_str().expect("import name").to_owned())
+        .collect()
 }

@@ -7,12 +7,11 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use hostaction_runtime::capabilities::log::Source;
-use hostaction_runtime::{Error, RunReport, RunStatus};
-use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results, workspace};
+use hostaction_runtime::{Error, RunStatus};
+use hostaction_tests::{Host, err_kind, fact, imports_by, inspect, probe_results, workspace};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "host-facts";
@@ -27,16 +26,6 @@ NAME=\"Debian GNU/Linux\"
 VERSION_ID=\"12\"
 ID=debian
 ";
-
-fn fact<'a>(report: &'a RunReport, key: &str) -> &'a str {
-    let outcome = report.outcome.as_ref().expect("an outcome");
-    outcome
-        .facts
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no fact {key}: {outcome:?}"))
-}
 
 fn probe(ops: Value) -> Value {
     json!({ "ops": ops })
@@ -76,15 +65,8 @@ fn sample_reports_the_host_and_a_second_run_changes_nothing() {
             "os": {"id": "debian", "versionId": "12", "prettyName": "Debian GNU/Linux 12 (bookworm)"},
         })
     );
-    let mode = |p: &str| {
-        std::fs::metadata(host.path(p))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777
-    };
-    assert_eq!(mode(FACTS_FILE), 0o644);
-    assert_eq!(mode("/var/lib/hostaction"), 0o755);
+    assert_eq!(host.mode(FACTS_FILE), 0o644);
+    assert_eq!(host.mode("/var/lib/hostaction"), 0o755);
 
     let before = host.snapshot();
     let again = host.run(SAMPLE, &json!({}), SAMPLE_GRANT).unwrap();
@@ -167,17 +149,7 @@ fn sample_params_are_checked_naming_the_field_before_anything_is_touched() {
 
 /// The imports `hostaction inspect --output json` lists as capabilities.
 fn capabilities(name: &str) -> Vec<String> {
-    let out = Command::new(hostaction_bin())
-        .args(["inspect", "--no-cache", "--output", "json"])
-        .arg(guest(name))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = inspect(name);
     assert_eq!(report["exports"], json!(["run"]));
     assert_eq!(report["runnable"], true);
     let imports = report["imports"].as_array().unwrap();
@@ -190,11 +162,7 @@ fn capabilities(name: &str) -> Vec<String> {
             "{import}"
         );
     }
-    imports
-        .iter()
-        .filter(|i| i["provided"]["by"] == "capability")
-        .map(|i| i["name"].as_str().unwrap().to_owned())
-        .collect()
+    imports_by(&report, "capability")
 }
 
 #[test]

@@ -17,14 +17,15 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
-use hostaction_runtime::{Error, RunReport, RunStatus};
-use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results, request, workspace};
+use hostaction_runtime::{Error, RunStatus};
+use hostaction_tests::{
+    Host, cli_cache, err_kind, fact, guest, hostaction_bin, imports_by, inspect, probe_results,
+    request, workspace,
+};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "netns-bridge";
@@ -47,16 +48,6 @@ fn stand_in_host(host: &Host, name: &str) {
         )
         .unwrap();
     assert_eq!(probe_results(&report), [json!({"ok": true})], "{report:#?}");
-}
-
-fn fact<'a>(report: &'a RunReport, key: &str) -> &'a str {
-    let outcome = report.outcome.as_ref().expect("an outcome");
-    outcome
-        .facts
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no fact {key}: {outcome:?}"))
 }
 
 /// The bridge, the host end enslaved to it, the peer end in `js-demo` up with
@@ -139,12 +130,6 @@ fn sample_builds_the_bridge_and_the_veth_into_the_namespace_once() {
     assert_real_host_untouched();
 }
 
-/// One precompiled cache for the `hostaction` CLI runs of this process.
-fn cli_cache() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
-
 /// Needs root and CAP_NET_ADMIN (and CAP_SYS_ADMIN for named namespaces). The
 /// sample's default, the host's own namespace, is the namespace the CLI runs
 /// in: one the test made, entered with `nsenter`.
@@ -189,36 +174,6 @@ fn sample_defaults_to_the_namespace_it_runs_in_as_the_host() {
     assert_real_host_untouched();
 }
 
-/// `hostaction inspect MODULE --output json`.
-fn inspect(name: &str) -> Value {
-    let out = Command::new(hostaction_bin())
-        .arg("inspect")
-        .arg(guest(name))
-        .args(["--output", "json"])
-        .arg("--cache-dir")
-        .arg(cli_cache())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The interfaces of `kind` (`capability`, `always`, `locked-down-wasi`) a
-/// component imports, as inspect lists them.
-fn imports(inspected: &Value, by: &str) -> Vec<String> {
-    inspected["imports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["provided"]["by"] == by)
-        .map(|i| i["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn components_import_their_worlds_capability_and_no_http_sockets_or_environment() {
     for (name, capability) in [
@@ -226,9 +181,9 @@ fn components_import_their_worlds_capability_and_no_http_sockets_or_environment(
         (PROBE, "hostaction:host/files@0.1.0"),
     ] {
         let inspected = inspect(name);
-        assert_eq!(imports(&inspected, "capability"), [capability], "{name}");
-        assert!(imports(&inspected, "always").contains(&"hostaction:host/log@0.1.0".to_owned()));
-        let wasi = imports(&inspected, "locked-down-wasi");
+        assert_eq!(imports_by(&inspected, "capability"), [capability], "{name}");
+        assert!(imports_by(&inspected, "always").contains(&"hostaction:host/log@0.1.0".to_owned()));
+        let wasi = imports_by(&inspected, "locked-down-wasi");
         assert!(
             wasi.iter().any(|i| i.starts_with("wasi:cli/stdout@")),
             "{wasi:?}"

@@ -10,14 +10,12 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunStatus};
-use hostaction_tests::{Host, err_kind, guest, hostaction_bin, probe_results};
+use hostaction_tests::{Host, err_kind, fact, imports_by, inspect, probe_results};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "cni-conflist";
@@ -38,24 +36,6 @@ fn host() -> Host {
     Host::new()
 }
 
-fn mode(host: &Host, path: &str) -> u32 {
-    std::fs::metadata(host.path(path))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn fact<'a>(report: &'a hostaction_runtime::RunReport, key: &str) -> &'a str {
-    let outcome = report.outcome.as_ref().expect("an outcome");
-    outcome
-        .facts
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no fact {key}: {outcome:?}"))
-}
-
 #[test]
 fn sample_writes_the_conflist_and_a_second_run_changes_nothing() {
     let host = host();
@@ -69,8 +49,8 @@ fn sample_writes_the_conflist_and_a_second_run_changes_nothing() {
 
     let bytes = std::fs::read(host.path(path)).unwrap();
     assert_eq!(fact(&report, "bytes"), bytes.len().to_string());
-    assert_eq!(mode(&host, path), 0o644);
-    assert_eq!(mode(&host, "/etc/cni/net.d"), 0o755);
+    assert_eq!(host.mode(path), 0o644);
+    assert_eq!(host.mode("/etc/cni/net.d"), 0o755);
     let conf: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(conf["cniVersion"], "1.0.0");
     assert_eq!(conf["name"], "pods");
@@ -144,20 +124,12 @@ fn sample_with_bad_params_fails_naming_the_field_and_changes_nothing() {
 
 #[test]
 fn sample_imports_only_files_among_the_capabilities() {
-    let out = Command::new(hostaction_bin())
-        .args(["--no-cache", "inspect", "--output", "json"])
-        .arg(guest(SAMPLE))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "inspect: {out:?}");
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = inspect(SAMPLE);
     let imports = doc["imports"].as_array().unwrap();
-    let capabilities: Vec<_> = imports
-        .iter()
-        .filter(|i| i["provided"]["by"] == "capability")
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(capabilities, ["hostaction:host/files@0.1.0"]);
+    assert_eq!(
+        imports_by(&doc, "capability"),
+        ["hostaction:host/files@0.1.0"]
+    );
     // componentize-py imports all of WASI 0.2, sockets included: the runtime
     // provides it locked down, so it needs no grant.
     for name in [
