@@ -47,9 +47,10 @@ c_ensure_tools() {
     fi
 }
 
-# Fails when wit/ changed since the bindings were generated.
+# Fails when wit/ changed since the bindings were generated (a file changed,
+# added or removed).
 c_check_bindings() {
-    if ! sha256sum --quiet --check sdk/c/bindings/wit.sha256 >/dev/null 2>&1; then
+    if [[ "$(sha256sum wit/*.wit)" != "$(cat sdk/c/bindings/wit.sha256)" ]]; then
         say "sdk/c/bindings were generated from other wit/ files: run sdk/c/regenerate-bindings.sh"
         return 1
     fi

@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod registry;
 pub mod systemd;
 
+use hostaction_runtime::capabilities::payload::Payload;
 use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::{LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 use serde_json::Value;
@@ -126,8 +127,29 @@ impl Host {
         params: &Value,
         grant_yaml: &str,
     ) -> hostaction_runtime::Result<RunReport> {
+        self.run_with_payload(guest_name, params, grant_yaml, &[])
+    }
+
+    /// Runs a guest as [`Host::run`] does, shipped with `payload` files
+    /// (name, contents), which are written outside the host root.
+    pub fn run_with_payload(
+        &self,
+        guest_name: &str,
+        params: &Value,
+        grant_yaml: &str,
+        payload: &[(&str, &str)],
+    ) -> hostaction_runtime::Result<RunReport> {
         let module = self.load(guest_name);
-        self.runtime.run(&module, request(params, grant_yaml))
+        let shipped = tempfile::tempdir().expect("payload dir");
+        let mut files = Vec::new();
+        for (name, contents) in payload {
+            let path = shipped.path().join(name);
+            std::fs::write(&path, contents).expect("write payload file");
+            files.push(((*name).to_owned(), path));
+        }
+        let mut request = request(params, grant_yaml);
+        request.payload = Arc::new(Payload::from_files(&files)?);
+        self.runtime.run(&module, request)
     }
 
     /// Every entry under the host root with its kind, mode, size, inode, link

@@ -276,6 +276,28 @@ fn print_goes_to_the_run_log() {
 }
 
 #[test]
+fn payload_is_read_under_a_files_only_grant() {
+    // componentize-py imports every interface of the probe's world
+    // (`files-action`): `payload` is among them, and always allowed.
+    let host = host();
+    let report = host
+        .run_with_payload(
+            PROBE,
+            &json!({"ops": [
+                {"op": "payload-read", "name": "hello.txt"},
+                {"op": "payload-read", "name": "missing"},
+            ]}),
+            PROBE_GRANT,
+            &[("hello.txt", "hello from the payload")],
+        )
+        .unwrap();
+    assert!(report.status.is_success(), "{}", report.status);
+    let results = probe_results(&report);
+    assert_eq!(results[0]["ok"], "hello from the payload");
+    assert_eq!(err_kind(&results[1]), Some("not-found"), "{results:?}");
+}
+
+#[test]
 fn wasi_is_locked_down() {
     let host = host();
     host.write("/etc/hostname", "node-1\n");

@@ -8,6 +8,17 @@
 __attribute__((__import_module__("hostaction:host/log@0.1.0"), __import_name__("write")))
 extern void __wasm_import_hostaction_host_log_write(int32_t, uint8_t *, size_t);
 
+// Imported Functions from `hostaction:host/payload@0.1.0`
+
+__attribute__((__import_module__("hostaction:host/payload@0.1.0"), __import_name__("files")))
+extern void __wasm_import_hostaction_host_payload_files(uint8_t *);
+
+__attribute__((__import_module__("hostaction:host/payload@0.1.0"), __import_name__("read")))
+extern void __wasm_import_hostaction_host_payload_read(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("hostaction:host/payload@0.1.0"), __import_name__("read-at")))
+extern void __wasm_import_hostaction_host_payload_read_at(uint8_t *, size_t, int64_t, int32_t, uint8_t *);
+
 // Imported Functions from `hostaction:host/files@0.1.0`
 
 __attribute__((__import_module__("hostaction:host/files@0.1.0"), __import_name__("ensure-file")))
@@ -133,12 +144,24 @@ void hostaction_host_types_outcome_free(hostaction_host_types_outcome_t *ptr) {
   hostaction_host_types_list_fact_free(&ptr->facts);
 }
 
-void hostaction_host_files_error_free(hostaction_host_files_error_t *ptr) {
+void hostaction_host_payload_error_free(hostaction_host_payload_error_t *ptr) {
   hostaction_host_types_error_free(ptr);
 }
 
-void hostaction_host_files_dir_entry_free(hostaction_host_files_dir_entry_t *ptr) {
+void hostaction_host_payload_payload_file_free(hostaction_host_payload_payload_file_t *ptr) {
   files_action_string_free(&ptr->name);
+  files_action_string_free(&ptr->digest);
+}
+
+void hostaction_host_payload_list_payload_file_free(hostaction_host_payload_list_payload_file_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    hostaction_host_payload_payload_file_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      hostaction_host_payload_payload_file_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
 }
 
 void files_action_list_u8_free(files_action_list_u8_t *ptr) {
@@ -149,6 +172,22 @@ void files_action_list_u8_free(files_action_list_u8_t *ptr) {
     }
     free(list_ptr);
   }
+}
+
+void hostaction_host_payload_result_list_u8_error_free(hostaction_host_payload_result_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    files_action_list_u8_free(&ptr->val.ok);
+  } else {
+    hostaction_host_payload_error_free(&ptr->val.err);
+  }
+}
+
+void hostaction_host_files_error_free(hostaction_host_files_error_t *ptr) {
+  hostaction_host_types_error_free(ptr);
+}
+
+void hostaction_host_files_dir_entry_free(hostaction_host_files_dir_entry_t *ptr) {
+  files_action_string_free(&ptr->name);
 }
 
 void hostaction_host_files_result_bool_error_free(hostaction_host_files_result_bool_error_t *ptr) {
@@ -239,6 +278,134 @@ void files_action_string_free(files_action_string_t *ret) {
 
 void hostaction_host_log_write(hostaction_host_log_level_t level, files_action_string_t *message) {
   __wasm_import_hostaction_host_log_write((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
+}
+
+void hostaction_host_payload_files(hostaction_host_payload_list_payload_file_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_hostaction_host_payload_files(ptr);
+  *ret = (hostaction_host_payload_list_payload_file_t) { (hostaction_host_payload_payload_file_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+bool hostaction_host_payload_read(files_action_string_t *name, files_action_list_u8_t *ret, hostaction_host_payload_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_hostaction_host_payload_read((uint8_t *) (*name).ptr, (*name).len, ptr);
+  hostaction_host_payload_result_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (files_action_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      hostaction_host_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.permission_denied = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.not_found = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.conflict = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 4: {
+          variant.val.unsupported = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 5: {
+          variant.val.timeout = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 6: {
+          variant.val.io = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool hostaction_host_payload_read_at(files_action_string_t *name, uint64_t offset, uint32_t len, files_action_list_u8_t *ret, hostaction_host_payload_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_hostaction_host_payload_read_at((uint8_t *) (*name).ptr, (*name).len, (int64_t) (offset), (int32_t) (len), ptr);
+  hostaction_host_payload_result_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (files_action_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      hostaction_host_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.permission_denied = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.not_found = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.conflict = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 4: {
+          variant.val.unsupported = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 5: {
+          variant.val.timeout = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 6: {
+          variant.val.io = (files_action_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
 }
 
 bool hostaction_host_files_ensure_file(files_action_string_t *path, files_action_list_u8_t *contents, uint32_t mode, bool *ret, hostaction_host_files_error_t *err) {

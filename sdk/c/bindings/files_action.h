@@ -77,6 +77,36 @@ typedef struct hostaction_host_types_outcome_t {
   hostaction_host_types_list_fact_t   facts;
 } hostaction_host_types_outcome_t;
 
+typedef hostaction_host_types_error_t hostaction_host_payload_error_t;
+
+// One payload file.
+typedef struct hostaction_host_payload_payload_file_t {
+  // Its name: a plain file name.
+  files_action_string_t   name;
+  // Its size in bytes.
+  uint64_t   size;
+  // `sha256:<hex>` of its bytes.
+  files_action_string_t   digest;
+} hostaction_host_payload_payload_file_t;
+
+typedef struct {
+  hostaction_host_payload_payload_file_t *ptr;
+  size_t len;
+} hostaction_host_payload_list_payload_file_t;
+
+typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} files_action_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    files_action_list_u8_t ok;
+    hostaction_host_payload_error_t err;
+  } val;
+} hostaction_host_payload_result_list_u8_error_t;
+
 typedef hostaction_host_types_error_t hostaction_host_files_error_t;
 
 // The kind of a directory entry.
@@ -103,11 +133,6 @@ typedef struct hostaction_host_files_dir_entry_t {
   files_action_string_t   name;
   hostaction_host_files_file_kind_t   kind;
 } hostaction_host_files_dir_entry_t;
-
-typedef struct {
-  uint8_t *ptr;
-  size_t len;
-} files_action_list_u8_t;
 
 typedef struct {
   bool is_err;
@@ -165,6 +190,16 @@ typedef struct {
 // Appends one line to the run's log.
 extern void hostaction_host_log_write(hostaction_host_log_level_t level, files_action_string_t *message);
 
+// Imported Functions from `hostaction:host/payload@0.1.0`
+// The payload files, sorted by name.
+extern void hostaction_host_payload_files(hostaction_host_payload_list_payload_file_t *ret);
+// A whole payload file, up to 16 MiB (larger ones with `read-at`);
+// `not-found` for a name the payload lacks.
+extern bool hostaction_host_payload_read(files_action_string_t *name, files_action_list_u8_t *ret, hostaction_host_payload_error_t *err);
+// Up to `len` bytes (at most 16 MiB) from `offset`; fewer at the end of
+// the file, none past it.
+extern bool hostaction_host_payload_read_at(files_action_string_t *name, uint64_t offset, uint32_t len, files_action_list_u8_t *ret, hostaction_host_payload_error_t *err);
+
 // Imported Functions from `hostaction:host/files@0.1.0`
 // Ensures `path` is a regular file holding exactly `contents` with
 // permission bits `mode`. The file is replaced atomically (readers see
@@ -200,11 +235,19 @@ void hostaction_host_types_list_fact_free(hostaction_host_types_list_fact_t *ptr
 
 void hostaction_host_types_outcome_free(hostaction_host_types_outcome_t *ptr);
 
+void hostaction_host_payload_error_free(hostaction_host_payload_error_t *ptr);
+
+void hostaction_host_payload_payload_file_free(hostaction_host_payload_payload_file_t *ptr);
+
+void hostaction_host_payload_list_payload_file_free(hostaction_host_payload_list_payload_file_t *ptr);
+
+void files_action_list_u8_free(files_action_list_u8_t *ptr);
+
+void hostaction_host_payload_result_list_u8_error_free(hostaction_host_payload_result_list_u8_error_t *ptr);
+
 void hostaction_host_files_error_free(hostaction_host_files_error_t *ptr);
 
 void hostaction_host_files_dir_entry_free(hostaction_host_files_dir_entry_t *ptr);
-
-void files_action_list_u8_free(files_action_list_u8_t *ptr);
 
 void hostaction_host_files_result_bool_error_free(hostaction_host_files_result_bool_error_t *ptr);
 

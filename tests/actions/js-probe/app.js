@@ -10,11 +10,14 @@
  * `{"err": {"kind": "...", "message": "..."}}` for the op at that index.
  */
 import { ensureFile } from 'hostaction:host/files@0.1.0';
+import { read as readPayload } from 'hostaction:host/payload@0.1.0';
 
 /** The ops, by name: each takes the op's fields and returns its `ok` value. */
 const OPS = {
   'ensure-file': ({ path, contents, mode }) =>
     ensureFile(path, new TextEncoder().encode(contents), mode),
+  // `payload` is in every world: no grant needed.
+  'payload-read': ({ name }) => new TextDecoder().decode(readPayload(name)),
   print: ({ message }) => {
     console.log(message);
     return null;

@@ -15,7 +15,7 @@ import sys
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import files, types
+from wit_world.imports import files, payload, types
 
 # The WIT case name of each `types.error` variant.
 ERROR_KINDS = {
@@ -55,6 +55,9 @@ def run_op(op: dict):
         return capability(
             files.ensure_file, op["path"], op["contents"].encode(), op["mode"]
         )
+    if name == "payload-read":
+        # `payload` is in every world: no grant needed.
+        return capability(payload.read, op["name"]).decode(errors="replace")
     if name == "print":
         print(op["message"])
         return None
