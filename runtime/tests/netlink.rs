@@ -875,7 +875,7 @@ fn namespace_files_are_never_followed_or_blocked_on() {
             "{}: {err:?}",
             path.display()
         );
-        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing blocks");
         assert!(!hostaction_runtime::capabilities::network::netlink::is_netns(path).unwrap());
     }
 }

@@ -743,15 +743,21 @@ async fn raw_watch_resumes_from_resource_version_and_410_after_compaction() {
         .await
         .unwrap()
         .boxed();
+    let started = Instant::now();
     match next(&mut bookmarked).await.unwrap() {
         WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, current),
         other => panic!("{other:?}"),
     }
-    let started = Instant::now();
     while let Some(event) = bookmarked.next().await {
         assert!(matches!(event.unwrap(), WatchEvent::Bookmark(_)));
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // It ends at its 4 s timeout, not the server's default (the bound
+    // leaves room for a loaded machine).
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "the watch ended after {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -1410,8 +1416,10 @@ async fn a_thousand_watchers_fan_out() {
         "{NODES} watches up in {watching:?}; {} writes seen by all in {elapsed:?}",
         3 * NODES
     );
+    // A bound against a hang, not a budget: speed is the cluster
+    // benchmark's to measure, on a machine not running other tests.
     assert!(
-        elapsed < Duration::from_secs(30),
+        elapsed < Duration::from_secs(120),
         "3000 writes to 1000 watchers took {elapsed:?}"
     );
     for a in agents {

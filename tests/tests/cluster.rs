@@ -412,7 +412,9 @@ fn max_failures_stops_the_rollout() {
 #[test]
 fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     let mut cluster = Cluster::new();
-    // A run that takes its whole 3 s deadline: the probe spinning.
+    // A run that takes its whole 8 s deadline: the probe spinning (long
+    // enough to be killed mid-run after it is marked Running, even on a
+    // loaded machine).
     let probe = cluster.push("probe");
     cluster.add_node("slow", json!({"role": "batch"}), true);
     cluster.start_agent("slow", None, None);
@@ -424,7 +426,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
             // The probe imports `files`; it must be granted for it to start.
             "grants": {"files": {"write": ["/opt/cni/bin"]}},
             "nodeSelector": {"matchLabels": {"role": "batch"}},
-            "timeoutSeconds": 3,
+            "timeoutSeconds": 8,
         }),
     );
     // Marked Running after a second; then the agent is killed.

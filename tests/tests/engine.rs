@@ -37,7 +37,9 @@ fn infinite_loop_ends_at_the_deadline_memory_bomb_at_the_cap_log_flood_is_trunca
         "{}",
         report.status
     );
-    assert!(took < Duration::from_secs(3), "the deadline took {took:?}");
+    // Epoch ticks run late on a loaded machine: a bound against a deadline
+    // that never fires, not a measure of its precision.
+    assert!(took < Duration::from_secs(15), "the deadline took {took:?}");
 
     let report = host
         .runtime

@@ -64,7 +64,17 @@ fn assert_topology(host: &Host, host_ns: &str, mtu: u64) {
     let p = host.link("js-demo", "ve-js-p").expect("ve-js-p in js-demo");
     assert_eq!(p["linkinfo"]["info_kind"], "veth");
     assert_eq!(p["ifalias"], "hostaction");
-    assert_eq!(p["operstate"], "UP", "{p}");
+    // The kernel sets a link's operstate a moment after it is set up.
+    let up = (0..500).any(|_| {
+        let up = host
+            .link("js-demo", "ve-js-p")
+            .is_some_and(|p| p["operstate"] == "UP");
+        if !up {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        up
+    });
+    assert!(up, "ve-js-p is not UP: {p}");
     assert_eq!(host.addresses("js-demo", "ve-js-p"), ["10.99.0.2/24"]);
 }
 

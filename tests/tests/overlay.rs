@@ -44,11 +44,12 @@ fn params(me: u8) -> Value {
     })
 }
 
-/// Pings `address` once from the namespace file of `netns`.
+/// Pings `address` from the namespace file of `netns`: true if one of three
+/// echo requests is answered (the first may wait for neighbour resolution).
 fn ping(host: &Host, netns: &str, address: &str) -> bool {
     Command::new("nsenter")
         .arg(format!("--net={}", host.netns(netns).display()))
-        .args(["ping", "-q", "-c", "1", "-W", "2", address])
+        .args(["ping", "-q", "-c", "3", "-i", "0.2", "-W", "2", address])
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap()

@@ -40,12 +40,12 @@ services:
 "#;
 
 /// The lines of a unit's trace file once it has `n` (a started process writes
-/// its line a moment after systemd reports the start done), or after 5 s.
+/// its line a moment after systemd reports the start done), or after 30 s.
 fn lines(systemd: &Systemd, name: &str, n: usize) -> usize {
     let start = std::time::Instant::now();
     loop {
         let count = systemd.trace(name).lines().count();
-        if count >= n || start.elapsed() > std::time::Duration::from_secs(5) {
+        if count >= n || start.elapsed() > std::time::Duration::from_secs(30) {
             return count;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
