@@ -5,6 +5,7 @@
 
 mod cache;
 mod imports;
+mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 
 pub use imports::{Import, Provided};
+pub use pool::MAX_CONCURRENT_RUNS;
 
 use crate::bindings::ActionPre;
 use crate::bindings::hostaction::host::types;
@@ -180,6 +182,7 @@ pub struct Runtime {
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
     systemd: Arc<Systemd>,
     ticker_stop: Arc<AtomicBool>,
+    slots: pool::RunSlots,
 }
 
 impl Runtime {
@@ -187,7 +190,9 @@ impl Runtime {
     /// cache directory, and starts the deadline clock.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
         let mut wasm = Config::new();
-        wasm.wasm_component_model(true).epoch_interruption(true);
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(pool::allocation_strategy());
         let engine = Engine::new(&wasm).map_err(|e| Error::Host(format!("engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker)
@@ -221,6 +226,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             systemd: Arc::new(Systemd::new(system_bus)),
             ticker_stop,
+            slots: pool::RunSlots::default(),
         })
     }
 
@@ -408,6 +414,7 @@ impl Runtime {
             },
             table: ResourceTable::new(),
         };
+        let slot = self.slots.take()?;
         let mut store = Store::new(&self.engine, state);
         capabilities::install_limiter(&mut store);
         store.set_epoch_deadline(ticks(limits.timeout));
@@ -440,6 +447,8 @@ impl Runtime {
         };
         let (status, outcome) = status_and_outcome;
         let effects = store.into_data().effects.into_recorded();
+        // The store (and with it the instance) is gone: its slot is free.
+        drop(slot);
         let (log, log_dropped_bytes) = Arc::try_unwrap(log)
             .ok()
             .and_then(|m| m.into_inner().ok())
