@@ -768,6 +768,11 @@ fn print_report(
             report.log_dropped_bytes
         );
     }
+    outln!(
+        out,
+        "memory   {:.1} MiB of linear memory",
+        report.memory_bytes as f64 / f64::from(1 << 20)
+    );
     let t = &report.timing;
     outln!(
         out,

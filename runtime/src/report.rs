@@ -88,6 +88,9 @@ pub struct RunReport {
     pub log: Vec<LogLine>,
     /// Bytes of log dropped past the run's log limit.
     pub log_dropped_bytes: usize,
+    /// Linear memory the run held at its end, all its memories together
+    /// (memories only grow, so this is its peak): what `--memory` bounds.
+    pub memory_bytes: usize,
     /// Time per phase.
     pub timing: Timing,
 }

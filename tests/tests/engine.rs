@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use hostaction_runtime::engine::LoadSource;
+use hostaction_runtime::engine::{LoadSource, MAX_CONCURRENT_RUNS};
 use hostaction_runtime::{Error, RunStatus, Runtime, RuntimeConfig};
 use hostaction_tests::{Host, guest, probe_results, request};
 use serde_json::json;
@@ -281,6 +281,61 @@ fn second_runtime_loads_precompiled_code_from_the_disk_cache() {
         )
         .unwrap();
     assert!(report.status.is_success(), "{}", report.status);
+}
+
+#[test]
+fn the_report_gives_the_runs_linear_memory() {
+    let host = Host::new();
+    let module = host.load("probe");
+    let small = host
+        .runtime
+        .run(&module, request(&probe(json!([])), GRANT))
+        .unwrap();
+    let grown = host
+        .runtime
+        .run(
+            &module,
+            request(&probe(json!([{"op": "alloc", "mib": 16}])), GRANT),
+        )
+        .unwrap();
+    assert!(grown.status.is_success(), "{}", grown.status);
+    assert!(small.memory_bytes > 0);
+    assert!(
+        grown.memory_bytes >= small.memory_bytes + (16 << 20),
+        "{} after allocating 16 MiB, {} before",
+        grown.memory_bytes,
+        small.memory_bytes
+    );
+    assert!(grown.memory_bytes <= 64 << 20, "{}", grown.memory_bytes);
+}
+
+#[test]
+fn more_concurrent_runs_than_instance_slots_wait_for_one_and_all_run() {
+    // Every run spins to its deadline, so they all overlap: the ones past the
+    // pool's slots wait for one instead of failing to instantiate.
+    let host = Host::new();
+    let module = host.load("probe");
+    let runs = MAX_CONCURRENT_RUNS as usize + 8;
+    let reports: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..runs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut spin = request(&probe(json!([{"op": "spin"}])), GRANT);
+                    spin.limits.timeout = Duration::from_millis(300);
+                    host.runtime.run(&module, spin).unwrap()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for report in &reports {
+        assert!(
+            matches!(report.status, RunStatus::DeadlineExceeded(_)),
+            "{}",
+            report.status
+        );
+    }
+    assert_eq!(reports.len(), runs);
 }
 
 #[test]

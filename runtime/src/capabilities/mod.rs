@@ -113,7 +113,7 @@ pub(crate) struct StoreLimits {
 }
 
 /// Table elements one table may have (guards against a table bomb).
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Instances, memories and tables one run may create (a component is a few
 /// core instances; Python and JavaScript ones a few dozen).
 const MAX_INSTANCES: usize = 1_000;

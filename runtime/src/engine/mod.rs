@@ -446,6 +446,7 @@ impl Runtime {
             }
         };
         let (status, outcome) = status_and_outcome;
+        let memory_bytes = store.data().limits.memory_used;
         let effects = store.into_data().effects.into_recorded();
         // The store (and with it the instance) is gone: its slot is free.
         drop(slot);
@@ -468,6 +469,7 @@ impl Runtime {
             effects,
             log,
             log_dropped_bytes,
+            memory_bytes,
             timing: Timing {
                 instantiate_us: (instantiated - start).as_micros() as u64,
                 run_us: (ran - instantiated).as_micros() as u64,

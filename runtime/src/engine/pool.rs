@@ -9,19 +9,17 @@ use std::sync::{Condvar, Mutex};
 
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::capabilities::MAX_TABLE_ELEMENTS;
 use crate::error::{Error, Result};
 
 /// Runs one runtime instantiates at once; more wait for a slot.
 pub const MAX_CONCURRENT_RUNS: u32 = 32;
-/// Core module instances one component may have (componentize-py links
-/// CPython's modules into one component: about a dozen).
-const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Core module instances (and tables) one component may have: a few for
+/// Rust and C, a few dozen for Python and JavaScript.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Linear memories one component may have (one for Rust, C, Python and
 /// JavaScript components).
 const MEMORIES_PER_COMPONENT: u32 = 2;
-/// Function table entries one table may have (an interpreter's table is
-/// large).
-const TABLE_ELEMENTS: usize = 100_000;
 
 /// The pooling allocator sized for [`MAX_CONCURRENT_RUNS`]. Each memory slot
 /// reserves (but does not commit) 4 GiB of address space, as a 32-bit
@@ -35,7 +33,7 @@ pub fn allocation_strategy() -> InstanceAllocationStrategy {
         .total_memories(MAX_CONCURRENT_RUNS * MEMORIES_PER_COMPONENT)
         .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
         .total_tables(MAX_CONCURRENT_RUNS * CORE_INSTANCES_PER_COMPONENT)
-        .table_elements(TABLE_ELEMENTS);
+        .table_elements(MAX_TABLE_ELEMENTS);
     InstanceAllocationStrategy::Pooling(pool)
 }
 
