@@ -21,10 +21,14 @@
 //! - `languages` ([`languages`]): the same action in Rust, Python,
 //!   JavaScript and C side by side — size, first compile, precompiled-cache
 //!   load, instantiate and run; writes `target/bench/languages.json`.
+//! - `memory` ([`memory`]): the idle agent's RSS beside a DaemonSet
+//!   container's processes, and the RSS each concurrent run adds beside its
+//!   linear memory; writes `target/bench/memory.json`.
 
 mod cluster;
 mod files;
 mod languages;
+mod memory;
 mod network;
 mod oci;
 mod services;
@@ -59,12 +63,16 @@ struct Args {
     /// The component whose `restart` op the services suite runs.
     #[arg(long, default_value = "target/guests/svcprobe.wasm")]
     services_module: PathBuf,
-    /// The probe component the cluster suite's action runs.
+    /// The probe component the cluster suite's action runs (and the memory
+    /// suite's concurrent runs).
     #[arg(long, default_value = "target/guests/probe.wasm")]
     cluster_module: PathBuf,
     /// Where the built guests are (languages suite: each language's probe).
     #[arg(long, default_value = "target/guests")]
     guests: PathBuf,
+    /// Runs measured at once (memory suite).
+    #[arg(long, default_value_t = 16)]
+    concurrent: usize,
     /// Simulated nodes (cluster suite).
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -88,6 +96,8 @@ enum Suite {
     Cluster,
     /// The same action in Rust, Python, JavaScript and C.
     Languages,
+    /// RSS of the idle agent and of each concurrent run.
+    Memory,
     /// All; the root-only suites are skipped with a note when not root.
     All,
 }
@@ -161,6 +171,14 @@ fn main() -> BenchResult<()> {
             iterations: args.iterations,
             guests: args.guests.clone(),
             out: args.out_dir.join("languages.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Memory | Suite::All) {
+        memory::run(&memory::Config {
+            module: args.module.clone(),
+            probe: args.cluster_module.clone(),
+            concurrent: args.concurrent,
+            out: args.out_dir.join("memory.json"),
         })?;
     }
     if matches!(args.suite, Suite::Network | Suite::Services | Suite::All)
