@@ -188,7 +188,10 @@ fn concurrent_runs(cfg: &Config, scratch: &Path) -> BenchResult<(f64, f64)> {
         system_bus: None,
     })?;
     let module = runtime.load_file(&cfg.probe)?;
-    let grant = EffectiveGrant::new(&Grant::parse("files: {write: [/opt/probe]}", "grant")?, None)?;
+    let grant = EffectiveGrant::new(
+        &Grant::parse("files: {write: [/opt/probe]}", "grant")?,
+        None,
+    )?;
     let spin = |timeout: Duration| {
         let mut request = RunRequest::new(r#"{"ops": [{"op": "spin"}]}"#, grant.clone());
         request.limits.timeout = timeout;
