@@ -33,7 +33,10 @@ pub fn allocation_strategy() -> InstanceAllocationStrategy {
         .total_memories(MAX_CONCURRENT_RUNS * MEMORIES_PER_COMPONENT)
         .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
         .total_tables(MAX_CONCURRENT_RUNS * CORE_INSTANCES_PER_COMPONENT)
-        .table_elements(MAX_TABLE_ELEMENTS);
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // Fiber stacks of async calls (runs are sync): the default 1000 would
+        // cost a guard-page mprotect each at every process start (~8 ms).
+        .total_stacks(MAX_CONCURRENT_RUNS);
     InstanceAllocationStrategy::Pooling(pool)
 }
 
