@@ -127,29 +127,8 @@ impl Host {
         params: &Value,
         grant_yaml: &str,
     ) -> hostaction_runtime::Result<RunReport> {
-        self.run_with_payload(guest_name, params, grant_yaml, &[])
-    }
-
-    /// Runs a guest as [`Host::run`] does, shipped with `payload` files
-    /// (name, contents), which are written outside the host root.
-    pub fn run_with_payload(
-        &self,
-        guest_name: &str,
-        params: &Value,
-        grant_yaml: &str,
-        payload: &[(&str, &str)],
-    ) -> hostaction_runtime::Result<RunReport> {
         let module = self.load(guest_name);
-        let shipped = tempfile::tempdir().expect("payload dir");
-        let mut files = Vec::new();
-        for (name, contents) in payload {
-            let path = shipped.path().join(name);
-            std::fs::write(&path, contents).expect("write payload file");
-            files.push(((*name).to_owned(), path));
-        }
-        let mut request = request(params, grant_yaml);
-        request.payload = Arc::new(Payload::from_files(&files)?);
-        self.runtime.run(&module, request)
+        self.runtime.run(&module, request(params, grant_yaml))
     }
 
     /// Every entry under the host root with its kind, mode, size, inode, link
@@ -354,4 +333,30 @@ pub fn imports_by(inspected: &Value, by: &str) -> Vec<String> {
         .filter(|i| i["provided"]["by"] == by)
         .map(|i| i["name"].as_str().expect("import name").to_owned())
         .collect()
+}
+
+/// Checks that a language's probe reads its payload (the `payload-read` op)
+/// under `grant`, which gives no more than `files`: `payload` is in every
+/// world and always allowed. Ships `hello.txt`; a missing name is `not-found`.
+pub fn assert_probe_reads_its_payload(host: &Host, probe: &str, grant: &str) {
+    let shipped = tempfile::tempdir().expect("payload dir");
+    let file = shipped.path().join("hello.txt");
+    std::fs::write(&file, "hello from the payload").expect("write payload file");
+    let mut request = request(
+        &serde_json::json!({"ops": [
+            {"op": "payload-read", "name": "hello.txt"},
+            {"op": "payload-read", "name": "missing"},
+        ]}),
+        grant,
+    );
+    request.payload =
+        Arc::new(Payload::from_files(&[("hello.txt".to_owned(), file)]).expect("payload"));
+    let report = host
+        .runtime
+        .run(&host.load(probe), request)
+        .expect("run the probe");
+    assert!(report.status.is_success(), "{}", report.status);
+    let results = probe_results(&report);
+    assert_eq!(results[0]["ok"], "hello from the payload");
+    assert_eq!(err_kind(&results[1]), Some("not-found"), "{results:?}");
 }

@@ -23,8 +23,8 @@ use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunStatus};
 use hostaction_tests::{
-    Host, cli_cache, err_kind, fact, guest, hostaction_bin, imports_by, inspect, probe_results,
-    request, workspace,
+    Host, assert_probe_reads_its_payload, cli_cache, err_kind, fact, guest, hostaction_bin,
+    imports_by, inspect, probe_results, request, workspace,
 };
 use serde_json::{Value, json};
 
@@ -390,22 +390,7 @@ fn console_log_and_error_go_to_the_run_log() {
 fn payload_is_read_under_a_files_only_grant() {
     // componentize-js imports every interface of the probe's world
     // (`files-action`): `payload` is among them, and always allowed.
-    let host = Host::new();
-    let report = host
-        .run_with_payload(
-            PROBE,
-            &json!({"ops": [
-                {"op": "payload-read", "name": "hello.txt"},
-                {"op": "payload-read", "name": "missing"},
-            ]}),
-            PROBE_GRANT,
-            &[("hello.txt", "hello from the payload")],
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{}", report.status);
-    let results = probe_results(&report);
-    assert_eq!(results[0]["ok"], "hello from the payload");
-    assert_eq!(err_kind(&results[1]), Some("not-found"), "{results:?}");
+    assert_probe_reads_its_payload(&Host::new(), PROBE, PROBE_GRANT);
 }
 
 /// JavaScript here has no `process` and no file API; the component imports no

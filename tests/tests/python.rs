@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunStatus};
-use hostaction_tests::{Host, err_kind, fact, imports_by, inspect, probe_results};
+use hostaction_tests::{
+    Host, assert_probe_reads_its_payload, err_kind, fact, imports_by, inspect, probe_results,
+};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "cni-conflist";
@@ -279,22 +281,7 @@ fn print_goes_to_the_run_log() {
 fn payload_is_read_under_a_files_only_grant() {
     // componentize-py imports every interface of the probe's world
     // (`files-action`): `payload` is among them, and always allowed.
-    let host = host();
-    let report = host
-        .run_with_payload(
-            PROBE,
-            &json!({"ops": [
-                {"op": "payload-read", "name": "hello.txt"},
-                {"op": "payload-read", "name": "missing"},
-            ]}),
-            PROBE_GRANT,
-            &[("hello.txt", "hello from the payload")],
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{}", report.status);
-    let results = probe_results(&report);
-    assert_eq!(results[0]["ok"], "hello from the payload");
-    assert_eq!(err_kind(&results[1]), Some("not-found"), "{results:?}");
+    assert_probe_reads_its_payload(&host(), PROBE, PROBE_GRANT);
 }
 
 #[test]
