@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: builds the guest components from source,
-# checks formatting, lints and dependencies, then runs every test (unit tests,
-# the end-to-end tests in tests/, and the CLI tests) in release mode, so that
-# wasmtime compiles components at full speed and is built once for tests,
-# the CLI and the benchmarks.
+# The whole test suite, as CI runs it: installs what the tests need when it is
+# missing (scripts/install-test-deps.sh), builds the guest components from
+# source, checks formatting, lints and dependencies, then runs every test (unit
+# tests, the end-to-end tests in tests/, and the CLI tests) in release mode, so
+# that wasmtime compiles components at full speed and is built once for tests,
+# the CLI and the benchmarks (one `--workspace --all-targets` build: building
+# one package alone would unify other features and build the dependencies
+# again).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*" >&2; }
+
+step "what the tests need (scripts/install-test-deps.sh)"
+scripts/install-test-deps.sh
 
 step "guest components (scripts/build-guests.sh)"
 scripts/build-guests.sh
@@ -18,25 +24,20 @@ cargo fmt --all --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-if command -v cargo-deny >/dev/null 2>&1; then
-    # Advisories need the advisory database from the network, which this
-    # machine cannot reach; licences, bans and sources are checked offline.
-    step "cargo deny check bans licenses sources"
-    # Every platform's crates, so that the licence check sees them all.
-    cargo fetch --locked >/dev/null
-    cargo deny --offline check bans licenses sources
-else
-    step "cargo deny not installed (cargo install --locked cargo-deny@0.20.2); skipped"
-fi
+# Advisories need the advisory database from the network, which this machine
+# cannot reach; licences, bans and sources are checked offline.
+step "cargo deny check bans licenses sources"
+# Every platform's crates, so that the licence check sees them all.
+cargo fetch --locked >/dev/null
+cargo deny --offline check bans licenses sources
 
-if command -v kubernetes-validate >/dev/null 2>&1; then
-    # Offline: the schemas ship with the tool. The CRDs' own rules (CEL) are
-    # checked by the crds tests.
-    step "kubernetes-validate manifests/*.yaml (Kubernetes 1.33)"
-    kubernetes-validate --quiet --strict -k 1.33.0 manifests/*.yaml
-else
-    step "kubernetes-validate not installed (pip install kubernetes-validate==1.37.0); skipped"
-fi
+# Offline: the schemas ship with the tool. The CRDs' own rules (CEL) are
+# checked by the crds tests.
+step "kubernetes-validate manifests/*.yaml (Kubernetes 1.33)"
+kubernetes-validate --quiet --strict -k 1.33.0 manifests/*.yaml
+
+step "cargo build --release --workspace --all-targets (tests, the CLI, the benchmarks)"
+cargo build --locked --release --workspace --all-targets
 
 step "cargo test --release"
 log=$(mktemp)
