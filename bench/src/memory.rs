@@ -110,7 +110,7 @@ fn idle_agent_rss(module: &Path, scratch: &Path, pass: &str) -> BenchResult<f64>
         .into());
     }
     let agent = Command::new(cli)
-        .args(["agent", "--manifests"])
+        .args(["agent", "--unbounded-grants", "--manifests"])
         .arg(&manifests)
         .arg("--state")
         .arg(&state)

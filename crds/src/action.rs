@@ -30,10 +30,11 @@ use crate::grant::Grant;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HostActionSpec {
-    /// The module: an OCI reference (`registry/repository:tag` or
-    /// `registry/repository@sha256:...`). A tag is resolved to a digest once
-    /// per generation; nodes run that digest.
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 1024 && self.contains('/')").message("module must be an OCI reference like registry.example/actions/cni-install:v1"))]
+    /// The module: a registry reference (`registry/repository:tag` or
+    /// `registry/repository@sha256:...`), never a file path or URL. A tag is
+    /// resolved to a digest once per generation; nodes run that digest.
+    #[schemars(length(max = crate::run::MODULE_BYTES))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", crate::run::MODULE_PATTERN)).message("module must be a registry reference like registry.example/actions/cni-install:v1 (or @sha256:<64 hex>), never a file path or URL"))]
     pub module: String,
     /// The action's params: any JSON object, passed to its `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +193,7 @@ pub struct HostActionStatus {
     pub observed_generation: Option<i64>,
     /// The module's manifest digest for this generation (`sha256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 71))]
     pub resolved_digest: Option<String>,
     /// Nodes the selector picks.
     #[serde(default)]
@@ -202,7 +204,7 @@ pub struct HostActionStatus {
     /// `Resolved`, `Progressing`, `Complete`, `Failed` (Kubernetes API
     /// conventions: status True/False/Unknown, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -24,6 +24,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Entries of one list of a grant (in the CRDs; a bound for the API server).
+pub const LIST_ITEMS: usize = 64;
+/// Bytes of a granted directory (Linux's `PATH_MAX`).
+pub const PATH_BYTES: usize = 4096;
+/// Bytes of a name pattern (netns, interface, unit).
+pub const PATTERN_BYTES: usize = 256;
+
 /// Scopes per capability. A missing section means the capability is not granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -45,9 +52,11 @@ pub struct Grant {
 pub struct FilesScope {
     /// Directories the action may read.
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = PATH_BYTES)))]
     pub read: Vec<String>,
     /// Directories the action may write (and read).
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = PATH_BYTES)))]
     pub write: Vec<String>,
 }
 
@@ -57,12 +66,15 @@ pub struct FilesScope {
 pub struct NetworkScope {
     /// Named network namespaces (patterns with `*`), `host` for the host's own.
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = PATTERN_BYTES)))]
     pub netns: Vec<String>,
     /// Interface-name patterns (`*` matches any run of characters).
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = PATTERN_BYTES)))]
     pub interfaces: Vec<String>,
     /// Link kinds the action may create.
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = 32)))]
     pub kinds: Vec<String>,
     /// Only links (and namespaces) hostaction created may be changed or deleted.
     #[serde(default)]
@@ -70,10 +82,12 @@ pub struct NetworkScope {
     /// Address ranges (CIDR) addresses may be put in: `10.244.0.0/16` allows
     /// `10.244.1.1/24`, not `10.0.0.1/8`.
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = 64)))]
     pub addresses: Vec<String>,
     /// Route destinations (CIDR) routes may go to; `default` allows default
     /// routes (which `0.0.0.0/0` and `::/0` also cover).
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = 64)))]
     pub routes: Vec<String>,
 }
 
@@ -83,6 +97,7 @@ pub struct NetworkScope {
 pub struct ServicesScope {
     /// Unit-name patterns, matched against systemd's canonical names.
     #[serde(default)]
+    #[schemars(length(max = LIST_ITEMS), inner(length(max = PATTERN_BYTES)))]
     pub units: Vec<String>,
     /// Whether the action may make systemd reread its unit files.
     #[serde(default)]

@@ -19,7 +19,9 @@ pub use action::{HostAction, HostActionSpec, HostActionStatus};
 pub use grant::Grant;
 pub use run::{HostActionRun, HostActionRunSpec, HostActionRunStatus, RunPhase};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use serde_json::Value;
 
 /// The API group.
 pub const GROUP: &str = "hostaction.dev";
@@ -28,12 +30,89 @@ pub const NODE_LABEL: &str = "hostaction.dev/node";
 /// The label naming a run's HostAction.
 pub const ACTION_LABEL: &str = "hostaction.dev/action";
 
+/// Bytes of a string the types above leave unbounded (those of the
+/// Kubernetes types they embed: label selectors, times).
+pub const DEFAULT_STRING_BYTES: u64 = 1024;
+/// Entries of a list or map the types above leave unbounded.
+pub const DEFAULT_LIST_ITEMS: u64 = 64;
+/// Bytes of a condition's message (Kubernetes' own bound for `Condition`).
+pub const CONDITION_MESSAGE_BYTES: u64 = 32768;
+
+/// Both CustomResourceDefinitions, every string, list and map in them
+/// bounded so that the API server itself refuses oversized objects; only
+/// `params` (free-form JSON) is bounded by the API server's request size.
+pub fn crds() -> Result<[CustomResourceDefinition; 2], serde_json::Error> {
+    Ok([bounded(HostAction::crd())?, bounded(HostActionRun::crd())?])
+}
+
 /// Both CustomResourceDefinitions as one YAML stream, as `hostaction crds`
 /// prints them.
-pub fn crds_yaml() -> Result<String, serde_yaml_ng::Error> {
-    Ok(format!(
-        "{}---\n{}",
-        serde_yaml_ng::to_string(&HostAction::crd())?,
-        serde_yaml_ng::to_string(&HostActionRun::crd())?
-    ))
+pub fn crds_yaml() -> Result<String, String> {
+    let [action, run] = crds().map_err(|e| e.to_string())?;
+    let yaml =
+        |crd: &CustomResourceDefinition| serde_yaml_ng::to_string(crd).map_err(|e| e.to_string());
+    Ok(format!("{}---\n{}", yaml(&action)?, yaml(&run)?))
+}
+
+/// `crd` with defaults for the bounds its schema lacks.
+fn bounded(crd: CustomResourceDefinition) -> Result<CustomResourceDefinition, serde_json::Error> {
+    let mut value = serde_json::to_value(crd)?;
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                if let Some(message) = schema.pointer_mut(
+                    "/properties/status/properties/conditions/items/properties/message",
+                ) {
+                    message["maxLength"] = CONDITION_MESSAGE_BYTES.into();
+                }
+                bound(schema);
+            }
+        }
+    }
+    serde_json::from_value(value)
+}
+
+/// Gives every string without a `maxLength` (or `enum`) a default one, and
+/// every list and map without a `maxItems` (`maxProperties`) a default one.
+fn bound(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else {
+        return;
+    };
+    if map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match map.get("type").and_then(Value::as_str) {
+        Some("string") if !map.contains_key("enum") => {
+            map.entry("maxLength")
+                .or_insert(DEFAULT_STRING_BYTES.into());
+        }
+        Some("array") => {
+            map.entry("maxItems").or_insert(DEFAULT_LIST_ITEMS.into());
+        }
+        Some("object")
+            if map
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            map.entry("maxProperties")
+                .or_insert(DEFAULT_LIST_ITEMS.into());
+        }
+        _ => {}
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(inner) = map.get_mut(key) {
+            bound(inner);
+        }
+    }
+    if let Some(properties) = map.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.values_mut().for_each(bound);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(list) = map.get_mut(key).and_then(Value::as_array_mut) {
+            list.iter_mut().for_each(bound);
+        }
+    }
 }

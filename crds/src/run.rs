@@ -10,10 +10,42 @@ use serde::{Deserialize, Serialize};
 use crate::action::Mode;
 use crate::grant::Grant;
 
-/// Log lines a run's status keeps (its last ones).
+/// Bytes a run's status may take, serialized as JSON. The agent shrinks the
+/// log tail and the effects list to fit (and says how many it dropped): the
+/// controller caches every run of every node, and etcd refuses large
+/// objects; 500 nodes cost the controller 8 MiB of statuses.
+pub const STATUS_BYTES: usize = 16 * 1024;
+/// Log lines a run's status keeps at most (its last ones).
 pub const LOG_TAIL_LINES: usize = 50;
-/// Effects a run's status lists (its first ones; the count says how many).
+/// Effects a run's status lists at most (its first ones; `effectCount`
+/// says how many there were).
 pub const EFFECTS_LISTED: usize = 100;
+/// Bytes of the status message; longer ones are cut.
+pub const MESSAGE_BYTES: usize = 2048;
+/// Bytes of one log line, effect target or other free text in a status;
+/// longer ones are cut.
+pub const LINE_BYTES: usize = 512;
+/// Bytes of an object name (`metadata.name`, a node name): a DNS subdomain.
+pub const NAME_BYTES: usize = 253;
+/// Bytes of a module reference.
+pub const MODULE_BYTES: usize = 1024;
+
+/// A registry host: `localhost`, a name with a dot, or a name with a port
+/// (IPv6 literals are not accepted). No `\` so that it reads the same in a
+/// CEL string as in RE2 and ECMAScript.
+macro_rules! registry_repository {
+    () => {
+        "^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+(:[0-9]+)?|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?:[0-9]+)/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?"
+    };
+}
+
+/// A run's module: a registry reference pinned by digest,
+/// `registry/repository[:tag]@sha256:<64 hex>`, and nothing else — never a
+/// file path or a URL with a scheme (a node would run a local file).
+pub const PINNED_MODULE_PATTERN: &str = concat!(registry_repository!(), "@sha256:[0-9a-f]{64}$");
+/// A HostAction's module: a registry reference by tag or digest,
+/// `registry/repository[:tag][@sha256:<64 hex>]`.
+pub const MODULE_PATTERN: &str = concat!(registry_repository!(), "(@sha256:[0-9a-f]{64})?$");
 
 /// What one node must run: a pinned module, its params and grants.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -36,13 +68,17 @@ pub const EFFECTS_LISTED: usize = 100;
 #[x_kube(validation = Rule::new("self == oldSelf").message("a run's spec is immutable: a new generation gets a new run"))]
 pub struct HostActionRunSpec {
     /// The HostAction this run belongs to.
+    #[schemars(length(max = NAME_BYTES))]
     pub action: String,
     /// The HostAction's generation it runs.
     pub generation: i64,
     /// The node that runs it (also its `hostaction.dev/node` label).
+    #[schemars(length(max = NAME_BYTES))]
     pub node_name: String,
-    /// The module by digest: `registry/repository@sha256:...`.
-    #[x_kube(validation = Rule::new("self.matches('^[^@]+@sha256:[0-9a-f]{64}$')").message("module must be pinned by digest (registry/repository@sha256:...)"))]
+    /// The module by digest: `registry/repository[:tag]@sha256:<64 hex>`,
+    /// never a file or a URL.
+    #[schemars(length(max = MODULE_BYTES))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{PINNED_MODULE_PATTERN}')")).message("module must be a registry reference pinned by digest (registry.example/repository@sha256:<64 hex>), never a file path or URL"))]
     pub module: String,
     /// The action's params.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,19 +130,26 @@ pub struct HostActionRunStatus {
     pub changed: Option<bool>,
     /// The outcome's message, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = MESSAGE_BYTES))]
     pub message: Option<String>,
-    /// The last lines of its log.
+    /// The last lines of its log (as many as fit the status's size budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = LOG_TAIL_LINES), inner(length(max = LINE_BYTES)))]
     pub log_tail: Vec<String>,
-    /// What it changed (or, in plan mode, would change): the first ones.
+    /// Log lines of the run not in `logTail`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_lines_dropped: i32,
+    /// What it changed (or, in plan mode, would change): the first ones (as
+    /// many as fit the status's size budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = EFFECTS_LISTED))]
     pub effects: Vec<EffectSummary>,
-    /// How many effects it had in all.
+    /// How many effects it had in all (`effects` lists the first ones).
     #[serde(default)]
     pub effect_count: i32,
+    /// Effects of the run not in `effects`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub effects_dropped: i32,
     /// Times the agent started it (a run left Running by a restarted agent
     /// is started again).
     #[serde(default)]
@@ -118,11 +161,21 @@ pub struct HostActionRunStatus {
 #[serde(rename_all = "camelCase")]
 pub struct EffectSummary {
     /// The capability (`files`, `network`, `services`).
+    #[schemars(length(max = WORD_BYTES))]
     pub capability: String,
     /// What it did (`write-file`, `create-link`, `restart`, ...).
+    #[schemars(length(max = WORD_BYTES))]
     pub action: String,
     /// What it did it to.
+    #[schemars(length(max = LINE_BYTES))]
     pub target: String,
+}
+
+/// Bytes of a capability or effect name in a status.
+pub const WORD_BYTES: usize = 64;
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// The schema of a free-form JSON object (`params`).

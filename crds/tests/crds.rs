@@ -81,3 +81,125 @@ fn example_host_actions_parse_as_host_actions() {
     }
     assert!(seen >= 3, "examples in {}", dir.display());
 }
+
+/// Every string, list and map of both schemas has a bound, so the API
+/// server refuses oversized objects (only free-form `params` has none).
+#[test]
+fn every_string_list_and_map_in_the_crds_is_bounded() {
+    fn walk(path: &str, schema: &serde_json::Value, unbounded: &mut Vec<String>) {
+        if !schema.is_object() || schema["x-kubernetes-preserve-unknown-fields"] == true {
+            return;
+        }
+        match schema["type"].as_str() {
+            Some("string") if schema["maxLength"].is_null() && schema["enum"].is_null() => {
+                unbounded.push(format!("{path}: string without maxLength"));
+            }
+            Some("array") if schema["maxItems"].is_null() => {
+                unbounded.push(format!("{path}: list without maxItems"));
+            }
+            Some("object")
+                if schema["additionalProperties"].is_object()
+                    && schema["maxProperties"].is_null() =>
+            {
+                unbounded.push(format!("{path}: map without maxProperties"));
+            }
+            _ => {}
+        }
+        walk(&format!("{path}[]"), &schema["items"], unbounded);
+        walk(
+            &format!("{path}{{}}"),
+            &schema["additionalProperties"],
+            unbounded,
+        );
+        for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+            walk(&format!("{path}.{name}"), property, unbounded);
+        }
+    }
+    let yaml = crds_yaml().unwrap();
+    let mut unbounded = Vec::new();
+    for doc in yaml.split("\n---\n") {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(doc).unwrap();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+        walk(
+            &kind,
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            &mut unbounded,
+        );
+    }
+    assert!(unbounded.is_empty(), "{unbounded:#?}");
+    // The run's status: its size budget holds what the schema allows per item.
+    assert!(yaml.contains(&format!("maxLength: {}", hostaction_crds::run::LINE_BYTES)));
+}
+
+/// A run's module is a registry reference pinned by digest, a HostAction's
+/// a registry reference: never a file path or a URL (a node would run a
+/// local file with the run's grants).
+#[test]
+fn module_rules_take_registry_references_only() {
+    use hostaction_crds::run::{MODULE_PATTERN, PINNED_MODULE_PATTERN};
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let pinned = regex::Regex::new(PINNED_MODULE_PATTERN).unwrap();
+    let any = regex::Regex::new(MODULE_PATTERN).unwrap();
+    for good in [
+        format!("registry.example/actions/cni-install@{digest}"),
+        format!("registry.example:5000/a/b-c/d_e@{digest}"),
+        format!("127.0.0.1:5000/actions/probe:v1@{digest}"),
+        format!("localhost/x@{digest}"),
+        format!("localhost:5000/x@{digest}"),
+        format!("reg/x@{digest}").replace("reg/", "reg:1/"),
+    ] {
+        assert!(pinned.is_match(&good), "{good}");
+        assert!(any.is_match(&good), "{good}");
+    }
+    for tagged in [
+        "registry.example/actions/cni-install:v1",
+        "registry.example/actions/cni-install",
+        "127.0.0.1:5000/x:latest",
+    ] {
+        assert!(!pinned.is_match(tagged), "{tagged}");
+        assert!(any.is_match(tagged), "{tagged}");
+    }
+    for bad in [
+        format!("/var/lib/x@{digest}"),
+        format!("/host/tmp/evil.wasm@{digest}"),
+        format!("file:///tmp/x@{digest}"),
+        format!("file://registry.example/x@{digest}"),
+        format!("https://registry.example/x@{digest}"),
+        format!("./x@{digest}"),
+        format!("../x@{digest}"),
+        format!("x@{digest}"),
+        format!("library/x@{digest}"),
+        "registry.example/x@sha256:abc".to_owned(),
+        format!("registry.example/x@{digest}0"),
+        format!("registry.example/x@{}", digest.to_uppercase()),
+        format!("registry.example/../x@{digest}"),
+        format!("registry.example//x@{digest}"),
+        format!("registry.example/x@{digest}\n"),
+        format!("registry.example/x y@{digest}"),
+        String::new(),
+    ] {
+        assert!(!pinned.is_match(&bad), "{bad:?}");
+        assert!(!any.is_match(&bad), "{bad:?}");
+    }
+    // The CEL rules are these patterns.
+    let yaml = crds_yaml().unwrap();
+    let rules: Vec<String> =
+        yaml.split("\n---\n")
+            .map(|doc| {
+                let crd: serde_json::Value = serde_yaml_ng::from_str(doc).unwrap();
+                let module = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+                    ["spec"]["properties"]["module"];
+                module["x-kubernetes-validations"][0]["rule"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    assert_eq!(
+        rules,
+        [
+            format!("self.matches('{MODULE_PATTERN}')"),
+            format!("self.matches('{PINNED_MODULE_PATTERN}')")
+        ]
+    );
+}

@@ -155,8 +155,10 @@ struct AgentArgs {
     /// from the API server (kubeconfig from $KUBECONFIG, else in-cluster).
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Serve Prometheus metrics (`/metrics`) and `/healthz` here (with --node-name).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9091")]
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` here (with
+    /// --node-name). Loopback by default: the agent's pod is on the host
+    /// network, where 0.0.0.0 is every address of the node.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9091")]
     metrics_addr: std::net::SocketAddr,
     /// A run still going after this long is marked Running in the API (with
     /// --node-name; shorter runs cost one status write).
@@ -175,9 +177,15 @@ struct AgentArgs {
     /// This node's labels, for node selectors (repeatable; static mode).
     #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = key_and_value)]
     node_labels: Vec<(String, String)>,
-    /// The node policy bounding every grant (YAML or JSON).
+    /// The node policy bounding every grant (YAML or JSON). Without it
+    /// nothing is granted: every run that needs a capability is refused.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// With no --policy, take every grant as it is, unbounded: whoever can
+    /// create a HostAction (or write a manifest) for this node is root on
+    /// it. Logged as a warning at start and on every run.
+    #[arg(long, conflicts_with = "policy")]
+    unbounded_grants: bool,
     /// Where the host's filesystem is seen.
     #[arg(long, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
@@ -482,11 +490,8 @@ fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
     let registry = Registry::new(args.registry.options()?)?;
     let store = dirs.store(Some(&args.registry))?;
-    let policy = args
-        .policy
-        .as_deref()
-        .map(|p| Grant::from_file(p, "policy"))
-        .transpose()?;
+    let policy =
+        hostaction_runtime::agent::node_policy(args.policy.as_deref(), args.unbounded_grants)?;
     let Some(manifests) = args.manifests.clone() else {
         return cluster_agent(args, dirs, runtime, registry, store, policy);
     };
@@ -526,7 +531,11 @@ fn cluster_agent(
     let node_name = args.node_name.clone().unwrap_or_default();
     let mark_running_after = seconds("mark-running-after", args.mark_running_after)?;
     let tokio = tokio::runtime::Runtime::new().map_err(|e| Error::Host(format!("tokio: {e}")))?;
-    tokio.block_on(async move {
+    // Held here so that they are dropped last, outside the async runtime:
+    // each owns a tokio runtime of its own, which must not be dropped inside
+    // another (a panic, exit 101, on every SIGTERM).
+    let (runtime, registry, store) = (Arc::new(runtime), Arc::new(registry), Arc::new(store));
+    let stopped = tokio.block_on(async {
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = AgentMetrics::register(&mut metrics_registry);
         serve_metrics(args.metrics_addr, metrics_registry)
@@ -538,9 +547,9 @@ fn cluster_agent(
         let agent = Arc::new(ClusterAgent {
             client,
             node_name,
-            runtime: Arc::new(runtime),
-            registry: Arc::new(registry),
-            store: Arc::new(store),
+            runtime: runtime.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
             policy,
             journal: args
                 .state
@@ -552,7 +561,12 @@ fn cluster_agent(
         tracing::info!(node = %agent.node_name, "agent starting");
         agent.run(shutdown_signal()).await?;
         Ok(0)
-    })
+    });
+    // A run still going past the shutdown grace keeps its thread: the
+    // process does not wait for it (the run journal brings it back).
+    tokio.shutdown_timeout(Duration::from_millis(100));
+    drop((runtime, registry, store));
+    stopped
 }
 
 impl RegistryArgs {

@@ -55,6 +55,10 @@
 //! - Errors are `Status` objects (`NotFound`, `AlreadyExists`, `Conflict`,
 //!   `Invalid`, `BadRequest`, `MethodNotAllowed`, `ServiceUnavailable`,
 //!   `UnsupportedMediaType`), so kube decodes them as `kube::Error::Api`.
+//! - Refusals on demand: [`ApiServer::refuse_status_writes`] answers the
+//!   status writes of one object with a chosen code (all of them, or those
+//!   over a size), as an admission policy or schema validation would;
+//!   [`ApiServer::writes_to`] counts write requests per object.
 //!
 //! # What it does not
 //!
@@ -300,6 +304,19 @@ impl Writes {
     }
 }
 
+/// How the double answers writes to one object's status subresource, as an
+/// API server whose admission or validation refuses them would (see
+/// [`ApiServer::refuse_status_writes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP code of the `Status` answered: 403 (`Forbidden`, an
+    /// admission policy), 413 (`RequestEntityTooLarge`), 422 (`Invalid`),
+    /// 429 (`TooManyRequests`), 500 (`InternalError`), or any other.
+    pub code: u16,
+    /// Refuse only bodies longer than this many bytes (0: every write).
+    pub over_bytes: usize,
+}
+
 /// The API-server double. Dropping it stops the server (its thread and
 /// runtime); open connections are then closed.
 pub struct ApiServer {
@@ -468,6 +485,25 @@ impl ApiServer {
         st.objects[res].values().map(|o| o.value.clone()).collect()
     }
 
+    /// From now on, refuses writes to the status of `resource` (plural,
+    /// e.g. `hostactionruns`) `name` as `refusal` says (`None`: takes them
+    /// again). Refused writes are counted as rejected and store nothing.
+    pub fn refuse_status_writes(&self, resource: &str, name: &str, refusal: Option<Refusal>) {
+        let key = (resource.to_owned(), name.to_owned());
+        let mut st = self.shared.lock();
+        match refusal {
+            Some(refusal) => st.refusals.insert(key, refusal),
+            None => st.refusals.remove(&key),
+        };
+    }
+
+    /// Write requests to one object so far, answered 2xx or not, per
+    /// `"{verb} {resource}[/status] {name}"`, e.g.
+    /// `"patch hostactionruns/status cni.n1.g1"`.
+    pub fn writes_to(&self) -> BTreeMap<String, u64> {
+        self.shared.lock().writes_to.clone()
+    }
+
     /// Counts of client write requests so far.
     pub fn writes(&self) -> Writes {
         self.shared.lock().writes.clone()
@@ -538,6 +574,8 @@ impl Shared {
                 counter: 0,
                 seed,
                 writes: Writes::default(),
+                writes_to: BTreeMap::new(),
+                refusals: BTreeMap::new(),
             }),
             avail: watch::Sender::new(true),
         }
@@ -711,6 +749,10 @@ struct State {
     counter: u64,
     seed: u64,
     writes: Writes,
+    /// Write requests per object (see [`ApiServer::writes_to`]).
+    writes_to: BTreeMap<String, u64>,
+    /// Status writes refused on demand, by (resource plural, name).
+    refusals: BTreeMap<(String, String), Refusal>,
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -1903,6 +1945,28 @@ impl ApiError {
         }
     }
 
+    fn refused(refusal: Refusal, def: &Def, name: &str) -> Self {
+        let reason = match refusal.code {
+            403 => "Forbidden",
+            413 => "RequestEntityTooLarge",
+            422 => "Invalid",
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "Unknown",
+        };
+        Self {
+            code: refusal.code,
+            reason,
+            message: format!(
+                "{} {name:?}: status write refused by the test double ({})",
+                def.qualified(),
+                refusal.code
+            ),
+            details: Self::details(def, name),
+        }
+    }
+
     fn unavailable() -> Self {
         Self {
             code: 503,
@@ -2146,6 +2210,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .trim()
         .to_ascii_lowercase();
     let route = route(parts.uri.path());
+    let name = match &route {
+        Route::Target(t) => t.name.clone(),
+        _ => None,
+    };
     let count_key = write_verb(&parts.method).map(|verb| match &route {
         Route::Target(t) => format!(
             "{verb} {}{}",
@@ -2165,8 +2233,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         } else {
             Ok(Bytes::new())
         };
-        match bytes {
-            Ok(bytes) => dispatch(
+        let refusal = match (&route, &bytes) {
+            (Route::Target(t), Ok(bytes)) if t.status && count_key.is_some() => {
+                t.name.as_ref().and_then(|name| {
+                    let key = (DEFS[t.res].plural.to_owned(), name.clone());
+                    let refusal = shared.lock().refusals.get(&key).copied()?;
+                    (bytes.len() > refusal.over_bytes)
+                        .then(|| ApiError::refused(refusal, &DEFS[t.res], name))
+                })
+            }
+            _ => None,
+        };
+        match (refusal, bytes) {
+            (Some(refusal), _) => refusal.response(),
+            (None, Ok(bytes)) => dispatch(
                 &shared,
                 &parts.method,
                 route,
@@ -2176,14 +2256,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 meta_only,
             )
             .unwrap_or_else(|e| e.response()),
-            Err(e) => e.response(),
+            (None, Err(e)) => e.response(),
         }
     };
     if let Some(key) = count_key {
-        shared
-            .lock()
-            .writes
-            .record(key, response.status().is_success());
+        let mut st = shared.lock();
+        if let Some(name) = name {
+            *st.writes_to.entry(format!("{key} {name}")).or_default() += 1;
+        }
+        st.writes.record(key, response.status().is_success());
     }
     response
 }

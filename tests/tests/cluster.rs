@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hostaction_tests::apiserver::ApiServer;
+use hostaction_tests::apiserver::{ApiServer, Refusal};
 use hostaction_tests::registry::Registry;
 use hostaction_tests::{Host, guest, hostaction_bin, probe_results};
 use serde_json::{Value, json};
 
 const GROUP_VERSION: &str = "hostaction.dev/v1alpha1";
 const CNI_GRANT: &str = r#"{"files": {"write": ["/etc/cni/net.d", "/opt/cni/bin"]}}"#;
+/// A node policy that allows what the CNI grant asks (agents without a
+/// policy grant nothing).
+const CNI_POLICY: &str = "files: {write: [/etc/cni/net.d, /opt/cni/bin]}\n";
 
 /// One API server double, one registry, the controller, and agents.
 struct Cluster {
@@ -37,11 +40,19 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        let mut cluster = Cluster::bare();
+        cluster.start_controller();
+        cluster
+    }
+
+    /// The API server and the registry, no controller: tests of one agent
+    /// put runs in the API themselves ([`Cluster::insert_run`]).
+    fn bare() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let api = ApiServer::start().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
-        let mut cluster = Cluster {
+        Cluster {
             api,
             registry: Registry::plain(),
             dir,
@@ -49,9 +60,7 @@ impl Cluster {
             controller: None,
             agents: BTreeMap::new(),
             mark_running_after: "1",
-        };
-        cluster.start_controller();
-        cluster
+        }
     }
 
     fn command(&self, log: &str) -> Command {
@@ -83,6 +92,17 @@ impl Cluster {
 
     /// Pushes a guest with a one-file payload; returns the tag reference.
     fn push(&self, name: &str) -> String {
+        self.push_both(name).0
+    }
+
+    /// Pushes a guest; returns its reference by digest, as runs carry it.
+    fn push_pinned(&self, name: &str) -> String {
+        self.push_both(name).1
+    }
+
+    /// Pushes a guest with a one-file payload; returns the tag reference
+    /// and the reference by digest.
+    fn push_both(&self, name: &str) -> (String, String) {
         let reference = format!("{}/actions/{name}:v1", self.registry.addr());
         let payload = self.dir.path().join("hello-plugin");
         std::fs::write(&payload, "#!/bin/sh\necho hello\n").unwrap();
@@ -98,7 +118,9 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(out.status.success(), "push: {out:?}");
-        reference
+        let pinned = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(pinned.contains("@sha256:"), "{pinned}");
+        (reference, pinned)
     }
 
     /// A Node object, Ready or not, with `labels`.
@@ -119,8 +141,20 @@ impl Cluster {
     }
 
     /// Starts node `name`'s agent over `root` (else its own scratch root),
-    /// bounded by `policy` when given.
+    /// bounded by `policy` when given (else with no --policy: it grants
+    /// nothing).
     fn start_agent(&mut self, name: &str, root: Option<&Path>, policy: Option<&str>) {
+        let command = self.agent_command(name, root, policy);
+        self.spawn_agent(name, command);
+    }
+
+    fn spawn_agent(&mut self, name: &str, mut command: Command) {
+        self.agents
+            .insert(name.to_owned(), command.spawn().unwrap());
+    }
+
+    /// The command that starts node `name`'s agent (see [`Cluster::start_agent`]).
+    fn agent_command(&self, name: &str, root: Option<&Path>, policy: Option<&str>) -> Command {
         let root = root.map_or_else(|| self.root(name), Path::to_owned);
         std::fs::create_dir_all(&root).unwrap();
         let mut command = self.command(&format!("agent-{name}.log"));
@@ -144,8 +178,91 @@ impl Cluster {
             std::fs::write(&file, policy).unwrap();
             command.arg("--policy").arg(file);
         }
-        self.agents
-            .insert(name.to_owned(), command.spawn().unwrap());
+        command
+    }
+
+    /// Puts a run for `node` in the API directly (as the controller would),
+    /// of the probe `module` with `params`, granted /opt/cni/bin.
+    fn insert_run(&self, name: &str, node: &str, module: &str, params: Value, timeout: i64) {
+        self.api.insert(json!({
+            "apiVersion": GROUP_VERSION,
+            "kind": "HostActionRun",
+            "metadata": {"name": name, "labels": {"hostaction.dev/node": node}},
+            "spec": {
+                "action": "direct",
+                "generation": 1,
+                "nodeName": node,
+                "module": module,
+                "params": params,
+                "grants": {"files": {"write": ["/opt/cni/bin"]}},
+                "timeoutSeconds": timeout,
+            },
+        }));
+    }
+
+    /// Node `node`'s /opt/cni/bin (made), where the probe runs of the
+    /// agent tests write.
+    fn bin(&self, node: &str) -> PathBuf {
+        let bin = self.root(node).join("opt/cni/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        bin
+    }
+
+    /// The run `name`.
+    fn run(&self, name: &str) -> Value {
+        self.api
+            .get(GROUP_VERSION, "HostActionRun", None, name)
+            .unwrap()
+    }
+
+    /// Write requests (taken or refused) to run `name`'s status.
+    fn status_writes(&self, name: &str) -> u64 {
+        let key = format!("patch hostactionruns/status {name}");
+        self.api.writes_to().get(&key).copied().unwrap_or(0)
+    }
+
+    /// Polls `done` every 20 ms for up to `secs`; on time-out fails with
+    /// every run and the logs.
+    fn wait_for(&self, secs: u64, what: &str, mut done: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out waiting for {what}\nruns: {:#?}\nwrites: {:#?}\n{}",
+            self.api.list(GROUP_VERSION, "HostActionRun"),
+            self.api.writes_to(),
+            self.logs()
+        );
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to node `name`'s agent and waits up
+    /// to `secs` for it to exit; its exit status.
+    fn signal_agent(&mut self, name: &str, signal: &str, secs: u64) -> std::process::ExitStatus {
+        let mut child = self.agents.remove(name).unwrap();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the agent did not exit within {secs} s of SIG{signal}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills node `name`'s agent at once (no chance to clean up).
@@ -270,7 +387,7 @@ fn cni_install_rolls_out_one_node_at_a_time_and_reaches_a_node_that_joins_later(
     let module = cluster.push("cni-install");
     for node in ["n1", "n2", "n3"] {
         cluster.add_node(node, json!({"role": "worker"}), true);
-        cluster.start_agent(node, None, None);
+        cluster.start_agent(node, None, Some(CNI_POLICY));
     }
     cluster.add_node("db", json!({"role": "database"}), true);
     cluster.add_node("down", json!({"role": "worker"}), false);
@@ -341,7 +458,7 @@ fn cni_install_rolls_out_one_node_at_a_time_and_reaches_a_node_that_joins_later(
 
     // A node joining later gets its run, at the same digest.
     cluster.add_node("n4", json!({"role": "worker"}), true);
-    cluster.start_agent("n4", None, None);
+    cluster.start_agent("n4", None, Some(CNI_POLICY));
     cluster.wait("cni", 60, "n4's run Succeeded", |c| {
         c.runs("cni")
             .get("n4")
@@ -417,7 +534,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     // loaded machine).
     let probe = cluster.push("probe");
     cluster.add_node("slow", json!({"role": "batch"}), true);
-    cluster.start_agent("slow", None, None);
+    cluster.start_agent("slow", None, Some(CNI_POLICY));
     cluster.apply(
         "spin",
         json!({
@@ -436,7 +553,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
             .is_some_and(|r| phase(r) == "Running")
     });
     cluster.kill_agent("slow");
-    cluster.start_agent("slow", None, None);
+    cluster.start_agent("slow", None, Some(CNI_POLICY));
     // The restarted agent runs it again (attempt 2) to its end.
     cluster.wait("spin", 30, "the re-run finished", |c| {
         c.runs("spin").get("slow").is_some_and(finished)
@@ -450,7 +567,7 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     let module = cluster.push("cni-install");
     for node in ["n1", "n2", "n3"] {
         cluster.add_node(node, json!({"role": "worker"}), true);
-        cluster.start_agent(node, None, None);
+        cluster.start_agent(node, None, Some(CNI_POLICY));
     }
     cluster.apply("cni", cni_spec(&module, json!(1), 0));
     cluster.wait("cni", 60, "the first run", |c| !c.runs("cni").is_empty());
@@ -491,6 +608,11 @@ fn vxlan_overlay_reaches_two_nodes_each_in_its_own_namespaces() {
     ]});
     let underlay_grant = "network:\n  netns: [ovl-h]\n  interfaces: [ve-ovl-ul, ve-ovl-up]\n  \
                           kinds: [veth]\n  addresses: [192.168.50.0/24]\n";
+    // The nodes' policy allows what the sample's grant asks.
+    let grants_yaml = std::fs::read_to_string(
+        hostaction_tests::workspace().join("sample-actions/vxlan-overlay/grants.yaml"),
+    )
+    .unwrap();
     for (i, host) in hosts.iter().enumerate() {
         let report = host.run("netprobe", &underlay, underlay_grant).unwrap();
         for r in probe_results(&report) {
@@ -498,15 +620,9 @@ fn vxlan_overlay_reaches_two_nodes_each_in_its_own_namespaces() {
         }
         let node = format!("o{i}");
         cluster.add_node(&node, json!({"hostaction.dev/overlay": ""}), true);
-        cluster.start_agent(&node, Some(host.root.path()), None);
+        cluster.start_agent(&node, Some(host.root.path()), Some(&grants_yaml));
     }
-    let grants: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(
-            hostaction_tests::workspace().join("sample-actions/vxlan-overlay/grants.yaml"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let grants: Value = serde_yaml_ng::from_str(&grants_yaml).unwrap();
     cluster.apply(
         "overlay",
         json!({
@@ -537,4 +653,380 @@ fn vxlan_overlay_reaches_two_nodes_each_in_its_own_namespaces() {
         assert_eq!(vx["master"], "br-ovl");
         assert_eq!(host.addresses("ovl-w", "ve-ovl-w"), ["10.244.0.1/24"]);
     }
+}
+
+/// The probe params of a run that writes `file` under /opt/cni/bin.
+fn writes_file(file: &str) -> Value {
+    json!({"ops": [{"op": "ensure-file", "path": format!("/opt/cni/bin/{file}"), "contents": "x", "mode": 420}]})
+}
+
+/// A status the API server refuses for good (422: too large; 403: an
+/// admission policy) does not hold the node: the agent writes a shrunk
+/// status that says why, once, or gives up and records it in its journal,
+/// so that a restarted agent neither re-runs nor re-reports the run.
+#[test]
+fn a_status_refused_for_good_is_shrunk_or_given_up_and_the_node_goes_on() {
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let probe = cluster.push_pinned("probe");
+    let api = &cluster.api;
+    // The full status of `big` (a long log) is too large for the API
+    // server; a small one passes. Every status write of `forbidden` is
+    // refused, as an admission policy would.
+    api.refuse_status_writes(
+        "hostactionruns",
+        "big",
+        Some(Refusal {
+            code: 422,
+            over_bytes: 2048,
+        }),
+    );
+    api.refuse_status_writes(
+        "hostactionruns",
+        "forbidden",
+        Some(Refusal {
+            code: 403,
+            over_bytes: 0,
+        }),
+    );
+    cluster.insert_run(
+        "big",
+        "n1",
+        &probe,
+        json!({"ops": [{"op": "log-flood", "bytes": 20000}]}),
+        30,
+    );
+    cluster.insert_run("forbidden", "n1", &probe, writes_file("forbidden"), 30);
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("after", "n1", &probe, writes_file("after"), 30);
+    cluster.wait_for(60, "the run after the refused ones", |c| {
+        phase(&c.run("after")) == "Succeeded"
+    });
+    cluster.wait_for(30, "big's shrunk status", |c| {
+        phase(&c.run("big")) == "Succeeded"
+    });
+    let big = cluster.run("big");
+    let message = big["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused") && message.contains("422"),
+        "{message}"
+    );
+    assert!(big["status"]["logTail"].is_null(), "{big:#}");
+    assert!(
+        big["status"]["logLinesDropped"].as_i64().unwrap() >= 19,
+        "{big:#}"
+    );
+    cluster.wait_for(30, "forbidden given up", |c| {
+        c.logs().contains("giving up on the run's status")
+    });
+    // One full write and one shrunk write each, no more.
+    assert_eq!(cluster.status_writes("big"), 2);
+    assert_eq!(cluster.status_writes("forbidden"), 2);
+    assert_eq!(phase(&cluster.run("forbidden")), "Pending");
+
+    // A restarted agent neither runs `forbidden` again nor writes it.
+    cluster.kill_agent("n1");
+    std::fs::remove_file(cluster.root("n1").join("opt/cni/bin/forbidden")).unwrap();
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("later", "n1", &probe, writes_file("later"), 30);
+    cluster.wait_for(60, "a run after the restart", |c| {
+        phase(&c.run("later")) == "Succeeded"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.status_writes("forbidden"), 2);
+    assert!(!cluster.root("n1").join("opt/cni/bin/forbidden").exists());
+}
+
+/// A status write that fails for a while (500s) is retried with growing
+/// back-off after the run has given up the node's run slot: the next run
+/// goes on meanwhile, and the status is written once the API takes it.
+#[test]
+fn a_status_write_that_keeps_failing_backs_off_outside_the_run_slot() {
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let probe = cluster.push_pinned("probe");
+    cluster.api.refuse_status_writes(
+        "hostactionruns",
+        "flaky",
+        Some(Refusal {
+            code: 500,
+            over_bytes: 0,
+        }),
+    );
+    cluster.insert_run("flaky", "n1", &probe, writes_file("flaky"), 30);
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.wait_for(60, "flaky's first status write", |c| {
+        c.status_writes("flaky") >= 1
+    });
+    cluster.insert_run("next", "n1", &probe, writes_file("next"), 30);
+    cluster.wait_for(60, "the next run, while flaky's status is refused", |c| {
+        phase(&c.run("next")) == "Succeeded"
+    });
+    // Back-off 1, 2, 4, 8 s (each drawn down to half at most): no more than
+    // 5 tries in 10 s, where a retry every second made 10.
+    let before = cluster.status_writes("flaky");
+    std::thread::sleep(Duration::from_secs(10));
+    let tries = cluster.status_writes("flaky") - before;
+    assert!(tries <= 5, "{tries} status writes in 10 s");
+    cluster
+        .api
+        .refuse_status_writes("hostactionruns", "flaky", None);
+    cluster.wait_for(90, "flaky's status once the API takes it", |c| {
+        phase(&c.run("flaky")) == "Succeeded"
+    });
+    assert_eq!(cluster.run("flaky")["status"]["attempts"], 1);
+}
+
+/// A result in the run journal that the API never takes is replayed by a
+/// bounded number of agent starts (5), then given up: the 6th start does
+/// not write it, and the node goes on.
+#[test]
+fn a_journaled_status_is_replayed_by_a_bounded_number_of_agent_starts() {
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let probe = cluster.push_pinned("probe");
+    cluster.api.refuse_status_writes(
+        "hostactionruns",
+        "stuck",
+        Some(Refusal {
+            code: 500,
+            over_bytes: 0,
+        }),
+    );
+    cluster.insert_run("stuck", "n1", &probe, writes_file("stuck"), 30);
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.wait_for(60, "stuck's first status write", |c| {
+        c.status_writes("stuck") >= 1
+    });
+    for replay in 1..=5 {
+        let before = cluster.status_writes("stuck");
+        cluster.kill_agent("n1");
+        cluster.bin("n1");
+        cluster.start_agent("n1", None, Some(CNI_POLICY));
+        cluster.wait_for(60, &format!("replay {replay} of stuck's status"), |c| {
+            c.status_writes("stuck") > before
+        });
+    }
+    cluster.kill_agent("n1");
+    let before = cluster.status_writes("stuck");
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("marker", "n1", &probe, writes_file("marker"), 30);
+    cluster.wait_for(60, "a run after the last start", |c| {
+        phase(&c.run("marker")) == "Succeeded"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.status_writes("stuck"), before, "given up");
+    assert!(cluster.logs().contains("giving up on the run's status"));
+}
+
+/// A cluster agent runs a registry reference pinned by digest and nothing
+/// else: not a node-local file named like one (`/path/x@sha256:...`), not a
+/// `file://` URL, not a tag, not a reference without a registry host.
+#[test]
+fn a_cluster_agent_runs_only_registry_references_pinned_by_digest() {
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let (tagged, pinned) = cluster.push_both("probe");
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    // A file on the node named like a pinned reference.
+    let local = cluster.dir.path().join(format!("evil@{zeros}"));
+    std::fs::copy(guest("probe"), &local).unwrap();
+    let digest = pinned.rsplit_once('@').unwrap().1.to_owned();
+    let refused = [
+        ("path", local.display().to_string()),
+        ("url", format!("file://{}", local.display())),
+        ("tag", tagged),
+        ("nohost", format!("actions/probe@{digest}")),
+    ];
+    for (name, module) in &refused {
+        cluster.insert_run(name, "n1", module, writes_file("pwned"), 30);
+    }
+    cluster.insert_run("pinned", "n1", &pinned, writes_file("fine"), 30);
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.wait_for(60, "every run finished", |c| {
+        refused
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["pinned"])
+            .all(|name| finished(&c.run(name)))
+    });
+    for (name, module) in &refused {
+        let run = cluster.run(name);
+        assert_eq!(phase(&run), "Failed", "{module}: {run:#}");
+        let message = run["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.module") && message.contains("registry reference"),
+            "{module}: {message}"
+        );
+    }
+    assert_eq!(phase(&cluster.run("pinned")), "Succeeded");
+    let bin = cluster.root("n1").join("opt/cni/bin");
+    assert!(bin.join("fine").exists());
+    assert!(!bin.join("pwned").exists(), "a refused module ran");
+}
+
+/// An agent started without --policy grants nothing, in cluster mode and
+/// in static mode; --unbounded-grants is the explicit opt-out, logged.
+#[test]
+fn an_agent_without_a_policy_grants_nothing_unless_told_to_be_unbounded() {
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let probe = cluster.push_pinned("probe");
+    cluster.bin("strict");
+    cluster.bin("open");
+    cluster.start_agent("strict", None, None);
+    let mut open = cluster.agent_command("open", None, None);
+    open.arg("--unbounded-grants");
+    cluster.spawn_agent("open", open);
+    cluster.insert_run("strict-run", "strict", &probe, writes_file("x"), 30);
+    cluster.insert_run("open-run", "open", &probe, writes_file("x"), 30);
+    cluster.wait_for(60, "both runs finished", |c| {
+        finished(&c.run("strict-run")) && finished(&c.run("open-run"))
+    });
+    let strict = cluster.run("strict-run");
+    assert_eq!(phase(&strict), "Failed", "{strict:#}");
+    let message = strict["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused") && message.contains("--policy"),
+        "{message}"
+    );
+    assert!(!cluster.root("strict").join("opt/cni/bin/x").exists());
+    assert_eq!(phase(&cluster.run("open-run")), "Succeeded");
+    assert!(cluster.root("open").join("opt/cni/bin/x").exists());
+    let log = std::fs::read_to_string(cluster.dir.path().join("agent-open.log")).unwrap();
+    assert!(
+        log.matches("unbounded").count() >= 2,
+        "warned at start and on the run: {log}"
+    );
+
+    // Static mode: the same rule.
+    let manifests = cluster.dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let action = json!({
+        "apiVersion": GROUP_VERSION,
+        "kind": "HostAction",
+        "metadata": {"name": "write"},
+        "spec": {
+            "module": guest("probe"),
+            "params": writes_file("static"),
+            "grants": {"files": {"write": ["/opt/cni/bin"]}},
+        },
+    });
+    std::fs::write(manifests.join("write.json"), action.to_string()).unwrap();
+    let root = cluster.root("static");
+    cluster.bin("static");
+    let once = |extra: &[&str], state: &str| {
+        Command::new(hostaction_bin())
+            .args(["agent", "--once", "--manifests"])
+            .arg(&manifests)
+            .arg("--host-root")
+            .arg(&root)
+            .arg("--state")
+            .arg(cluster.dir.path().join(state))
+            .arg("--cache-dir")
+            .arg(cluster.dir.path().join("cache-static"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = once(&[], "state-strict.json");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!root.join("opt/cni/bin/static").exists());
+    let state = std::fs::read_to_string(cluster.dir.path().join("state-strict.json")).unwrap();
+    assert!(state.contains("--policy"), "{state}");
+    let out = once(&["--unbounded-grants"], "state-open.json");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(root.join("opt/cni/bin/static").exists());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unbounded"));
+}
+
+/// A run's status fits its byte budget whatever the run logs and changes:
+/// the log tail and effects are shortened to fit and say how many were
+/// dropped.
+#[test]
+fn a_run_status_fits_its_byte_budget() {
+    use hostaction_crds::run::{LINE_BYTES, STATUS_BYTES};
+    let mut cluster = Cluster::bare();
+    cluster.mark_running_after = "60";
+    let probe = cluster.push_pinned("probe");
+    // 196 log lines of 1 KiB and a last one, 100 effects with 200-byte names.
+    let mut ops = vec![json!({"op": "log-flood", "bytes": 200_000})];
+    for i in 0..100 {
+        let file = format!("{i:03}{}", "f".repeat(197));
+        ops.push(json!({"op": "ensure-file", "path": format!("/opt/cni/bin/{file}"), "contents": "x", "mode": 420}));
+    }
+    ops.push(json!({"op": "log", "message": "the last line"}));
+    cluster.insert_run("noisy", "n1", &probe, json!({"ops": ops}), 60);
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.wait_for(90, "the noisy run", |c| finished(&c.run("noisy")));
+    let status = &cluster.run("noisy")["status"];
+    assert_eq!(phase(&cluster.run("noisy")), "Succeeded", "{status:#}");
+    let bytes = serde_json::to_vec(status).unwrap().len();
+    assert!(bytes <= STATUS_BYTES, "{bytes} bytes: {status:#}");
+    let tail = status["logTail"].as_array().unwrap();
+    assert!(!tail.is_empty());
+    assert!(tail.iter().all(|l| l.as_str().unwrap().len() <= LINE_BYTES));
+    assert!(
+        tail.last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .ends_with("the last line")
+    );
+    let logged = tail.len() as i64 + status["logLinesDropped"].as_i64().unwrap();
+    assert_eq!(logged, 197, "{status:#}");
+    assert_eq!(status["effectCount"], 100);
+    let effects = status["effects"].as_array().unwrap();
+    assert!(!effects.is_empty());
+    assert_eq!(
+        effects.len() as i64 + status["effectsDropped"].as_i64().unwrap(),
+        100
+    );
+}
+
+/// SIGTERM and SIGINT stop the agent cleanly (exit 0): idle at once, and
+/// mid-run after the run in flight finished and was reported.
+#[test]
+fn the_agent_stops_cleanly_on_sigterm_and_sigint() {
+    let mut cluster = Cluster::bare();
+    let probe = cluster.push_pinned("probe");
+    // Idle, after a first run (its watch and client are up).
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("first", "n1", &probe, writes_file("first"), 30);
+    cluster.wait_for(60, "the first run", |c| {
+        phase(&c.run("first")) == "Succeeded"
+    });
+    let status = cluster.signal_agent("n1", "TERM", 30);
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", cluster.logs());
+
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("second", "n1", &probe, writes_file("second"), 30);
+    cluster.wait_for(60, "the second run", |c| {
+        phase(&c.run("second")) == "Succeeded"
+    });
+    let status = cluster.signal_agent("n1", "INT", 30);
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", cluster.logs());
+
+    // Mid-run: a 3 s spin, marked Running after 1 s, finishes (at its
+    // deadline) and is reported before the agent exits.
+    cluster.bin("n1");
+    cluster.start_agent("n1", None, Some(CNI_POLICY));
+    cluster.insert_run("spin", "n1", &probe, json!({"ops": [{"op": "spin"}]}), 3);
+    cluster.wait_for(60, "the spin marked Running", |c| {
+        phase(&c.run("spin")) == "Running"
+    });
+    let status = cluster.signal_agent("n1", "TERM", 40);
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", cluster.logs());
+    let spin = cluster.run("spin");
+    assert_eq!(phase(&spin), "Failed", "the deadline ends it: {spin:#}");
+    assert_eq!(spin["status"]["attempts"], 1);
 }

@@ -48,6 +48,7 @@ impl Node {
             path_str(&self.path("state.json")),
             "--node-label",
             "role=worker",
+            "--unbounded-grants", // a scratch root: no node policy needed
         ]
         .map(str::to_owned)
         .to_vec()

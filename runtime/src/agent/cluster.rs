@@ -11,11 +11,27 @@
 //! `Interrupted`; a result the journal holds but the API server never got
 //! (it was down) is written when the agent is back. Nothing is lost
 //! silently.
+//!
+//! A status write the API server refuses never holds the node: transient
+//! failures (5xx, 429, 409, 408, 401, no connection) are retried with
+//! jittered exponential back-off ([`WRITE_BACKOFF`] doubling to
+//! [`WRITE_BACKOFF_MAX`]) *after* the run has given up its slot, so other
+//! runs go on; a permanent refusal (another 4xx: 403 from an admission
+//! policy, 422 invalid or too large) gets one shrunk status that says why
+//! (no log tail, no effects), and if that is refused too the agent gives up
+//! on the run and records so in the journal. A journaled result is replayed
+//! by at most [`MAX_REPLAYS`] agent starts and for at most
+//! [`MAX_REPORT_AGE`], then given up the same way.
+//!
+//! On SIGTERM or SIGINT the agent starts no more runs, lets the one in
+//! flight finish and be reported for up to [`SHUTDOWN_GRACE`], and returns;
+//! what did not finish by then is in the journal for the next start.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use hostaction_controller::metrics::{AgentMetrics, PhaseLabels};
@@ -24,15 +40,27 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
 
-use super::{Loader, failed_status, finished_status, now};
+use super::{Loader, failed_status, finished_status, now, shrunk_status};
 use crate::oci::{ModuleStore, Registry};
 use crate::{Error, Runtime};
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_ATTEMPTS: i32 = 3;
-/// Back-off between tries of a status write the API server refused.
-const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// First wait before retrying a status write that failed for a reason that
+/// may pass; doubled after each failure, up to [`WRITE_BACKOFF_MAX`], each
+/// wait drawn between half and all of it (so that many nodes spread out).
+pub const WRITE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a status write.
+pub const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Agent starts that may replay one journaled result; the next gives up.
+pub const MAX_REPLAYS: u32 = 5;
+/// How long a journaled result is tried; then it is given up.
+pub const MAX_REPORT_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long a stopping agent waits for the run in flight (and status
+/// writes) before it returns: under Kubernetes' default 30 s grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// One node's agent.
 pub struct ClusterAgent {
@@ -46,7 +74,10 @@ pub struct ClusterAgent {
     pub registry: Arc<Registry>,
     /// The node's module store.
     pub store: Arc<ModuleStore>,
-    /// This node's policy, bounding every grant.
+    /// This node's policy, bounding every grant; `None` takes every grant
+    /// as it is (only with the explicit opt-out: see
+    /// [`super::node_policy`], which gives an empty policy when there is no
+    /// file).
     pub policy: Option<Grant>,
     /// The journal directory (one file per run in progress).
     pub journal: PathBuf,
@@ -66,12 +97,33 @@ struct Entry {
     /// Its result, when it finished but was not yet reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<HostActionRunStatus>,
+    /// When the result was journaled (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<u64>,
+    /// Agent starts that replayed the result.
+    #[serde(default)]
+    replays: u32,
+    /// Why the agent gave up writing the run's status: it neither runs nor
+    /// reports the run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gave_up: Option<String>,
+}
+
+/// How a status write ended.
+enum Delivery {
+    /// The API server took it, or the run is gone (nobody waits for it).
+    Done,
+    /// The API server refused it for a reason that will not pass.
+    Refused(String),
+    /// The agent is stopping; the journal keeps the result.
+    Stopping,
 }
 
 impl ClusterAgent {
-    /// Watches and runs this node's runs until `shutdown` resolves. Runs
-    /// execute one at a time (two actions shaping one host at once could
-    /// interfere); the watch goes on meanwhile.
+    /// Watches and runs this node's runs until `shutdown` resolves, then
+    /// stops as the module docs say. Runs execute one at a time (two
+    /// actions shaping one host at once could interfere); the watch goes on
+    /// meanwhile.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
@@ -85,17 +137,20 @@ impl ClusterAgent {
         // Runs this process took on (running, or done): each is handled
         // once, whatever events about it arrive later or again.
         let mut taken = HashSet::<String>::new();
-        let one_at_a_time = Arc::new(tokio::sync::Semaphore::new(1));
+        let one_at_a_time = Arc::new(Semaphore::new(1));
+        let (stop, stopping) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
         let mut listed = HashSet::new();
         let mut pruned = false;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let event = tokio::select! {
                 event = events.next() => event,
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
             let run = match event {
-                None => return Ok(()),
+                None => break,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watching runs");
                     continue;
@@ -128,54 +183,132 @@ impl ClusterAgent {
                 continue;
             }
             let agent = self.clone();
-            let permit = one_at_a_time.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = permit.acquire_owned().await else {
-                    return;
-                };
-                agent.handle(&run, &uid).await;
-            });
+            let slot = one_at_a_time.clone();
+            let stopping = stopping.clone();
+            tasks.spawn(async move { agent.handle(&run, &uid, slot, stopping).await });
         }
+        // No run starts from now on; the one in flight may finish and be
+        // reported within the grace period.
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "a run is still going; the journal has it for the next start"
+            );
+        }
+        tracing::info!("agent stopped");
+        Ok(())
     }
 
-    /// Runs (or re-runs, or reports) one run and writes its status.
-    async fn handle(&self, run: &HostActionRun, uid: &str) {
+    /// Runs (or re-runs, or reports) one run and writes its status: the run
+    /// holds `slot` while it executes, not while its status is written.
+    async fn handle(
+        &self,
+        run: &HostActionRun,
+        uid: &str,
+        slot: Arc<Semaphore>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
         let name = run.name_any();
         let mut entry = self.read_entry(uid).unwrap_or_default();
-        let reported = run.status.as_ref().map_or(0, |s| s.attempts);
-        let result = if let Some(result) = entry.result.take() {
-            // Finished before the agent stopped; only the report was missing.
-            result
-        } else if entry.attempts.max(reported) >= MAX_ATTEMPTS {
-            tracing::warn!(run = %name, attempts = entry.attempts.max(reported), "interrupted every time; not run again");
-            HostActionRunStatus {
-                phase: RunPhase::Interrupted,
-                finished_at: Some(now()),
-                message: Some(format!(
-                    "the agent stopped during each of {MAX_ATTEMPTS} attempts; not run again"
-                )),
-                attempts: entry.attempts.max(reported),
-                ..run.status.clone().unwrap_or_default()
+        if let Some(why) = &entry.gave_up {
+            tracing::warn!(run = %name, reason = %why, "not run or reported again: the agent gave up on its status");
+            return;
+        }
+        let result = if let Some(result) = entry.result.clone() {
+            // Finished before the agent stopped; only the report was
+            // missing. Replayed a bounded number of times.
+            entry.replays = entry.replays.saturating_add(1);
+            let since = *entry.since.get_or_insert_with(unix_now);
+            let age = unix_now().saturating_sub(since);
+            if entry.replays > MAX_REPLAYS || age > MAX_REPORT_AGE.as_secs() {
+                let why = format!(
+                    "its status could not be written by {} agent starts over {age} s",
+                    entry.replays.saturating_sub(1)
+                );
+                self.give_up(&name, uid, &mut entry, why).await;
+                return;
             }
+            self.write_entry(uid, &entry).await;
+            result
         } else {
-            entry = Entry {
-                name: name.clone(),
-                attempts: entry.attempts.max(reported) + 1,
-                result: None,
+            let permit = tokio::select! {
+                permit = slot.acquire_owned() => permit,
+                () = stopped(&mut stopping) => return,
             };
-            self.write_entry(uid, &entry).await;
-            let result = self.execute(run, entry.attempts).await;
+            let Ok(permit) = permit else {
+                return;
+            };
+            let reported = run.status.as_ref().map_or(0, |s| s.attempts);
+            let result = if entry.attempts.max(reported) >= MAX_ATTEMPTS {
+                tracing::warn!(run = %name, attempts = entry.attempts.max(reported), "interrupted every time; not run again");
+                HostActionRunStatus {
+                    phase: RunPhase::Interrupted,
+                    finished_at: Some(now()),
+                    message: Some(format!(
+                        "the agent stopped during each of {MAX_ATTEMPTS} attempts; not run again"
+                    )),
+                    attempts: entry.attempts.max(reported),
+                    ..run.status.clone().unwrap_or_default()
+                }
+            } else {
+                entry = Entry {
+                    name: name.clone(),
+                    attempts: entry.attempts.max(reported) + 1,
+                    ..Entry::default()
+                };
+                self.write_entry(uid, &entry).await;
+                self.execute(run, entry.attempts).await
+            };
+            entry.name.clone_from(&name);
             entry.result = Some(result.clone());
+            entry.since = Some(unix_now());
             self.write_entry(uid, &entry).await;
+            drop(permit);
             result
         };
         let phase = format!("{:?}", result.phase);
-        self.write_status(&name, &result).await;
-        self.metrics
-            .runs
-            .get_or_create(&PhaseLabels { phase })
-            .inc();
-        self.remove_entry(uid);
+        let delivered = match self.deliver(&name, &result, &mut stopping).await {
+            Delivery::Refused(refusal) => {
+                tracing::warn!(run = %name, %refusal, "the API server refused the run's status for good; writing a shrunk one");
+                let shrunk = shrunk_status(&result, &refusal);
+                entry.result = Some(shrunk.clone());
+                self.write_entry(uid, &entry).await;
+                match self.deliver(&name, &shrunk, &mut stopping).await {
+                    Delivery::Refused(why) => {
+                        let why = format!(
+                            "the API server refused its status ({refusal}) and the shrunk one ({why})"
+                        );
+                        self.give_up(&name, uid, &mut entry, why).await;
+                        Delivery::Done
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        };
+        if let Delivery::Done = delivered {
+            self.metrics
+                .runs
+                .get_or_create(&PhaseLabels { phase })
+                .inc();
+            if entry.gave_up.is_none() {
+                self.remove_entry(uid);
+            }
+        }
+    }
+
+    /// Records in the journal that the run's status is given up on.
+    async fn give_up(&self, name: &str, uid: &str, entry: &mut Entry, why: String) {
+        tracing::error!(run = %name, reason = %why, "giving up on the run's status; the run journal records it");
+        entry.name = name.to_owned();
+        entry.result = None;
+        entry.gave_up = Some(why);
+        self.write_entry(uid, entry).await;
     }
 
     /// Runs the module on a blocking thread; marks the run `Running` in
@@ -193,12 +326,6 @@ impl ClusterAgent {
             self.policy.clone(),
         );
         let job = tokio::task::spawn_blocking(move || {
-            if !spec.module.contains("@sha256:") {
-                return Err(Error::BadParams(format!(
-                    "spec.module {:?} is not pinned by digest; nodes run modules by digest only",
-                    spec.module
-                )));
-            }
             let loader = Loader {
                 runtime: &runtime,
                 registry: &registry,
@@ -206,8 +333,9 @@ impl ClusterAgent {
             };
             let timeout =
                 Duration::from_secs(u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(1));
+            // A registry reference pinned by digest, never a file.
             loader
-                .run(
+                .run_pinned(
                     &spec.module,
                     spec.params.as_ref(),
                     &spec.grants,
@@ -252,19 +380,33 @@ impl ClusterAgent {
         status
     }
 
-    /// Writes a run's final status, retrying while the API server is away
-    /// (the journal keeps it meanwhile).
-    async fn write_status(&self, name: &str, status: &HostActionRunStatus) {
+    /// Writes a run's status, retrying failures that may pass with jittered
+    /// exponential back-off until it is written, refused for good, or the
+    /// agent stops (the journal keeps it meanwhile).
+    async fn deliver(
+        &self,
+        name: &str,
+        status: &HostActionRunStatus,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Delivery {
+        let mut backoff = WRITE_BACKOFF;
         loop {
-            match self.patch_status(name, status).await {
-                Ok(()) => return,
+            let error = match self.patch_status(name, status).await {
+                Ok(()) => return Delivery::Done,
                 // The run was deleted meanwhile: nobody waits for it.
-                Err(kube::Error::Api(e)) if e.code == 404 => return,
-                Err(error) => {
-                    tracing::warn!(run = %name, %error, "could not write the run's status; retrying");
-                    tokio::time::sleep(WRITE_RETRY).await;
-                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return Delivery::Done,
+                Err(error) => error,
+            };
+            if let Some(refusal) = permanent(&error) {
+                return Delivery::Refused(refusal);
             }
+            let wait = jitter(backoff);
+            tracing::warn!(run = %name, %error, retry_in = ?wait, "could not write the run's status; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stopped(stopping) => return Delivery::Stopping,
+            }
+            backoff = backoff.saturating_mul(2).min(WRITE_BACKOFF_MAX);
         }
     }
 
@@ -353,4 +495,38 @@ impl ClusterAgent {
             }
         }
     }
+}
+
+/// Why a failed status write will fail again whatever the wait: a 4xx
+/// other than 401 (credentials rotate), 404 (handled apart), 408, 409 and
+/// 429, or a request that cannot be built. `None`: it may pass.
+fn permanent(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            401 | 404 | 408 | 409 | 429 => None,
+            code @ 400..=499 => Some(format!("{code} {}: {}", status.reason, status.message)),
+            _ => None,
+        },
+        kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => Some(error.to_string()),
+        _ => None,
+    }
+}
+
+/// A wait between half and all of `backoff`.
+fn jitter(backoff: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    backoff.mul_f64(0.5 + (random % 1024) as f64 / 2046.0)
+}
+
+/// Resolves once the agent is stopping.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // An error: the sender is gone, which also means stopping.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -8,19 +8,91 @@
 pub mod cluster;
 pub mod static_dir;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hostaction_crds::action::Mode as SpecMode;
-use hostaction_crds::run::{EFFECTS_LISTED, EffectSummary, LOG_TAIL_LINES};
+use hostaction_crds::run::{
+    EFFECTS_LISTED, EffectSummary, LINE_BYTES, LOG_TAIL_LINES, MESSAGE_BYTES, STATUS_BYTES,
+    WORD_BYTES,
+};
 use hostaction_crds::{Grant, HostActionRunStatus, RunPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::effects::Mode;
 use crate::engine::Limits;
-use crate::grant::EffectiveGrant;
+use crate::error::RegistryFault;
+use crate::grant::{EffectiveGrant, GrantDocument};
 use crate::oci::{self, ModuleStore, Registry, StoredArtifact};
 use crate::{Error, LoadedModule, RunReport, RunRequest, Runtime};
+
+/// What an agent logs when it runs with no policy bounding its grants.
+const UNBOUNDED: &str = "no node policy: every grant is taken as it is, unbounded \
+     (--unbounded-grants); whoever can create a run for this node is root on it";
+
+/// The node policy an agent runs with: the file's, or — with no file — one
+/// that grants nothing (fail closed), unless `unbounded` (the explicit
+/// opt-out, `--unbounded-grants`) says to take every grant as it is, which
+/// is logged loudly here and on every run. `None` is that unbounded case.
+pub fn node_policy(file: Option<&Path>, unbounded: bool) -> Result<Option<Grant>, Error> {
+    match (file, unbounded) {
+        (Some(_), true) => Err(Error::Usage(
+            "--policy and --unbounded-grants: one or the other".into(),
+        )),
+        (Some(file), false) => Grant::from_file(file, "policy").map(Some),
+        (None, false) => {
+            tracing::warn!(
+                "no node policy (--policy): nothing is granted; every run that needs a capability is refused"
+            );
+            Ok(Some(Grant::default()))
+        }
+        (None, true) => {
+            tracing::warn!("{UNBOUNDED}");
+            Ok(None)
+        }
+    }
+}
+
+/// Checks that `module` is what a cluster node runs: a registry reference
+/// pinned by digest (`registry/repository[:tag]@sha256:<64 hex>`), parsed
+/// by the OCI reference parser — never a file path, never a URL with a
+/// scheme, never a reference the parser would complete (a default registry).
+pub fn pinned_reference(module: &str) -> Result<(), Error> {
+    let refuse = |why: &str| {
+        Err(Error::registry(
+            RegistryFault::BadReference,
+            format!(
+                "spec.module {module:?}: {why}; a node runs a registry reference pinned by \
+                 digest (registry.example/repository@sha256:<64 hex>) only"
+            ),
+        ))
+    };
+    if module.contains("://") || module.starts_with("file:") {
+        return refuse("a URL, not a registry reference");
+    }
+    if module.starts_with(['/', '.', '~']) || module.contains("/../") || module.contains("/./") {
+        return refuse("a file path, not a registry reference");
+    }
+    let Some((host, _)) = module.split_once('/') else {
+        return refuse("no registry host");
+    };
+    if !(host.contains(['.', ':']) || host == "localhost") {
+        return refuse(
+            "its first part is not a registry host (one with a '.' or a port, or localhost)",
+        );
+    }
+    let parsed = oci::parse_reference(module)?;
+    if parsed.digest().is_none() {
+        return refuse("not pinned by digest");
+    }
+    if parsed.registry() != host
+        || !module.starts_with(&format!("{}/{}", parsed.registry(), parsed.repository()))
+    {
+        return refuse("not a reference in canonical form");
+    }
+    Ok(())
+}
 
 /// Loads modules as a node does: files as they are, OCI references through
 /// the node's module store, by digest.
@@ -45,9 +117,22 @@ impl Loader<'_> {
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
-    /// Runs `module` with `params` and `grants` bounded by `policy`, in
-    /// `mode`, within `timeout`; a failure to load or to start is the run's
-    /// failure, not the caller's.
+    /// The module of a registry reference pinned by digest (see
+    /// [`pinned_reference`]), pulled into the store and checked against
+    /// its digest: what a cluster node runs; never a file.
+    pub fn load_pinned(
+        &self,
+        module: &str,
+    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+        pinned_reference(module)?;
+        let artifact = self.registry.pull(module, self.store)?;
+        Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
+    }
+
+    /// Runs `module` (a file or a reference, see [`Loader::load`]) with
+    /// `params` and `grants` bounded by `policy` (`None`: unbounded, the
+    /// explicit opt-out), in `mode`, within `timeout`; a failure to load or
+    /// to start is the run's failure, not the caller's.
     pub fn run(
         &self,
         module: &str,
@@ -57,12 +142,42 @@ impl Loader<'_> {
         mode: SpecMode,
         timeout: Duration,
     ) -> Result<(RunReport, String), Error> {
-        let (loaded, artifact) = self.load(module)?;
+        let loaded = self.load(module)?;
+        self.run_loaded(loaded, params, grants, policy, mode, timeout)
+    }
+
+    /// [`Loader::run`] for a cluster node: `module` must be a registry
+    /// reference pinned by digest (see [`Loader::load_pinned`]).
+    pub fn run_pinned(
+        &self,
+        module: &str,
+        params: Option<&serde_json::Map<String, serde_json::Value>>,
+        grants: &Grant,
+        policy: Option<&Grant>,
+        mode: SpecMode,
+        timeout: Duration,
+    ) -> Result<(RunReport, String), Error> {
+        let loaded = self.load_pinned(module)?;
+        self.run_loaded(loaded, params, grants, policy, mode, timeout)
+    }
+
+    fn run_loaded(
+        &self,
+        (loaded, artifact): (Arc<LoadedModule>, Option<StoredArtifact>),
+        params: Option<&serde_json::Map<String, serde_json::Value>>,
+        grants: &Grant,
+        policy: Option<&Grant>,
+        mode: SpecMode,
+        timeout: Duration,
+    ) -> Result<(RunReport, String), Error> {
         let digest = artifact
             .as_ref()
             .map_or_else(|| loaded.digest.clone(), |a| a.digest.clone());
         let params = serde_json::to_string(&params.cloned().unwrap_or_default())
             .map_err(|e| Error::BadParams(e.to_string()))?;
+        if policy.is_none() {
+            tracing::warn!("{UNBOUNDED}");
+        }
         let mut request = RunRequest::new(params, EffectiveGrant::new(grants, policy)?);
         request.mode = match mode {
             SpecMode::Apply => Mode::Apply,
@@ -75,15 +190,29 @@ impl Loader<'_> {
         if let Some(artifact) = &artifact {
             request.payload = Arc::new(artifact.payload.clone());
         }
-        Ok((self.runtime.run(&loaded, request)?, digest))
+        match self.runtime.run(&loaded, request) {
+            Ok(report) => Ok((report, digest)),
+            // Say why an agent without a policy refused it.
+            Err(Error::Refused(mut why)) if policy.is_some_and(|p| *p == Grant::default()) => {
+                if let Some(last) = why.last_mut() {
+                    last.push_str(
+                        " (this node's agent runs without a node policy, --policy: it grants nothing)",
+                    );
+                }
+                Err(Error::Refused(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// The `HostActionRun` status of a finished run.
+/// The `HostActionRun` status of a finished run, within [`STATUS_BYTES`]:
+/// each text cut to its bound, then the log tail (newest lines kept) and
+/// the effects (first ones kept) shortened until the whole fits; the counts
+/// of what was dropped stay.
 pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> HostActionRunStatus {
     let succeeded = report.status.is_success();
-    let log = &report.log;
-    HostActionRunStatus {
+    let status = HostActionRunStatus {
         phase: if succeeded {
             RunPhase::Succeeded
         } else {
@@ -92,27 +221,89 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
         started_at: Some(started),
         finished_at: Some(now()),
         changed: Some(report.changed()),
-        message: Some(cut(match &report.outcome {
-            Some(outcome) if succeeded => outcome.message.clone(),
-            _ => report.status.to_string(),
-        })),
-        log_tail: log[log.len().saturating_sub(LOG_TAIL_LINES)..]
-            .iter()
-            .map(|l| cut(format!("{} {}", l.level, l.message)))
-            .collect(),
-        effects: report
-            .effects
-            .iter()
-            .take(EFFECTS_LISTED)
-            .map(|e| EffectSummary {
-                capability: e.capability.to_owned(),
-                action: e.action.to_owned(),
-                target: e.target.clone(),
-            })
-            .collect(),
-        effect_count: i32::try_from(report.effects.len()).unwrap_or(i32::MAX),
+        message: Some(cut(
+            match &report.outcome {
+                Some(outcome) if succeeded => outcome.message.clone(),
+                _ => report.status.to_string(),
+            },
+            MESSAGE_BYTES,
+        )),
+        effect_count: count(report.effects.len()),
         attempts,
+        ..HostActionRunStatus::default()
+    };
+    let log = report
+        .log
+        .iter()
+        .rev()
+        .take(LOG_TAIL_LINES)
+        .map(|l| cut(format!("{} {}", l.level, l.message), LINE_BYTES));
+    let effects = report
+        .effects
+        .iter()
+        .take(EFFECTS_LISTED)
+        .map(|e| EffectSummary {
+            capability: cut(e.capability.to_owned(), WORD_BYTES),
+            action: cut(e.action.to_owned(), WORD_BYTES),
+            target: cut(e.target.clone(), LINE_BYTES),
+        });
+    fit(status, log, report.log.len(), effects, report.effects.len())
+}
+
+/// Fills `status` with as many of `log` (newest first) and `effects` (first
+/// first) as fit [`STATUS_BYTES`] — half the room to each, then what one
+/// leaves to the other — and sets the counts of the dropped ones.
+fn fit(
+    mut status: HostActionRunStatus,
+    log: impl Iterator<Item = String>,
+    log_total: usize,
+    effects: impl Iterator<Item = EffectSummary>,
+    effects_total: usize,
+) -> HostActionRunStatus {
+    // The drop counts at their widest, and the two lists' keys and brackets.
+    status.log_lines_dropped = i32::MAX;
+    status.effects_dropped = i32::MAX;
+    let base = json_len(&status).saturating_add(64);
+    let room = STATUS_BYTES.saturating_sub(base);
+    let (log, effects): (Vec<String>, Vec<EffectSummary>) = (log.collect(), effects.collect());
+    // Each item costs its JSON and a comma.
+    let (mut log_used, mut effects_used) = (0usize, 0usize);
+    let (mut log_taken, mut effects_taken) = (0usize, 0usize);
+    let take_effects = |limit: usize, used: &mut usize, taken: &mut usize| {
+        while let Some(effect) = effects.get(*taken) {
+            let cost = json_len(effect).saturating_add(1);
+            if used.saturating_add(cost) > limit {
+                break;
+            }
+            *used += cost;
+            *taken += 1;
+        }
+    };
+    take_effects(room / 2, &mut effects_used, &mut effects_taken);
+    for line in &log {
+        let cost = json_len(line).saturating_add(1);
+        if log_used.saturating_add(cost) > room.saturating_sub(effects_used) {
+            break;
+        }
+        log_used += cost;
+        log_taken += 1;
     }
+    take_effects(
+        room.saturating_sub(log_used),
+        &mut effects_used,
+        &mut effects_taken,
+    );
+    status.log_tail = log.into_iter().take(log_taken).collect();
+    status.log_tail.reverse();
+    status.effects = effects.into_iter().take(effects_taken).collect();
+    status.log_lines_dropped = count(log_total.saturating_sub(status.log_tail.len()));
+    status.effects_dropped = count(effects_total.saturating_sub(status.effects.len()));
+    status
+}
+
+/// Bytes of `value`'s JSON (unknowable ones count as too many).
+fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// The status of a run that could not start (bad module, refused, registry).
@@ -121,9 +312,33 @@ pub fn failed_status(error: &Error, started: Time, attempts: i32) -> HostActionR
         phase: RunPhase::Failed,
         started_at: Some(started),
         finished_at: Some(now()),
-        message: Some(cut(error.to_string())),
+        message: Some(cut(error.to_string(), MESSAGE_BYTES)),
         attempts,
         ..HostActionRunStatus::default()
+    }
+}
+
+/// `status` without its log tail and effects, its message saying that the
+/// API server refused the whole status and why: what is written once when
+/// the full status is refused for good.
+pub fn shrunk_status(status: &HostActionRunStatus, refusal: &str) -> HostActionRunStatus {
+    let message = format!(
+        "the API server refused this run's status ({}); its log and effects are left out. \
+         The run's message: {}",
+        cut(refusal.to_owned(), MESSAGE_BYTES / 2),
+        status.message.as_deref().unwrap_or("-")
+    );
+    HostActionRunStatus {
+        message: Some(cut(message, MESSAGE_BYTES)),
+        log_tail: Vec::new(),
+        effects: Vec::new(),
+        log_lines_dropped: status
+            .log_lines_dropped
+            .saturating_add(count(status.log_tail.len())),
+        effects_dropped: status
+            .effects_dropped
+            .saturating_add(count(status.effects.len())),
+        ..status.clone()
     }
 }
 
@@ -132,11 +347,15 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// A status string cut to the 4 KiB the CRD allows.
-fn cut(mut text: String) -> String {
-    const MAX: usize = 4096;
-    if text.len() > MAX {
-        let mut end = MAX - 3;
+/// A count as the status's `int32`.
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// `text` cut to `max` bytes (at a character boundary, `...` marking the cut).
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
