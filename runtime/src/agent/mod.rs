@@ -110,7 +110,7 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
                 target: e.target.clone(),
             })
             .collect(),
-        effect_count: i32::try_from(report.effects.len()).unwrap_or(i32::MAX),
+        effect_count: i32::try_from(report.effect_count()).unwrap_or(i32::MAX),
         attempts,
     }
 }
