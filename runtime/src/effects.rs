@@ -4,6 +4,12 @@
 //! the host; then it hands the mutation to [`Effects::apply`], which carries it
 //! out in apply mode or only records it in plan mode. Either way the effect is
 //! recorded, so the report lists exactly what changed (or would have).
+//!
+//! The record is bounded: each effect costs its target and detail plus
+//! [`EFFECT_OVERHEAD`] bytes against the run's effects budget; past it,
+//! effects are still applied (apply mode) but only counted, and the report
+//! says how many were dropped. A guest repeating a cheap call cannot grow the
+//! host's memory with it.
 
 use serde::Serialize;
 
@@ -33,19 +39,40 @@ pub struct Effect {
     pub applied: bool,
 }
 
-/// The effects of one run.
+/// What each recorded effect costs against the effects budget besides its
+/// target and detail: the record itself and its two allocations, so that
+/// effects with empty strings are not free.
+pub const EFFECT_OVERHEAD: usize = 128;
+
+/// What a run's effects became: the ones kept, and how many were dropped
+/// past the budget.
 #[derive(Debug, Default)]
+pub struct Recorded {
+    /// The effects kept, in order.
+    pub kept: Vec<Effect>,
+    /// Effects made (or planned) but not kept, past the budget.
+    pub dropped: usize,
+}
+
+/// The effects of one run.
+#[derive(Debug)]
 pub struct Effects {
     mode: Mode,
-    recorded: Vec<Effect>,
+    recorded: Recorded,
+    /// Bytes charged so far, and the budget.
+    bytes: usize,
+    limit: usize,
 }
 
 impl Effects {
-    /// Effects in the given mode.
-    pub fn new(mode: Mode) -> Self {
+    /// Effects in the given mode, keeping at most `limit` bytes of records
+    /// (each costs its strings plus [`EFFECT_OVERHEAD`]).
+    pub fn new(mode: Mode, limit: usize) -> Self {
         Self {
             mode,
-            recorded: Vec::new(),
+            recorded: Recorded::default(),
+            bytes: 0,
+            limit,
         }
     }
 
@@ -64,17 +91,10 @@ impl Effects {
         detail: String,
         mutate: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
-        let applied = self.mode == Mode::Apply;
-        if applied {
+        if self.mode == Mode::Apply {
             mutate()?;
         }
-        self.recorded.push(Effect {
-            capability,
-            action,
-            target: target.to_owned(),
-            detail,
-            applied,
-        });
+        self.record(capability, action, target, detail);
         Ok(())
     }
 
@@ -88,7 +108,13 @@ impl Effects {
         target: &str,
         detail: String,
     ) {
-        self.recorded.push(Effect {
+        let cost = target.len() + detail.len() + EFFECT_OVERHEAD;
+        if self.bytes + cost > self.limit {
+            self.recorded.dropped += 1;
+            return;
+        }
+        self.bytes += cost;
+        self.recorded.kept.push(Effect {
             capability,
             action,
             target: target.to_owned(),
@@ -97,8 +123,41 @@ impl Effects {
         });
     }
 
-    /// Everything recorded so far, in order.
-    pub fn into_recorded(self) -> Vec<Effect> {
+    /// What was recorded, in order, and how many effects were dropped.
+    pub fn into_recorded(self) -> Recorded {
         self.recorded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effects_past_the_budget_are_applied_and_counted_not_kept() {
+        let mut effects = Effects::new(Mode::Apply, 2 * (EFFECT_OVERHEAD + 4));
+        let mut applied = 0;
+        for _ in 0..5 {
+            effects
+                .apply("files", "chmod", "/a", "0644".into(), || {
+                    applied += 1;
+                    Ok::<(), ()>(())
+                })
+                .ok();
+        }
+        let recorded = effects.into_recorded();
+        assert_eq!(applied, 5);
+        assert_eq!(recorded.kept.len(), 2);
+        assert_eq!(recorded.dropped, 3);
+    }
+
+    #[test]
+    fn empty_effects_are_not_free() {
+        let mut effects = Effects::new(Mode::Plan, 10 * EFFECT_OVERHEAD);
+        for _ in 0..1000 {
+            effects.record("files", "chmod", "", String::new());
+        }
+        let recorded = effects.into_recorded();
+        assert_eq!((recorded.kept.len(), recorded.dropped), (10, 990));
     }
 }

@@ -22,6 +22,7 @@ use hostaction_runtime::oci::{
     self, Credentials, ModuleStore, PushRequest, Registry, RegistryOptions, SizeLimits,
     StoredArtifact,
 };
+use hostaction_runtime::report::printable;
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
 
 /// Appends a formatted line to the output buffer.
@@ -268,6 +269,9 @@ struct RunArgs {
     /// Log limit, in KiB; lines past it are dropped and counted.
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     log_limit: usize,
+    /// Limit of the effects listed, in KiB; effects past it are counted.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    effects_limit: usize,
     /// Outcome limit (its message and facts), in KiB.
     #[arg(long, value_name = "KIB", default_value_t = 64)]
     outcome_limit: usize,
@@ -683,6 +687,7 @@ fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
         memory_bytes: bytes("memory", args.memory, 1 << 20)?,
         timeout,
         log_bytes: bytes("log-limit", args.log_limit, 1 << 10)?,
+        effects_bytes: bytes("effects-limit", args.effects_limit, 1 << 10)?,
         output_bytes: bytes("outcome-limit", args.outcome_limit, 1 << 10)?,
     };
     let effective = EffectiveGrant::new(&grant, policy.as_ref())?;
@@ -720,6 +725,9 @@ fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     Ok(report.status.exit_code())
 }
 
+/// Prints a run's report as text. Every string from the guest (or made
+/// from what it passed) goes through [`printable`]: its escape sequences
+/// are shown, not obeyed.
 fn print_report(
     name: &str,
     artifact: Option<&StoredArtifact>,
@@ -727,6 +735,7 @@ fn print_report(
     report: &RunReport,
 ) {
     let mut out = String::new();
+    let name = printable(name);
     match artifact {
         Some(a) => outln!(
             out,
@@ -741,22 +750,26 @@ fn print_report(
     } else {
         ""
     };
-    outln!(out, "status   {}{mode}", report.status);
+    outln!(
+        out,
+        "status   {}{mode}",
+        printable(&report.status.to_string())
+    );
     if let Some(outcome) = &report.outcome {
         outln!(
             out,
             "outcome  changed={} {}",
             outcome.changed,
-            outcome.message
+            printable(&outcome.message)
         );
         for (k, v) in &outcome.facts {
-            outln!(out, "  fact   {k} = {v}");
+            outln!(out, "  fact   {} = {}", printable(k), printable(v));
         }
     }
-    if report.effects.is_empty() {
+    if report.effect_count() == 0 {
         outln!(out, "changes  none");
     } else {
-        outln!(out, "changes  {}", report.effects.len());
+        outln!(out, "changes  {}", report.effect_count());
         for e in &report.effects {
             let planned = if e.applied { "" } else { " [planned]" };
             outln!(
@@ -764,15 +777,22 @@ fn print_report(
                 "  {} {} {} ({}){planned}",
                 e.capability,
                 e.action,
-                e.target,
-                e.detail
+                printable(&e.target),
+                printable(&e.detail)
+            );
+        }
+        if report.effects_dropped > 0 {
+            outln!(
+                out,
+                "  [{} more not listed: past the effects limit]",
+                report.effects_dropped
             );
         }
     }
     if !report.log.is_empty() {
         outln!(out, "log");
         for line in &report.log {
-            outln!(out, "  {:<5} {}", line.level, line.message);
+            outln!(out, "  {:<5} {}", line.level, printable(&line.message));
         }
     }
     if report.log_dropped_bytes > 0 {
@@ -824,7 +844,7 @@ fn print_inspect(module: &LoadedModule, output: Output) {
         .imports
         .iter()
         .filter_map(|i| match i.provided {
-            Provided::Capability(c) => Some(format!("  {:<9} {}", c.name(), i.name)),
+            Provided::Capability(c) => Some(format!("  {:<9} {}", c.name(), printable(&i.name))),
             _ => None,
         })
         .collect();
@@ -837,17 +857,19 @@ fn print_inspect(module: &LoadedModule, output: Output) {
     outln!(out, "always provided:");
     for i in &module.imports {
         match i.provided {
-            Provided::Always => outln!(out, "  {}", i.name),
-            Provided::LockedDownWasi => outln!(out, "  {} (locked-down WASI)", i.name),
+            Provided::Always => outln!(out, "  {}", printable(&i.name)),
+            Provided::LockedDownWasi => {
+                outln!(out, "  {} (locked-down WASI)", printable(&i.name));
+            }
             _ => {}
         }
     }
     outln!(out, "exports:");
     for e in &module.exports {
-        outln!(out, "  {e}");
+        outln!(out, "  {}", printable(e));
     }
     if let Some(why) = module.unrunnable() {
-        outln!(out, "not runnable: {why}");
+        outln!(out, "not runnable: {}", printable(why));
     }
     emit(&out);
 }

@@ -1,7 +1,8 @@
 //! What one run reports: its status, the action's outcome, its log, what it
 //! changed, and how long each phase took.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
@@ -82,8 +83,11 @@ pub struct RunReport {
     pub status: RunStatus,
     /// The outcome, when `run` returned one.
     pub outcome: Option<Outcome>,
-    /// The host changes made (or, in plan mode, that would be made).
+    /// The host changes made (or, in plan mode, that would be made), as many
+    /// as the run's effects budget keeps.
     pub effects: Vec<Effect>,
+    /// Effects made (or planned) past the effects budget: counted, not listed.
+    pub effects_dropped: usize,
     /// The run's log: `log` calls, stdout and stderr.
     pub log: Vec<LogLine>,
     /// Bytes of log dropped past the run's log limit.
@@ -98,6 +102,63 @@ pub struct RunReport {
 impl RunReport {
     /// Whether the host changed: by the effects recorded, whatever the action says.
     pub fn changed(&self) -> bool {
-        !self.effects.is_empty()
+        self.effect_count() > 0
+    }
+
+    /// How many effects the run made (or planned), listed or dropped.
+    pub fn effect_count(&self) -> usize {
+        self.effects.len().saturating_add(self.effects_dropped)
+    }
+}
+
+/// `text` made safe to print on a terminal: control characters (C0 — a
+/// newline too, so one message stays one line —, DEL and C1) and the
+/// bidirectional marks, embeddings, overrides and isolates that reorder what
+/// follows them are written as escapes (`\n`, `\x1b`, `\u{202e}`). A guest's
+/// text then cannot move the cursor, erase a line or restyle the report
+/// around it. For text output only: JSON escapes by itself.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii() && needs_escape(c) => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Control characters (Unicode `Cc`: C0, DEL, C1) and bidirectional
+/// formatting characters.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_controls_and_bidi_and_keeps_the_rest() {
+        assert_eq!(printable("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(printable("\x1b[2K\rsucceeded\n"), "\\x1b[2K\\rsucceeded\\n");
+        assert_eq!(printable("a\tb\u{7f}\u{9b}c"), "a\\tb\\x7f\\u{009b}c");
+        assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
+        assert_eq!(printable("nul\0"), "nul\\x00");
     }
 }

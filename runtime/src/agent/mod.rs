@@ -228,7 +228,7 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
             },
             MESSAGE_BYTES,
         )),
-        effect_count: count(report.effects.len()),
+        effect_count: count(report.effect_count()),
         attempts,
         ..HostActionRunStatus::default()
     };
@@ -247,7 +247,7 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
             action: cut(e.action.to_owned(), WORD_BYTES),
             target: cut(e.target.clone(), LINE_BYTES),
         });
-    fit(status, log, report.log.len(), effects, report.effects.len())
+    fit(status, log, report.log.len(), effects, report.effect_count())
 }
 
 /// Fills `status` with as many of `log` (newest first) and `effects` (first

@@ -53,6 +53,19 @@ pub enum CapError {
     Trap(wasmtime::Error),
 }
 
+/// Why a host call ended the run: the trap's error, which the engine reads
+/// to report the run as `deadline exceeded` or `limit exceeded`, not as a
+/// trap.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunEnd {
+    /// The run's wall-clock deadline passed (where: "during a host call").
+    #[error("the run's deadline passed {0}")]
+    Deadline(&'static str),
+    /// A host-side budget of the run was used up (which, and how).
+    #[error("{0}")]
+    Limit(String),
+}
+
 /// What a run's store holds: the effective grant, the host, the run's log,
 /// its effects and its limits.
 pub struct RunState {
@@ -60,7 +73,7 @@ pub struct RunState {
     pub(crate) host_root: Arc<HostRoot>,
     pub(crate) effects: Effects,
     /// Plan mode: directories recorded as created but not made.
-    pub(crate) planned_dirs: Vec<files::HostPath>,
+    pub(crate) planned_dirs: PlannedDirs,
     /// What the run's network calls remember (plan mode's planned links).
     pub(crate) network: network::NetRun,
     /// systemd, for the `services` capability (connected on first use).
@@ -79,11 +92,65 @@ impl RunState {
     /// so no host call runs past it.
     pub(crate) fn check_deadline(&self) -> Result<(), CapError> {
         if Instant::now() >= self.deadline {
-            return Err(CapError::Trap(wasmtime::format_err!(
-                "the run's deadline passed during a host call"
-            )));
+            return Err(CapError::Trap(wasmtime::Error::new(RunEnd::Deadline(
+                "during a host call",
+            ))));
         }
         Ok(())
+    }
+}
+
+/// What plan mode may remember of what it would have made, per structure
+/// (directories; network namespaces, links, addresses and routes): each
+/// entry costs its names plus a fixed overhead. Past it the run ends as
+/// `limit exceeded` — the plan cannot drop what later calls build on.
+pub const PLAN_BYTES: usize = 1 << 20;
+
+/// Fails the call, ending the run as `limit exceeded`, when a plan-mode
+/// structure holds more than [`PLAN_BYTES`].
+pub(crate) fn check_plan(what: &str, bytes: usize) -> Result<(), CapError> {
+    if bytes > PLAN_BYTES {
+        return Err(CapError::Trap(wasmtime::Error::new(RunEnd::Limit(
+            format!(
+                "plan mode's record of {what} reached its limit of {} KiB",
+                PLAN_BYTES >> 10
+            ),
+        ))));
+    }
+    Ok(())
+}
+
+/// Plan mode's directories recorded as created but not made, charged
+/// against [`PLAN_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct PlannedDirs {
+    dirs: Vec<files::HostPath>,
+    bytes: usize,
+}
+
+/// What a planned directory costs besides its components' bytes, and what
+/// each component costs besides its bytes (a `String` of its own).
+const PLANNED_DIR_OVERHEAD: usize = 64;
+const PLANNED_PART_OVERHEAD: usize = 32;
+
+impl PlannedDirs {
+    /// Remembers `dir`, or ends the run when the budget is used up.
+    pub(crate) fn push(&mut self, dir: files::HostPath) -> Result<(), CapError> {
+        let cost = PLANNED_DIR_OVERHEAD
+            + dir
+                .components()
+                .iter()
+                .map(|c| c.len() + PLANNED_PART_OVERHEAD)
+                .sum::<usize>();
+        check_plan("planned directories", self.bytes + cost)?;
+        self.bytes += cost;
+        self.dirs.push(dir);
+        Ok(())
+    }
+
+    /// The planned directories, in the order they were planned.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, files::HostPath> {
+        self.dirs.iter()
     }
 }
 
@@ -186,8 +253,7 @@ pub(crate) fn add_to_linker(
     host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::network::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
     host::services::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-    Ok(())
+    wasi::add_to_linker(linker)
 }
 
 /// Gives a store its limiter.

@@ -2,17 +2,101 @@
 //! `wasm32-wasip2` Rust, Python or JavaScript component does): no preopened
 //! directories, no environment, no arguments, no sockets, no name lookups,
 //! stdin closed; stdout and stderr go into the run's log.
+//!
+//! **Waits end at the run's deadline.** The epoch deadline interrupts only
+//! Wasm code; a guest blocked in a host call is not running any. The one
+//! WASI call a guest can wait in is `wasi:io/poll` (`poll`, and
+//! `pollable.block`): `sleep()`, `nanosleep`, `std::thread::sleep` and
+//! every wait on a clock (even `Deadline::Never`, a sleep past what an
+//! `Instant` can hold) come down to it. We link our own `wasi:io/poll` over
+//! wasmtime-wasi's: the same wait, raced in the same blocking `block_on`
+//! against the run's deadline (`tokio::time::timeout_at`); at the deadline
+//! the call traps with [`RunEnd::Deadline`], and the run ends as `deadline
+//! exceeded` at once, without waiting for the guest to reach an epoch check.
+//!
+//! Why this and not async wasmtime with a timeout around each run: the engine
+//! stays sync (no fiber per run, no async runtime in the CLI), and what is
+//! dropped at the deadline is only the pollables' readiness futures, which
+//! `poll` itself drops for every pollable that is not ready — never a
+//! suspended call into Wasm, which is what wasmtime's advisories warn about
+//! dropping. Bounding `poll` rather than clamping the clock's pollables alone
+//! also covers any pollable a component could hold.
+//!
+//! The other calls that could block, checked in this context (the
+//! `wasi-waits` tests run each): `blocking-read` and `blocking-skip` on
+//! stdin see a closed stream at once; writes and flushes of stdout and stderr
+//! go into the log, which never pushes back ([`LogStream`]); TCP and UDP
+//! sockets cannot be created and name lookups are refused before any
+//! resolver runs; with no preopens there is no file descriptor to read or
+//! write; `poll` on an empty list traps.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::p2::bindings::io::poll as async_poll;
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::RunState;
 use super::log::{RunLog, Source};
+use super::{RunEnd, RunState};
+
+/// Links wasmtime-wasi's WASI 0.2 interfaces, with `wasi:io/poll` replaced by
+/// one whose waits end at the run's deadline.
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let shadowed = sync_poll::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s);
+    linker.allow_shadowing(false);
+    shadowed
+}
+
+impl sync_poll::Host for RunState {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        until_deadline(
+            self.deadline,
+            async_poll::Host::poll(&mut self.table, pollables),
+        )
+    }
+}
+
+impl sync_poll::HostPollable for RunState {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        // Never waits: it looks once.
+        sync_poll::HostPollable::ready(&mut self.table, pollable)
+    }
+
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        until_deadline(
+            self.deadline,
+            async_poll::HostPollable::block(&mut self.table, pollable),
+        )
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        sync_poll::HostPollable::drop(&mut self.table, pollable)
+    }
+}
+
+/// Waits for `wait`, or traps once the run's `deadline` has passed.
+fn until_deadline<T>(
+    deadline: Instant,
+    wait: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    // The timer is made inside the runtime `in_tokio` enters: it needs its clock.
+    match wasmtime_wasi::runtime::in_tokio(
+        async move { tokio::time::timeout_at(deadline, wait).await },
+    ) {
+        Ok(done) => done,
+        Err(_elapsed) => Err(wasmtime::Error::new(RunEnd::Deadline("in a WASI wait"))),
+    }
+}
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {

@@ -2,6 +2,13 @@
 //! per digest (kept precompiled on disk and as an `InstancePre` in memory), and
 //! a fresh [`Store`] per run with its limits. A component whose imports the
 //! effective grant does not cover is refused before it is instantiated.
+//!
+//! A run's deadline holds wherever the guest is: in Wasm code (epoch
+//! interruption), in a host call (each checks it, and bounds its own waits by
+//! it), and in a WASI wait (a `wasi:io/poll` of our own that ends at it; see
+//! [`crate::capabilities::wasi`] for why that shape, and not async calls).
+//! Everything a guest can fill on the host side is charged to a budget
+//! ([`Limits`]).
 
 mod cache;
 mod imports;
@@ -26,7 +33,7 @@ use crate::capabilities::files::HostRoot;
 use crate::capabilities::log::{LogLine, RunLog, Source};
 use crate::capabilities::payload::Payload;
 use crate::capabilities::services::systemd::Systemd;
-use crate::capabilities::{self, RunState, StoreLimits};
+use crate::capabilities::{self, RunEnd, RunState, StoreLimits};
 use crate::effects::{Effects, Mode};
 use crate::error::{Error, Result};
 use crate::grant::EffectiveGrant;
@@ -40,7 +47,13 @@ pub const MAX_MODULE_BYTES: u64 = 128 << 20;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Per-run limits. Defaults: 64 MiB of linear memory, 30 s, 1 MiB of log,
-/// 64 KiB of outcome.
+/// 1 MiB of recorded effects, 64 KiB of outcome.
+///
+/// Every host-side structure a guest fills is charged to a budget in bytes,
+/// with a fixed overhead per item so that empty items are not free: the log
+/// (lines past it dropped and counted), the effects (likewise), the outcome
+/// (past it the run ends as `limit exceeded`), and plan mode's record of what
+/// it would have made ([`crate::capabilities::PLAN_BYTES`], likewise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Linear memory, in bytes.
@@ -49,7 +62,11 @@ pub struct Limits {
     pub timeout: Duration,
     /// Log bytes kept; the rest are counted as dropped.
     pub log_bytes: usize,
-    /// Bytes of the outcome's message and facts (or of the failure message).
+    /// Bytes of effects kept (targets and details, plus
+    /// [`crate::effects::EFFECT_OVERHEAD`] each); the rest are counted.
+    pub effects_bytes: usize,
+    /// Bytes of the outcome's message and facts, plus [`FACT_OVERHEAD`] per
+    /// fact (or of the failure message).
     pub output_bytes: usize,
 }
 
@@ -59,10 +76,15 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             timeout: Duration::from_secs(30),
             log_bytes: 1 << 20,
+            effects_bytes: 1 << 20,
             output_bytes: 64 << 10,
         }
     }
 }
+
+/// What each fact costs against the outcome limit besides its key and
+/// value, so that a guest returning empty facts cannot grow the report.
+pub const FACT_OVERHEAD: usize = 64;
 
 /// How a runtime is set up.
 #[derive(Debug, Clone)]
@@ -399,8 +421,8 @@ impl Runtime {
         let state = RunState {
             grant: request.grant,
             host_root: Arc::clone(&self.host_root),
-            effects: Effects::new(request.mode),
-            planned_dirs: Vec::new(),
+            effects: Effects::new(request.mode, limits.effects_bytes),
+            planned_dirs: Default::default(),
             network: Default::default(),
             systemd: Arc::clone(&self.systemd),
             payload: request.payload,
@@ -417,6 +439,8 @@ impl Runtime {
         let slot = self.slots.take()?;
         let mut store = Store::new(&self.engine, state);
         capabilities::install_limiter(&mut store);
+        let fuel = hostcall_fuel(&limits);
+        store.set_hostcall_fuel(fuel);
         store.set_epoch_deadline(ticks(limits.timeout));
         store.epoch_deadline_trap();
 
@@ -432,9 +456,21 @@ impl Runtime {
                 None,
             ),
             Err(trap) => {
+                let ended = trap.downcast_ref::<RunEnd>();
                 let status = if let Some(hit) = store.data().limits.hit.clone() {
                     RunStatus::LimitExceeded(hit)
-                } else if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) || ran >= deadline {
+                } else if let Some(RunEnd::Limit(why)) = ended {
+                    RunStatus::LimitExceeded(why.clone())
+                } else if format!("{trap:#}").contains(HOSTCALL_FUEL_EXHAUSTED) {
+                    RunStatus::LimitExceeded(format!(
+                        "the action passed more than {} MiB to the host at once (in a call's \
+                         arguments or in its outcome)",
+                        fuel >> 20
+                    ))
+                } else if matches!(ended, Some(RunEnd::Deadline(_)))
+                    || trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+                    || ran >= deadline
+                {
                     RunStatus::DeadlineExceeded(format!(
                         "the run did not finish within its {} s deadline",
                         limits.timeout.as_secs_f64()
@@ -466,7 +502,8 @@ impl Runtime {
             mode: request.mode,
             status,
             outcome,
-            effects,
+            effects: effects.kept,
+            effects_dropped: effects.dropped,
             log,
             log_dropped_bytes,
             memory_bytes,
@@ -510,18 +547,21 @@ fn check_header(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Converts the guest's outcome, failing the run when it exceeds the cap.
+/// Converts the guest's outcome, failing the run when it exceeds the cap
+/// (each fact counted with [`FACT_OVERHEAD`]).
 fn check_output(outcome: types::Outcome, cap: usize) -> (RunStatus, Option<Outcome>) {
     let size = outcome.message.len()
         + outcome
             .facts
             .iter()
-            .map(|f| f.key.len() + f.value.len())
+            .map(|f| f.key.len() + f.value.len() + FACT_OVERHEAD)
             .sum::<usize>();
     if size > cap {
         return (
             RunStatus::LimitExceeded(format!(
-                "the outcome is {size} bytes; the output limit is {cap}"
+                "the outcome is {size} bytes ({} facts, each counted with {FACT_OVERHEAD} \
+                 bytes of overhead); the outcome limit is {cap}",
+                outcome.facts.len()
             )),
             None,
         );
@@ -577,6 +617,22 @@ fn truncate(mut message: String, cap: usize) -> String {
     }
     message
 }
+
+/// What one transfer from the guest to the host (a call's arguments, the
+/// outcome) may make the host allocate, counted by wasmtime as it lifts
+/// (`Store::set_hostcall_fuel`), before anything is allocated: room for the
+/// largest argument a capability takes (a file's contents) and for an
+/// outcome at its limit. Without it, a list of empty facts costs the host
+/// three times what it costs the guest (48 bytes each against 16), before the
+/// outcome limit can look at it.
+fn hostcall_fuel(limits: &Limits) -> usize {
+    (capabilities::files::MAX_FILE_BYTES + (1 << 20))
+        .max(limits.output_bytes.saturating_add(1 << 20))
+}
+
+/// How wasmtime 48 says a lift ran out of hostcall fuel (its error type is
+/// private).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 fn ticks(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis())

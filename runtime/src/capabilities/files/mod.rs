@@ -333,8 +333,7 @@ impl RunState {
                 || Ok::<(), CapError>(()),
             )?;
         }
-        self.planned_dirs.push(missing.clone());
-        Ok(())
+        self.planned_dirs.push(missing.clone())
     }
 
     /// Plan mode: whether `path` lies beneath a directory planned, not made.

@@ -125,10 +125,16 @@ fn scopes(grant: &EffectiveGrant) -> Result<Scopes<'_>, CapError> {
 }
 
 impl RunState {
-    /// The run's grant, after the deadline check (held apart from `self`, so
+    /// The run's grant, after the deadline and plan-budget checks (held apart from `self`, so
     /// that its [`scopes`] can be used while the run's state changes).
     fn grant(&self) -> Result<Arc<EffectiveGrant>, CapError> {
         self.check_deadline()?;
+        // Checked before each call, so the plan outgrows its budget by at
+        // most one call's entries.
+        super::check_plan(
+            "network namespaces, links, addresses and routes",
+            self.network.planned.bytes(),
+        )?;
         Ok(Arc::clone(&self.grant))
     }
 

@@ -24,9 +24,36 @@ pub struct Planned {
     links: BTreeMap<(Ns, String), Link>,
     /// (namespace, device, what): addresses and routes on planned links.
     on_links: BTreeSet<(Ns, String, String)>,
+    /// What the above hold, as [`Planned::bytes`] counts it.
+    bytes: usize,
+}
+
+/// What each planned namespace, link, address or route costs besides its
+/// names: the map entry and its allocations.
+const ENTRY_OVERHEAD: usize = 128;
+/// Room counted for a link's kind and master, whatever they are now (both
+/// are short: a kind name, an interface name).
+const LINK_FIELDS: usize = 32;
+
+fn ns_len(ns: &Ns) -> usize {
+    ns.as_ref().map_or(0, String::len)
+}
+
+fn link_cost((ns, name): &(Ns, String)) -> usize {
+    ns_len(ns) + name.len() + LINK_FIELDS + ENTRY_OVERHEAD
+}
+
+fn on_link_cost((ns, device, what): &(Ns, String, String)) -> usize {
+    ns_len(ns) + device.len() + what.len() + ENTRY_OVERHEAD
 }
 
 impl Planned {
+    /// The memory the plan holds, by its names plus a fixed overhead per
+    /// entry: what the run's plan budget is charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether the named namespace is only planned.
     pub fn has_netns(&self, name: &str) -> bool {
         self.netns.contains(name)
@@ -54,16 +81,38 @@ impl Planned {
 
     /// Records a namespace; false when it was already planned.
     pub fn add_netns(&mut self, name: &str) -> bool {
-        self.netns.insert(name.to_owned())
+        let added = self.netns.insert(name.to_owned());
+        if added {
+            self.bytes += name.len() + ENTRY_OVERHEAD;
+        }
+        added
     }
 
     /// Forgets a planned namespace and everything in it; false when it was
     /// not planned.
     pub fn remove_netns(&mut self, name: &str) -> bool {
         let ns = Some(name.to_owned());
-        self.links.retain(|(n, _), _| *n != ns);
-        self.on_links.retain(|(n, _, _)| *n != ns);
-        self.netns.remove(name)
+        let mut freed = 0;
+        self.links.retain(|key, _| {
+            let keep = key.0 != ns;
+            if !keep {
+                freed += link_cost(key);
+            }
+            keep
+        });
+        self.on_links.retain(|key| {
+            let keep = key.0 != ns;
+            if !keep {
+                freed += on_link_cost(key);
+            }
+            keep
+        });
+        let removed = self.netns.remove(name);
+        if removed {
+            freed += name.len() + ENTRY_OVERHEAD;
+        }
+        self.bytes = self.bytes.saturating_sub(freed);
+        removed
     }
 
     /// Records `link` (made, or brought to these settings), and a veth's
@@ -77,10 +126,14 @@ impl Planned {
         peer: Option<(Ns, String)>,
     ) -> Vec<String> {
         if let Some(key) = peer {
-            self.links.entry(key).or_insert_with(|| Link {
-                kind: "veth".into(),
-                ..Link::default()
-            });
+            let cost = link_cost(&key);
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.links.entry(key) {
+                entry.insert(Link {
+                    kind: "veth".into(),
+                    ..Link::default()
+                });
+                self.bytes += cost;
+            }
         }
         let key = (ns.clone(), name.to_owned());
         let mut changes = Vec::new();
@@ -88,6 +141,7 @@ impl Planned {
             Some(have) => have,
             None => {
                 changes.push(format!("create {}", want.kind));
+                self.bytes += link_cost(&key);
                 self.links.entry(key).or_insert_with(|| Link {
                     kind: want.kind.clone(),
                     ..Link::default()
@@ -111,9 +165,21 @@ impl Planned {
 
     /// Forgets a planned link; false when it was not planned.
     pub fn remove_link(&mut self, ns: &Ns, name: &str) -> bool {
-        self.on_links
-            .retain(|(n, dev, _)| !(n == ns && dev == name));
-        self.links.remove(&(ns.clone(), name.to_owned())).is_some()
+        let mut freed = 0;
+        self.on_links.retain(|key| {
+            let keep = !(key.0 == *ns && key.1 == name);
+            if !keep {
+                freed += on_link_cost(key);
+            }
+            keep
+        });
+        let key = (ns.clone(), name.to_owned());
+        let removed = self.links.remove(&key).is_some();
+        if removed {
+            freed += link_cost(&key);
+        }
+        self.bytes = self.bytes.saturating_sub(freed);
+        removed
     }
 
     /// The planned links of a namespace.
@@ -128,10 +194,63 @@ impl Planned {
     /// returns whether that changes the plan.
     pub fn on_link(&mut self, ns: &Ns, device: &str, what: String, add: bool) -> bool {
         let key = (ns.clone(), device.to_owned(), what);
+        let cost = on_link_cost(&key);
         if add {
-            self.on_links.insert(key)
+            let added = self.on_links.insert(key);
+            if added {
+                self.bytes += cost;
+            }
+            added
         } else {
-            self.on_links.remove(&key)
+            let removed = self.on_links.remove(&key);
+            if removed {
+                self.bytes = self.bytes.saturating_sub(cost);
+            }
+            removed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_counts_what_it_holds_and_frees_what_it_forgets() {
+        let mut plan = Planned::default();
+        let ns = Some("blue".to_owned());
+        assert!(plan.add_netns("blue"));
+        assert!(!plan.add_netns("blue"));
+        let one_ns = plan.bytes();
+        assert!(one_ns >= ENTRY_OVERHEAD);
+        let want = Link {
+            kind: "veth".into(),
+            ..Link::default()
+        };
+        plan.ensure_link(&ns, "a", want.clone(), Some((None, "b".into())));
+        let with_links = plan.bytes();
+        // "blue" + "a", and the peer "b" in the host namespace.
+        assert_eq!(
+            with_links,
+            one_ns + 2 * (LINK_FIELDS + ENTRY_OVERHEAD) + 4 + 1 + 1
+        );
+        // The same link again holds nothing more.
+        plan.ensure_link(&ns, "a", want, None);
+        assert_eq!(plan.bytes(), with_links);
+        assert!(plan.on_link(&ns, "a", "10.0.0.1/24".into(), true));
+        assert!(!plan.on_link(&ns, "a", "10.0.0.1/24".into(), true));
+        assert!(plan.bytes() > with_links);
+        assert!(plan.remove_link(&None, "b"));
+        assert!(plan.remove_netns("blue"));
+        assert_eq!(plan.bytes(), 0);
+    }
+
+    #[test]
+    fn empty_names_are_not_free() {
+        let mut plan = Planned::default();
+        for i in 0..100 {
+            plan.on_link(&None, "", i.to_string(), true);
+        }
+        assert!(plan.bytes() >= 100 * ENTRY_OVERHEAD);
     }
 }

@@ -12,6 +12,7 @@ use hostaction_sdk::files::{self, FileKind};
 use hostaction_sdk::{Error, Outcome, log, payload};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use wasi::clocks::monotonic_clock;
 
 /// The probe's params.
 #[derive(Deserialize)]
@@ -68,6 +69,32 @@ enum Op {
     PayloadRead { name: String },
     /// `payload.read-at`, reported as (lossy) UTF-8.
     PayloadReadAt { name: String, offset: u64, len: u32 },
+    /// `std::thread::sleep` (wasi-libc's `clock_nanosleep`); reports the
+    /// milliseconds it really slept.
+    Sleep { ms: u64 },
+    /// `wasi:io/poll.poll` on one `monotonic-clock.subscribe-duration`
+    /// pollable; reports the milliseconds it waited.
+    Poll { ms: u64 },
+    /// `pollable.block` on one `monotonic-clock.subscribe-instant` pollable
+    /// `ms` from now; reports the milliseconds it waited.
+    Block { ms: u64 },
+    /// `wasi:io/poll.poll` on an empty list (a trap, not a wait).
+    PollEmpty,
+    /// Reads stdin to its end with `blocking-read`; reports the bytes read.
+    ReadStdin,
+    /// `wasi:sockets` `create-tcp-socket`; reports its error code.
+    TcpSocket,
+    /// `wasi:sockets` `resolve-addresses`; reports its error code.
+    ResolveName { name: String },
+    /// `files.ensure-file` `times` times with the same contents, the mode
+    /// alternating between 0644 and 0755; reports how many calls changed it.
+    ModeChurn {
+        path: String,
+        contents: String,
+        times: u32,
+    },
+    /// Adds `count` facts with an empty key and value to the outcome.
+    EmptyFacts { count: u32 },
 }
 
 /// What one op did: `Ok(value)`, or the capability error.
@@ -78,10 +105,15 @@ fn run(params: Params) -> Result<Outcome, String> {
     let mut outcome_facts = Vec::with_capacity(params.ops.len());
     // Memory the `alloc` ops hold until the run ends.
     let mut hoard: Vec<Vec<u8>> = Vec::new();
+    let mut empty_facts = 0u32;
 
     for (index, op) in params.ops.into_iter().enumerate() {
         let result = match op {
             Op::Fail { message } => return Err(message),
+            Op::EmptyFacts { count } => {
+                empty_facts = empty_facts.saturating_add(count);
+                Ok(Value::Null)
+            }
             op => run_op(op, &mut hoard),
         };
         if let Ok(Value::Bool(true)) = result {
@@ -98,6 +130,7 @@ fn run(params: Params) -> Result<Outcome, String> {
     let count = outcome_facts.len();
     let outcome = outcome_facts
         .into_iter()
+        .chain((0..empty_facts).map(|_| (String::new(), String::new())))
         .fold(Outcome::changed(changed), |o, (k, v)| o.fact(k, v));
     Ok(outcome.message(format!("ran {count} ops ({} MiB held)", hoard.len())))
 }
@@ -167,9 +200,66 @@ fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
                 panic!("{message}")
             }
         }
-        // Handled by the caller, which ends the run.
+        Op::Sleep { ms } => Ok(waited(|| {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        })),
+        Op::Poll { ms } => Ok(waited(|| {
+            let pollable = monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000));
+            wasi::io::poll::poll(&[&pollable]);
+        })),
+        Op::Block { ms } => Ok(waited(|| {
+            let when = monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
+            monotonic_clock::subscribe_instant(when).block();
+        })),
+        Op::PollEmpty => Ok(Value::from(wasi::io::poll::poll(&[]))),
+        Op::ReadStdin => {
+            let stdin = wasi::cli::stdin::get_stdin();
+            let mut read = 0usize;
+            loop {
+                match stdin.blocking_read(4096) {
+                    Ok(bytes) => read += bytes.len(),
+                    Err(wasi::io::streams::StreamError::Closed) => break Ok(Value::from(read)),
+                    Err(e) => break Err(Error::Io(format!("{e:?}"))),
+                }
+            }
+        }
+        Op::TcpSocket => {
+            use wasi::sockets::network::IpAddressFamily;
+            wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+                .map(|_| Value::from("created"))
+                .map_err(|e| Error::Io(format!("{e:?}")))
+        }
+        Op::ResolveName { name } => {
+            let network = wasi::sockets::instance_network::instance_network();
+            wasi::sockets::ip_name_lookup::resolve_addresses(&network, &name)
+                .map(|_| Value::from("resolving"))
+                .map_err(|e| Error::Io(format!("{e:?}")))
+        }
+        Op::ModeChurn {
+            path,
+            contents,
+            times,
+        } => {
+            let mut changes = 0u32;
+            for i in 0..times {
+                let mode = if i % 2 == 0 { 0o755 } else { 0o644 };
+                if files::ensure_file(&path, contents.as_bytes(), mode)? {
+                    changes += 1;
+                }
+            }
+            Ok(Value::from(changes))
+        }
+        // Handled by the caller: they end the run, or shape the outcome.
         Op::Fail { message } => Err(Error::InvalidArgument(message)),
+        Op::EmptyFacts { .. } => Ok(Value::Null),
     }
+}
+
+/// Runs `wait` and returns the milliseconds it took by the monotonic clock.
+fn waited(wait: impl FnOnce()) -> Value {
+    let start = monotonic_clock::now();
+    wait();
+    Value::from(monotonic_clock::now().saturating_sub(start) / 1_000_000)
 }
 
 /// The WIT name of a file kind.
