@@ -35,13 +35,20 @@ pub struct Loader<'a> {
 
 impl Loader<'_> {
     /// The module `module` names (a `.wasm` file or an OCI reference), and
-    /// its artifact when it came from one.
-    pub fn load(&self, module: &str) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+    /// its artifact when it came from one; a pull for a run has a deadline
+    /// tied to `run_timeout` ([`oci::RegistryOptions::pull_deadline`]).
+    pub fn load(
+        &self,
+        module: &str,
+        run_timeout: Option<Duration>,
+    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
         let path = module.strip_prefix("file://").unwrap_or(module);
         if !oci::is_reference(path) {
             return Ok((self.runtime.load_file(path.as_ref())?, None));
         }
-        let artifact = self.registry.pull(module, self.store)?;
+        let artifact = self
+            .registry
+            .pull_for_run(module, self.store, run_timeout)?;
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
@@ -57,7 +64,7 @@ impl Loader<'_> {
         mode: SpecMode,
         timeout: Duration,
     ) -> Result<(RunReport, String), Error> {
-        let (loaded, artifact) = self.load(module)?;
+        let (loaded, artifact) = self.load(module, Some(timeout))?;
         let digest = artifact
             .as_ref()
             .map_or_else(|| loaded.digest.clone(), |a| a.digest.clone());
