@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostaction_controller::metrics::{AgentMetrics, ControllerMetrics};
-use hostaction_controller::resolve::Resolver;
+use hostaction_controller::resolve::{PlainHttp, Resolver};
 use hostaction_crds::Grant;
 use hostaction_crds::action::Mode as SpecMode;
 use hostaction_runtime::agent::Loader;
@@ -225,7 +225,7 @@ async fn fan_out(
         client.clone(),
         hostaction_controller::Options {
             lease: None,
-            resolver: Resolver::new(true, None)?,
+            resolver: Resolver::new(PlainHttp::loopback(), None)?,
             metrics: controller_metrics,
             instance: "bench".into(),
         },

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::lease::LeaseConfig;
 use crate::metrics::ControllerMetrics;
-use crate::resolve::Resolver;
+use crate::resolve::{PlainHttp, Resolver};
 use crate::{Error, Options};
 
 /// `hostaction controller` flags.
@@ -37,9 +37,14 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease and in Events [default: host name and process id].
     #[arg(long, value_name = "ID", env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Resolve module tags over plain HTTP (a registry on loopback).
+    /// Resolve module tags over plain HTTP for registries on loopback
+    /// (127.0.0.0/8, ::1, localhost); any other registry gets HTTPS.
     #[arg(long)]
     pub plain_http: bool,
+    /// Resolve module tags over plain HTTP for this registry: HOST (any
+    /// port) or HOST:PORT (repeatable).
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = PlainHttp::parse_registry)]
+    pub plain_http_registry: Vec<String>,
     /// PEM file of CA certificates to trust besides the system's.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
@@ -99,7 +104,14 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
                 identity.clone(),
             )
         }),
-        resolver: Resolver::new(args.plain_http, args.ca_file.as_deref()).map_err(Error::Config)?,
+        resolver: Resolver::new(
+            PlainHttp {
+                loopback: args.plain_http,
+                registries: args.plain_http_registry.clone(),
+            },
+            args.ca_file.as_deref(),
+        )
+        .map_err(Error::Config)?,
         metrics,
         instance: identity,
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hostaction_controller::metrics::{ControllerMetrics, ResultLabels};
 use hostaction_controller::reconcile::{self, Context, FINALIZER};
-use hostaction_controller::resolve::Resolver;
+use hostaction_controller::resolve::{PlainHttp, Resolver};
 use hostaction_crds::action::Rollout;
 use hostaction_crds::{
     HostAction, HostActionRun, HostActionRunSpec, HostActionRunStatus, HostActionSpec,
@@ -117,7 +117,7 @@ impl Harness {
             client: client.clone(),
             nodes: node_store,
             runs: run_store,
-            resolver: Resolver::new(true, None).unwrap(),
+            resolver: Resolver::new(PlainHttp::loopback(), None).unwrap(),
             recorder: Recorder::new(
                 client,
                 Reporter {

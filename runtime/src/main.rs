@@ -206,9 +206,14 @@ struct AgentArgs {
 /// How to reach a registry.
 #[derive(clap::Args)]
 struct RegistryArgs {
-    /// Speak plain HTTP to the registry (a registry on loopback).
+    /// Speak plain HTTP to registries on loopback (127.0.0.0/8, ::1,
+    /// localhost); any other registry gets HTTPS.
     #[arg(long)]
     plain_http: bool,
+    /// Speak plain HTTP to this registry: HOST (any port) or HOST:PORT
+    /// (repeatable).
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = oci::PlainHttp::parse_registry)]
+    plain_http_registry: Vec<String>,
     /// PEM file of CA certificates to trust besides the system's.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
@@ -227,6 +232,18 @@ struct RegistryArgs {
     /// Time-out to connect and for each read, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     registry_timeout: u64,
+    /// Deadline of a whole pull (manifest, blobs, retries), in seconds
+    /// [default: 60 + 2 × the run's timeout for `run` and the agent; 600 for
+    /// `pull` and `inspect`].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pull_timeout: Option<u64>,
+    /// Least rate of each request of a pull, in KiB/s averaged over
+    /// --pull-rate-window; a slower one is cut and retried (0: no floor).
+    #[arg(long, value_name = "KIB", default_value_t = 10)]
+    pull_min_rate: u64,
+    /// The window --pull-min-rate is averaged over, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pull_rate_window: u64,
     /// Largest payload file a pull accepts, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     max_payload_mib: u64,
@@ -379,7 +396,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             output,
         } => {
             let runtime = dirs.runtime(PathBuf::from("/"), None)?;
-            let (module, _) = load(&runtime, &dirs, &module, &registry)?;
+            let (module, _) = load(&runtime, &dirs, &module, &registry, None)?;
             print_inspect(&module, output);
             Ok(0)
         }
@@ -592,22 +609,28 @@ impl RegistryArgs {
         Ok(RegistryOptions {
             credentials,
             plain_http: self.plain_http,
+            plain_http_registries: self.plain_http_registry.clone(),
             ca_file: self.ca_file.clone(),
             retries: self.retries,
             timeout: Duration::from_secs(self.registry_timeout.max(1)),
             progress: true,
+            pull_timeout: self.pull_timeout.map(Duration::from_secs),
+            min_rate: self.pull_min_rate.saturating_mul(1 << 10),
+            rate_window: Duration::from_secs(self.pull_rate_window),
             ..RegistryOptions::default()
         })
     }
 }
 
 /// Loads a module from a file or, for an OCI reference, from the module
-/// store (pulling it by digest first if the store lacks it).
+/// store (pulling it by digest first if the store lacks it, within a
+/// deadline tied to `run_timeout` when it is for a run).
 fn load(
     runtime: &Runtime,
     dirs: &CacheDirs,
     module: &str,
     registry: &RegistryArgs,
+    run_timeout: Option<Duration>,
 ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
     if !oci::is_reference(module) {
         return Ok((runtime.load_file(module.as_ref())?, None));
@@ -619,7 +642,7 @@ fn load(
         registry: &registry,
         store: &store,
     }
-    .load(module)
+    .load(module, run_timeout)
 }
 
 fn artifact_json(reference: &str, artifact: &StoredArtifact) -> serde_json::Value {
@@ -692,7 +715,7 @@ fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     };
     let effective = EffectiveGrant::new(&grant, policy.as_ref())?;
     let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
-    let (module, artifact) = load(&runtime, dirs, &args.module, &args.registry)?;
+    let (module, artifact) = load(&runtime, dirs, &args.module, &args.registry, Some(timeout))?;
     let payload = match &artifact {
         Some(_) if !args.payload.is_empty() => {
             return Err(Error::BadParams(

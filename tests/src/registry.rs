@@ -2,7 +2,8 @@
 //! (distribution 2.8) serving on 127.0.0.1, plain or with TLS (a test CA made
 //! with `openssl`) and htpasswd basic auth, its storage in a temp dir. And a
 //! [`FaultProxy`] in front of a plain registry, for the failures a real
-//! registry will not produce on demand (5xx, a stall, a cut connection).
+//! registry will not produce on demand (5xx, a stall, a cut connection, a
+//! trickle).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -266,6 +267,9 @@ pub enum Fault {
     /// Forward, but close the connection after this many bytes of the
     /// upstream's response.
     CutAfter(usize),
+    /// Forward the upstream's response one byte per this interval: alive to
+    /// any per-read time-out longer than it, done in days.
+    Trickle(Duration),
 }
 
 /// A TCP proxy in front of a plain-HTTP registry that can inject faults; for
@@ -391,7 +395,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Serves one client connection under `fault`.
 fn serve(mut client: &TcpStream, upstream: &str, fault: Fault, state: &Shared) {
     let limit = match fault {
-        Fault::None => usize::MAX,
+        Fault::None | Fault::Trickle(_) => usize::MAX,
         Fault::CutAfter(n) => n,
         Fault::Status { code, .. } => {
             // Read the request head, answer, then drain what the client still
@@ -440,6 +444,11 @@ fn serve(mut client: &TcpStream, upstream: &str, fault: Fault, state: &Shared) {
         let _ = std::io::copy(&mut client_in, &mut up_out);
         let _ = up_out.shutdown(Shutdown::Write);
     });
+    if let Fault::Trickle(every) = fault {
+        trickle(client, &mut up, every, state);
+        let _ = up.shutdown(Shutdown::Both);
+        return;
+    }
     let (mut sent, mut buf) = (0, [0; 8192]);
     while sent < limit {
         let n = match up.read(&mut buf) {
@@ -459,4 +468,36 @@ fn serve(mut client: &TcpStream, upstream: &str, fault: Fault, state: &Shared) {
     };
     let _ = client.shutdown(how);
     let _ = up.shutdown(how);
+}
+
+/// Sends what `up` answers to `client` one byte per `every`, until either
+/// end closes or the proxy stops.
+fn trickle(mut client: &TcpStream, up: &mut TcpStream, every: Duration, state: &Shared) {
+    let _ = up.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = Instant::now() + every;
+    let mut buf = [0; 8192];
+    let mut upstream_open = true;
+    while !state.stop.load(Ordering::SeqCst) {
+        if upstream_open {
+            match up.read(&mut buf) {
+                Ok(0) => upstream_open = false,
+                Ok(n) => pending.extend(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => upstream_open = false,
+            }
+        } else if pending.is_empty() {
+            return;
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if Instant::now() >= next {
+            next += every;
+            if let Some(byte) = pending.pop_front()
+                && client.write_all(&[byte]).is_err()
+            {
+                return;
+            }
+        }
+    }
 }

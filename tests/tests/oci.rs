@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use hostaction_runtime::oci::ModuleStore;
 use hostaction_tests::registry::{Fault, FaultProxy, Registry};
@@ -666,6 +667,164 @@ fn server_errors_are_retried_a_bounded_number_of_times_and_stalls_time_out() {
         started.elapsed()
     );
     cut.assert_nothing_cached();
+}
+
+/// A registry that sends one byte every 2 s beats any per-read time-out;
+/// the pull's deadline and its rate floor end the pull all the same.
+#[test]
+fn a_trickling_registry_is_cut_by_the_pull_deadline_and_the_rate_floor() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let reference = format!("{}/trickle/probe:v1", registry.addr());
+    push(&node, &guest("probe"), &reference, &[]);
+    let proxy = FaultProxy::start(registry.addr());
+    let via_proxy = reference.replace(registry.addr(), proxy.addr());
+    let grant = node.probe_grant();
+    let run = |extra: &[&'static str]| -> Vec<String> {
+        let mut args = vec![
+            "run",
+            via_proxy.as_str(),
+            "--plain-http",
+            "--grants",
+            &grant,
+            "--timeout",
+            "1",
+            "--params",
+            r#"{"ops": [{"op": "log", "message": "ran"}]}"#,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    fn args(owned: &[String]) -> Vec<&str> {
+        owned.iter().map(String::as_str).collect()
+    }
+    proxy.set(Fault::Trickle(Duration::from_secs(2)));
+
+    // The whole pull's deadline (retries and all).
+    let started = Instant::now();
+    let err = node.registry_error(&args(&run(&["--pull-timeout", "3"])));
+    assert!(
+        err.contains("unavailable")
+            && err.contains("not done within the pull deadline of 3 s (--pull-timeout)"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    node.assert_nothing_cached();
+
+    // The rate floor: each attempt is cut at the end of a window that
+    // brought too little (the default deadline of this run is 62 s).
+    let started = Instant::now();
+    let err = node.registry_error(&args(&run(&["--pull-rate-window", "2", "--retries", "1"])));
+    assert!(
+        err.contains("slower than the minimum rate of 10 KiB/s")
+            && err.contains("(--pull-min-rate, --pull-rate-window)")
+            && err.contains("after 2 attempts"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    node.assert_nothing_cached();
+
+    // The agent (static mode here) ends a run whose pull trickles as a
+    // failed run, and goes on.
+    let manifests = node.path("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("trickle.yaml"),
+        format!(
+            "apiVersion: hostaction.dev/v1alpha1\nkind: HostAction\nmetadata: {{name: trickle}}\n\
+             spec: {{module: \"{via_proxy}\", timeoutSeconds: 1}}\n"
+        ),
+    )
+    .unwrap();
+    let state = node.path("state.json");
+    let started = Instant::now();
+    let out = node.cli(&[
+        "agent",
+        "--manifests",
+        path_str(&manifests),
+        "--once",
+        "--state",
+        path_str(&state),
+        "--plain-http",
+        "--pull-timeout",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let state: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let status = &state["actions"]["trickle"]["status"];
+    assert_eq!(status["phase"], "Failed", "{state:#}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("not done within the pull deadline of 3 s"),
+        "{state:#}"
+    );
+    node.assert_nothing_cached();
+
+    // At full speed the same bounds let the pull and the run through.
+    proxy.set(Fault::None);
+    let out = node.ok(&args(&run(&[
+        "--pull-timeout",
+        "3",
+        "--pull-rate-window",
+        "2",
+    ])));
+    assert!(out.contains("status   succeeded"), "{out}");
+}
+
+/// Plain HTTP only for the registries named: any other one, loopback
+/// included when only another is named, gets HTTPS.
+#[test]
+fn plain_http_is_scoped_to_the_registries_named() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let addr = registry.addr();
+    let port = addr.rsplit_once(':').unwrap().1;
+    let reference = format!("{addr}/scoped/probe:v1");
+    let pinned = node
+        .ok(&[
+            "push",
+            path_str(&guest("probe")),
+            &reference,
+            "--plain-http-registry",
+            addr,
+        ])
+        .trim()
+        .to_owned();
+
+    // Another registry named: this one is spoken to over HTTPS, and fails.
+    let other = format!("127.0.0.1:{}", if port == "1" { "2" } else { "1" });
+    let err = Node::new().registry_error(&[
+        "pull",
+        &pinned,
+        "--plain-http-registry",
+        &other,
+        "--retries",
+        "0",
+    ]);
+    assert!(err.contains(&format!("https://{addr}/")), "{err}");
+
+    // Named by host alone (any port), or by host and port: plain HTTP.
+    Node::new().ok(&["pull", &pinned, "--plain-http-registry", "127.0.0.1"]);
+    Node::new().ok(&["pull", &pinned, "--plain-http-registry", addr]);
+
+    // A value that is not a registry is refused as usage.
+    let out = node.cli(&["pull", &pinned, "--plain-http-registry", "http://x/y"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 #[test]

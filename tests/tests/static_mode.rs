@@ -192,6 +192,141 @@ fn paused_actions_wait_a_corrupt_state_is_set_aside_and_a_run_that_keeps_stoppin
     assert_eq!(attempts(&state), 3);
 }
 
+/// A state file with values no agent writes (far-future or far-past
+/// times, negative or huge counts) is clamped or set aside: never a panic
+/// (a far-future `finishedAt` plus an interval overflowed on every pass).
+#[test]
+fn a_hostile_state_file_is_clamped_or_set_aside_never_a_panic() {
+    let node = Node::new();
+    node.manifest(
+        "cni.yaml",
+        &cni_install("hourly").replace("  grants:", "  rerun: {intervalSeconds: 3600}\n  grants:"),
+    );
+    assert_eq!(node.once().status.code(), Some(0));
+    let write = |edit: &dyn Fn(&mut Value)| {
+        let mut state = node.state();
+        edit(&mut state["actions"]["cni"]["status"]);
+        std::fs::write(node.path("state.json"), state.to_string()).unwrap();
+    };
+
+    // The last representable time (an hour more overflows): taken as now,
+    // so the interval counts from now and nothing runs.
+    write(&|s| {
+        s["finishedAt"] = "9999-12-30T22:00:00Z".into();
+        s["startedAt"] = "9999-12-30T22:00:00Z".into();
+    });
+    let out = node.once();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!node.path("state.json.corrupt").exists());
+    let state = node.state();
+    let finished = state["actions"]["cni"]["status"]["finishedAt"]
+        .as_str()
+        .unwrap();
+    assert!(finished.starts_with("20"), "{state:#}");
+    assert_eq!(attempts(&state), 1);
+
+    // The first representable time: the interval passed, it runs again.
+    write(&|s| s["finishedAt"] = "-009999-01-03T00:00:00Z".into());
+    let out = node.once();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!node.path("state.json.corrupt").exists());
+    let state = node.state();
+    assert_eq!(attempts(&state), 2);
+    let finished = state["actions"]["cni"]["status"]["finishedAt"]
+        .as_str()
+        .unwrap();
+    assert!(finished.starts_with("20"), "{state:#}");
+
+    // Counts no agent writes: the file is set aside and the action runs
+    // afresh.
+    for (field, value) in [
+        ("attempts", Value::from(-5)),
+        ("attempts", Value::from(i64::MAX)),
+        ("effectCount", Value::from(-1)),
+        ("attempts", Value::from(1e300)),
+    ] {
+        let _ = std::fs::remove_file(node.path("state.json.corrupt"));
+        write(&|s| s[field] = value.clone());
+        let out = node.once();
+        assert_eq!(out.status.code(), Some(0), "{field} {value}: {out:?}");
+        assert!(node.path("state.json.corrupt").is_file(), "{field} {value}");
+        assert_eq!(attempts(&node.state()), 1, "{field} {value}");
+    }
+}
+
+/// Manifests are capped in size, JSON ones parsed as JSON, and YAML ones
+/// with too many flow collections refused before the YAML parser (whose
+/// time is quadratic in their nesting: 600 KB took 57 s a pass); the
+/// others in the directory still run.
+#[test]
+fn oversized_and_deeply_nested_manifests_are_refused_quickly_and_the_others_run() {
+    let node = Node::new();
+    node.manifest("cni.yaml", &cni_install("yaml"));
+    let json = serde_json::json!({
+        "apiVersion": "hostaction.dev/v1alpha1",
+        "kind": "HostAction",
+        "metadata": {"name": "cni-json"},
+        "spec": {
+            "module": guest("cni-install"),
+            "params": {"name": "json"},
+            "grants": {"files": {"write": ["/etc/cni/net.d", "/opt/cni/bin"]}},
+        },
+    });
+    node.manifest("cni-json.json", &json.to_string());
+    let nested = |depth: usize| {
+        format!(
+            "apiVersion: hostaction.dev/v1alpha1\nkind: HostAction\nmetadata: {{name: deep}}\n\
+             spec: {{module: x.wasm, params: {}{}}}\n",
+            "{a: ".repeat(depth),
+            "}".repeat(depth)
+        )
+    };
+    node.manifest("deep.yaml", &nested(150_000)); // 750 KB
+    node.manifest(
+        "deep-small.yaml",
+        &nested(40_000).replace("deep}", "deep-small}"),
+    ); // 200 KB
+    node.manifest(
+        "deep.json",
+        &format!("{}{}", r#"{"a":"#.repeat(40_000), "}".repeat(40_000)),
+    );
+
+    let started = Instant::now();
+    let out = node.once();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let state = node.state();
+    for name in ["cni", "cni-json"] {
+        assert_eq!(
+            state["actions"][name]["status"]["phase"], "Succeeded",
+            "{name}: {state:#}"
+        );
+    }
+    assert!(node.path("root/etc/cni/net.d/10-yaml.conflist").is_file());
+    assert!(node.path("root/etc/cni/net.d/10-json.conflist").is_file());
+    let error = |file: &str| {
+        let errors = state["errors"].as_object().unwrap();
+        let (_, why) = errors
+            .iter()
+            .find(|(path, _)| path.ends_with(&format!("/{file}")))
+            .unwrap_or_else(|| panic!("no error for {file}: {state:#}"));
+        why.as_str().unwrap().to_owned()
+    };
+    assert!(
+        error("deep.yaml").contains("larger than 256 KiB, the cap of a manifest file"),
+        "{state:#}"
+    );
+    assert!(
+        error("deep-small.yaml").contains("more than 256"),
+        "{state:#}"
+    );
+    assert!(error("deep.json").contains("recursion limit"), "{state:#}");
+}
+
 #[test]
 fn the_watching_agent_reapplies_a_changed_manifest() {
     let node = Node::new();

@@ -107,13 +107,20 @@ pub struct Loader<'a> {
 
 impl Loader<'_> {
     /// The module `module` names (a `.wasm` file or an OCI reference), and
-    /// its artifact when it came from one.
-    pub fn load(&self, module: &str) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+    /// its artifact when it came from one; a pull for a run has a deadline
+    /// tied to `run_timeout` ([`oci::RegistryOptions::pull_deadline`]).
+    pub fn load(
+        &self,
+        module: &str,
+        run_timeout: Option<Duration>,
+    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
         let path = module.strip_prefix("file://").unwrap_or(module);
         if !oci::is_reference(path) {
             return Ok((self.runtime.load_file(path.as_ref())?, None));
         }
-        let artifact = self.registry.pull(module, self.store)?;
+        let artifact = self
+            .registry
+            .pull_for_run(module, self.store, run_timeout)?;
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
@@ -123,9 +130,12 @@ impl Loader<'_> {
     pub fn load_pinned(
         &self,
         module: &str,
+        run_timeout: Duration,
     ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
         pinned_reference(module)?;
-        let artifact = self.registry.pull(module, self.store)?;
+        let artifact = self
+            .registry
+            .pull_for_run(module, self.store, Some(run_timeout))?;
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
@@ -142,7 +152,7 @@ impl Loader<'_> {
         mode: SpecMode,
         timeout: Duration,
     ) -> Result<(RunReport, String), Error> {
-        let loaded = self.load(module)?;
+        let loaded = self.load(module, Some(timeout))?;
         self.run_loaded(loaded, params, grants, policy, mode, timeout)
     }
 
@@ -157,7 +167,7 @@ impl Loader<'_> {
         mode: SpecMode,
         timeout: Duration,
     ) -> Result<(RunReport, String), Error> {
-        let loaded = self.load_pinned(module)?;
+        let loaded = self.load_pinned(module, timeout)?;
         self.run_loaded(loaded, params, grants, policy, mode, timeout)
     }
 

@@ -12,6 +12,14 @@
 //! state file, written atomically before and after each run, so nothing is
 //! lost when the agent stops. A bad manifest is recorded with its error and
 //! the others still run.
+//!
+//! Neither input is trusted to be sane: a manifest is capped in size
+//! ([`MAX_MANIFEST_BYTES`]), JSON ones are parsed by the JSON parser (linear,
+//! nesting limited), and YAML ones are refused past [`MAX_YAML_FLOW_OPENS`]
+//! flow collections (libyaml's scanner takes time in their nesting times
+//! the file's size: 600 KB of nested `{` took a minute per pass). A state file with
+//! values no agent writes (negative counts) is set aside, and times after
+//! now are taken as now, so no stored value makes arithmetic overflow.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,12 @@ use crate::Error;
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_INTERRUPTED: i32 = 3;
+/// The largest manifest file read; a larger one is refused, by name.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 10;
+/// The most flow collections (`{` or `[`, counted wherever they appear) a
+/// YAML manifest may open; more are refused before the YAML parser sees
+/// them. JSON manifests, parsed by the JSON parser, have no such bound.
+pub const MAX_YAML_FLOW_OPENS: usize = 256;
 
 /// What static mode remembers between passes and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -246,11 +260,15 @@ impl StaticAgent<'_> {
         Ok((actions, errors))
     }
 
-    /// The state; an unreadable one is moved aside (`.corrupt`) and
-    /// started afresh, since running idempotent actions again is safe.
+    /// The state; an unreadable one, or one with values no agent writes, is
+    /// moved aside (`.corrupt`) and started afresh, since running
+    /// idempotent actions again is safe.
     fn read_state(&self) -> Result<StaticState, Error> {
         match std::fs::read(&self.state_path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(bytes) => match serde_json::from_slice(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(sane)
+            {
                 Ok(state) => Ok(state),
                 Err(e) => {
                     let aside = suffixed(&self.state_path, ".corrupt");
@@ -285,6 +303,31 @@ impl StaticAgent<'_> {
     }
 }
 
+/// `state` as read, when its values are ones an agent writes: counts are
+/// not negative, and a time after now (a clock set back, or a hand-edited
+/// file) is taken as now, so an interval counts from now.
+fn sane(mut state: StaticState) -> Result<StaticState, String> {
+    let now = now();
+    for (name, action) in &mut state.actions {
+        let status = &mut action.status;
+        if status.attempts < 0 || status.effect_count < 0 {
+            return Err(format!(
+                "actions.{name}.status: negative attempts ({}) or effectCount ({})",
+                status.attempts, status.effect_count
+            ));
+        }
+        for time in [&mut status.started_at, &mut status.finished_at]
+            .into_iter()
+            .flatten()
+        {
+            if time.0 > now.0 {
+                *time = now.clone();
+            }
+        }
+    }
+    Ok(state)
+}
+
 /// `path` with `suffix` appended to its file name.
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -292,13 +335,41 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The HostActions of one file; the error names the file's problem.
+/// The HostActions of one file; the error names the file's problem. A
+/// `.json` file is one or more JSON documents, read by the JSON parser; a
+/// YAML one, one or more YAML documents.
 fn parse_file(path: &Path) -> Result<Vec<HostAction>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "larger than {} KiB, the cap of a manifest file",
+            MAX_MANIFEST_BYTES >> 10
+        ));
+    }
+    // Both iterators stop at the first error (serde_yaml_ng's would repeat
+    // it for ever).
+    let documents: Vec<serde_json::Value> = if path.extension().is_some_and(|x| x == "json") {
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<serde_json::Value>()
+            .enumerate()
+            .map(|(i, doc)| doc.map_err(|e| format!("document {i}: {e}")))
+            .collect::<Result<_, _>>()?
+    } else {
+        check_yaml_flow(&text)?;
+        serde_yaml_ng::Deserializer::from_str(&text)
+            .enumerate()
+            .map(|(i, doc)| {
+                serde_json::Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
     let mut found = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let value =
-            serde_json::Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))?;
+    for (i, value) in documents.into_iter().enumerate() {
         if value.is_null() {
             continue;
         }
@@ -314,6 +385,20 @@ fn parse_file(path: &Path) -> Result<Vec<HostAction>, String> {
         found.push(action);
     }
     Ok(found)
+}
+
+/// Refuses YAML that opens more than [`MAX_YAML_FLOW_OPENS`] flow
+/// collections. Every `{` and `[` counts, quoted or not: telling which ones
+/// libyaml takes as flow indicators takes its parser, and an undercount
+/// would let a nesting through; a count of all of them bounds the nesting.
+fn check_yaml_flow(text: &str) -> Result<(), String> {
+    let opens = text.bytes().filter(|b| matches!(b, b'{' | b'[')).count();
+    if opens > MAX_YAML_FLOW_OPENS {
+        return Err(format!(
+            "{opens} `{{` and `[` in YAML, more than {MAX_YAML_FLOW_OPENS}: write the manifest in block style, or as JSON"
+        ));
+    }
+    Ok(())
 }
 
 /// What the CRD's schema and rules would refuse at the API server.
@@ -351,10 +436,13 @@ fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> 
     let interrupted = status.phase == RunPhase::Running && status.attempts < MAX_INTERRUPTED;
     let changed = previous.spec_hash != spec_hash && action.spec.rerun.on_spec_change;
     let interval_passed = match (action.spec.rerun.interval_seconds, &status.finished_at) {
-        (Some(every), Some(finished)) => {
-            let next = finished.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(every));
-            next <= k8s_openapi::jiff::Timestamp::now()
-        }
+        // Past the last representable time: not yet.
+        (Some(every), Some(finished)) => finished
+            .0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                every,
+            )))
+            .is_ok_and(|next| next <= k8s_openapi::jiff::Timestamp::now()),
         _ => false,
     };
     never || interrupted || changed || interval_passed

@@ -2,10 +2,14 @@
 //! bodies into memory (manifests, error bodies) before anything can cap
 //! them, so pulls fetch with reqwest and count every byte, and leave
 //! oci-client the auth negotiation (basic, or a bearer token from the
-//! registry's token service).
+//! registry's token service). Each request keeps a minimum rate ([`Meter`]):
+//! a per-read time-out alone lets a registry that sends one byte every few
+//! seconds hold a pull for days.
 
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::time::Duration;
 
 use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
@@ -44,7 +48,82 @@ pub(super) struct Puller<'a> {
     pub(super) client: &'a Client,
     pub(super) http: &'a reqwest::Client,
     pub(super) options: &'a RegistryOptions,
+    /// Plain HTTP to this registry, not HTTPS.
+    pub(super) plain: bool,
     pub(super) reference: &'a Reference,
+}
+
+/// A request's rate floor: at least `rate × window` bytes in each window
+/// from when the request starts (authentication and waiting for headers
+/// included), or it is cut as a transient failure.
+struct Meter {
+    /// `None`: no floor.
+    window: Option<Duration>,
+    rate: u64,
+    min_bytes: u64,
+    next: tokio::time::Instant,
+    in_window: u64,
+}
+
+impl Meter {
+    fn start(options: &RegistryOptions) -> Self {
+        let window = Some(options.rate_window).filter(|w| !w.is_zero() && options.min_rate > 0);
+        let min_bytes = window.map_or(0, |w| {
+            u64::try_from(u128::from(options.min_rate).saturating_mul(w.as_millis()) / 1000)
+                .unwrap_or(u64::MAX)
+        });
+        let now = tokio::time::Instant::now();
+        Self {
+            window,
+            rate: options.min_rate,
+            min_bytes,
+            next: window.and_then(|w| now.checked_add(w)).unwrap_or(now),
+            in_window: 0,
+        }
+    }
+
+    /// Counts bytes received.
+    fn count(&mut self, bytes: usize) {
+        self.in_window = self.in_window.saturating_add(bytes as u64);
+    }
+
+    /// Awaits `step` of the request, cutting the request at the end of a
+    /// window that brought too few bytes.
+    async fn wait<T>(
+        &mut self,
+        what: &str,
+        step: impl Future<Output = T>,
+    ) -> std::result::Result<T, Failure> {
+        let Some(window) = self.window else {
+            return Ok(step.await);
+        };
+        let mut step = std::pin::pin!(step);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut step => return Ok(done),
+                () = tokio::time::sleep_until(self.next) => {
+                    if self.in_window < self.min_bytes {
+                        return Err(Failure {
+                            error: Error::registry(
+                                RegistryFault::Unavailable,
+                                format!(
+                                    "{what}: slower than the minimum rate of {} KiB/s: {} bytes in {} s \
+                                     (--pull-min-rate, --pull-rate-window)",
+                                    self.rate as f64 / 1024.0,
+                                    self.in_window,
+                                    window.as_secs_f64()
+                                ),
+                            ),
+                            transient: true,
+                        });
+                    }
+                    self.in_window = 0;
+                    self.next = self.next.checked_add(window).unwrap_or(self.next);
+                }
+            }
+        }
+    }
 }
 
 /// What a request carries to authenticate.
@@ -56,11 +135,7 @@ enum Authorization {
 
 impl Puller<'_> {
     fn url(&self, kind: &str, target: &str) -> String {
-        let scheme = if self.options.plain_http {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme = if self.plain { "http" } else { "https" };
         format!(
             "{scheme}://{}/v2/{}/{kind}/{target}",
             self.reference.resolve_registry(),
@@ -100,26 +175,33 @@ impl Puller<'_> {
         url: &str,
         accept: Option<&str>,
         what: &str,
+        meter: &mut Meter,
     ) -> std::result::Result<reqwest::Response, Failure> {
         let auth = auth(self.options, self.reference).map_err(Failure::fatal)?;
         let mut request = self.http.get(url);
         if let Some(accept) = accept {
             request = request.header(reqwest::header::ACCEPT, accept);
         }
-        request = match self.authorization(&auth).await? {
+        request = match meter.wait(what, self.authorization(&auth)).await?? {
             Authorization::None => request,
             Authorization::Basic(user, password) => request.basic_auth(user, Some(password)),
             Authorization::Bearer(token) => request.bearer_auth(token),
         };
-        let mut response = request.send().await.map_err(|e| transport(what, &e))?;
+        let mut response = meter
+            .wait(what, request.send())
+            .await?
+            .map_err(|e| transport(what, &e))?;
         let status = response.status();
         if status == reqwest::StatusCode::OK {
             return Ok(response);
         }
         let mut body = Vec::new();
         while body.len() < ERROR_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            match meter.wait(what, response.chunk()).await? {
+                Ok(Some(chunk)) => {
+                    meter.count(chunk.len());
+                    body.extend_from_slice(&chunk);
+                }
                 _ => break,
             }
         }
@@ -151,9 +233,17 @@ impl Puller<'_> {
         let url = self.url("manifests", target);
         let what = format!("fetching the manifest of {}", self.reference);
         let bytes = with_retries(self.options, || async {
-            let mut response = self.get(&url, Some(OCI_IMAGE_MEDIA_TYPE), &what).await?;
+            let mut meter = Meter::start(self.options);
+            let mut response = self
+                .get(&url, Some(OCI_IMAGE_MEDIA_TYPE), &what, &mut meter)
+                .await?;
             let mut bytes = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&what, &e))? {
+            while let Some(chunk) = meter
+                .wait(&what, response.chunk())
+                .await?
+                .map_err(|e| transport(&what, &e))?
+            {
+                meter.count(chunk.len());
                 bytes.extend_from_slice(&chunk);
                 if bytes.len() as u64 > limits_bytes {
                     return Err(Failure::fatal(Error::registry(
@@ -213,11 +303,14 @@ impl Puller<'_> {
         let integrity =
             |message: String| Failure::fatal(Error::registry(RegistryFault::Integrity, message));
         let host = |e: std::io::Error| Failure::fatal(Error::Host(format!("staging {what}: {e}")));
+        let fetching = format!("fetching {what}");
+        let mut meter = Meter::start(self.options);
         let mut response = self
             .get(
                 &self.url("blobs", &blob.digest),
                 None,
-                &format!("fetching {what}"),
+                &fetching,
+                &mut meter,
             )
             .await?;
         if let Some(length) = response.content_length().filter(|&l| l > blob.size) {
@@ -239,7 +332,7 @@ impl Puller<'_> {
         let mut received = 0u64;
         let mut progress = Progress::new(self.options.progress, name, blob.size);
         loop {
-            let chunk = match response.chunk().await {
+            let chunk = match meter.wait(&fetching, response.chunk()).await? {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
@@ -256,6 +349,7 @@ impl Puller<'_> {
                     });
                 }
             };
+            meter.count(chunk.len());
             received += chunk.len() as u64;
             if received > blob.size {
                 return Err(integrity(format!(

@@ -10,7 +10,10 @@
 //!   by that digest, and streams each blob into staging while counting and
 //!   hashing it: a blob larger than its cap is never fetched, one that is
 //!   longer, shorter or other than its manifest says is refused, and nothing
-//!   of a failed pull is kept.
+//!   of a failed pull is kept. A whole pull has a deadline and each of its
+//!   requests a minimum rate, so a registry that trickles bytes cannot hold
+//!   a node (per-read time-outs alone let one byte every few seconds live
+//!   for days).
 
 pub mod artifact;
 pub mod auth;
@@ -26,17 +29,28 @@ use oci_client::Reference;
 
 pub use artifact::SizeLimits;
 pub use auth::Credentials;
+pub use hostaction_controller::resolve::PlainHttp;
 pub use store::{ModuleStore, StoredArtifact};
 
 use crate::error::{Error, RegistryFault, Result};
+
+/// A pull on its own (`hostaction pull`, `inspect`): its default deadline.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// A pull for a run: its default deadline is this plus twice the run's
+/// timeout.
+pub const PULL_TIMEOUT_BASE: Duration = Duration::from_secs(60);
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// Where credentials come from.
     pub credentials: Credentials,
-    /// Speak plain HTTP, not HTTPS (a registry on loopback).
+    /// Speak plain HTTP, not HTTPS, to registries on loopback (`127.0.0.0/8`,
+    /// `::1`, `localhost`).
     pub plain_http: bool,
+    /// Further registries spoken to over plain HTTP: `HOST` (any port) or
+    /// `HOST:PORT`. Every other one gets HTTPS.
+    pub plain_http_registries: Vec<String>,
     /// A PEM file of CA certificates to trust besides the system's.
     pub ca_file: Option<PathBuf>,
     /// Attempts after the first, for failures that may pass (unreachable,
@@ -48,6 +62,36 @@ pub struct RegistryOptions {
     pub timeout: Duration,
     /// Print transfer progress on stderr.
     pub progress: bool,
+    /// The deadline of a whole pull (manifest, blobs, retries and their
+    /// waits); `None`: [`RegistryOptions::pull_deadline`]'s default.
+    pub pull_timeout: Option<Duration>,
+    /// The least rate, in bytes per second averaged over `rate_window`, of
+    /// each request of a pull (from when it is sent); a slower one is cut
+    /// (and retried). 0: no floor.
+    pub min_rate: u64,
+    /// The window `min_rate` is averaged over.
+    pub rate_window: Duration,
+}
+
+impl RegistryOptions {
+    /// Which registries get plain HTTP.
+    pub fn plain(&self) -> PlainHttp {
+        PlainHttp {
+            loopback: self.plain_http,
+            registries: self.plain_http_registries.clone(),
+        }
+    }
+
+    /// The deadline of a pull: `pull_timeout` when set; else, for a run
+    /// with `run_timeout`, [`PULL_TIMEOUT_BASE`] plus twice that (so a
+    /// run holds a node's run slot for a bounded multiple of its own
+    /// timeout), and [`PULL_TIMEOUT`] for a pull on its own.
+    pub fn pull_deadline(&self, run_timeout: Option<Duration>) -> Duration {
+        self.pull_timeout.unwrap_or_else(|| match run_timeout {
+            Some(t) => PULL_TIMEOUT_BASE.saturating_add(t.saturating_mul(2)),
+            None => PULL_TIMEOUT,
+        })
+    }
 }
 
 impl Default for RegistryOptions {
@@ -55,11 +99,15 @@ impl Default for RegistryOptions {
         Self {
             credentials: Credentials::default(),
             plain_http: false,
+            plain_http_registries: Vec::new(),
             ca_file: None,
             retries: 3,
             backoff: Duration::from_millis(200),
             timeout: Duration::from_secs(30),
             progress: false,
+            pull_timeout: None,
+            min_rate: 10 << 10,
+            rate_window: Duration::from_secs(30),
         }
     }
 }
@@ -92,11 +140,16 @@ pub struct Pushed {
 }
 
 /// A client of OCI registries. Calls block; each runs on the client's own
-/// single-threaded tokio runtime. The HTTP client (TLS roots and all) is
+/// single-threaded tokio runtime. The HTTP clients (TLS roots and all) are
 /// made on first use: a digest the store holds needs none.
 pub struct Registry {
-    clients: std::sync::OnceLock<(oci_client::Client, reqwest::Client)>,
+    /// `oci-client` over HTTPS, and over plain HTTP for the registries
+    /// [`RegistryOptions::plain`] names.
+    oci_tls: std::sync::OnceLock<oci_client::Client>,
+    oci_plain: std::sync::OnceLock<oci_client::Client>,
+    http: std::sync::OnceLock<reqwest::Client>,
     options: RegistryOptions,
+    plain: PlainHttp,
     tokio: tokio::runtime::Runtime,
 }
 
@@ -138,29 +191,48 @@ impl Registry {
             .build()
             .map_err(|e| Error::Host(format!("registry client runtime: {e}")))?;
         Ok(Self {
-            clients: std::sync::OnceLock::new(),
+            oci_tls: std::sync::OnceLock::new(),
+            oci_plain: std::sync::OnceLock::new(),
+            http: std::sync::OnceLock::new(),
+            plain: options.plain(),
             options,
             tokio,
         })
     }
 
-    fn clients(&self) -> Result<&(oci_client::Client, reqwest::Client)> {
-        if let Some(clients) = self.clients.get() {
-            return Ok(clients);
+    /// Whether `reference`'s registry is spoken to over plain HTTP.
+    fn is_plain(&self, reference: &Reference) -> bool {
+        self.plain.allows(reference.resolve_registry())
+    }
+
+    /// The `oci-client` for `reference`'s registry.
+    fn oci(&self, reference: &Reference) -> Result<&oci_client::Client> {
+        let plain = self.is_plain(reference);
+        let cell = if plain {
+            &self.oci_plain
+        } else {
+            &self.oci_tls
+        };
+        if let Some(client) = cell.get() {
+            return Ok(client);
         }
-        let clients = (
-            transfer::client(&self.options)?,
-            fetch::http_client(&self.options)?,
-        );
-        Ok(self.clients.get_or_init(|| clients))
+        let client = transfer::client(&self.options, plain)?;
+        Ok(cell.get_or_init(|| client))
     }
 
     fn puller<'a>(&'a self, reference: &'a Reference) -> Result<fetch::Puller<'a>> {
-        let (client, http) = self.clients()?;
+        let http = match self.http.get() {
+            Some(http) => http,
+            None => {
+                let http = fetch::http_client(&self.options)?;
+                self.http.get_or_init(|| http)
+            }
+        };
         Ok(fetch::Puller {
-            client,
+            client: self.oci(reference)?,
             http,
             options: &self.options,
+            plain: self.is_plain(reference),
             reference,
         })
     }
@@ -170,7 +242,7 @@ impl Registry {
     pub fn push(&self, reference: &str, request: &PushRequest) -> Result<Pushed> {
         let reference = parse_reference(reference)?;
         self.tokio.block_on(transfer::push(
-            &self.clients()?.0,
+            self.oci(&reference)?,
             &self.options,
             &reference,
             request,
@@ -178,33 +250,61 @@ impl Registry {
     }
 
     /// Resolves a reference to its manifest digest: fetches the manifest
-    /// its tag or digest names and hashes it.
+    /// its tag or digest names and hashes it (within the deadline of a pull
+    /// on its own).
     pub fn resolve(&self, reference: &str) -> Result<String> {
         let parsed = parse_reference(reference)?;
         let puller = self.puller(&parsed)?;
         let limit = SizeLimits::default().manifest_bytes;
-        Ok(self.tokio.block_on(puller.manifest(limit))?.1)
+        let deadline = self.options.pull_deadline(None);
+        let manifest = within(deadline, reference, puller.manifest(limit));
+        Ok(self.tokio.block_on(manifest)?.1)
     }
 
-    /// Pulls an artifact into the store: by digest, resolving a tag once (the
-    /// digest of the manifest the tag names). A digest the store holds is
-    /// served from it without the registry.
+    /// Pulls an artifact into the store, within the deadline of a pull on
+    /// its own; see [`Registry::pull_for_run`].
     pub fn pull(&self, reference: &str, store: &ModuleStore) -> Result<StoredArtifact> {
+        self.pull_within(reference, store, self.options.pull_deadline(None))
+    }
+
+    /// Pulls an artifact into the store for a run with `run_timeout` (the
+    /// pull's deadline is tied to it, see
+    /// [`RegistryOptions::pull_deadline`]): by digest, resolving a tag once
+    /// (the digest of the manifest the tag names). A digest the store holds
+    /// is served from it without the registry.
+    pub fn pull_for_run(
+        &self,
+        reference: &str,
+        store: &ModuleStore,
+        run_timeout: Option<Duration>,
+    ) -> Result<StoredArtifact> {
+        self.pull_within(reference, store, self.options.pull_deadline(run_timeout))
+    }
+
+    fn pull_within(
+        &self,
+        reference: &str,
+        store: &ModuleStore,
+        deadline: Duration,
+    ) -> Result<StoredArtifact> {
         let parsed = parse_reference(reference)?;
         if let Some(stored) = parsed.digest().map(|d| store.get(d)).transpose()?.flatten() {
             return Ok(stored);
         }
         let puller = self.puller(&parsed)?;
-        let (manifest, digest) = self
-            .tokio
-            .block_on(puller.manifest(store.limits().manifest_bytes))?;
-        if let Some(stored) = store.get(&digest)? {
-            return Ok(stored);
-        }
-        let by_digest = parsed.clone_with_digest(digest.clone());
-        let puller = self.puller(&by_digest)?;
-        self.tokio
-            .block_on(puller.pull(store, &manifest, &digest))?;
+        // The manifest, then the blobs, all under one deadline: dropping
+        // the pull at it drops its staging directory too.
+        let pulled = async {
+            let (manifest, digest) = puller.manifest(store.limits().manifest_bytes).await?;
+            if store.get(&digest)?.is_some() {
+                return Ok(digest);
+            }
+            let by_digest = parsed.clone_with_digest(digest.clone());
+            let puller = self.puller(&by_digest)?;
+            puller.pull(store, &manifest, &digest).await?;
+            Ok(digest)
+        };
+        let digest = self.tokio.block_on(within(deadline, reference, pulled))?;
         if let Err(e) = store.collect_if_over() {
             tracing::warn!(error = %e, "collecting the module store failed");
         }
@@ -214,6 +314,23 @@ impl Registry {
             ))
         })
     }
+}
+
+/// `pull`, or a registry error naming the deadline it missed.
+async fn within<T>(
+    deadline: Duration,
+    reference: &str,
+    pull: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(deadline, pull).await.unwrap_or_else(|_| {
+        Err(Error::registry(
+            RegistryFault::Unavailable,
+            format!(
+                "pulling {reference}: not done within the pull deadline of {} s (--pull-timeout)",
+                deadline.as_secs_f64()
+            ),
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -240,6 +357,22 @@ mod tests {
         ] {
             assert!(!is_reference(file), "{file}");
         }
+    }
+
+    #[test]
+    fn a_pull_for_a_run_has_a_deadline_tied_to_the_run_s_timeout() {
+        let options = RegistryOptions::default();
+        let secs = Duration::from_secs;
+        assert_eq!(options.pull_deadline(Some(secs(30))), secs(120));
+        assert_eq!(options.pull_deadline(Some(secs(3600))), secs(7260));
+        assert_eq!(options.pull_deadline(None), PULL_TIMEOUT);
+        assert_eq!(options.pull_deadline(Some(Duration::MAX)), Duration::MAX);
+        let set = RegistryOptions {
+            pull_timeout: Some(secs(5)),
+            ..RegistryOptions::default()
+        };
+        assert_eq!(set.pull_deadline(Some(secs(3600))), secs(5));
+        assert_eq!(set.pull_deadline(None), secs(5));
     }
 
     #[test]

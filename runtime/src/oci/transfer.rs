@@ -23,9 +23,11 @@ const PUSH_CHUNK_BYTES: usize = 256 << 10;
 /// Blobs at least this large show progress.
 const PROGRESS_MIN_BYTES: u64 = 1 << 20;
 
-pub(super) fn client(options: &RegistryOptions) -> Result<Client> {
+/// An `oci-client` speaking plain HTTP when `plain` (for the registries
+/// [`RegistryOptions::plain`] names), else HTTPS.
+pub(super) fn client(options: &RegistryOptions, plain: bool) -> Result<Client> {
     let mut config = ClientConfig {
-        protocol: if options.plain_http {
+        protocol: if plain {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
