@@ -9,6 +9,9 @@
 //! files:
 //!   read: [/etc/cni]
 //!   write: [/opt/cni/bin, /etc/cni/net.d]   # write implies read
+//!   kernelPaths: [/proc/meminfo]            # procfs/sysfs paths allowed
+//!   groupWritable: false                    # g+w modes (never o+w)
+//!   executable: true                        # false: x bits only for payload files
 //! network:
 //!   netns: [host, "overlay-*"]
 //!   interfaces: ["vx-*", "br-*"]
@@ -58,6 +61,19 @@ pub struct FilesScope {
     #[serde(default)]
     #[schemars(length(max = LIST_ITEMS), inner(length(max = PATH_BYTES)))]
     pub write: Vec<String>,
+    /// Paths on procfs, sysfs and the other kernel filesystems the action may
+    /// reach (each covers its subtree, within `read`/`write`); all others on
+    /// those filesystems are refused. A policy knob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_paths: Vec<String>,
+    /// Whether modes may be group-writable (g+w); world-writable never is.
+    /// A policy knob: both grant and policy must say yes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group_writable: bool,
+    /// `false`: files get execute bits only when their contents are one of
+    /// the action's payload files (digest-verified). A policy knob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<bool>,
 }
 
 /// The `network` scope.

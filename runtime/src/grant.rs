@@ -11,6 +11,9 @@
 //! files:
 //!   read: [/etc/cni]
 //!   write: [/opt/cni/bin, /etc/cni/net.d]   # write implies read
+//!   kernelPaths: [/proc/meminfo]            # procfs/sysfs paths allowed
+//!   groupWritable: false                    # g+w modes (never o+w)
+//!   executable: true                        # false: x bits only for payload files
 //! network:
 //!   netns: [host, "overlay-*"]
 //!   interfaces: ["vx-*", "br-*"]
@@ -25,7 +28,7 @@
 
 use std::path::Path;
 
-use crate::capabilities::files::HostPath;
+use crate::capabilities::files::{HostPath, HostRoot};
 use crate::error::{Error, Result};
 
 pub use hostaction_crds::grant::{FilesScope, Grant, NetworkScope, ServicesScope};
@@ -79,7 +82,11 @@ impl GrantDocument for Grant {
     fn validate(&self, what: &str) -> Result<()> {
         let bad = |field: String, msg: String| Error::BadGrant(format!("{what}: {field}: {msg}"));
         if let Some(files) = &self.files {
-            for (list, dirs) in [("read", &files.read), ("write", &files.write)] {
+            for (list, dirs) in [
+                ("read", &files.read),
+                ("write", &files.write),
+                ("kernelPaths", &files.kernel_paths),
+            ] {
                 for (i, dir) in dirs.iter().enumerate() {
                     HostPath::parse(dir)
                         .map_err(|e| bad(format!("files.{list}[{i}]"), e.to_string()))?;
@@ -175,6 +182,14 @@ pub struct EffectiveGrant {
     pub files_read: Vec<GrantedDir>,
     /// Directories writable.
     pub files_write: Vec<GrantedDir>,
+    /// Paths on kernel filesystems (procfs, sysfs, ...) the run may reach;
+    /// everything else on them is refused.
+    pub files_kernel: Vec<GrantedDir>,
+    /// Whether modes may be group-writable (both grant and policy said so).
+    pub files_group_writable: bool,
+    /// Whether execute bits are allowed only on payload files' contents
+    /// (grant or policy said `executable: false`).
+    pub files_payload_executables_only: bool,
     /// Why `files` is not granted, when the grant asked for it but the policy
     /// left nothing of it.
     files_denied_by_policy: bool,
@@ -197,23 +212,32 @@ impl EffectiveGrant {
                 .map(|d| HostPath::parse(d).map_err(|e| Error::BadGrant(e.to_string())))
                 .collect()
         };
-        let (mut read, mut write) = (Vec::new(), Vec::new());
+        let (mut read, mut write, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
         let mut files_denied_by_policy = false;
+        let (mut group_writable, mut payload_executables_only) = (false, false);
         if let Some(files) = &grant.files {
             let g_write = parse_all(&files.write.iter().collect::<Vec<_>>())?;
             let g_read = parse_all(&files.read.iter().chain(&files.write).collect::<Vec<_>>())?;
+            let g_kernel = parse_all(&files.kernel_paths.iter().collect::<Vec<_>>())?;
             let asked = !g_read.is_empty();
+            group_writable = files.group_writable;
+            payload_executables_only = files.executable == Some(false);
             match policy.map(|p| p.files.as_ref()) {
                 None => {
                     read = g_read.into_iter().map(GrantedDir::own).collect();
                     write = g_write.into_iter().map(GrantedDir::own).collect();
+                    kernel = g_kernel.into_iter().map(GrantedDir::own).collect();
                 }
                 Some(None) => {}
                 Some(Some(p)) => {
                     let p_write = parse_all(&p.write.iter().collect::<Vec<_>>())?;
                     let p_read = parse_all(&p.read.iter().chain(&p.write).collect::<Vec<_>>())?;
+                    let p_kernel = parse_all(&p.kernel_paths.iter().collect::<Vec<_>>())?;
                     read = intersect(&g_read, &p_read);
                     write = intersect(&g_write, &p_write);
+                    kernel = intersect(&g_kernel, &p_kernel);
+                    group_writable &= p.group_writable;
+                    payload_executables_only |= p.executable == Some(false);
                 }
             }
             files_denied_by_policy = read.is_empty() && asked;
@@ -241,10 +265,79 @@ impl EffectiveGrant {
         Ok(Self {
             files_read: read,
             files_write: write,
+            files_kernel: kernel,
+            files_group_writable: group_writable,
+            files_payload_executables_only: payload_executables_only,
             files_denied_by_policy,
             network,
             services,
         })
+    }
+
+    /// The checks that need the host, made when a run starts (the host may
+    /// have changed since the grant was read):
+    ///
+    /// - every directory named by the node policy (or by the grant, without
+    ///   one) is resolved trusting its symlinks, so every directory its
+    ///   resolution looks in must be one only root can change: owned by root
+    ///   (or this process's user) and not writable by group or others (a
+    ///   sticky one only if the entry is root's). Else anyone who could write
+    ///   there could point the grant elsewhere.
+    /// - with `services`, no writable directory may be, contain, lie in or
+    ///   redirect a directory systemd loads units from, compared by identity
+    ///   (device and inode) after resolving both under the host root, so a
+    ///   symlink (`/var/run` → `/run`) changes nothing.
+    pub fn check_host(&self, root: &HostRoot) -> Result<()> {
+        let host_err = |path: &HostPath, e: rustix::io::Errno| {
+            Error::Host(format!("resolving {path} under the host root: {e}"))
+        };
+        let mut anchors: Vec<&HostPath> = Vec::new();
+        for dir in self
+            .files_read
+            .iter()
+            .chain(&self.files_write)
+            .chain(&self.files_kernel)
+        {
+            if !anchors.contains(&&dir.anchor) {
+                anchors.push(&dir.anchor);
+            }
+        }
+        for anchor in anchors {
+            let walk = root.walk(anchor).map_err(|e| host_err(anchor, e))?;
+            if let Some((dir, why)) = walk.untrusted() {
+                return Err(Error::Host(format!(
+                    "granted directory {anchor}: {} (on its way) {why}: whoever can write it \
+                     could point the grant elsewhere. Make it root's and not group- or \
+                     world-writable, or grant another directory.",
+                    dir.dir_path
+                )));
+            }
+        }
+        if self.services.is_none() {
+            return Ok(());
+        }
+        let mut units = Vec::new();
+        for dir in SYSTEMD_UNIT_DIRS {
+            let path = HostPath::parse(dir).map_err(|e| Error::Host(format!("{dir}: {e}")))?;
+            units.push((
+                path.clone(),
+                root.walk(&path).map_err(|e| host_err(&path, e))?,
+            ));
+        }
+        for dir in &self.files_write {
+            let walk = root.walk(&dir.path).map_err(|e| host_err(&dir.path, e))?;
+            if let Some((unit_dir, unit_walk)) = units.iter().find(|(_, u)| u.overlaps(&walk)) {
+                return Err(Error::BadGrant(format!(
+                    "grant: files.write {} (on this host {}) and {unit_dir} (on this host {}), \
+                     where systemd loads units from, overlap; with services that would let \
+                     the action define the units it starts. Grant one or the other.",
+                    dir.path,
+                    place(&walk),
+                    place(unit_walk),
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a capability is granted at all; when not, why, in words that
@@ -271,6 +364,18 @@ impl EffectiveGrant {
             },
         )
     }
+}
+
+/// Where a walk led, for messages: the directory reached and what is missing.
+fn place(walk: &crate::capabilities::files::Walk) -> String {
+    let mut place = walk.reached_path.clone();
+    for part in &walk.rest {
+        if !place.ends_with('/') {
+            place.push('/');
+        }
+        place.push_str(part);
+    }
+    place
 }
 
 /// A name-pattern scope bounded by the policy's: granted when the grant has it
@@ -391,6 +496,171 @@ mod tests {
             .capability(Capability::Files)
             .unwrap_err();
         assert!(err.contains("node policy allows none"), "{err}");
+    }
+
+    /// A scratch host root laid out as a node: `var/run` → `../run`, and the
+    /// directories systemd loads units from.
+    fn node_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for dir in [
+            "run/systemd/system",
+            "etc/systemd/system",
+            "usr/lib/systemd",
+            "var",
+        ] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("../run", root.path().join("var/run")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.path().join("lib")).unwrap();
+        root
+    }
+
+    fn check(root: &tempfile::TempDir, grant: &str) -> Result<()> {
+        let grant = Grant::parse(grant, "grant").unwrap();
+        let host = HostRoot::open(root.path()).unwrap();
+        EffectiveGrant::new(&grant, None)?.check_host(&host)
+    }
+
+    #[test]
+    fn services_with_writes_reaching_systemd_dirs_through_symlinks_is_refused() {
+        let root = node_root();
+        std::fs::create_dir_all(root.path().join("opt")).unwrap();
+        // A symlink in a middle component, to a unit directory's parent.
+        std::os::unix::fs::symlink("/etc", root.path().join("opt/etc")).unwrap();
+        std::os::unix::fs::symlink("../usr/lib", root.path().join("opt/usrlib")).unwrap();
+        // A unit directory that is itself a symlink to an innocent-looking place.
+        std::fs::create_dir_all(root.path().join("data/units")).unwrap();
+        std::fs::create_dir_all(root.path().join("usr/local/lib")).unwrap();
+        std::os::unix::fs::symlink("/data/units", root.path().join("usr/local/lib/systemd"))
+            .unwrap();
+        for (write, units) in [
+            ("/var/run/systemd/system", "/run/systemd"),
+            ("/var/run/systemd", "/run/systemd"),
+            ("/var/run", "/run/systemd"),
+            ("/var/run/systemd/transient/x", "/run/systemd"),
+            ("/opt/etc/systemd/system", "/etc/systemd"),
+            ("/opt/etc", "/etc/systemd"),
+            ("/opt/usrlib/systemd/system", "/usr/lib/systemd"),
+            // The directory a unit directory's symlink points to.
+            ("/data", "/usr/local/lib/systemd"),
+            ("/data/units/x.service.d", "/usr/local/lib/systemd"),
+        ] {
+            let grant = format!("files: {{write: [{write}]}}\nservices: {{units: [x.service]}}");
+            let err = check(&root, &grant).unwrap_err().to_string();
+            assert!(
+                err.contains(write) && err.contains(units) && err.contains("systemd loads units"),
+                "{write}: {err}"
+            );
+        }
+        for write in [
+            "/var/run/containerd",
+            "/opt/cni/bin",
+            "/etc/containerd",
+            "/data/other",
+        ] {
+            let grant = format!("files: {{write: [{write}]}}\nservices: {{units: [x.service]}}");
+            check(&root, &grant).unwrap_or_else(|e| panic!("{write}: {e}"));
+        }
+        // Without services, writing there is only writing files.
+        check(&root, "files: {write: [/var/run/systemd/system]}").unwrap();
+    }
+
+    #[test]
+    fn a_missing_systemd_dir_is_judged_by_its_deepest_existing_parent() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("run")).unwrap();
+        std::fs::create_dir_all(root.path().join("var")).unwrap();
+        std::os::unix::fs::symlink("../run", root.path().join("var/run")).unwrap();
+        // Neither /run/systemd nor the write directory exists yet.
+        let services = "\nservices: {units: [x.service]}";
+        let err = check(
+            &root,
+            &format!("files: {{write: [/var/run/systemd/system]}}{services}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/run/systemd"), "{err}");
+        check(
+            &root,
+            &format!("files: {{write: [/var/run/other]}}{services}"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn granted_directories_must_not_be_redirectable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("opt/cni/bin")).unwrap();
+        let grant = "files: {write: [/opt/cni/bin]}";
+        check(&root, grant).unwrap();
+        let opt = root.path().join("opt");
+        for (mode, why) in [
+            (0o777, "writable by others"),
+            (0o775, "writable by its group"),
+        ] {
+            std::fs::set_permissions(&opt, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = check(&root, grant).unwrap_err();
+            assert!(matches!(err, Error::Host(_)), "{err}");
+            let err = err.to_string();
+            assert!(
+                err.contains("/opt/cni/bin") && err.contains("/opt ") && err.contains(why),
+                "{err}"
+            );
+        }
+        // Sticky (like /tmp) with the entry root's: nobody else can swap it.
+        std::fs::set_permissions(&opt, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        check(&root, grant).unwrap();
+        // ... but a missing entry there could be made by anyone first.
+        let err = check(&root, "files: {write: [/opt/new]}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/opt "), "{err}");
+        std::fs::set_permissions(&opt, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Owned by another user.
+        std::os::unix::fs::chown(root.path().join("opt/cni"), Some(1000), Some(1000)).unwrap();
+        let err = check(&root, grant).unwrap_err().to_string();
+        assert!(
+            err.contains("/opt/cni ") && err.contains("uid 1000"),
+            "{err}"
+        );
+        // Through a symlink: the directories of its target count too.
+        std::os::unix::fs::chown(root.path().join("opt/cni"), Some(0), Some(0)).unwrap();
+        std::fs::create_dir_all(root.path().join("srv/open/cni")).unwrap();
+        std::fs::set_permissions(
+            root.path().join("srv/open"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/srv/open/cni", root.path().join("opt/link")).unwrap();
+        let err = check(&root, "files: {read: [/opt/link]}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/srv/open "), "{err}");
+    }
+
+    #[test]
+    fn file_knobs_take_the_stricter_of_grant_and_policy() {
+        let grant = Grant::parse(
+            "files: {write: [/opt], groupWritable: true, kernelPaths: [/proc/meminfo, /sys]}",
+            "grant",
+        )
+        .unwrap();
+        let eff = EffectiveGrant::new(&grant, None).unwrap();
+        assert!(eff.files_group_writable && !eff.files_payload_executables_only);
+        assert_eq!(dirs(&eff.files_kernel), ["/proc/meminfo", "/sys"]);
+        let policy = Grant::parse(
+            "files: {write: [/opt], executable: false, kernelPaths: [/sys/class/net]}",
+            "policy",
+        )
+        .unwrap();
+        let eff = EffectiveGrant::new(&grant, Some(&policy)).unwrap();
+        assert!(!eff.files_group_writable && eff.files_payload_executables_only);
+        assert_eq!(dirs(&eff.files_kernel), ["/sys/class/net"]);
+        let err = Grant::parse("files: {kernelPaths: [proc]}", "grant")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("files.kernelPaths[0]"), "{err}");
     }
 
     #[test]

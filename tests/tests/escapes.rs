@@ -125,8 +125,9 @@ fn proc_self_fd_paths_and_links_are_denied() {
 
 #[test]
 fn magic_links_are_denied_even_inside_a_granted_directory() {
-    // The real /proc, read-only: with /proc/self granted, `root` and `fd/N`
-    // are magic links that would lead anywhere; the kernel refuses them.
+    // The real /proc, read-only: with /proc/self granted (and allowed as a
+    // kernel path), `root` and `fd/N` are magic links that would lead
+    // anywhere; the kernel refuses them.
     let runtime = Runtime::new(RuntimeConfig {
         host_root: "/".into(),
         cache_dir: None,
@@ -143,7 +144,13 @@ fn magic_links_are_denied_even_inside_a_granted_directory() {
         {"op": "read-file", "path": "/proc/self/status"},
     ]});
     let report = runtime
-        .run(&module, request(&params, "files: {read: [/proc/self]}"))
+        .run(
+            &module,
+            request(
+                &params,
+                "files: {read: [/proc/self], kernelPaths: [/proc/self]}",
+            ),
+        )
         .unwrap();
     let results = probe_results(&report);
     for r in &results[..3] {
@@ -184,7 +191,7 @@ fn write_to_a_hard_link_of_a_file_outside_the_grant_is_denied() {
         &host,
         json!([
             {"op": "ensure-file", "path": "/opt/cni/bin/hl", "contents": "pwned", "mode": 420},
-            {"op": "ensure-file", "path": "/opt/cni/bin/hl", "contents": "top secret", "mode": 511},
+            {"op": "ensure-file", "path": "/opt/cni/bin/hl", "contents": "top secret", "mode": 0o700},
             {"op": "read-file", "path": "/opt/cni/bin/hl"},
         ]),
         &["permission-denied"],
@@ -219,4 +226,117 @@ fn granted_directory_itself_cannot_be_removed_or_replaced() {
         ]),
         &["permission-denied"],
     );
+}
+
+/// A runtime whose host root is the real `/`.
+fn real_root() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        host_root: "/".into(),
+        cache_dir: None,
+        system_bus: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn procfs_and_sysfs_are_refused_unless_the_policy_lists_the_path() {
+    let runtime = real_root();
+    let module = runtime
+        .load_file(&hostaction_tests::guest("probe"))
+        .unwrap();
+    let run = |ops: Value, grant: &str| {
+        probe_results(
+            &runtime
+                .run(&module, request(&json!({ "ops": ops }), grant))
+                .unwrap(),
+        )
+    };
+    // The agent's own environment, through a grant of /proc or of all of /.
+    let self_ops = json!([
+        {"op": "read-file", "path": "/proc/self/environ"},
+        {"op": "read-file", "path": "/proc/meminfo"},
+        {"op": "list-dir", "path": "/proc"},
+        {"op": "stat", "path": "/proc/self"},
+        {"op": "stat", "path": "/proc/1"},
+        {"op": "stat", "path": "/proc"},
+        {"op": "read-file", "path": "/sys/kernel/uevent_seqnum"},
+        {"op": "list-dir", "path": "/sys/class"},
+    ]);
+    for grant in ["files: {read: [/proc, /sys]}", "files: {read: [/]}"] {
+        for (i, r) in run(self_ops.clone(), grant).iter().enumerate() {
+            assert_eq!(
+                err_kind(r),
+                Some("permission-denied"),
+                "{grant}: op {i}: {r}"
+            );
+            let message = r["err"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("procfs") || message.contains("sysfs"),
+                "{grant}: op {i}: {message}"
+            );
+        }
+    }
+    // Listed files read; everything else on procfs is still refused.
+    let grant = "files: {read: [/proc], kernelPaths: [/proc/meminfo]}";
+    let results = run(
+        json!([
+            {"op": "read-file", "path": "/proc/meminfo"},
+            {"op": "stat", "path": "/proc/meminfo"},
+            {"op": "read-file", "path": "/proc/self/environ"},
+            {"op": "read-file", "path": "/proc/self/status"},
+            {"op": "list-dir", "path": "/proc"},
+        ]),
+        grant,
+    );
+    assert!(
+        results[0]["ok"].as_str().unwrap().contains("MemTotal"),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[1]["ok"]["kind"], "file", "{}", results[1]);
+    for r in &results[2..] {
+        assert_eq!(err_kind(r), Some("permission-denied"), "{r}");
+    }
+}
+
+#[test]
+fn a_procfs_mounted_anywhere_in_a_grant_is_refused() {
+    // Told by the filesystem, not the path: a procfs mounted at an innocent
+    // name inside the granted directory.
+    let host = host_with_secrets();
+    let mnt = host.path("/opt/cni/bin/state");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t proc");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt);
+    let report = host
+        .run(
+            "probe",
+            &json!({"ops": [
+                {"op": "read-file", "path": "/opt/cni/bin/state/self/environ"},
+                {"op": "read-file", "path": "/opt/cni/bin/state/1/cmdline"},
+                {"op": "list-dir", "path": "/opt/cni/bin/state"},
+                {"op": "ensure-dir", "path": "/opt/cni/bin/state/sys/x", "mode": 493},
+                {"op": "remove", "path": "/opt/cni/bin/state/self"},
+            ]}),
+            GRANT,
+        )
+        .unwrap();
+    for (i, r) in probe_results(&report).iter().enumerate() {
+        assert_eq!(err_kind(r), Some("permission-denied"), "op {i}: {r}");
+    }
+    assert!(report.effects.is_empty(), "{:?}", report.effects);
 }

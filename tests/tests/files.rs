@@ -292,3 +292,138 @@ fn plan_mode_reports_changes_without_making_them() {
     assert!(report.effects.iter().all(|e| !e.applied));
     assert!(host.snapshot().is_empty(), "plan mode changed the host");
 }
+
+/// The probe's results for `ops` under `grant` (no policy), with `payload`
+/// files (`NAME=FILE`) given as `hostaction run --payload` gives them.
+fn probe_with_payload(
+    host: &Host,
+    ops: serde_json::Value,
+    grant: &str,
+    payload: &[(String, std::path::PathBuf)],
+) -> Vec<serde_json::Value> {
+    use hostaction_runtime::capabilities::payload::Payload;
+    let mut req = request(&json!({ "ops": ops }), grant);
+    req.payload = Arc::new(Payload::from_files(payload).unwrap());
+    let module = host.load("probe");
+    probe_results(&host.runtime.run(&module, req).unwrap())
+}
+
+#[test]
+fn world_writable_modes_are_refused_and_group_writable_needs_the_grant() {
+    let host = Host::new();
+    host.write("/opt/cni/bin/bridge", "plugin");
+    let before = host.snapshot();
+    let ops = json!([
+        {"op": "ensure-file", "path": "/opt/cni/bin/bridge", "contents": "evil", "mode": 0o777},
+        {"op": "ensure-file", "path": "/opt/cni/bin/new", "contents": "x", "mode": 0o646},
+        {"op": "ensure-dir", "path": "/opt/cni/bin/d", "mode": 0o777},
+        {"op": "ensure-dir", "path": "/opt/cni/bin", "mode": 0o757},
+        {"op": "ensure-file", "path": "/opt/cni/bin/bridge", "contents": "evil", "mode": 0o775},
+        {"op": "ensure-dir", "path": "/opt/cni/bin/d", "mode": 0o770},
+    ]);
+    let results = probe_with_payload(&host, ops.clone(), "files: {write: [/opt/cni/bin]}", &[]);
+    for (i, r) in results.iter().enumerate() {
+        let (kind, mode) = if i < 4 {
+            ("invalid-argument", ["0777", "0646", "0777", "0757"][i])
+        } else {
+            ("permission-denied", ["0775", "0770"][i - 4])
+        };
+        assert_eq!(err_kind(r), Some(kind), "op {i}: {r}");
+        let message = r["err"]["message"].as_str().unwrap();
+        assert!(message.contains(mode), "op {i}: {r}");
+    }
+    assert_eq!(host.snapshot(), before);
+    // The node allows group-writable modes: g+w goes, o+w still never does.
+    let grant = "files: {write: [/opt/cni/bin], groupWritable: true}";
+    let results = probe_with_payload(&host, ops, grant, &[]);
+    assert_eq!(
+        err_kind(&results[0]),
+        Some("invalid-argument"),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[4]["ok"], true, "{}", results[4]);
+    assert_eq!(results[5]["ok"], true, "{}", results[5]);
+    assert_eq!(host.mode("/opt/cni/bin/bridge"), 0o775);
+}
+
+#[test]
+fn a_granted_directory_keeps_its_mode() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/opt/cni/bin")).unwrap();
+    std::fs::set_permissions(
+        host.path("/opt/cni/bin"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let ops = json!([
+        {"op": "ensure-dir", "path": "/opt/cni/bin", "mode": 0o755},
+        {"op": "ensure-dir", "path": "/opt/cni/bin", "mode": 0o700},
+        {"op": "ensure-dir", "path": "/opt/cni/bin/sub", "mode": 0o750},
+    ]);
+    let report = host
+        .run(
+            "probe",
+            &json!({ "ops": ops }),
+            "files: {write: [/opt/cni/bin]}",
+        )
+        .unwrap();
+    let results = probe_results(&report);
+    assert_eq!(
+        err_kind(&results[0]),
+        Some("permission-denied"),
+        "{}",
+        results[0]
+    );
+    let message = results[0]["err"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("granted directory") && message.contains("0700"),
+        "{message}"
+    );
+    assert_eq!(results[1]["ok"], false);
+    assert_eq!(results[2]["ok"], true);
+    assert_eq!(host.mode("/opt/cni/bin"), 0o700);
+    assert_eq!(host.mode("/opt/cni/bin/sub"), 0o750);
+    // One the action creates gets the mode asked.
+    let ops = json!([{"op": "ensure-dir", "path": "/etc/cni/net.d", "mode": 0o750}]);
+    let report = host
+        .run(
+            "probe",
+            &json!({ "ops": ops }),
+            "files: {write: [/etc/cni/net.d]}",
+        )
+        .unwrap();
+    assert_eq!(probe_results(&report)[0]["ok"], true);
+    assert_eq!(host.mode("/etc/cni/net.d"), 0o750);
+    assert_eq!(host.mode("/etc/cni"), 0o755);
+}
+
+#[test]
+fn executable_false_allows_execute_bits_only_on_payload_contents() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/opt/cni/bin")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bridge"), "#!/bin/sh\necho shipped\n").unwrap();
+    let payload = [("bridge".to_owned(), dir.path().join("bridge"))];
+    let ops = json!([
+        {"op": "ensure-file", "path": "/opt/cni/bin/bridge", "contents": "#!/bin/sh\necho shipped\n", "mode": 0o755},
+        {"op": "ensure-file", "path": "/opt/cni/bin/mine", "contents": "#!/bin/sh\nid\n", "mode": 0o755},
+        {"op": "ensure-file", "path": "/opt/cni/bin/mine", "contents": "#!/bin/sh\nid\n", "mode": 0o700},
+        {"op": "ensure-file", "path": "/opt/cni/bin/conf", "contents": "{}", "mode": 0o644},
+    ]);
+    let grant = "files: {write: [/opt/cni/bin], executable: false}";
+    let results = probe_with_payload(&host, ops.clone(), grant, &payload);
+    assert_eq!(results[0]["ok"], true, "{}", results[0]);
+    for r in &results[1..3] {
+        assert_eq!(err_kind(r), Some("permission-denied"), "{r}");
+        assert!(
+            r["err"]["message"].as_str().unwrap().contains("executable"),
+            "{r}"
+        );
+    }
+    assert_eq!(results[3]["ok"], true, "{}", results[3]);
+    assert!(!host.path("/opt/cni/bin/mine").exists());
+    // The default allows them.
+    let results = probe_with_payload(&host, ops, "files: {write: [/opt/cni/bin]}", &[]);
+    assert_eq!(results[1]["ok"], true, "{}", results[1]);
+}

@@ -231,3 +231,84 @@ fn services_with_writes_where_systemd_loads_units_is_refused() {
     .unwrap();
     EffectiveGrant::new(&fine, None).unwrap();
 }
+
+/// Runs the probe with `ops` under a grant (YAML) and no policy.
+fn run_probe(
+    host: &Host,
+    ops: serde_json::Value,
+    grant: &str,
+) -> Result<Vec<serde_json::Value>, Error> {
+    host.run("probe", &json!({ "ops": ops }), grant)
+        .map(|report| probe_results(&report))
+}
+
+#[test]
+fn services_with_writes_reaching_systemd_units_through_a_symlink_is_refused() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/run/systemd/system")).unwrap();
+    std::fs::create_dir_all(host.path("/var")).unwrap();
+    std::fs::create_dir_all(host.path("/opt")).unwrap();
+    std::os::unix::fs::symlink("../run", host.path("/var/run")).unwrap();
+    // A symlink in a middle component, made for the attack.
+    std::os::unix::fs::symlink("/run", host.path("/opt/state")).unwrap();
+    let before = host.snapshot();
+    for dir in ["/var/run/systemd/system", "/opt/state/systemd/system"] {
+        let unit = format!("{dir}/evil.service");
+        let ops = json!([{"op": "ensure-file", "path": unit,
+            "contents": "[Service]\nExecStart=/bin/sh -c 'id > /pwned'\n", "mode": 420}]);
+        let grant = format!("files: {{write: [{dir}]}}\nservices: {{units: [evil.service]}}");
+        let err = run_probe(&host, ops, &grant).unwrap_err();
+        assert!(matches!(err, Error::BadGrant(_)), "{dir}: {err}");
+        assert_eq!(err.exit_code(), 2);
+        let err = err.to_string();
+        assert!(
+            err.contains(dir)
+                && err.contains("/run/systemd")
+                && err.contains("systemd loads units"),
+            "{dir}: {err}"
+        );
+    }
+    assert_eq!(host.snapshot(), before, "a unit file was written");
+    // Writes elsewhere under /var/run still go with services.
+    let ops = json!([{"op": "ensure-dir", "path": "/var/run/containerd", "mode": 493}]);
+    let grant = "files: {write: [/var/run/containerd]}\nservices: {units: [containerd.service]}";
+    let results = run_probe(&host, ops, grant).unwrap();
+    assert_eq!(results[0]["ok"], true);
+    assert!(host.path("/run/containerd").is_dir());
+}
+
+#[test]
+fn a_granted_directory_others_could_redirect_is_refused_at_run_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("/opt/cni/bin")).unwrap();
+    std::fs::create_dir_all(host.path("/home/user/evil")).unwrap();
+    std::os::unix::fs::chown(host.path("/home/user"), Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(host.path("/opt"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ops =
+        json!([{"op": "ensure-file", "path": "/opt/cni/bin/x", "contents": "x", "mode": 420}]);
+    let policy = Grant::parse("files: {write: [/opt/cni/bin]}", "policy").unwrap();
+    let grant = Grant::parse("files: {write: [/opt/cni/bin]}", "grant").unwrap();
+    let module = host.load("probe");
+    let request = RunRequest::new(
+        json!({ "ops": ops }).to_string(),
+        EffectiveGrant::new(&grant, Some(&policy)).unwrap(),
+    );
+    let err = host.runtime.run(&module, request).unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.contains("/opt/cni/bin") && err.contains("/opt (on its way) is writable by others"),
+        "{err}"
+    );
+    assert!(!host.path("/opt/cni/bin/x").exists());
+    // A directory the policy names through a user's directory.
+    std::fs::set_permissions(host.path("/opt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/home/user/evil", host.path("/opt/plugins")).unwrap();
+    let err = run_probe(&host, ops, "files: {write: [/opt/plugins]}").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("/home/user (on its way) is owned by uid 1000"),
+        "{err}"
+    );
+}

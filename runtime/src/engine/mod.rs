@@ -406,6 +406,7 @@ impl Runtime {
         if !refused.is_empty() {
             return Err(Error::Refused(refused));
         }
+        request.grant.check_host(&self.host_root)?;
         let pre = module
             .pre
             .as_ref()

@@ -8,10 +8,17 @@
 //! symlink and never touch a file with other hard links; files are replaced
 //! atomically (temp file in the same directory, fsync, rename).
 //!
+//! Modes are never writable by others, group-writable only where the grant
+//! says so, and a granted directory's own mode (and owner) is never changed.
+//! Files on procfs, sysfs and the other kernel filesystems (told by the
+//! filesystem's magic number of the opened file, never by its path) are
+//! refused unless `kernelPaths` lists them: `/proc/self` is the agent.
+//!
 //! Limits: paths up to [`MAX_PATH_BYTES`], files up to [`MAX_FILE_BYTES`],
 //! listings up to [`MAX_DIR_ENTRIES`] entries.
 
 mod path;
+mod walk;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
@@ -22,6 +29,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
+pub use walk::{FileId, Lookup, Walk, kernel_fs};
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
@@ -122,24 +130,30 @@ impl HostRoot {
     /// `anchor` (the directory the node administrator named) symlinks are
     /// resolved as if the host root were `/`; below it, beneath `anchor`.
     fn open_dir(&self, anchor: &HostPath, dir: &HostPath) -> Result<OwnedFd, Errno> {
-        let in_root = |d: &HostPath| {
+        self.open_under(anchor, dir, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// [`Self::open_dir`] with other open flags (`dir` need not be one).
+    fn open_under(
+        &self,
+        anchor: &HostPath,
+        dir: &HostPath,
+        flags: OFlags,
+    ) -> Result<OwnedFd, Errno> {
+        let in_root = |d: &HostPath, flags: OFlags| {
             rustix::fs::openat2(
                 &self.fd,
                 d.relative_to(&HostPath::root()),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                flags | OFlags::CLOEXEC,
                 Mode::empty(),
                 ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
             )
         };
         if anchor.starts_with(dir) {
-            return in_root(dir);
+            return in_root(dir, flags);
         }
-        let anchor_fd = in_root(anchor)?;
-        open_beneath(
-            &anchor_fd,
-            &dir.relative_to(anchor),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-        )
+        let anchor_fd = in_root(anchor, OFlags::PATH | OFlags::DIRECTORY)?;
+        open_beneath(&anchor_fd, &dir.relative_to(anchor), flags)
     }
 }
 
@@ -279,6 +293,106 @@ impl RunState {
         Ok((fd, name.to_owned()))
     }
 
+    /// Refuses `fd` (what the call operates on: the file, the directory, or
+    /// the parent an entry is made or removed in, named `at`) when it lies on
+    /// a kernel filesystem, unless `kernelPaths` allows it: `at` lies beneath
+    /// an allowed path and, opened beneath it, is the same file. `follow`:
+    /// whether `fd` was opened following a leaf symlink.
+    fn check_kernel_fs(
+        &self,
+        scoped: &Scoped,
+        fd: impl AsFd,
+        at: &HostPath,
+        follow: bool,
+    ) -> Result<(), CapError> {
+        let Some(fs) = kernel_fs(&fd).map_err(|e| scoped.err(e))? else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            CapError::PermissionDenied(format!(
+                "files: {} is on {fs}{why}; kernel filesystems expose the agent's own process \
+                 (/proc/self) and the kernel's controls, so only the paths the node policy \
+                 lists in files.kernelPaths are reachable",
+                scoped.path
+            ))
+        };
+        let Some(allowed) = self
+            .grant
+            .files_kernel
+            .iter()
+            .filter(|d| at.starts_with(&d.path))
+            .max_by_key(|d| d.path.components().len())
+        else {
+            return Err(refused(String::new()));
+        };
+        let leaf = if follow {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        let seen = (|| {
+            let fd = if at == &allowed.path {
+                self.host_root
+                    .open_under(&allowed.anchor, &allowed.path, OFlags::PATH | leaf)?
+            } else {
+                let base =
+                    self.host_root
+                        .open_under(&allowed.anchor, &allowed.path, OFlags::PATH)?;
+                open_beneath(&base, &at.relative_to(&allowed.path), OFlags::PATH | leaf)?
+            };
+            rustix::fs::fstat(&fd)
+        })();
+        let opened = rustix::fs::fstat(&fd).map_err(|e| scoped.err(e))?;
+        match seen {
+            Ok(st) if (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino) => Ok(()),
+            _ => Err(refused(format!(
+                " and does not resolve beneath the allowed {}",
+                allowed.path
+            ))),
+        }
+    }
+
+    /// Refuses modes wider than the grant allows: never writable by others,
+    /// group-writable only with `groupWritable`.
+    fn check_mode(&self, mode: u32, path: &HostPath) -> Result<(), CapError> {
+        check_mode_bits(mode)?;
+        if mode & 0o002 != 0 {
+            return Err(CapError::InvalidArgument(format!(
+                "mode {mode:04o} for {path} is writable by others (o+w): every local user could \
+                 change it, and whatever root runs from it; hostaction never sets it"
+            )));
+        }
+        if mode & 0o020 != 0 && !self.grant.files_group_writable {
+            return Err(CapError::PermissionDenied(format!(
+                "mode {mode:04o} for {path} is group-writable (g+w), which the effective grant \
+                 does not allow (files.groupWritable)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// With `executable: false`, execute bits only on contents that are one
+    /// of the action's payload files (verified by digest when they were
+    /// pulled or given): the action cannot install a program of its making.
+    fn check_executable(
+        &self,
+        mode: u32,
+        contents: &[u8],
+        path: &HostPath,
+    ) -> Result<(), CapError> {
+        if mode & 0o111 == 0 || !self.grant.files_payload_executables_only {
+            return Ok(());
+        }
+        let digest = crate::oci::artifact::sha256(contents);
+        if self.payload.files().iter().any(|f| f.digest == digest) {
+            return Ok(());
+        }
+        Err(CapError::PermissionDenied(format!(
+            "mode {mode:04o} for {path} is executable, and the effective grant \
+             (files.executable: false) allows execute bits only on a payload file's contents"
+        )))
+    }
+
     /// Creates the granted directory and its missing ancestors (beneath the
     /// host root), recording each creation. Returns false in plan mode, where
     /// the whole missing chain down to the path was recorded instead.
@@ -298,12 +412,16 @@ impl RunState {
                 .host_root
                 .open_dir(&scoped.anchor, &scoped.granted.ancestor(i))
                 .map_err(|e| scoped.err(e))?;
+            self.check_kernel_fs(scoped, &parent, &scoped.granted.ancestor(i), true)?;
+            // The granted directory gets the mode asked when it is the path
+            // (it is made now, so nothing is widened); anything else 0755.
+            let dir_mode = if dir == scoped.path { mode } else { 0o755 };
             self.effects.apply(
                 "files",
                 "create-dir",
                 &dir.to_string(),
-                "mode 0755".into(),
-                || make_dir(&parent, part, 0o755).map_err(|e| scoped.err(e)),
+                format!("mode {dir_mode:04o}"),
+                || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
         }
         Ok(true)
@@ -342,6 +460,11 @@ impl RunState {
     }
 }
 
+/// The parent of a path strictly below its granted directory (else itself).
+fn parent_of(path: &HostPath) -> HostPath {
+    path.parent().unwrap_or_else(|| path.clone())
+}
+
 /// `mkdirat` then `fchmod`, so the mode is exact whatever the umask.
 fn make_dir(parent: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
     rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode))?;
@@ -356,7 +479,7 @@ fn make_dir(parent: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
 }
 
 /// Refuses modes with bits beyond `rwxrwxrwx`.
-fn check_mode(mode: u32) -> Result<(), CapError> {
+fn check_mode_bits(mode: u32) -> Result<(), CapError> {
     // `mode` is guest-controlled: setuid/setgid/sticky bits would widen what
     // the file lets others do on the host.
     if mode & !ALLOWED_MODE_BITS != 0 {
@@ -479,7 +602,7 @@ impl files::Host for RunState {
         mode: u32,
     ) -> Result<bool, CapError> {
         let scoped = self.scope(&path, Access::Write)?;
-        check_mode(mode)?;
+        self.check_mode(mode, &scoped.path)?;
         if contents.len() > MAX_FILE_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "contents for {} are {} bytes; the limit is {MAX_FILE_BYTES}",
@@ -487,6 +610,7 @@ impl files::Host for RunState {
                 contents.len()
             )));
         }
+        self.check_executable(mode, &contents, &scoped.path)?;
         if self.planned(&scoped.path) {
             let detail = format!("{} bytes, mode {mode:04o}", contents.len());
             let target = scoped.path.to_string();
@@ -497,6 +621,7 @@ impl files::Host for RunState {
             return Ok(true);
         }
         let (dir, name) = self.open_parent(&scoped)?;
+        self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
         match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(scoped.err(e)),
@@ -529,6 +654,7 @@ impl files::Host for RunState {
         // effects of its own, and a hard link could name a file outside.
         let probe =
             open_beneath(&granted, &scoped.rel(), OFlags::PATH).map_err(|e| scoped.err(e))?;
+        self.check_kernel_fs(&scoped, &probe, &scoped.path, true)?;
         let seen = rustix::fs::fstat(&probe).map_err(|e| scoped.err(e))?;
         check_single_file(&seen, &scoped.path)?;
         let fd = open_beneath(
@@ -553,6 +679,7 @@ impl files::Host for RunState {
             Err(CapError::NotFound(_)) => return Ok(false),
             other => other?,
         };
+        self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
         let flags = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => return Ok(false),
             Err(e) => return Err(scoped.err(e)),
@@ -571,7 +698,7 @@ impl files::Host for RunState {
 
     fn ensure_dir(&mut self, path: String, mode: u32) -> Result<bool, CapError> {
         let scoped = self.scope(&path, Access::Write)?;
-        check_mode(mode)?;
+        self.check_mode(mode, &scoped.path)?;
         if self.planned(&scoped.path) {
             return Ok(true);
         }
@@ -602,6 +729,7 @@ impl files::Host for RunState {
                 Err(e) => return Err(scoped.err(e)),
             }
             let depth = scoped.granted.components().len() + i + 1;
+            self.check_kernel_fs(&scoped, &parent, &scoped.path.ancestor(depth - 1), true)?;
             if self.effects.mode() == Plan {
                 self.plan_dirs(&scoped.path.ancestor(depth), &scoped.path, mode)?;
                 return Ok(true);
@@ -619,7 +747,17 @@ impl files::Host for RunState {
         }
         let fd = open_beneath(&granted, &prefix, OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| scoped.err(e))?;
+        self.check_kernel_fs(&scoped, &fd, &scoped.path, true)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| scoped.err(e))?;
+        if st.st_mode & 0o7777 != mode && scoped.path == scoped.granted {
+            // The node's directory: its mode (and owner) are the node's.
+            return Err(CapError::PermissionDenied(format!(
+                "files: {} is a granted directory; hostaction never changes its mode or owner \
+                 (it is {:04o}, the action asked {mode:04o})",
+                scoped.path,
+                st.st_mode & 0o7777
+            )));
+        }
         if st.st_mode & 0o7777 != mode {
             let target = scoped.path.to_string();
             self.effects.apply(
@@ -639,6 +777,7 @@ impl files::Host for RunState {
         let granted = self.open_granted(&scoped)?;
         let fd = open_beneath(&granted, &scoped.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| scoped.err(e))?;
+        self.check_kernel_fs(&scoped, &fd, &scoped.path, true)?;
         let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| scoped.err(e))?;
         let mut entries = Vec::new();
         for entry in dir {
@@ -670,10 +809,24 @@ impl files::Host for RunState {
         };
         let result = match scoped.parent_and_name() {
             // The granted directory itself.
-            Err(_) => rustix::fs::fstat(&granted),
+            Err(_) => {
+                self.check_kernel_fs(&scoped, &granted, &scoped.path, true)?;
+                rustix::fs::fstat(&granted)
+            }
             Ok((parent, name)) => {
                 match open_beneath(&granted, &parent, OFlags::PATH | OFlags::DIRECTORY) {
-                    Ok(dir) => rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW),
+                    Ok(dir) => match open_beneath(&dir, name, OFlags::PATH | OFlags::NOFOLLOW) {
+                        Ok(fd) => {
+                            self.check_kernel_fs(&scoped, &fd, &scoped.path, false)?;
+                            rustix::fs::fstat(&fd)
+                        }
+                        Err(Errno::NOENT) => {
+                            // Even absence tells something (`/proc/<pid>`).
+                            self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
+                            Err(Errno::NOENT)
+                        }
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }
