@@ -46,7 +46,8 @@ struct Cli {
     /// (`compiled/`) [default: $HOSTACTION_CACHE_DIR, else ~/.cache/hostaction]
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not read or write precompiled modules on disk.
+    /// Do not keep precompiled modules on disk (a compile's code goes
+    /// through a private temporary directory, removed once loaded).
     #[arg(long, global = true)]
     no_cache: bool,
     /// Bound of the module store; least recently used artifacts beyond it

@@ -1,6 +1,7 @@
 //! The engine: one wasmtime [`Engine`] per process, each module compiled once
-//! per digest (kept precompiled on disk and as an `InstancePre` in memory), and
-//! a fresh [`Store`] per run with its limits. A component whose imports the
+//! per digest (by a bounded child process in the `hostaction` binary: see
+//! [`compile`]; kept precompiled on disk and as an `InstancePre` in memory),
+//! and a fresh [`Store`] per run with its limits. A component whose imports the
 //! effective grant does not cover is refused before it is instantiated.
 
 mod cache;
