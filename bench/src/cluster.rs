@@ -98,6 +98,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         host_root: root.clone(),
         cache_dir: Some(compiled.clone()),
         system_bus: None,
+        ..RuntimeConfig::default()
     })?);
     let store = Arc::new(ModuleStore::open(
         &scratch.path().join("modules"),

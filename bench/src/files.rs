@@ -38,6 +38,7 @@ pub fn run(iterations: usize, module: &Path, out: &Path) -> BenchResult<()> {
         host_root: root.clone(),
         cache_dir: Some(cache.clone()),
         system_bus: None,
+        ..RuntimeConfig::default()
     };
 
     // Precompiled-cache load: each sample is a new runtime (as a new process

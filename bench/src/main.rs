@@ -21,9 +21,11 @@
 //! - `languages` ([`languages`]): the same action in Rust, Python,
 //!   JavaScript and C side by side — size, first compile, precompiled-cache
 //!   load, instantiate and run; writes `target/bench/languages.json`.
-//! - `memory` ([`memory`]): the idle agent's RSS beside a DaemonSet
-//!   container's processes, and the RSS each concurrent run adds beside its
-//!   linear memory; writes `target/bench/memory.json`.
+//! - `memory` ([`memory`]): the compiler process's peak RSS per language,
+//!   the idle agent's RSS beside a DaemonSet container's processes and
+//!   against the agent DaemonSet's memory limit, and the RSS each
+//!   concurrent run adds beside its linear memory; writes
+//!   `target/bench/memory.json`.
 
 mod cluster;
 mod files;
@@ -67,7 +69,8 @@ struct Args {
     /// suite's concurrent runs).
     #[arg(long, default_value = "target/guests/probe.wasm")]
     cluster_module: PathBuf,
-    /// Where the built guests are (languages suite: each language's probe).
+    /// Where the built guests are (languages and memory suites: each
+    /// language's probe).
     #[arg(long, default_value = "target/guests")]
     guests: PathBuf,
     /// Runs measured at once (memory suite).
@@ -177,6 +180,7 @@ fn main() -> BenchResult<()> {
         memory::run(&memory::Config {
             module: args.module.clone(),
             probe: args.cluster_module.clone(),
+            guests: args.guests.clone(),
             concurrent: args.concurrent,
             out: args.out_dir.join("memory.json"),
         })?;

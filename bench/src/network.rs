@@ -275,6 +275,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         host_root: PathBuf::from("/"),
         cache_dir: Some(cache.path().to_path_buf()),
         system_bus: None,
+        ..RuntimeConfig::default()
     })?;
     let compile_start = Instant::now();
     let digest = runtime.load(&bytes)?.digest.clone();

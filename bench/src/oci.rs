@@ -77,6 +77,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         host_root: root.clone(),
         cache_dir: None,
         system_bus: None,
+        ..RuntimeConfig::default()
     })?;
     let loaded = pusher.load(&module)?;
     let pushed = Registry::new(options.clone())?.push(
@@ -139,6 +140,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
             host_root: root.clone(),
             cache_dir: Some(dir.join("compiled")),
             system_bus: None,
+            ..RuntimeConfig::default()
         })?;
         let store = ModuleStore::open(&dir.join("modules"), Some(dir.join("compiled")), u64::MAX)?;
         Ok((runtime, store))

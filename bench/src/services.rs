@@ -67,6 +67,7 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         host_root: PathBuf::from("/"),
         cache_dir: Some(cache.path().to_path_buf()),
         system_bus: Some(systemd.address()),
+        ..RuntimeConfig::default()
     })?;
     let digest = runtime.load(&bytes)?.digest.clone();
     let grant = EffectiveGrant::new(

@@ -16,7 +16,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use hostaction_runtime::capabilities::payload::Payload;
 use hostaction_runtime::effects::Mode;
-use hostaction_runtime::engine::{Limits, LoadSource, Provided};
+use hostaction_runtime::engine::{
+    AGENT_MAX_MODULE_BYTES, CompileLimits, Compiler, Limits, LoadSource, MAX_MODULE_BYTES,
+    Provided, compile,
+};
 use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
 use hostaction_runtime::oci::{
     self, Credentials, ModuleStore, PushRequest, Registry, RegistryOptions, SizeLimits,
@@ -44,13 +47,23 @@ struct Cli {
     /// (`compiled/`) [default: $HOSTACTION_CACHE_DIR, else ~/.cache/hostaction]
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not read or write precompiled modules on disk.
+    /// Do not keep precompiled modules on disk (a compile's code goes
+    /// through a private temporary directory, removed once loaded).
     #[arg(long, global = true)]
     no_cache: bool,
     /// Bound of the module store; least recently used artifacts beyond it
     /// are collected after a pull.
     #[arg(long, global = true, value_name = "MIB", default_value_t = 2048)]
     cache_max_mib: u64,
+    /// Memory a module's compile may use (the compiler process's RLIMIT_DATA).
+    #[arg(long, global = true, value_name = "MIB", default_value_t = CompileLimits::default().memory_bytes >> 20)]
+    compile_memory_mib: u64,
+    /// Seconds a module's compile may take (the compiler process is killed past them).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = CompileLimits::default().timeout.as_secs_f64())]
+    compile_timeout: f64,
+    /// Threads a module's compile may use.
+    #[arg(long, global = true, value_name = "N", default_value_t = CompileLimits::default().threads)]
+    compile_threads: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +140,10 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Compiles a module read from stdin into the disk cache, within the
+    /// limits it sets on itself: the compiler process the others start.
+    #[command(name = compile::CHILD_SUBCOMMAND, hide = true)]
+    Compile(compile::ChildArgs),
 }
 
 #[derive(Subcommand)]
@@ -193,6 +210,9 @@ struct AgentArgs {
     /// D-Bus address of systemd's system bus.
     #[arg(long, value_name = "ADDRESS")]
     system_bus: Option<String>,
+    /// Largest module the agent loads or pulls, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = AGENT_MAX_MODULE_BYTES >> 20)]
+    max_module_mib: u64,
     /// One pass, then exit: 0 when every selected action succeeded.
     #[arg(long)]
     once: bool,
@@ -314,6 +334,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Command::Compile(args) = &cli.command {
+        return ExitCode::from(compile::child_main(args));
+    }
     let (format, default) = match &cli.command {
         Command::Agent(args) => (args.log_format, "info"),
         Command::Controller(args) => (args.log_format, "info"),
@@ -326,9 +349,11 @@ fn main() -> ExitCode {
     }
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Crds | Command::New { .. } | Command::Agent(_) | Command::Controller(_) => {
-            Output::Text
-        }
+        Command::Crds
+        | Command::New { .. }
+        | Command::Agent(_)
+        | Command::Controller(_)
+        | Command::Compile(_) => Output::Text,
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -356,6 +381,8 @@ struct CacheDirs {
     compiled: Option<PathBuf>,
     store: PathBuf,
     max_bytes: u64,
+    compiler: Compiler,
+    max_module_bytes: u64,
 }
 
 impl CacheDirs {
@@ -364,6 +391,7 @@ impl CacheDirs {
         if let Some(args) = registry {
             store.set_limits(SizeLimits {
                 payload_file_bytes: args.max_payload_mib.saturating_mul(1 << 20),
+                module_bytes: self.max_module_bytes,
                 ..SizeLimits::default()
             });
         }
@@ -375,6 +403,8 @@ impl CacheDirs {
             host_root,
             cache_dir: self.compiled.clone(),
             system_bus,
+            compiler: self.compiler.clone(),
+            max_module_bytes: self.max_module_bytes,
         })
     }
 }
@@ -384,10 +414,25 @@ fn execute(cli: Cli) -> Result<u8, Error> {
         .cache_dir
         .or_else(hostaction_runtime::engine::default_cache_dir)
         .unwrap_or_else(|| PathBuf::from("/var/cache/hostaction"));
+    // Always in a bounded child process (see engine/compile.rs): this very
+    // binary, even if the file it came from was replaced since.
+    let compiler = Compiler::Child {
+        program: PathBuf::from("/proc/self/exe"),
+        limits: CompileLimits {
+            memory_bytes: cli.compile_memory_mib.saturating_mul(1 << 20),
+            timeout: seconds("compile-timeout", cli.compile_timeout)?,
+            threads: cli.compile_threads.max(1),
+        },
+    };
     let dirs = CacheDirs {
         compiled: (!cli.no_cache).then(|| root.join("compiled")),
         store: root.join("modules"),
         max_bytes: cli.cache_max_mib.saturating_mul(1 << 20),
+        compiler,
+        max_module_bytes: match &cli.command {
+            Command::Agent(args) => args.max_module_mib.saturating_mul(1 << 20),
+            _ => MAX_MODULE_BYTES,
+        },
     };
     match cli.command {
         Command::Inspect {
@@ -445,7 +490,7 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Agent(args) => agent(args, &dirs),
-        Command::Controller(_) => Ok(0),
+        Command::Controller(_) | Command::Compile(_) => Ok(0),
         Command::New { lang, name, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let written = hostaction_runtime::scaffold::create(lang, &name, &dir)?;
@@ -733,7 +778,7 @@ fn run(args: RunArgs, dirs: &CacheDirs) -> Result<u8, Error> {
     match args.output {
         Output::Json => {
             let mut json = serde_json::json!({
-                "module": {"digest": module.digest, "source": module.source, "loadUs": module.load_us},
+                "module": {"digest": module.digest, "source": module.source, "loadUs": module.load_us, "compile": module.compile},
                 "hostRoot": args.host_root,
                 "report": report,
             });
@@ -835,10 +880,14 @@ fn print_report(
         out,
         "timing   load {} µs ({}), instantiate {} µs, run {} µs, total {} µs",
         module.load_us,
-        match module.source {
-            LoadSource::Compiled => "compiled",
-            LoadSource::DiskCache => "precompiled, from the disk cache",
-            LoadSource::Memory => "in memory",
+        match (module.source, module.compile) {
+            (LoadSource::Compiled, Some(c)) => format!(
+                "compiled by a process that peaked at {:.0} MiB",
+                c.peak_rss_bytes as f64 / f64::from(1 << 20)
+            ),
+            (LoadSource::Compiled, None) => "compiled".to_owned(),
+            (LoadSource::DiskCache, _) => "precompiled, from the disk cache".to_owned(),
+            (LoadSource::Memory, _) => "in memory".to_owned(),
         },
         t.instantiate_us,
         t.run_us,

@@ -87,6 +87,7 @@ impl Host {
             host_root: root.path().to_owned(),
             cache_dir: Some(cache_dir()),
             system_bus: address,
+            ..RuntimeConfig::default()
         })
         .expect("runtime");
         Self { root, runtime }

@@ -261,6 +261,7 @@ fn second_runtime_loads_precompiled_code_from_the_disk_cache() {
         host_root: "/".into(),
         cache_dir: Some(cache.path().to_owned()),
         system_bus: None,
+        ..RuntimeConfig::default()
     };
     let first = Runtime::new(config.clone()).unwrap();
     let compiled = first.load_file(&guest("probe")).unwrap();

@@ -132,6 +132,7 @@ fn magic_links_are_denied_even_inside_a_granted_directory() {
         host_root: "/".into(),
         cache_dir: None,
         system_bus: None,
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let module = runtime

@@ -55,7 +55,8 @@ impl DiskCache {
         })
     }
 
-    fn path(&self, digest: &str) -> PathBuf {
+    /// The cache file of `digest`'s code for this engine.
+    pub fn path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         self.dir.join(format!("{hex}-{}.cwasm", self.engine_key))
     }
@@ -88,13 +89,22 @@ impl DiskCache {
         let written = component
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))
-            .and_then(|bytes| write_synced(&tmp, &bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|bytes| write_atomically(&tmp, &path, &bytes));
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
             tracing::warn!(path = %path.display(), error = %e, "could not cache precompiled module");
         }
     }
+}
+
+/// Writes `bytes` to `staging` (a new file), fsyncs it and renames it to
+/// `path` (in the same directory): readers see the whole file or none. On
+/// failure `staging` is removed.
+pub fn write_atomically(staging: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let written = write_synced(staging, bytes).and_then(|()| std::fs::rename(staging, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(staging);
+    }
+    written
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

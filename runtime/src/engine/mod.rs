@@ -1,6 +1,7 @@
 //! The engine: one wasmtime [`Engine`] per process, each module compiled once
-//! per digest (kept precompiled on disk and as an `InstancePre` in memory), and
-//! a fresh [`Store`] per run with its limits. A component whose imports the
+//! per digest (by a bounded child process in the `hostaction` binary: see
+//! [`compile`]; kept precompiled on disk and as an `InstancePre` in memory),
+//! and a fresh [`Store`] per run with its limits. A component whose imports the
 //! effective grant does not cover is refused before it is instantiated.
 //!
 //! A run's deadline holds wherever the guest is: in Wasm code (epoch
@@ -11,6 +12,7 @@
 //! ([`Limits`]).
 
 mod cache;
+pub mod compile;
 mod imports;
 mod pool;
 
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 
+pub use compile::{CompileLimits, CompileStats, Compiler};
 pub use imports::{Import, Provided};
 pub use pool::MAX_CONCURRENT_RUNS;
 
@@ -41,8 +44,12 @@ use crate::oci::StoredArtifact;
 use crate::report::{Outcome, RunReport, RunStatus, Timing};
 use cache::DiskCache;
 
-/// Largest module file the runtime reads.
+/// Largest module file the runtime reads, by default (the agent's default is
+/// [`AGENT_MAX_MODULE_BYTES`]).
 pub const MAX_MODULE_BYTES: u64 = 128 << 20;
+/// Largest module an agent loads, by default (`--max-module-mib`): the
+/// Python and JavaScript components built here are 12–18 MB.
+pub const AGENT_MAX_MODULE_BYTES: u64 = 32 << 20;
 /// How often the deadline clock ticks; a run ends at most this late.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -96,6 +103,11 @@ pub struct RuntimeConfig {
     /// D-Bus address of systemd's system bus; none is the host root's
     /// `/run/dbus/system_bus_socket`.
     pub system_bus: Option<String>,
+    /// Where modules are compiled: in this process (the default, unbounded)
+    /// or in a bounded child process (what the `hostaction` binary does).
+    pub compiler: Compiler,
+    /// Largest module loaded, in bytes.
+    pub max_module_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -104,8 +116,21 @@ impl Default for RuntimeConfig {
             host_root: PathBuf::from("/"),
             cache_dir: default_cache_dir(),
             system_bus: None,
+            compiler: Compiler::InProcess,
+            max_module_bytes: MAX_MODULE_BYTES,
         }
     }
+}
+
+/// The settings that decide the code Cranelift makes. The runtime's engine
+/// and the compile child's are both made from them, so the child's code
+/// loads in the runtime (wasmtime checks these settings on load, and the
+/// disk cache's key hashes them). The instance allocator, which the runtime
+/// adds, is not among them.
+fn compile_config() -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true).epoch_interruption(true);
+    wasm
 }
 
 /// The D-Bus address of a unix socket (`unix:path=...`, with the path's
@@ -163,6 +188,9 @@ pub struct LoadedModule {
     pub source: LoadSource,
     /// Time to load it, in microseconds.
     pub load_us: u64,
+    /// What compiling it in a child process cost, when it was compiled so
+    /// now.
+    pub compile: Option<CompileStats>,
     /// Pre-instantiated, or why it cannot run (a wrong export, say).
     pre: std::result::Result<ActionPre<RunState>, String>,
 }
@@ -205,16 +233,16 @@ pub struct Runtime {
     systemd: Arc<Systemd>,
     ticker_stop: Arc<AtomicBool>,
     slots: pool::RunSlots,
+    compiler: Compiler,
+    max_module_bytes: u64,
 }
 
 impl Runtime {
     /// Creates the engine, links the capabilities, opens the host root and the
     /// cache directory, and starts the deadline clock.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(pool::allocation_strategy());
+        let mut wasm = compile_config();
+        wasm.allocation_strategy(pool::allocation_strategy());
         let engine = Engine::new(&wasm).map_err(|e| Error::Host(format!("engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker)
@@ -249,6 +277,8 @@ impl Runtime {
             systemd: Arc::new(Systemd::new(system_bus)),
             ticker_stop,
             slots: pool::RunSlots::default(),
+            compiler: config.compiler,
+            max_module_bytes: config.max_module_bytes,
         })
     }
 
@@ -261,12 +291,7 @@ impl Runtime {
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
         let bad = |e: std::io::Error| Error::BadModule(format!("{}: {e}", path.display()));
         let size = std::fs::metadata(path).map_err(bad)?.len();
-        if size > MAX_MODULE_BYTES {
-            return Err(Error::BadModule(format!(
-                "{} is {size} bytes; the limit is {MAX_MODULE_BYTES}",
-                path.display()
-            )));
-        }
+        self.check_size(&path.display(), size)?;
         let bytes = std::fs::read(path).map_err(bad)?;
         self.load(&bytes)
     }
@@ -280,12 +305,7 @@ impl Runtime {
             return Ok(module);
         }
         let path = artifact.module_path.display();
-        if artifact.module_size > MAX_MODULE_BYTES {
-            return Err(Error::BadModule(format!(
-                "{path} is {} bytes; the limit is {MAX_MODULE_BYTES}",
-                artifact.module_size
-            )));
-        }
+        self.check_size(&path, artifact.module_size)?;
         let mut bytes = vec![0; usize::try_from(artifact.module_size).unwrap_or(0)];
         artifact
             .module_file
@@ -301,6 +321,16 @@ impl Runtime {
         self.load(&bytes)
     }
 
+    fn check_size(&self, name: &dyn std::fmt::Display, size: u64) -> Result<()> {
+        if size > self.max_module_bytes {
+            return Err(Error::BadModule(format!(
+                "{name} is {size} bytes; the limit is {}",
+                self.max_module_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// A module this process has loaded, by digest: how the agent runs a
     /// module it already holds (nodes run by digest), without hashing again.
     pub fn loaded(&self, digest: &str) -> Option<Arc<LoadedModule>> {
@@ -313,14 +343,17 @@ impl Runtime {
             exports: module.exports.clone(),
             source: LoadSource::Memory,
             load_us: micros(start),
+            compile: None,
             pre: module.pre.clone(),
         }))
     }
 
     /// Loads a module: from memory if this process has it, else precompiled
-    /// from the disk cache, else compiled (and cached).
+    /// from the disk cache, else compiled (and cached) by the runtime's
+    /// [`Compiler`].
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
         let start = Instant::now();
+        self.check_size(&"the module", bytes.len() as u64)?;
         check_header(bytes)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         if let Some(mut module) = self.loaded(&digest) {
@@ -333,15 +366,11 @@ impl Runtime {
             .cache
             .as_ref()
             .and_then(|c| c.load(&self.engine, &digest));
-        let (component, source) = match cached {
-            Some(component) => (component, LoadSource::DiskCache),
+        let (component, source, compile) = match cached {
+            Some(component) => (component, LoadSource::DiskCache, None),
             None => {
-                let component = Component::new(&self.engine, bytes)
-                    .map_err(|e| Error::BadModule(format!("not a valid component: {e:#}")))?;
-                if let Some(cache) = &self.cache {
-                    cache.store(&digest, &component);
-                }
-                (component, LoadSource::Compiled)
+                let (component, stats) = self.compile(bytes, &digest)?;
+                (component, LoadSource::Compiled, stats)
             }
         };
         let imports = imports::classify(&self.engine, &component);
@@ -379,10 +408,52 @@ impl Runtime {
             exports,
             source,
             load_us: micros(start),
+            compile,
             pre,
         });
         self.lock_loaded()?.insert(digest, Arc::clone(&module));
         Ok(module)
+    }
+
+    /// Compiles a module the disk cache lacks: in this process, or in a
+    /// bounded child that writes the code into the disk cache (a private
+    /// temporary one without a cache), loaded from there as precompiled.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, Option<CompileStats>)> {
+        let Compiler::Child { program, limits } = &self.compiler else {
+            let component = Component::new(&self.engine, bytes)
+                .map_err(|e| Error::BadModule(format!("not a valid component: {e:#}")))?;
+            if let Some(cache) = &self.cache {
+                cache.store(digest, &component);
+            }
+            return Ok((component, None));
+        };
+        let scratch;
+        let cache = match &self.cache {
+            Some(cache) => cache,
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("hostaction-compile-")
+                    .tempdir()
+                    .map_err(|e| {
+                        Error::Host(format!(
+                            "compiling the module: a temporary directory for its code: {e}"
+                        ))
+                    })?;
+                scratch = (DiskCache::open(dir.path(), &self.engine)?, dir);
+                &scratch.0
+            }
+        };
+        let out = cache.path(digest);
+        let stats = compile::in_child(program, limits, bytes, digest, &out)?;
+        // The code is mapped now: a temporary directory may go.
+        let component = cache.load(&self.engine, digest).ok_or_else(|| {
+            Error::Host(format!(
+                "compiling the module: the compiler process wrote no code this engine can \
+                 load at {}",
+                out.display()
+            ))
+        })?;
+        Ok((component, Some(stats)))
     }
 
     fn lock_loaded(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedModule>>>> {
