@@ -290,7 +290,7 @@ impl Agent<'_> {
         std::fs::write(&policy, self.grants)?;
         let state = dir.join(format!("state-{pass}.json"));
         let agent = Command::new(cli)
-            .args(["agent", "--unbounded-grants", "--manifests"])
+            .args(["agent", "--manifests"])
             .arg(&manifests)
             .arg("--state")
             .arg(&state)
