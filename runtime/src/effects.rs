@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn effects_past_the_budget_are_applied_and_counted_not_kept() {
-        let mut effects = Effects::new(Mode::Apply, 2 * (EFFECT_OVERHEAD + 4));
+        // Room for two: "/a" and "0644" plus the overhead each.
+        let mut effects = Effects::new(Mode::Apply, 2 * (EFFECT_OVERHEAD + 6));
         let mut applied = 0;
         for _ in 0..5 {
             effects

@@ -22,13 +22,13 @@
 //! dropping. Bounding `poll` rather than clamping the clock's pollables alone
 //! also covers any pollable a component could hold.
 //!
-//! The other calls that could block, checked in this context (the
-//! `wasi-waits` tests run each): `blocking-read` and `blocking-skip` on
-//! stdin see a closed stream at once; writes and flushes of stdout and stderr
-//! go into the log, which never pushes back ([`LogStream`]); TCP and UDP
-//! sockets cannot be created and name lookups are refused before any
-//! resolver runs; with no preopens there is no file descriptor to read or
-//! write; `poll` on an empty list traps.
+//! The other calls that could block, checked in this context
+//! (`tests/tests/hostile.rs` makes the hostile ones): `blocking-read` and
+//! `blocking-skip` on stdin see a closed stream at once; writes and flushes
+//! of stdout and stderr go into the log, which never pushes back
+//! ([`LogStream`]); TCP and UDP sockets cannot be created and name lookups
+//! are refused before any resolver runs; with no preopens there is no file
+//! descriptor to read or write; `poll` on an empty list traps.
 
 use std::future::Future;
 use std::pin::Pin;
