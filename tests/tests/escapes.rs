@@ -234,7 +234,7 @@ fn real_root() -> Runtime {
     Runtime::new(RuntimeConfig {
         host_root: "/".into(),
         cache_dir: None,
-        system_bus: None,
+        ..RuntimeConfig::default()
     })
     .unwrap()
 }
