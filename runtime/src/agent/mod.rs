@@ -257,7 +257,13 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
             action: cut(e.action.to_owned(), WORD_BYTES),
             target: cut(e.target.clone(), LINE_BYTES),
         });
-    fit(status, log, report.log.len(), effects, report.effect_count())
+    fit(
+        status,
+        log,
+        report.log.len(),
+        effects,
+        report.effect_count(),
+    )
 }
 
 /// Fills `status` with as many of `log` (newest first) and `effects` (first
