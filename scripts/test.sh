@@ -39,6 +39,11 @@ kubernetes-validate --quiet --strict -k 1.33.0 manifests/*.yaml
 step "cargo build --release --workspace --all-targets (tests, the CLI, the benchmarks)"
 cargo build --locked --release --workspace --all-targets
 
+# Every parser of untrusted input, fuzzed from its committed corpus for a
+# bounded time (README "Fuzzing"); a crash fails the suite.
+step "fuzzing (scripts/fuzz.sh ${FUZZ_SECONDS:-15}: seconds per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+
 step "cargo test --release"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

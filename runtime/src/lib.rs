@@ -24,6 +24,8 @@ pub mod capabilities;
 pub mod effects;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grant;
 pub mod oci;
 pub mod report;

@@ -338,7 +338,7 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 /// The HostActions of one file; the error names the file's problem. A
 /// `.json` file is one or more JSON documents, read by the JSON parser; a
 /// YAML one, one or more YAML documents.
-fn parse_file(path: &Path) -> Result<Vec<HostAction>, String> {
+pub(crate) fn parse_file(path: &Path) -> Result<Vec<HostAction>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut text = String::new();
@@ -424,7 +424,7 @@ fn check(action: &HostAction) -> Result<(), String> {
 }
 
 /// Whether `action` must run now.
-fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> bool {
+pub(crate) fn due(action: &HostAction, previous: Option<&ActionState>, spec_hash: &str) -> bool {
     if action.spec.rollout.paused {
         return false;
     }

@@ -222,7 +222,7 @@ impl RunState {
 /// Maps the contract's link kind to the backend's, checking every value. A
 /// veth's peer namespace is checked here and resolved by the caller after
 /// the scope checks.
-fn link_spec(kind: LinkKind) -> Result<LinkSpec, CapError> {
+pub(crate) fn link_spec(kind: LinkKind) -> Result<LinkSpec, CapError> {
     let ip = |what: &str, s: &str| -> Result<IpAddr, CapError> {
         s.parse()
             .map_err(|_| CapError::InvalidArgument(format!("{what} {s:?} is not an IP address")))
@@ -291,7 +291,7 @@ fn link_spec(kind: LinkKind) -> Result<LinkSpec, CapError> {
 }
 
 /// Parses an address with its prefix length (`10.0.0.1/24`, `fd00::1/64`).
-fn cidr(what: &str, s: &str) -> Result<IpNetwork, CapError> {
+pub(crate) fn cidr(what: &str, s: &str) -> Result<IpNetwork, CapError> {
     s.parse().map_err(|_| {
         CapError::InvalidArgument(format!(
             "{what} {s:?} is not an address with a prefix length (like 10.0.0.1/24 or fd00::1/64)"
@@ -301,7 +301,7 @@ fn cidr(what: &str, s: &str) -> Result<IpNetwork, CapError> {
 
 /// Maps and checks a route from the guest; also says whether it is IPv6. The
 /// device is required: it is what the grant's interface patterns scope.
-fn route(r: network::Route) -> Result<(netlink::Route, bool), CapError> {
+pub(crate) fn route(r: network::Route) -> Result<(netlink::Route, bool), CapError> {
     let destination = match r.destination.as_str() {
         "default" => None,
         d => Some(cidr("route destination", d)?),
