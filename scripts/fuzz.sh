@@ -77,6 +77,7 @@ if [ ${#rust_targets[@]} -gt 0 ]; then
     fi
     build() {
         cargo "${toolchain[@]}" fuzz build --fuzz-dir fuzz -O --sanitizer "$sanitizer" \
+            --codegen-units "${FUZZ_CODEGEN_UNITS:-16}" \
             --target-dir "$target_dir" "$@"
     }
     if [ ${#rust_targets[@]} = $((${#ALL_TARGETS[@]} - 1)) ]; then

@@ -27,7 +27,8 @@ pub struct Lookup {
     pub dir_uid: u32,
     /// Its mode bits (`st_mode & 0o7777`).
     pub dir_mode: u32,
-    /// The directory's path as the kernel names it (for messages).
+    /// The directory's path under the host root, as the walk resolved it
+    /// (for messages).
     pub dir_path: String,
     /// The entry's owner, when it exists.
     pub entry_uid: Option<u32>,
@@ -38,8 +39,8 @@ pub struct Lookup {
 pub struct Walk {
     /// The deepest existing directory the path reaches.
     pub reached: FileId,
-    /// Its path as the kernel names it, relative to the host root when it
-    /// lies under it (for messages).
+    /// Its path under the host root, as the walk resolved it (for
+    /// messages).
     pub reached_path: String,
     /// The components below `reached` that do not exist (yet), `.` and `..`
     /// folded lexically (a `..` among them ends the list, which only makes
@@ -108,6 +109,11 @@ impl HostRoot {
             ResolveFlags::BENEATH,
         )?;
         let mut stack: Vec<OwnedFd> = vec![root];
+        // The names of the directories on the stack below the root: the
+        // resolved path, for messages, without asking the kernel (a readlink
+        // of /proc/self/fd per lookup cost more than the walk itself, at
+        // every run's start).
+        let mut names: Vec<String> = Vec::new();
         let mut pending: Vec<String> = path.components().iter().rev().cloned().collect();
         let mut lookups = Vec::new();
         let mut links = 0;
@@ -119,6 +125,7 @@ impl HostRoot {
             if name == ".." {
                 if stack.len() > 1 {
                     stack.pop();
+                    names.pop();
                 }
                 continue;
             }
@@ -141,7 +148,7 @@ impl HostRoot {
                 dir: (dir_stat.st_dev, dir_stat.st_ino),
                 dir_uid: dir_stat.st_uid,
                 dir_mode: dir_stat.st_mode & 0o7777,
-                dir_path: self.display(dir),
+                dir_path: joined(&names),
                 entry_uid: entry_stat.as_ref().map(|s| s.st_uid),
             });
             let (Ok(fd), Some(st)) = (entry, entry_stat) else {
@@ -149,7 +156,10 @@ impl HostRoot {
                 break;
             };
             match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => stack.push(fd),
+                FileType::Directory => {
+                    stack.push(fd);
+                    names.push(name);
+                }
                 FileType::Symlink => {
                     links += 1;
                     if links > MAX_SYMLINKS {
@@ -159,6 +169,7 @@ impl HostRoot {
                     let target = target.to_string_lossy().into_owned();
                     if target.starts_with('/') {
                         stack.truncate(1);
+                        names.clear();
                     }
                     pending.extend(target.split('/').rev().map(str::to_owned));
                 }
@@ -182,37 +193,16 @@ impl HostRoot {
         let st = rustix::fs::fstat(dir)?;
         Ok(Walk {
             reached: (st.st_dev, st.st_ino),
-            reached_path: self.display(dir),
+            reached_path: joined(&names),
             rest,
             lookups,
         })
     }
+}
 
-    /// The kernel's name of an open directory, relative to the host root
-    /// (`/` first) when it lies beneath it.
-    fn display(&self, fd: impl AsFd) -> String {
-        let name = |fd: &dyn AsFd| {
-            rustix::fs::readlinkat(
-                rustix::fs::CWD,
-                format!(
-                    "/proc/self/fd/{}",
-                    std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd())
-                ),
-                Vec::new(),
-            )
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|e| format!("(unnamed: {e})"))
-        };
-        let (path, root) = (name(&fd), name(&self.fd));
-        if root == "/" {
-            return path;
-        }
-        match path.strip_prefix(&root) {
-            Some("") => "/".to_owned(),
-            Some(below) if below.starts_with('/') => below.to_owned(),
-            _ => path,
-        }
-    }
+/// `/a/b` from `[a, b]`; `/` from none.
+fn joined(names: &[String]) -> String {
+    format!("/{}", names.join("/"))
 }
 
 /// Whether an open file is on a kernel filesystem (procfs, sysfs and the
