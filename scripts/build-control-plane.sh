@@ -91,7 +91,7 @@ if [[ -n "$todo" ]]; then
       src="$(cd "$dir" && GO111MODULE=on go mod download -json "$m" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
       rm -rf "$tc.tmp"
       cp -r "$src" "$tc.tmp"
-      chmod -R u+w,a+x "$tc.tmp/bin" "$tc.tmp/pkg/tool"
+      chmod -R u+w "$tc.tmp" && chmod -R a+x "$tc.tmp/bin" "$tc.tmp/pkg/tool"
       mv "$tc.tmp" "$tc"
     fi
     export PATH="$tc/bin:$PATH"
