@@ -1,0 +1,515 @@
+//! A real Kubernetes control plane for the tests: etcd and kube-apiserver built
+//! from source by `scripts/build-control-plane.sh`, started on free 127.0.0.1
+//! ports in a temporary directory, with certificates generated here.
+//!
+//! [`ControlPlane::shared`] gives one control plane per test binary (tests use a
+//! name prefix or a namespace each); [`ControlPlane::start`] gives a private
+//! one that is stopped when dropped. Every process is started by one
+//! long-lived thread with a parent-death signal (SIGKILL), so a test binary
+//! that exits or is killed takes its etcd and kube-apiserver with it; a
+//! dropped [`ControlPlane`] kills them by pid. The binaries come from
+//! `$HOSTACTION_CONTROL_PLANE_BIN` when set (a directory holding `etcd`,
+//! `kube-apiserver` and `kubectl`), else from the script (which builds only
+//! what its cache lacks: ~11 min the first time, a moment after).
+//!
+//! Identities: an admin (`CN=admin`, `O=system:masters`) and, from
+//! [`ControlPlane::user_config`], any user with at most one group, by client
+//! certificates of the client CA. ServiceAccount tokens work too: the
+//! apiserver signs them with an ECDSA P-256 key (issuer `https://127.0.0.1:PORT`).
+//! Without kube-controller-manager there is no garbage collection by owner
+//! references, no namespace deletion and no `default` ServiceAccount.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// How long kube-apiserver may take to report `/readyz` (a loaded 2-core
+/// machine took 3 s; the first start after a build reads 100 MB from disk).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts at starting, each on newly chosen ports (a free port found here
+/// may be taken by another process before etcd or kube-apiserver binds it).
+const START_ATTEMPTS: usize = 3;
+
+/// etcd and kube-apiserver, running.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    ca_der: Vec<u8>,
+    client_ca: Issuer<'static, KeyPair>,
+    admin: (PathBuf, PathBuf),
+    kubeconfig: PathBuf,
+    /// kube-apiserver, then etcd: killed in that order.
+    children: Mutex<Vec<Child>>,
+}
+
+impl ControlPlane {
+    /// The control plane shared by every test of this test binary, started on
+    /// first use. It is never dropped: its processes end with the test
+    /// binary (parent-death signal), and its directory is removed by the next
+    /// test binary that starts one.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(ControlPlane::start)
+    }
+
+    /// Starts a control plane of its own (etcd, then kube-apiserver) and waits
+    /// until kube-apiserver is ready.
+    ///
+    /// # Panics
+    /// When the binaries cannot be built or a process does not start; the
+    /// message holds the end of its log.
+    pub fn start() -> ControlPlane {
+        let bin = bin_dir().to_path_buf();
+        let base = std::env::temp_dir().join("hostaction-control-plane");
+        std::fs::create_dir_all(&base).expect("control-plane base dir");
+        remove_stale_dirs(&base);
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{}-", std::process::id()))
+                .tempdir_in(&base)
+                .expect("control-plane temp dir");
+            match Self::try_start(dir, &bin) {
+                Ok(plane) => return plane,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "the control plane did not start ({START_ATTEMPTS} attempts):\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start(dir: tempfile::TempDir, bin: &Path) -> Result<ControlPlane, String> {
+        let d = dir.path();
+        let (etcd_port, peer_port, port) = (free_port(), free_port(), free_port());
+
+        // Certificates: a serving CA and kube-apiserver's certificate for
+        // 127.0.0.1/localhost; a client CA and the admin's certificate; the
+        // ServiceAccount token signing key.
+        let (serving_ca_pem, serving_ca_der, serving_ca) = new_ca("hostaction-test-serving-ca");
+        let (client_ca_pem, _, client_ca) = new_ca("hostaction-test-client-ca");
+        let serving_key = KeyPair::generate().expect("serving key");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).expect("SANs");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving = params
+            .signed_by(&serving_key, &serving_ca)
+            .expect("serving cert");
+        let sa_key = KeyPair::generate().expect("service-account key");
+        write(d, "serving-ca.crt", &serving_ca_pem);
+        write(d, "client-ca.crt", &client_ca_pem);
+        write(d, "serving.crt", &serving.pem());
+        write(d, "serving.key", &serving_key.serialize_pem());
+        // kube-apiserver reads public keys (not PKCS#8 private ones) for
+        // verification and a private key for signing.
+        write(d, "sa.pub", &sa_key.public_key_pem());
+        write(d, "sa.key", &sa_key.serialize_pem());
+        let admin = issue_client_cert(d, &client_ca, "admin", Some("system:masters"));
+
+        let mut children = Vec::new();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.arg("--name=test")
+            .arg(format!("--data-dir={}", d.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            // Test data: durability across a machine crash is not needed.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        children.push(spawn_logged(etcd, &d.join("etcd.log"))?);
+        let started = Instant::now();
+        let etcd_health = SocketAddr::from(([127, 0, 0, 1], etcd_port));
+        loop {
+            if http_get_ok(etcd_health, "/health") {
+                break;
+            }
+            if let Some(status) = children[0].try_wait().ok().flatten() {
+                return Err(stop_with(children, d, "etcd", &format!("exited: {status}")));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(stop_with(children, d, "etcd", "not healthy in time"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let file = |name: &str| d.join(name).display().to_string();
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--tls-cert-file={}", file("serving.crt")))
+            .arg(format!("--tls-private-key-file={}", file("serving.key")))
+            .arg(format!("--client-ca-file={}", file("client-ca.crt")))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
+            .arg(format!("--service-account-key-file={}", file("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                file("sa.key")
+            ))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // No kubelet, no Service endpoints for the apiserver itself.
+            .arg("--endpoint-reconciler-type=none")
+            // Without kube-controller-manager no `default` ServiceAccount exists,
+            // which this plugin would require of every Pod.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false");
+        children.insert(0, spawn_logged(apiserver, &d.join("kube-apiserver.log"))?);
+
+        let kubeconfig = d.join("admin.kubeconfig");
+        write_kubeconfig(&kubeconfig, port, &d.join("serving-ca.crt"), &admin);
+        let plane = ControlPlane {
+            bin: bin.to_path_buf(),
+            port,
+            ca_der: serving_ca_der,
+            client_ca,
+            admin,
+            kubeconfig,
+            children: Mutex::new(children),
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            let ready = plane.kubectl(&["get", "--raw=/readyz", "--request-timeout=5s"]);
+            if ready.status.success() {
+                return Ok(plane);
+            }
+            let exited = plane.children.lock().expect("children")[0]
+                .try_wait()
+                .ok()
+                .flatten();
+            if exited.is_some() || started.elapsed() > READY_TIMEOUT {
+                let why = match exited {
+                    Some(status) => format!("exited: {status}"),
+                    None => format!(
+                        "not ready in {READY_TIMEOUT:?}: {}",
+                        String::from_utf8_lossy(&ready.stderr).trim()
+                    ),
+                };
+                let children = std::mem::take(&mut *plane.children.lock().expect("children"));
+                return Err(stop_with(
+                    children,
+                    plane.dir.path(),
+                    "kube-apiserver",
+                    &why,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory holding the binaries (`etcd`, `kube-apiserver`, `kubectl`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The control plane's temporary directory (certificates, logs, etcd data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A kubeconfig file for the admin (`system:masters`), for kubectl and
+    /// the `hostaction` binary (`$KUBECONFIG`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A client configuration for the admin.
+    pub fn config(&self) -> kube::Config {
+        self.config_with(&self.admin)
+    }
+
+    /// A client for the admin (`system:masters`: every right; RBAC does not
+    /// apply to it). Call it inside a tokio runtime.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("a kube client for the control plane")
+    }
+
+    /// A client configuration for user `name` in `group` (no group: only
+    /// `system:authenticated`), by a client certificate; RBAC decides what it
+    /// may do.
+    pub fn user_config(&self, name: &str, group: Option<&str>) -> kube::Config {
+        let identity = issue_client_cert(self.dir.path(), &self.client_ca, name, group);
+        self.config_with(&identity)
+    }
+
+    fn config_with(&self, (cert, key): &(PathBuf, PathBuf)) -> kube::Config {
+        let mut config = kube::Config::new(self.url().parse().expect("control-plane URL"));
+        config.root_cert = Some(vec![self.ca_der.clone()]);
+        config.auth_info.client_certificate = Some(cert.display().to_string());
+        config.auth_info.client_key = Some(key.display().to_string());
+        config
+    }
+
+    /// Runs the control plane's kubectl as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.bin.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Like [`ControlPlane::kubectl`], and panics (with kubectl's output)
+    /// unless it succeeds; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pids of the processes this control plane started (kube-apiserver,
+    /// then etcd).
+    pub fn pids(&self) -> Vec<u32> {
+        let children = self.children.lock().expect("children");
+        children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let children = match self.children.get_mut() {
+            Ok(children) => std::mem::take(children),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        kill_all(children);
+    }
+}
+
+/// The binaries' directory: `$HOSTACTION_CONTROL_PLANE_BIN`, else the one
+/// `scripts/build-control-plane.sh` prints (its last line), built once per
+/// test binary.
+pub fn bin_dir() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("HOSTACTION_CONTROL_PLANE_BIN") {
+            return PathBuf::from(dir);
+        }
+        let script = crate::workspace().join("scripts/build-control-plane.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({})",
+            script.display(),
+            out.status
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or_default().trim();
+        assert!(
+            !dir.is_empty(),
+            "{} printed no bin directory",
+            script.display()
+        );
+        PathBuf::from(dir)
+    })
+}
+
+/// A self-signed CA: its PEM, its DER and the issuer that signs with it.
+fn new_ca(name: &str) -> (String, Vec<u8>, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("CA cert");
+    (cert.pem(), cert.der().to_vec(), Issuer::new(params, key))
+}
+
+/// A client certificate (`CN=name`, `O=group`) and its key, written to
+/// `dir`; returns their paths.
+fn issue_client_cert(
+    dir: &Path,
+    ca: &Issuer<'static, KeyPair>,
+    name: &str,
+    group: Option<&str>,
+) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    if let Some(group) = group {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca).expect("client cert");
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let (cert_path, key_path) = (
+        dir.join(format!("user-{stem}.crt")),
+        dir.join(format!("user-{stem}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).expect("write client cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write client key");
+    (cert_path, key_path)
+}
+
+fn write(dir: &Path, name: &str, contents: &str) {
+    std::fs::write(dir.join(name), contents).unwrap_or_else(|e| panic!("write {name}: {e}"));
+}
+
+fn write_kubeconfig(path: &Path, port: u16, ca: &Path, (cert, key): &(PathBuf, PathBuf)) {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": format!("https://127.0.0.1:{port}"),
+            "certificate-authority": ca,
+        }}],
+        "users": [{"name": "admin", "user": {"client-certificate": cert, "client-key": key}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+        "current-context": "test",
+    });
+    std::fs::write(path, config.to_string()).expect("write kubeconfig");
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A plain HTTP/1.0 GET answered with 200 (etcd's `/health`).
+fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.take(4096).read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// Starts `cmd` with its output in `log`, from the keeper thread.
+#[allow(unsafe_code)]
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // one prctl system call (async-signal-safe; no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    spawn_from_keeper(cmd).map_err(|e| format!("start {program}: {e}"))
+}
+
+/// Spawns `cmd` from one thread that lives as long as the test binary. The
+/// parent-death signal fires when the *thread* that forked the child ends,
+/// and test threads end with their test while the shared control plane
+/// outlives them.
+fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("control-plane-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the keeper thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    keeper
+        .lock()
+        .expect("keeper")
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the keeper thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the keeper thread is gone"))?
+}
+
+/// Kills the processes by pid (SIGKILL) and reaps them.
+fn kill_all(children: Vec<Child>) {
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Kills the processes started so far and describes the failure of `what`
+/// with the end of its log.
+fn stop_with(children: Vec<Child>, dir: &Path, what: &str, why: &str) -> String {
+    kill_all(children);
+    let log = std::fs::read_to_string(dir.join(format!("{what}.log"))).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!("{what} {why}; the end of its log:\n{}", tail.join("\n"))
+}
+
+/// Removes the directories of control planes whose test binary is gone
+/// (a shared control plane's directory outlives it: statics are not dropped).
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_string_lossy().split('-').next().map(str::to_owned);
+        let alive = pid.is_some_and(|pid| Path::new("/proc").join(pid).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
