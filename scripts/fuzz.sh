@@ -14,6 +14,7 @@
 #
 # Installs what it needs: cargo-fuzz (pinned) and clang with libFuzzer (apt).
 # Environment: FUZZ_JOBS (targets run at once; default: the number of CPUs),
+# FUZZ_CODEGEN_UNITS (16 by default: a faster build; 1 fuzzes faster),
 # FUZZ_SANITIZER (`none` for the Rust targets by default; `address` needs
 # nightly, or RUSTC_BOOTSTRAP=1 on stable, which this script sets),
 # HOSTACTION_CI_CACHE (where builds and found inputs are kept).
