@@ -33,13 +33,17 @@ use crate::error::{Error, Result};
 
 pub use hostaction_crds::grant::{FilesScope, Grant, NetworkScope, ServicesScope};
 
-/// Where systemd loads unit files and drop-ins from.
+/// Where systemd loads unit files, drop-ins and generators from, and the
+/// SysV init scripts its generator turns into units (a script written to
+/// `/etc/init.d` is a unit after the next daemon-reload).
 const SYSTEMD_UNIT_DIRS: &[&str] = &[
     "/etc/systemd",
     "/run/systemd",
     "/lib/systemd",
     "/usr/lib/systemd",
     "/usr/local/lib/systemd",
+    "/etc/init.d",
+    "/etc/rc.d",
 ];
 
 /// Link kinds the contract knows (`wit/network.wit`).

@@ -215,6 +215,8 @@ fn services_with_writes_where_systemd_loads_units_is_refused() {
         "/etc",
         "/etc/systemd/system",
         "/usr/lib/systemd/system/x.service.d",
+        "/etc/init.d",
+        "/etc/rc.d/init.d",
     ] {
         let grant = Grant::parse(
             &format!("files: {{write: [{write}]}}\nservices: {{units: [x.service]}}"),
