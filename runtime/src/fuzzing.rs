@@ -547,6 +547,7 @@ fn files_host() -> &'static FilesHost {
                 host_root: root.path().to_owned(),
                 cache_dir: None,
                 system_bus: None,
+                ..crate::RuntimeConfig::default()
             }),
             "a runtime",
         );
@@ -672,6 +673,7 @@ pub fn files_ops(data: &[u8]) {
         files: Some(crate::grant::FilesScope {
             read: Vec::new(),
             write: vec!["/granted".to_owned()],
+            ..crate::grant::FilesScope::default()
         }),
         ..Grant::default()
     };
