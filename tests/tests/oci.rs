@@ -1187,3 +1187,106 @@ fn a_stored_component_altered_on_disk_is_refused() {
         text(&out)
     );
 }
+
+/// An HTTP/1.1 server on 127.0.0.1 answering every request with
+/// `answer(path)` (a whole response: status line, headers, body), for the
+/// registries no real one plays: one that redirects where it should not.
+/// Records the paths it was asked for.
+struct Responder {
+    addr: String,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Responder {
+    fn start(answer: impl Fn(&str) -> String + Send + 'static) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                seen.lock().unwrap().push(path.clone());
+                let _ = conn.write_all(answer(&path).as_bytes());
+            }
+        });
+        Self { addr, asked }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// A registry may redirect (blobs to a CDN), but not to plain HTTP on a
+/// host plain HTTP was never allowed for: that is a node on `hostNetwork`
+/// sending requests for a registry to any service on its network (cloud
+/// metadata, the kubelet) and printing what it answers in the run's status.
+#[test]
+fn a_registry_cannot_redirect_a_pull_to_plain_http_elsewhere() {
+    let internal = Responder::start(|_| {
+        let body = "INTERNAL-SECRET-42";
+        format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let target = format!("http://{}/latest/meta-data", internal.addr);
+    let registry = Responder::start(move |path| {
+        if path == "/v2/" {
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()
+        } else {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        }
+    });
+    let reference = format!("{}/evil/probe:v1", registry.addr);
+    // Plain HTTP is allowed for the registry, by name, and for nothing else.
+    let err = Node::new().registry_error(&[
+        "pull",
+        &reference,
+        "--plain-http-registry",
+        &registry.addr,
+        "--retries",
+        "0",
+    ]);
+    assert!(
+        registry.asked().iter().any(|p| p.contains("/manifests/")),
+        "{:?}",
+        registry.asked()
+    );
+    assert!(!err.contains("INTERNAL-SECRET-42"), "{err}");
+    assert_eq!(internal.asked(), Vec::<String>::new(), "{err}");
+    assert!(err.contains("redirected to http://"), "{err}");
+
+    // Followed where plain HTTP is allowed; what answers there is not the
+    // registry, and its body stays out of the error.
+    let err = Node::new().registry_error(&[
+        "pull",
+        &reference,
+        "--plain-http-registry",
+        &registry.addr,
+        "--plain-http-registry",
+        &internal.addr,
+        "--retries",
+        "0",
+    ]);
+    assert_eq!(internal.asked(), vec!["/latest/meta-data"], "{err}");
+    assert!(
+        err.contains("404") && !err.contains("INTERNAL-SECRET-42"),
+        "{err}"
+    );
+}
