@@ -28,7 +28,9 @@ const ERROR_BODY_BYTES: usize = 4096;
 /// The HTTP client pulls use: the options' CA and time-outs.
 pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
-        .redirect(redirect_policy(options.plain()))
+        .redirect(hostaction_controller::resolve::redirect_policy(
+            options.plain(),
+        ))
         .connect_timeout(options.timeout)
         .read_timeout(options.timeout)
         .user_agent(concat!("hostaction/", env!("CARGO_PKG_VERSION")));
@@ -42,40 +44,6 @@ pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> 
     builder
         .build()
         .map_err(|e| Error::BadParams(format!("registry client: {}", describe(&e))))
-}
-
-/// Redirects one request follows at most.
-const MAX_REDIRECTS: usize = 10;
-
-/// Which redirects a pull follows: registries send blobs to a CDN, so
-/// redirects are followed, but only to HTTPS or to a registry plain HTTP is
-/// allowed for (`--plain-http`, `--plain-http-registry`). A registry is not
-/// trusted: followed to plain HTTP anywhere, it would have a node (on the
-/// host's network) send requests to any service there — cloud metadata, the
-/// kubelet — and show what they answer in the run's error.
-fn redirect_policy(plain: super::PlainHttp) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() > MAX_REDIRECTS {
-            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-        }
-        let url = attempt.url();
-        let host = url.host_str().unwrap_or_default();
-        let host_port = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        };
-        match url.scheme() {
-            "https" => attempt.follow(),
-            "http" if plain.allows(&host_port) => attempt.follow(),
-            _ => {
-                let refused = format!(
-                    "the registry redirected to {url}, which is not HTTPS nor a registry \
-                     plain HTTP is allowed for (--plain-http, --plain-http-registry): refused"
-                );
-                attempt.error(refused)
-            }
-        }
-    })
 }
 
 /// One pull's view of a registry: where it is and how to authenticate.
