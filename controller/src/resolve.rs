@@ -1,7 +1,14 @@
 //! Resolving a HostAction's module reference to a digest, once per
 //! generation: nodes then run exactly that digest, whatever the tag does
 //! later. The controller only asks the registry which manifest a tag names
-//! (a HEAD request); each node's agent fetches and verifies the artifact.
+//! (a HEAD request; a GET of the manifest when the answer has no digest);
+//! each node's agent fetches and verifies the artifact.
+//!
+//! The registry is the HostAction author's pick, so nothing it sends is
+//! trusted: every answer is read up to a small cap (a manifest's 4 MiB, a
+//! token's 64 KiB) — never whole into memory, as `oci-client` would — no
+//! error body is shown, and redirects and token services are followed only
+//! to HTTPS or to a registry plain HTTP is allowed for ([`redirect_policy`]).
 //!
 //! Plain HTTP is for named registries only ([`PlainHttp`]): a tag resolved
 //! over plain HTTP from anywhere else could be pointed at another digest by
@@ -11,9 +18,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
+use sha2::{Digest, Sha256};
 
 /// How long resolving one tag may take in all (connect, authentication, the
 /// manifest request): a registry that trickles bytes holds a reconcile no
@@ -21,6 +27,16 @@ use oci_client::{Client, Reference};
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time-out to connect, and for each read.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of a manifest read to hash it (the runtime's manifest limit).
+const MANIFEST_BYTES: usize = 4 << 20;
+/// Bytes of a token service's answer read.
+const TOKEN_BYTES: usize = 64 << 10;
+/// Redirects one request follows at most.
+const MAX_REDIRECTS: usize = 10;
+/// The manifest types a tag may name (what `oci-client` asked for).
+const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
 /// Which registries are spoken to over plain HTTP, not HTTPS: those on
 /// loopback when `loopback` (`--plain-http`), and the named ones
@@ -92,38 +108,184 @@ fn split_host_port(registry: &str) -> (&str, Option<&str>) {
 
 /// Resolves module references against their registries.
 pub struct Resolver {
-    tls: Client,
-    plain: Client,
+    http: reqwest::Client,
     plain_http: PlainHttp,
+}
+
+/// Which redirects a client of a registry follows: registries send blobs
+/// to a CDN, so redirects are followed, at most [`MAX_REDIRECTS`], but only
+/// to HTTPS or to a registry plain HTTP is allowed for. A registry is not
+/// trusted: followed to plain HTTP anywhere, it would have the controller or
+/// a node send requests to any service on their network (cloud metadata,
+/// the kubelet) and show what they answer.
+pub fn redirect_policy(plain: PlainHttp) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        match refused_url(&plain, attempt.url()) {
+            None => attempt.follow(),
+            Some(why) => {
+                let why = format!("the registry redirected to {why}");
+                attempt.error(why)
+            }
+        }
+    })
+}
+
+/// Why a registry may not send a client to `url` (`None`: it may): not
+/// HTTPS, nor a registry plain HTTP is allowed for.
+fn refused_url(plain: &PlainHttp, url: &reqwest::Url) -> Option<String> {
+    let host = url.host_str().unwrap_or_default();
+    let host_port = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    match url.scheme() {
+        "https" => None,
+        "http" if plain.allows(&host_port) => None,
+        _ => Some(format!(
+            "{url}, which is not HTTPS nor a registry plain HTTP is allowed for \
+             (--plain-http, --plain-http-registry): refused"
+        )),
+    }
 }
 
 impl Resolver {
     /// A resolver over HTTPS (system roots, plus `ca_file` when given), and
     /// over plain HTTP for the registries `plain_http` names. Registries are
-    /// asked anonymously.
+    /// asked anonymously (a bearer token from their token service if they
+    /// ask for one).
     pub fn new(plain_http: PlainHttp, ca_file: Option<&Path>) -> Result<Self, String> {
-        let extra_root_certificates = match ca_file {
-            Some(path) => vec![Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: std::fs::read(path)
-                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?,
-            }],
-            None => Vec::new(),
+        let mut builder = reqwest::Client::builder()
+            .redirect(redirect_policy(plain_http.clone()))
+            .connect_timeout(REQUEST_TIMEOUT)
+            .read_timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("hostaction-controller/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("registry client: {}", describe(&e)))?;
+        Ok(Self { http, plain_http })
+    }
+
+    /// The digest of the manifest `reference`'s tag names.
+    async fn resolve_tag(&self, reference: &Reference) -> Result<String, String> {
+        let registry = reference.resolve_registry();
+        let scheme = if self.plain_http.allows(registry) {
+            "http"
+        } else {
+            "https"
         };
-        let client = |protocol| {
-            Client::new(ClientConfig {
-                protocol,
-                extra_root_certificates: extra_root_certificates.clone(),
-                connect_timeout: Some(REQUEST_TIMEOUT),
-                read_timeout: Some(REQUEST_TIMEOUT),
-                ..ClientConfig::default()
-            })
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.tag().unwrap_or("latest")
+        );
+        let mut token = None;
+        let mut head = self.send(reqwest::Method::HEAD, &url, None).await?;
+        if head.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = head
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            token = Some(self.token(&challenge, reference).await?);
+            head = self
+                .send(reqwest::Method::HEAD, &url, token.as_deref())
+                .await?;
+        }
+        check_status(&head, &url)?;
+        if let Some(digest) = head
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            return Ok(digest.trim().to_owned());
+        }
+        let mut got = self
+            .send(reqwest::Method::GET, &url, token.as_deref())
+            .await?;
+        check_status(&got, &url)?;
+        let manifest =
+            read_capped(&mut got, MANIFEST_BYTES, &format!("the manifest at {url}")).await?;
+        Ok(format!("sha256:{}", hex::encode(Sha256::digest(&manifest))))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<reqwest::Response, String> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, ACCEPT);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", describe(&e)))
+    }
+
+    /// An anonymous pull token from the token service a `401`'s
+    /// `WWW-Authenticate: Bearer realm=...,service=...,scope=...` names.
+    async fn token(&self, challenge: &str, reference: &Reference) -> Result<String, String> {
+        let params = challenge_params(challenge).ok_or_else(|| {
+            format!(
+                "{}: the registry asks for credentials ({challenge:?}); the controller \
+                 resolves tags anonymously (pin the module by digest instead)",
+                reference.resolve_registry()
+            )
+        })?;
+        let param = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
         };
-        Ok(Self {
-            tls: client(ClientProtocol::Https),
-            plain: client(ClientProtocol::Http),
-            plain_http,
-        })
+        let realm = param("realm").ok_or("the registry's bearer challenge has no realm")?;
+        let scope = param("scope")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = param("service") {
+            query.push(("service", service));
+        }
+        let url = reqwest::Url::parse_with_params(realm, &query)
+            .map_err(|e| format!("the registry's token service {realm:?}: {e}"))?;
+        if let Some(why) = refused_url(&self.plain_http, &url) {
+            return Err(format!("the registry's token service is {why}"));
+        }
+        let mut answer = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
+        check_status(&answer, url.as_str())?;
+        let body = read_capped(&mut answer, TOKEN_BYTES, &format!("the token from {url}")).await?;
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let parsed: Token = serde_json::from_slice(&body)
+            .map_err(|e| format!("the token from {url}: not a token service's answer: {e}"))?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .ok_or_else(|| format!("the token from {url}: no token in the answer"))
     }
 
     /// `module` pinned: `registry/repository@sha256:...`. A reference that
@@ -135,12 +297,7 @@ impl Resolver {
         let digest = match reference.digest() {
             Some(digest) => digest.to_owned(),
             None => {
-                let client = if self.plain_http.allows(reference.resolve_registry()) {
-                    &self.plain
-                } else {
-                    &self.tls
-                };
-                let asked = client.fetch_manifest_digest(&reference, &RegistryAuth::Anonymous);
+                let asked = self.resolve_tag(&reference);
                 tokio::time::timeout(RESOLVE_TIMEOUT, asked)
                     .await
                     .map_err(|_| {
@@ -154,6 +311,87 @@ impl Resolver {
         };
         pin(module, &digest)
     }
+}
+
+/// Fails unless `response` is a success; never shows its body (a registry's
+/// words in a HostAction's status are an attacker's, or, after a redirect,
+/// another service's).
+fn check_status(response: &reqwest::Response, url: &str) -> Result<(), String> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let answered = response.url().as_str();
+    let from = if answered == url {
+        url.to_owned()
+    } else {
+        format!("{answered} (redirected from {url})")
+    };
+    Err(format!("HTTP {status} from {from}"))
+}
+
+/// The body of `response`, refused past `cap` bytes (read no further).
+async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("{what}: more than the limit of {cap} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{what}: {}", describe(&e)))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("{what}: more than the limit of {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The parameters of a `Bearer` challenge (`realm="...",service="..."`);
+/// `None` for any other scheme.
+fn challenge_params(challenge: &str) -> Option<Vec<(String, String)>> {
+    let (scheme, rest) = challenge.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => after.split_once(',').map_or((after, ""), |(v, t)| (v, t)),
+        };
+        params.push((key.trim().to_owned(), value.to_owned()));
+        rest = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(params)
+}
+
+/// The error and its sources on one line (reqwest hides the cause, such as
+/// "connection refused" or a refused redirect, in its source chain).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// `module` pinned to `digest` (as resolved for an earlier reconcile of the

@@ -316,3 +316,48 @@ fn cli_text_output_escapes_what_the_guest_wrote() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["report"]["reason"], json!(fake));
 }
+
+/// This process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim();
+    kib.parse::<u64>().unwrap() * 1024
+}
+
+/// Every pollable, stream or other WASI resource a guest holds is host
+/// memory (a handle, table entries, the object): their number is bounded,
+/// and a run past it ends as `limit exceeded`, naming the limit.
+#[test]
+fn resources_a_guest_holds_are_bounded() {
+    let host = Host::new();
+    // Compiled (in this process) before the measure starts.
+    host.load("probe");
+    let before = peak_rss();
+    let (report, _) = run_with_timeout(
+        &host,
+        json!([{"op": "pollables", "count": 1_000_000}]),
+        Duration::from_secs(60),
+    );
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        matches!(&report.status, RunStatus::LimitExceeded(m) if m.contains("resources")),
+        "{}",
+        report.status
+    );
+    assert!(grown < 16 << 20, "the host grew by {} MiB", grown >> 20);
+
+    // Well under the bound, a guest holds what it needs.
+    let (report, _) = run_with_timeout(
+        &host,
+        json!([{"op": "pollables", "count": 1000}]),
+        Duration::from_secs(60),
+    );
+    assert!(report.status.is_success(), "{}", report.status);
+    assert_eq!(probe_results(&report)[0]["ok"], json!(1000));
+}

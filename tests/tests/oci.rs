@@ -1187,3 +1187,246 @@ fn a_stored_component_altered_on_disk_is_refused() {
         text(&out)
     );
 }
+
+/// An HTTP/1.1 server on 127.0.0.1 answering every request with
+/// `answer("METHOD PATH")`: a response head and body, then that many more
+/// zero bytes (until the client hangs up), for the registries no real one
+/// plays: one that redirects where it should not, one that never ends.
+/// Records the requests it was sent.
+struct Responder {
+    addr: String,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Responder {
+    fn start(answer: impl Fn(&str) -> (String, u64) + Send + Sync + 'static) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&asked);
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let (seen, answer) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&answer));
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut head = Vec::new();
+                    let mut buf = [0; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let request: Vec<&str> = head.split(' ').take(2).collect();
+                    let request = request.join(" ");
+                    seen.lock().unwrap().push(request.clone());
+                    let (response, mut zeros) = answer(&request);
+                    if conn.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                    let chunk = [0u8; 64 << 10];
+                    while zeros > 0 {
+                        let n = zeros.min(chunk.len() as u64) as usize;
+                        if conn.write_all(&chunk[..n]).is_err() {
+                            return;
+                        }
+                        zeros -= n as u64;
+                    }
+                });
+            }
+        });
+        Self { addr, asked }
+    }
+
+    /// The requests so far, as `METHOD PATH`.
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// A registry may redirect (blobs to a CDN), but not to plain HTTP on a
+/// host plain HTTP was never allowed for: that is a node on `hostNetwork`
+/// sending requests for a registry to any service on its network (cloud
+/// metadata, the kubelet) and printing what it answers in the run's status.
+#[test]
+fn a_registry_cannot_redirect_a_pull_to_plain_http_elsewhere() {
+    let internal = Responder::start(|_| {
+        let body = "INTERNAL-SECRET-42";
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        (head, 0)
+    });
+    let target = format!("http://{}/latest/meta-data", internal.addr);
+    let registry = Responder::start(move |request| {
+        let head = if request == "GET /v2/" {
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()
+        } else {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        (head, 0)
+    });
+    let reference = format!("{}/evil/probe:v1", registry.addr);
+    // Plain HTTP is allowed for the registry, by name, and for nothing else.
+    let err = Node::new().registry_error(&[
+        "pull",
+        &reference,
+        "--plain-http-registry",
+        &registry.addr,
+        "--retries",
+        "0",
+    ]);
+    assert!(
+        registry.asked().iter().any(|r| r.contains("/manifests/")),
+        "{:?}",
+        registry.asked()
+    );
+    assert!(!err.contains("INTERNAL-SECRET-42"), "{err}");
+    assert_eq!(internal.asked(), Vec::<String>::new(), "{err}");
+    assert!(err.contains("redirected to http://"), "{err}");
+
+    // Followed where plain HTTP is allowed; what answers there is not the
+    // registry, and its body stays out of the error.
+    let err = Node::new().registry_error(&[
+        "pull",
+        &reference,
+        "--plain-http-registry",
+        &registry.addr,
+        "--plain-http-registry",
+        &internal.addr,
+        "--retries",
+        "0",
+    ]);
+    assert_eq!(internal.asked(), vec!["GET /latest/meta-data"], "{err}");
+    assert!(
+        err.contains("404") && !err.contains("INTERNAL-SECRET-42"),
+        "{err}"
+    );
+}
+
+/// This process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim();
+    kib.parse::<u64>().unwrap() * 1024
+}
+
+/// The controller resolves a HostAction's tag with the registry its author
+/// named: what that registry answers is read up to a manifest's worth, not
+/// into memory whole (1 GiB here; at a cluster network's rate over the
+/// resolve time-out, more than the controller's memory limit), and a body
+/// answered after a redirect, or any error body, is not shown.
+#[test]
+fn the_controller_reads_a_bounded_answer_when_it_resolves_a_tag() {
+    use hostaction_controller::resolve::{PlainHttp, Resolver};
+    const HUGE: u64 = 1 << 30;
+    let registry = Responder::start(|request| {
+        let head = if request.starts_with("HEAD ") {
+            // No Docker-Content-Digest: the client must GET the manifest.
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        } else if request == "GET /v2/" {
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                 Content-Length: {HUGE}\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let zeros = if head.contains("manifest.v1") {
+            HUGE
+        } else {
+            0
+        };
+        (head, zeros)
+    });
+    let resolver = Resolver::new(PlainHttp::loopback(), None).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = peak_rss();
+    let module = format!("{}/evil/huge:v1", registry.addr);
+    let resolved = runtime.block_on(resolver.resolve(&module));
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "resolving grew the peak RSS by {} MiB: {resolved:?}",
+        grown >> 20
+    );
+    let err = resolved.unwrap_err();
+    assert!(err.contains("manifest") && err.contains("limit"), "{err}");
+
+    // An error's body stays out of what the HostAction's status will say.
+    let refusing = Responder::start(|_| {
+        let body = "INTERNAL-SECRET-42";
+        let head = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        (head, 0)
+    });
+    let module = format!("{}/evil/x:v1", refusing.addr);
+    let err = runtime.block_on(resolver.resolve(&module)).unwrap_err();
+    assert!(err.contains("403") && !err.contains("SECRET"), "{err}");
+}
+
+/// A registry that wants a bearer token (as public registries do even for
+/// anonymous pulls): the controller gets one from the token service the
+/// challenge names, and resolves the tag with it.
+#[test]
+fn the_controller_resolves_a_tag_with_an_anonymous_token() {
+    use hostaction_controller::resolve::{PlainHttp, Resolver};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let tokens = Responder::start(|_| {
+        let body = r#"{"token": "t0k3n"}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        (head, 0)
+    });
+    let realm = format!("http://{}/token", tokens.addr);
+    let heads = AtomicUsize::new(0);
+    let answer = digest.clone();
+    let registry = Responder::start(move |request| {
+        let head = if request.starts_with("HEAD ") && heads.fetch_add(1, Ordering::SeqCst) == 0 {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",\
+                 service=\"test\",scope=\"repository:evil/x:pull\"\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {answer}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        (head, 0)
+    });
+    let resolver = Resolver::new(PlainHttp::loopback(), None).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let module = format!("{}/evil/x:v1", registry.addr);
+    let pinned = runtime.block_on(resolver.resolve(&module)).unwrap();
+    assert_eq!(pinned.digest, digest);
+    assert_eq!(
+        tokens.asked(),
+        vec!["GET /token?scope=repository%3Aevil%2Fx%3Apull&service=test"]
+    );
+}

@@ -304,11 +304,12 @@ impl ClusterAgent {
 
     /// Records in the journal that the run's status is given up on.
     async fn give_up(&self, name: &str, uid: &str, entry: &mut Entry, why: String) {
-        tracing::error!(run = %name, reason = %why, "giving up on the run's status; the run journal records it");
         entry.name = name.to_owned();
         entry.result = None;
-        entry.gave_up = Some(why);
+        entry.gave_up = Some(why.clone());
+        // Journaled first: the line says it is recorded.
         self.write_entry(uid, entry).await;
+        tracing::error!(run = %name, reason = %why, "giving up on the run's status; the run journal records it");
     }
 
     /// Runs the module on a blocking thread; marks the run `Running` in

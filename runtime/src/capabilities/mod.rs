@@ -181,6 +181,28 @@ pub(crate) struct StoreLimits {
 
 /// Table elements one table may have (guards against a table bomb).
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Resources (WASI pollables, streams, a guest's own resources) one run may
+/// hold at once: each is host memory — a handle, table entries, the object
+/// (~600 bytes for a pollable: wasmtime's default of 100 000 handles let a
+/// guest hold 60 MiB of the host per run). Language runtimes hold a few
+/// dozen.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// A run's resource table, bounded with [`MAX_RESOURCES`] (a resource can
+/// take two entries: a pollable and what it waits on).
+pub(crate) fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(2 * MAX_RESOURCES + 64);
+    table
+}
+
+/// How wasmtime 48 says a run's resources hit their bounds (its error types
+/// are private or plain strings).
+pub(crate) const RESOURCES_EXHAUSTED: [&str; 2] = [
+    "store handle limit exceeded",
+    "resource table has no free keys",
+];
+
 /// Instances, memories and tables one run may create (a component is a few
 /// core instances; Python and JavaScript ones a few dozen).
 const MAX_INSTANCES: usize = 1_000;

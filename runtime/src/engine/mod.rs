@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
 pub use compile::{CompileLimits, CompileStats, Compiler};
@@ -506,13 +506,14 @@ impl Runtime {
                 memory_used: 0,
                 hit: None,
             },
-            table: ResourceTable::new(),
+            table: capabilities::resource_table(),
         };
         let slot = self.slots.take()?;
         let mut store = Store::new(&self.engine, state);
         capabilities::install_limiter(&mut store);
         let fuel = hostcall_fuel(&limits);
         store.set_hostcall_fuel(fuel);
+        store.set_max_component_handles(capabilities::MAX_RESOURCES);
         store.set_epoch_deadline(ticks(limits.timeout));
         store.epoch_deadline_trap();
 
@@ -538,6 +539,15 @@ impl Runtime {
                         "the action passed more than {} MiB to the host at once (in a call's \
                          arguments or in its outcome)",
                         fuel >> 20
+                    ))
+                } else if capabilities::RESOURCES_EXHAUSTED
+                    .iter()
+                    .any(|m| format!("{trap:#}").contains(m))
+                {
+                    RunStatus::LimitExceeded(format!(
+                        "the action held more than {} resources at once (WASI pollables, \
+                         streams, its own resources)",
+                        capabilities::MAX_RESOURCES
                     ))
                 } else if matches!(ended, Some(RunEnd::Deadline(_)))
                     || trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt)

@@ -28,6 +28,9 @@ const ERROR_BODY_BYTES: usize = 4096;
 /// The HTTP client pulls use: the options' CA and time-outs.
 pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
+        .redirect(hostaction_controller::resolve::redirect_policy(
+            options.plain(),
+        ))
         .connect_timeout(options.timeout)
         .read_timeout(options.timeout)
         .user_agent(concat!("hostaction/", env!("CARGO_PKG_VERSION")));
@@ -195,8 +198,12 @@ impl Puller<'_> {
         if status == reqwest::StatusCode::OK {
             return Ok(response);
         }
+        // A response from where the registry redirected to is not the
+        // registry's to show: its body stays out of the error.
+        let answered = response.url().to_string();
+        let redirected = answered != url;
         let mut body = Vec::new();
-        while body.len() < ERROR_BODY_BYTES {
+        while body.len() < ERROR_BODY_BYTES && !redirected {
             match meter.wait(what, response.chunk()).await? {
                 Ok(Some(chunk)) => {
                     meter.count(chunk.len());
@@ -216,7 +223,7 @@ impl Puller<'_> {
         Err(Failure {
             error: Error::registry(
                 kind,
-                format!("{what}: HTTP {status} from {url}: {}", body.trim()),
+                format!("{what}: HTTP {status} from {answered}: {}", body.trim()),
             ),
             transient,
         })
@@ -386,6 +393,13 @@ impl Puller<'_> {
 /// A transport failure (unreachable, time-out, a cut connection): worth
 /// retrying.
 fn transport(what: &str, e: &reqwest::Error) -> Failure {
+    // A redirect [`redirect_policy`] refused: the same next time.
+    if e.is_redirect() {
+        return Failure::fatal(Error::registry(
+            RegistryFault::Protocol,
+            format!("{what}: {}", describe(e)),
+        ));
+    }
     let cause = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

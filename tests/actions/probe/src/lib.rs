@@ -95,6 +95,10 @@ enum Op {
     },
     /// Adds `count` facts with an empty key and value to the outcome.
     EmptyFacts { count: u32 },
+    /// Makes `count` `monotonic-clock.subscribe-duration` pollables and
+    /// holds them all (host resources, each a handle and table entries);
+    /// reports how many it made.
+    Pollables { count: u32 },
 }
 
 /// What one op did: `Ok(value)`, or the capability error.
@@ -248,6 +252,12 @@ fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
                 }
             }
             Ok(Value::from(changes))
+        }
+        Op::Pollables { count } => {
+            let held: Vec<_> = (0..count)
+                .map(|_| monotonic_clock::subscribe_duration(u64::MAX))
+                .collect();
+            Ok(Value::from(core::hint::black_box(held).len()))
         }
         // Handled by the caller: they end the run, or shape the outcome.
         Op::Fail { message } => Err(Error::InvalidArgument(message)),
