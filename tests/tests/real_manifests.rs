@@ -906,3 +906,227 @@ fn two_lines(table: &str) -> (&str, &str) {
 fn words(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
 }
+
+/// Kills the processes it holds by pid when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A kubeconfig that authenticates with `token` only.
+fn token_kubeconfig(plane: &ControlPlane, name: &str, token: &str) -> std::path::PathBuf {
+    let path = plane.dir().join(format!("{name}.kubeconfig"));
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": plane.url(),
+            "certificate-authority": plane.dir().join("serving-ca.crt"),
+        }}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
+        "current-context": "test",
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// The real `hostaction controller` and `hostaction agent`, each with its
+/// manifests' ServiceAccount token only (the agent's bound to a Pod on its
+/// node), on a cluster of their own: the controller takes its Lease, adds
+/// its finalizer, creates the node's run, and reports; the agent watches
+/// the run and writes its status past the admission policy; the controller
+/// turns that into conditions and an Event; deleting the action, it deletes
+/// the run and lets the action go. No request of either is refused.
+#[tokio::test]
+async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts() {
+    let plane = ControlPlane::start();
+    let manifests = format!("{}/", workspace().join("manifests").display());
+    plane.kubectl_ok(&["apply", "--server-side", "-f", &manifests]);
+    plane.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/hostactions.hostaction.dev",
+        "crd/hostactionruns.hostaction.dev",
+    ]);
+    node(&plane, "e2e-node").await;
+    let pod = agent_pod(&plane, "e2e-agent", "e2e-node").await;
+    let agent_config = token_kubeconfig(&plane, "agent", &token(&plane, AGENT, Some(&pod)).await);
+    let controller_config =
+        token_kubeconfig(&plane, "controller", &token(&plane, CONTROLLER, None).await);
+
+    // A module on a registry that refuses connections: the agent's run
+    // fails fast, and says why in the run's status.
+    let mut action = example_action("e2e-action");
+    action.spec.module = format!("127.0.0.1:1/actions/cni-install@sha256:{}", "1".repeat(64));
+    action.spec.grants = Default::default();
+    let admin_actions: Api<HostAction> = Api::all(admin(&plane));
+    admin_actions
+        .create(&PostParams::default(), &action)
+        .await
+        .unwrap();
+
+    let work = plane.dir().join("e2e");
+    std::fs::create_dir_all(work.join("root")).unwrap();
+    let start = |args: &[&str], kubeconfig: &std::path::Path, log: &str| {
+        let log = std::fs::File::create(work.join(log)).unwrap();
+        std::process::Command::new(hostaction_tests::hostaction_bin())
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOSTACTION_LOG", "info,kube=warn,hyper=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let root = work.join("root").display().to_string();
+    let cache = work.join("cache").display().to_string();
+    let _children = Children(vec![
+        start(
+            &[
+                "controller",
+                "--lease-namespace",
+                NAMESPACE,
+                "--identity",
+                "e2e-0",
+                "--plain-http",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+            ],
+            &controller_config,
+            "controller.log",
+        ),
+        start(
+            &[
+                "agent",
+                "--node-name",
+                "e2e-node",
+                "--plain-http",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--host-root",
+                &root,
+                "--cache-dir",
+                &cache,
+                "--log-format",
+                "text",
+            ],
+            &agent_config,
+            "agent.log",
+        ),
+    ]);
+    let logs = || {
+        let read = |name: &str| std::fs::read_to_string(work.join(name)).unwrap_or_default();
+        format!(
+            "controller:\n{}\nagent:\n{}",
+            read("controller.log"),
+            read("agent.log")
+        )
+    };
+
+    // The run fails on the node; the controller reports the failure budget
+    // spent.
+    let started = Instant::now();
+    let status = loop {
+        let stored = admin_actions.get("e2e-action").await.unwrap();
+        let done = stored.status.as_ref().is_some_and(|s| {
+            s.counts.failed == 1
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Failed" && c.status == "True")
+        });
+        if done {
+            break stored.status.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no failed run reported in 120 s: {:?}\n{}",
+            stored.status,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(status.selected_nodes, 1);
+    let stored = admin_actions.get("e2e-action").await.unwrap();
+    assert_eq!(
+        stored.metadata.finalizers.as_deref(),
+        Some(&["hostaction.dev/runs".to_owned()][..])
+    );
+    let runs: Api<HostActionRun> = Api::all(admin(&plane));
+    let run = runs.get("e2e-action.e2e-node.g1").await.unwrap();
+    let run_status = run.status.unwrap();
+    assert_eq!(run_status.phase, hostaction_crds::RunPhase::Failed);
+    assert!(
+        run_status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("127.0.0.1:1"),
+        "{run_status:?}"
+    );
+    // Written through the status subresource (the admin wrote none here;
+    // the controller's account may not).
+    let writers: Vec<(String, Option<String>)> = run
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| (f.manager.unwrap_or_default(), f.subresource))
+        .collect();
+    assert!(
+        writers
+            .iter()
+            .any(|(_, sub)| sub.as_deref() == Some("status")),
+        "{writers:?}"
+    );
+    let lease = Api::<Lease>::namespaced(admin(&plane), NAMESPACE)
+        .get(CONTROLLER)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("e2e-0")
+    );
+    let events = plane.kubectl_ok(&["get", "events", "-n", "default"]);
+    assert!(events.contains("FailureBudgetExceeded"), "{events}");
+
+    // Deleting the action: the controller deletes its run, then lets it go.
+    admin_actions
+        .delete("e2e-action", &DeleteParams::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let action_gone = matches!(
+            admin_actions.get("e2e-action").await,
+            Err(kube::Error::Api(s)) if s.code == 404
+        );
+        let run_gone = matches!(
+            runs.get("e2e-action.e2e-node.g1").await,
+            Err(kube::Error::Api(s)) if s.code == 404
+        );
+        if action_gone && run_gone {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the action or its run is still there after 60 s\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let logs = logs();
+    for refused in ["forbidden", "Forbidden", "403"] {
+        assert!(!logs.contains(refused), "{refused:?} in:\n{logs}");
+    }
+}
