@@ -62,7 +62,11 @@ pub const MODULE_PATTERN: &str = concat!(registry_repository!(), "(@sha256:[0-9a
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Changed","type":"boolean","jsonPath":".status.changed"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `-o wide` (priority 1): which generation, how many starts, and why.
+    printcolumn = r#"{"name":"Generation","type":"integer","priority":1,"jsonPath":".spec.generation"}"#,
+    printcolumn = r#"{"name":"Attempts","type":"integer","priority":1,"jsonPath":".status.attempts"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a run's spec is immutable: a new generation gets a new run"))]

@@ -260,6 +260,20 @@ impl ControlPlane {
         self.config_with(&identity)
     }
 
+    /// A client configuration that authenticates with a bearer `token` only
+    /// (a ServiceAccount token from the TokenRequest API): no client
+    /// certificate, which the API server would try first.
+    pub fn token_config(&self, token: &str) -> kube::Config {
+        static TOKENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = self.dir.path().join(format!("token-{n}"));
+        std::fs::write(&file, token).expect("write a token file");
+        let mut config = kube::Config::new(self.url().parse().expect("control-plane URL"));
+        config.root_cert = Some(vec![self.ca_der.clone()]);
+        config.auth_info.token_file = Some(file.display().to_string());
+        config
+    }
+
     fn config_with(&self, (cert, key): &(PathBuf, PathBuf)) -> kube::Config {
         let mut config = kube::Config::new(self.url().parse().expect("control-plane URL"));
         config.root_cert = Some(vec![self.ca_der.clone()]);
