@@ -361,3 +361,30 @@ fn resources_a_guest_holds_are_bounded() {
     assert!(report.status.is_success(), "{}", report.status);
     assert_eq!(probe_results(&report)[0]["ok"], json!(1000));
 }
+
+/// A guest asking WASI for random bytes gets at most 1 MiB a call: the host
+/// allocates the answer before copying it over (wasmtime's default bound is
+/// 64 MiB, more than a run's memory). A larger ask ends the run (8 MiB ran
+/// before the bound).
+#[test]
+fn random_bytes_a_guest_asks_for_are_bounded() {
+    let host = Host::new();
+    let (report, _) = run_with_timeout(
+        &host,
+        json!([{"op": "random", "len": 1 << 20}]),
+        Duration::from_secs(60),
+    );
+    assert!(report.status.is_success(), "{}", report.status);
+    assert_eq!(probe_results(&report)[0]["ok"], json!(1 << 20));
+
+    let (report, _) = run_with_timeout(
+        &host,
+        json!([{"op": "random", "len": 8 << 20}]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        matches!(&report.status, RunStatus::Trapped(m) if m.contains("exceeds limit 1048576")),
+        "{}",
+        report.status
+    );
+}

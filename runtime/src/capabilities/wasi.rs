@@ -107,6 +107,9 @@ impl WasiView for RunState {
     }
 }
 
+/// The most random bytes one call may ask for (a larger ask traps).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// A WASI context that gives nothing but clocks, randomness and a log.
 pub(crate) fn locked_down(log: &Arc<Mutex<RunLog>>) -> WasiCtx {
     WasiCtx::builder()
@@ -116,6 +119,9 @@ pub(crate) fn locked_down(log: &Arc<Mutex<RunLog>>) -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }))
+        // The host allocates what a guest asks for before copying it over:
+        // wasmtime's default (64 MiB a call) is more than a run's memory.
+        .max_random_size(MAX_RANDOM_BYTES)
         .build()
 }
 

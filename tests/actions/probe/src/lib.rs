@@ -99,6 +99,9 @@ enum Op {
     /// holds them all (host resources, each a handle and table entries);
     /// reports how many it made.
     Pollables { count: u32 },
+    /// `wasi:random/random.get-random-bytes` of `len` bytes; reports how
+    /// many came back.
+    Random { len: u64 },
 }
 
 /// What one op did: `Ok(value)`, or the capability error.
@@ -259,6 +262,9 @@ fn run_op(op: Op, hoard: &mut Vec<Vec<u8>>) -> OpResult {
                 .collect();
             Ok(Value::from(core::hint::black_box(held).len()))
         }
+        Op::Random { len } => Ok(Value::from(
+            wasi::random::random::get_random_bytes(len).len(),
+        )),
         // Handled by the caller: they end the run, or shape the outcome.
         Op::Fail { message } => Err(Error::InvalidArgument(message)),
         Op::EmptyFacts { .. } => Ok(Value::Null),
