@@ -972,8 +972,11 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     // The controller gives up its Lease after 10 s without renewing it
     // (the outage plus kube-apiserver's start-up may take that long on a
     // loaded machine) and exits, as documented; its Deployment would start
-    // it again, and so does this.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // it again, and so does this. Watches fail while it is down, and on
+    // its return kube-apiserver answers watches from before its restart
+    // with 410 Expired (its watch cache starts afresh): clients re-list
+    // after kube's watcher back-off (up to 30 s), so give it time.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let runs = cluster.runs("cni");
         if runs.len() == 3 && runs.values().all(|r| phase(r) == "Succeeded") {
