@@ -12,6 +12,11 @@
 //! `kube-apiserver` and `kubectl`), else from the script (which builds only
 //! what its cache lacks: ~11 min the first time, a moment after).
 //!
+//! kube-apiserver can be stopped and started again over the same etcd
+//! ([`ControlPlane::stop_apiserver`], [`ControlPlane::restart_apiserver`]),
+//! and its audit log lists every write to hostaction objects
+//! ([`ControlPlane::audit_events`]), to count them.
+//!
 //! Identities: an admin (`CN=admin`, `O=system:masters`) and, from
 //! [`ControlPlane::user_config`], any user with at most one group, by client
 //! certificates of the client CA. ServiceAccount tokens work too: the
@@ -38,6 +43,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts at starting, each on newly chosen ports (a free port found here
 /// may be taken by another process before etcd or kube-apiserver binds it).
 const START_ATTEMPTS: usize = 3;
+/// The audit policy: the writes to hostaction objects, at `Metadata` level
+/// (who, what, the answer's code; no bodies), once each; nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+  resources:
+  - group: hostaction.dev
+    resources: [hostactions, hostactions/status, hostactionruns, hostactionruns/status]
+- level: None
+";
 
 /// etcd and kube-apiserver, running.
 pub struct ControlPlane {
@@ -48,7 +66,10 @@ pub struct ControlPlane {
     client_ca: Issuer<'static, KeyPair>,
     admin: (PathBuf, PathBuf),
     kubeconfig: PathBuf,
-    /// kube-apiserver, then etcd: killed in that order.
+    /// kube-apiserver's arguments, to start it again after
+    /// [`ControlPlane::stop_apiserver`].
+    apiserver_args: Vec<String>,
+    /// kube-apiserver (unless stopped), then etcd: killed in that order.
     children: Mutex<Vec<Child>>,
 }
 
@@ -152,30 +173,36 @@ impl ControlPlane {
         }
 
         let file = |name: &str| d.join(name).display().to_string();
-        let mut apiserver = Command::new(bin.join("kube-apiserver"));
-        apiserver
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--tls-cert-file={}", file("serving.crt")))
-            .arg(format!("--tls-private-key-file={}", file("serving.key")))
-            .arg(format!("--client-ca-file={}", file("client-ca.crt")))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
-            .arg(format!("--service-account-key-file={}", file("sa.pub")))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                file("sa.key")
-            ))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+        write(d, "audit-policy.yaml", AUDIT_POLICY);
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", file("serving.crt")),
+            format!("--tls-private-key-file={}", file("serving.key")),
+            format!("--client-ca-file={}", file("client-ca.crt")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{port}"),
+            format!("--service-account-key-file={}", file("sa.pub")),
+            format!("--service-account-signing-key-file={}", file("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
             // No kubelet, no Service endpoints for the apiserver itself.
-            .arg("--endpoint-reconciler-type=none")
+            "--endpoint-reconciler-type=none".into(),
             // Without kube-controller-manager no `default` ServiceAccount exists,
             // which this plugin would require of every Pod.
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--allow-privileged=true")
-            .arg("--profiling=false");
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+            // Writes to hostaction objects, one line each (`audit_events`);
+            // blocking mode: a request's line is written before its answer.
+            format!("--audit-policy-file={}", file("audit-policy.yaml")),
+            format!("--audit-log-path={}", file("audit.log")),
+            "--audit-log-mode=blocking".into(),
+            "--audit-log-format=json".into(),
+        ];
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver.args(&apiserver_args);
         children.insert(0, spawn_logged(apiserver, &d.join("kube-apiserver.log"))?);
 
         let kubeconfig = d.join("admin.kubeconfig");
@@ -187,37 +214,96 @@ impl ControlPlane {
             client_ca,
             admin,
             kubeconfig,
+            apiserver_args,
             children: Mutex::new(children),
             dir,
         };
-        let started = Instant::now();
-        loop {
-            let ready = plane.kubectl(&["get", "--raw=/readyz", "--request-timeout=5s"]);
-            if ready.status.success() {
-                return Ok(plane);
-            }
-            let exited = plane.children.lock().expect("children")[0]
-                .try_wait()
-                .ok()
-                .flatten();
-            if exited.is_some() || started.elapsed() > READY_TIMEOUT {
-                let why = match exited {
-                    Some(status) => format!("exited: {status}"),
-                    None => format!(
-                        "not ready in {READY_TIMEOUT:?}: {}",
-                        String::from_utf8_lossy(&ready.stderr).trim()
-                    ),
-                };
+        match plane.wait_ready() {
+            Ok(()) => Ok(plane),
+            Err(why) => {
                 let children = std::mem::take(&mut *plane.children.lock().expect("children"));
-                return Err(stop_with(
+                Err(stop_with(
                     children,
                     plane.dir.path(),
                     "kube-apiserver",
                     &why,
+                ))
+            }
+        }
+    }
+
+    /// Waits until kube-apiserver answers `/readyz`; why not, if it exits or
+    /// takes longer than [`READY_TIMEOUT`].
+    fn wait_ready(&self) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let ready = self.kubectl(&["get", "--raw=/readyz", "--request-timeout=5s"]);
+            if ready.status.success() {
+                return Ok(());
+            }
+            let exited = self.children.lock().expect("children")[0]
+                .try_wait()
+                .ok()
+                .flatten();
+            if let Some(status) = exited {
+                return Err(format!("exited: {status}"));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "not ready in {READY_TIMEOUT:?}: {}",
+                    String::from_utf8_lossy(&ready.stderr).trim()
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills kube-apiserver (SIGKILL, by pid) and keeps etcd: every client
+    /// then gets connection refused until [`ControlPlane::restart_apiserver`].
+    ///
+    /// # Panics
+    /// When kube-apiserver is already stopped.
+    pub fn stop_apiserver(&self) {
+        let mut children = self.children.lock().expect("children");
+        assert_eq!(children.len(), 2, "kube-apiserver is not running");
+        kill_all(vec![children.remove(0)]);
+    }
+
+    /// Starts kube-apiserver again, with the same arguments and port (its
+    /// log goes on in the same file), over the same etcd, and waits until
+    /// it is ready.
+    ///
+    /// # Panics
+    /// When it is running, or does not start or get ready.
+    pub fn restart_apiserver(&self) {
+        {
+            let mut children = self.children.lock().expect("children");
+            assert_eq!(children.len(), 1, "kube-apiserver is running");
+            let mut apiserver = Command::new(self.bin.join("kube-apiserver"));
+            apiserver.args(&self.apiserver_args);
+            let log = self.dir.path().join("kube-apiserver.log");
+            let child = spawn_logged(apiserver, &log).unwrap_or_else(|e| panic!("{e}"));
+            children.insert(0, child);
+        }
+        if let Err(why) = self.wait_ready() {
+            let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("kube-apiserver restarted but {why}:\n{}", tail.join("\n"));
+        }
+    }
+
+    /// The audit log's events so far (one JSON object per request, at
+    /// `ResponseComplete`): every create, update, patch and delete of
+    /// HostActions and HostActionRuns (and their status), answered 2xx or
+    /// refused, with `verb`, `objectRef` (`resource`, `subresource`,
+    /// `name`) and `responseStatus.code`. Nothing else is audited.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -306,8 +392,8 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The pids of the processes this control plane started (kube-apiserver,
-    /// then etcd).
+    /// The pids of the processes this control plane runs (kube-apiserver
+    /// unless stopped, then etcd).
     pub fn pids(&self) -> Vec<u32> {
         let children = self.children.lock().expect("children");
         children.iter().map(Child::id).collect()
@@ -444,10 +530,14 @@ fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }
 
-/// Starts `cmd` with its output in `log`, from the keeper thread.
+/// Starts `cmd` with its output appended to `log`, from the keeper thread.
 #[allow(unsafe_code)]
 fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
