@@ -9,6 +9,8 @@
 //! token's 64 KiB) — never whole into memory, as `oci-client` would — no
 //! error body is shown, and redirects and token services are followed only
 //! to HTTPS or to a registry plain HTTP is allowed for ([`redirect_policy`]).
+//! The token exchange ([`bearer_token`]) is shared with the runtime's
+//! pulls, which present a node's credentials in it.
 //!
 //! Plain HTTP is for named registries only ([`PlainHttp`]): a tag resolved
 //! over plain HTTP from anywhere else could be pointed at another digest by
@@ -241,51 +243,22 @@ impl Resolver {
     /// An anonymous pull token from the token service a `401`'s
     /// `WWW-Authenticate: Bearer realm=...,service=...,scope=...` names.
     async fn token(&self, challenge: &str, reference: &Reference) -> Result<String, String> {
-        let params = challenge_params(challenge).ok_or_else(|| {
+        let params = bearer_challenge(challenge).ok_or_else(|| {
             format!(
                 "{}: the registry asks for credentials ({challenge:?}); the controller \
                  resolves tags anonymously (pin the module by digest instead)",
                 reference.resolve_registry()
             )
         })?;
-        let param = |key: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.as_str())
-        };
-        let realm = param("realm").ok_or("the registry's bearer challenge has no realm")?;
-        let scope = param("scope")
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
-        let mut query = vec![("scope", scope.as_str())];
-        if let Some(service) = param("service") {
-            query.push(("service", service));
-        }
-        let url = reqwest::Url::parse_with_params(realm, &query)
-            .map_err(|e| format!("the registry's token service {realm:?}: {e}"))?;
-        if let Some(why) = refused_url(&self.plain_http, &url) {
-            return Err(format!("the registry's token service is {why}"));
-        }
-        let mut answer = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", describe(&e)))?;
-        check_status(&answer, url.as_str())?;
-        let body = read_capped(&mut answer, TOKEN_BYTES, &format!("the token from {url}")).await?;
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let parsed: Token = serde_json::from_slice(&body)
-            .map_err(|e| format!("the token from {url}: not a token service's answer: {e}"))?;
-        parsed
-            .token
-            .or(parsed.access_token)
-            .ok_or_else(|| format!("the token from {url}: no token in the answer"))
+        bearer_token(
+            &self.http,
+            &self.plain_http,
+            &params,
+            reference.repository(),
+            None,
+        )
+        .await
+        .map_err(|e| e.message)
     }
 
     /// `module` pinned: `registry/repository@sha256:...`. A reference that
@@ -313,10 +286,47 @@ impl Resolver {
     }
 }
 
+/// A failed request of a registry or its token service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    /// What failed, naming the URL (never a body the server sent).
+    pub message: String,
+    /// The HTTP status answered, if one was.
+    pub status: Option<u16>,
+    /// Whether another attempt may succeed (the transport failed, or the
+    /// server answered 408, 429 or 5xx).
+    pub transient: bool,
+}
+
+impl From<FetchError> for String {
+    fn from(e: FetchError) -> Self {
+        e.message
+    }
+}
+
+impl FetchError {
+    fn fatal(message: String) -> Self {
+        Self {
+            message,
+            status: None,
+            transient: false,
+        }
+    }
+
+    /// A transport failure; a refused redirect is not worth retrying.
+    fn transport(what: &str, e: &reqwest::Error) -> Self {
+        Self {
+            message: format!("{what}: {}", describe(e)),
+            status: None,
+            transient: !e.is_redirect() && !e.is_builder(),
+        }
+    }
+}
+
 /// Fails unless `response` is a success; never shows its body (a registry's
 /// words in a HostAction's status are an attacker's, or, after a redirect,
 /// another service's).
-fn check_status(response: &reqwest::Response, url: &str) -> Result<(), String> {
+fn check_status(response: &reqwest::Response, url: &str) -> Result<(), FetchError> {
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -327,7 +337,11 @@ fn check_status(response: &reqwest::Response, url: &str) -> Result<(), String> {
     } else {
         format!("{answered} (redirected from {url})")
     };
-    Err(format!("HTTP {status} from {from}"))
+    Err(FetchError {
+        message: format!("HTTP {status} from {from}"),
+        status: Some(status.as_u16()),
+        transient: matches!(status.as_u16(), 408 | 429 | 500..=599),
+    })
 }
 
 /// The body of `response`, refused past `cap` bytes (read no further).
@@ -335,27 +349,92 @@ async fn read_capped(
     response: &mut reqwest::Response,
     cap: usize,
     what: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, FetchError> {
+    let too_long = || FetchError::fatal(format!("{what}: more than the limit of {cap} bytes"));
     if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(format!("{what}: more than the limit of {cap} bytes"));
+        return Err(too_long());
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("{what}: {}", describe(&e)))?
+        .map_err(|e| FetchError::transport(what, &e))?
     {
         if body.len() + chunk.len() > cap {
-            return Err(format!("{what}: more than the limit of {cap} bytes"));
+            return Err(too_long());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-/// The parameters of a `Bearer` challenge (`realm="...",service="..."`);
-/// `None` for any other scheme.
-fn challenge_params(challenge: &str) -> Option<Vec<(String, String)>> {
+/// A pull token for `repository` from the token service a `Bearer`
+/// challenge names ([`bearer_challenge`]): the one exchange the controller
+/// (anonymously) and the runtime's pulls (with `basic` credentials when it
+/// has them) share. The token service is the registry's pick, so it is
+/// asked only over HTTPS or on a registry plain HTTP is allowed for,
+/// redirects are followed only as far as the client's
+/// [`redirect_policy`] allows, its answer is read up to 64 KiB, and no
+/// error body is shown.
+pub async fn bearer_token(
+    http: &reqwest::Client,
+    plain: &PlainHttp,
+    params: &[(String, String)],
+    repository: &str,
+    basic: Option<(&str, &str)>,
+) -> Result<String, FetchError> {
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    let realm = param("realm").ok_or_else(|| {
+        FetchError::fatal("the registry's bearer challenge has no realm".to_owned())
+    })?;
+    let scope = param("scope")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("repository:{repository}:pull"));
+    let mut query = vec![("scope", scope.as_str())];
+    if let Some(service) = param("service") {
+        query.push(("service", service));
+    }
+    let url = reqwest::Url::parse_with_params(realm, &query)
+        .map_err(|e| FetchError::fatal(format!("the registry's token service {realm:?}: {e}")))?;
+    if let Some(why) = refused_url(plain, &url) {
+        return Err(FetchError::fatal(format!(
+            "the registry's token service is {why}"
+        )));
+    }
+    let mut request = http.get(url.clone());
+    if let Some((user, password)) = basic {
+        request = request.basic_auth(user, Some(password));
+    }
+    let mut answer = request
+        .send()
+        .await
+        .map_err(|e| FetchError::transport(url.as_str(), &e))?;
+    check_status(&answer, url.as_str())?;
+    let body = read_capped(&mut answer, TOKEN_BYTES, &format!("the token from {url}")).await?;
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: Option<String>,
+        access_token: Option<String>,
+    }
+    let parsed: Token = serde_json::from_slice(&body).map_err(|e| {
+        FetchError::fatal(format!(
+            "the token from {url}: not a token service's answer: {e}"
+        ))
+    })?;
+    parsed
+        .token
+        .or(parsed.access_token)
+        .ok_or_else(|| FetchError::fatal(format!("the token from {url}: no token in the answer")))
+}
+
+/// The parameters of a `Bearer` challenge (`realm="...",service="..."`),
+/// a `WWW-Authenticate` header's value; `None` for any other scheme.
+pub fn bearer_challenge(challenge: &str) -> Option<Vec<(String, String)>> {
     let (scheme, rest) = challenge.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;

@@ -1430,3 +1430,80 @@ fn the_controller_resolves_a_tag_with_an_anonymous_token() {
         vec!["GET /token?scope=repository%3Aevil%2Fx%3Apull&service=test"]
     );
 }
+
+/// The peak resident set (`VmHWM`) of a child, polled until it exits.
+fn child_peak_rss(child: &mut std::process::Child) -> u64 {
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(kib) = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak = peak.max(kib * 1024);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak
+}
+
+/// A pull authenticates with the token service the registry's challenge
+/// names, which the registry picks: its answer is read up to the token cap
+/// (64 KiB), not whole into memory as `oci-client` would (1 GiB here), and
+/// the pull fails at once naming the cap.
+#[test]
+fn a_pull_reads_a_bounded_answer_from_the_registry_s_token_service() {
+    const HUGE: u64 = 1 << 30;
+    // No Content-Length: the answer only ends when the client hangs up.
+    let tokens = Responder::start(|_| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                    Connection: close\r\n\r\n{\"token\": \""
+            .to_owned();
+        (head, HUGE)
+    });
+    let realm = format!("http://{}/token", tokens.addr);
+    let registry = Responder::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",\
+             service=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        (head, 0)
+    });
+    let node = Node::new();
+    let reference = format!("{}/x:v1", registry.addr);
+    let started = Instant::now();
+    let mut child = Command::new(hostaction_bin())
+        .arg("--cache-dir")
+        .arg(node.path("cache"))
+        .args(["pull", &reference, "--plain-http", "--retries", "0"])
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", node.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let peak = child_peak_rss(&mut child);
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        peak < 256 << 20,
+        "the pull peaked at {} MiB RSS:\n{}",
+        peak >> 20,
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the token from") && err.contains("limit of 65536 bytes"),
+        "{err}"
+    );
+    // Refused as soon as the cap is passed, not cut by the rate floor's
+    // 30 s window.
+    assert!(elapsed < Duration::from_secs(25), "took {elapsed:?}: {err}");
+    assert!(
+        tokens.asked().iter().all(|r| r.starts_with("GET /token?")),
+        "{:?}",
+        tokens.asked()
+    );
+}

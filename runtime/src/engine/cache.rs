@@ -37,6 +37,10 @@ impl DiskCache {
             .mode(0o700)
             .create(dir)
             .map_err(|e| host("create", e))?;
+        // Resolved once: later loads go through no symlink an ancestor's
+        // owner could swap, and no ancestor is another user's.
+        let dir = &crate::capabilities::files::trusted_directory(dir)
+            .map_err(|why| Error::Host(format!("cache directory {}: {why}", dir.display())))?;
         let meta = std::fs::metadata(dir).map_err(|e| host("stat", e))?;
         if meta.uid() != rustix::process::geteuid().as_raw()
             || meta.permissions().mode() & 0o022 != 0
@@ -112,4 +116,60 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::File::create_new(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::oci::ModuleStore;
+
+    fn opens(dir: &Path) -> (Result<()>, Result<()>) {
+        let engine = Engine::default();
+        (
+            DiskCache::open(&dir.join("compiled"), &engine).map(|_| ()),
+            ModuleStore::open(&dir.join("modules"), None, u64::MAX).map(|_| ()),
+        )
+    }
+
+    /// Whoever can write an ancestor of the cache could swap `compiled`
+    /// for their own directory after it is opened, and have root load
+    /// their code: such ancestors are refused, naming the directory and
+    /// why; a root-owned sticky `/tmp` holding a root-owned entry is fine.
+    #[test]
+    fn cache_directories_below_another_user_s_directory_are_refused() {
+        // Under /tmp (sticky, its entry ours): opens.
+        let top = tempfile::tempdir().unwrap();
+        let (cache, store) = opens(top.path());
+        cache.unwrap();
+        store.unwrap();
+
+        // An ancestor writable by others, without the sticky bit.
+        let open = top.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (cache, store) = opens(&open.join("x"));
+        for err in [cache.unwrap_err(), store.unwrap_err()] {
+            let err = err.to_string();
+            assert!(
+                err.contains(&format!("{} is writable by others", open.display())),
+                "{err}"
+            );
+        }
+
+        // An ancestor another user owns (only root can hand one over).
+        if rustix::process::geteuid().is_root() {
+            let theirs = top.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+            let (cache, store) = opens(&theirs.join("x"));
+            for err in [cache.unwrap_err(), store.unwrap_err()] {
+                let err = err.to_string();
+                assert!(
+                    err.contains(&format!("{} is owned by uid 1000", theirs.display())),
+                    "{err}"
+                );
+            }
+        }
+    }
 }

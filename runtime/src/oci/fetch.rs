@@ -1,8 +1,11 @@
 //! Pulls: bounded GETs of manifests and blobs. oci-client reads whole
-//! bodies into memory (manifests, error bodies) before anything can cap
-//! them, so pulls fetch with reqwest and count every byte, and leave
-//! oci-client the auth negotiation (basic, or a bearer token from the
-//! registry's token service). Each request keeps a minimum rate ([`Meter`]):
+//! bodies into memory (manifests, error bodies, a token service's answer)
+//! before anything can cap them, so pulls fetch with reqwest and count every
+//! byte, and authenticate (basic, or a bearer token from the registry's
+//! token service) with the bounded exchange the controller's tag resolution
+//! uses ([`hostaction_controller::resolve::bearer_token`]: a 64 KiB token
+//! cap, redirects only to HTTPS or to registries plain HTTP is allowed for,
+//! no error body shown). Each request keeps a minimum rate ([`Meter`]):
 //! a per-read time-out alone lets a registry that sends one byte every few
 //! seconds hold a pull for days.
 
@@ -11,15 +14,17 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::time::Duration;
 
+use oci_client::Reference;
 use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
+
+use hostaction_controller::resolve;
 
 use super::RegistryOptions;
 use super::artifact::{self, Blob, Layout};
 use super::store::{ModuleStore, Staging};
-use super::transfer::{Failure, Progress, auth, classify, describe, with_retries};
+use super::transfer::{Failure, Progress, auth, describe, with_retries};
 use crate::error::{Error, RegistryFault, Result};
 
 /// Bytes of an error response kept for its message.
@@ -48,7 +53,6 @@ pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> 
 
 /// One pull's view of a registry: where it is and how to authenticate.
 pub(super) struct Puller<'a> {
-    pub(super) client: &'a Client,
     pub(super) http: &'a reqwest::Client,
     pub(super) options: &'a RegistryOptions,
     /// Plain HTTP to this registry, not HTTPS.
@@ -146,29 +150,62 @@ impl Puller<'_> {
         )
     }
 
-    /// Negotiates access to the repository (oci-client caches the token).
+    /// Negotiates access to the repository: asks `/v2/` (its body unread)
+    /// which scheme the registry wants; a bearer token comes from the
+    /// bounded exchange the controller shares, with basic credentials when
+    /// there are some.
     async fn authorization(
         &self,
         auth: &RegistryAuth,
     ) -> std::result::Result<Authorization, Failure> {
-        let token = self
-            .client
-            .auth(self.reference, auth, RegistryOperation::Pull)
+        let basic = match auth {
+            RegistryAuth::Bearer(token) => return Ok(Authorization::Bearer(token.clone())),
+            RegistryAuth::Basic(user, password) => Some((user.as_str(), password.as_str())),
+            RegistryAuth::Anonymous => None,
+        };
+        let registry = self.reference.resolve_registry();
+        let what = format!("authenticating to {registry}");
+        let scheme = if self.plain { "http" } else { "https" };
+        let answer = self
+            .http
+            .get(format!("{scheme}://{registry}/v2/"))
+            .send()
             .await
-            .map_err(|e| {
-                classify(
-                    &format!("authenticating to {}", self.reference.registry()),
-                    &e,
-                )
-            })?;
-        Ok(match (token, auth) {
-            (Some(token), _) => Authorization::Bearer(token),
-            (None, RegistryAuth::Bearer(token)) => Authorization::Bearer(token.clone()),
-            (None, RegistryAuth::Basic(user, password)) => {
-                Authorization::Basic(user.clone(), password.clone())
+            .map_err(|e| transport(&what, &e))?;
+        let challenge = answer
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(resolve::bearer_challenge);
+        drop(answer);
+        let Some(params) = challenge else {
+            return Ok(match basic {
+                Some((user, password)) => {
+                    Authorization::Basic(user.to_owned(), password.to_owned())
+                }
+                None => Authorization::None,
+            });
+        };
+        let token = resolve::bearer_token(
+            self.http,
+            &self.options.plain(),
+            &params,
+            self.reference.repository(),
+            basic,
+        )
+        .await
+        .map_err(|e| {
+            let kind = match e.status {
+                Some(401 | 403) => RegistryFault::Unauthorized,
+                _ if e.transient => RegistryFault::Unavailable,
+                _ => RegistryFault::Protocol,
+            };
+            Failure {
+                error: Error::registry(kind, format!("{what}: {}", e.message)),
+                transient: e.transient,
             }
-            (None, RegistryAuth::Anonymous) => Authorization::None,
-        })
+        })?;
+        Ok(Authorization::Bearer(token))
     }
 
     /// A GET that succeeded (200), or the failure its status or transport

@@ -229,7 +229,6 @@ impl Registry {
             }
         };
         Ok(fetch::Puller {
-            client: self.oci(reference)?,
             http,
             options: &self.options,
             plain: self.is_plain(reference),

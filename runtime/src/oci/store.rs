@@ -106,6 +106,9 @@ impl ModuleStore {
                 .create(root.join(dir))
                 .map_err(|e| host(format_args!("creating {}", root.display()), e))?;
         }
+        // Resolved once, its ancestors checked: see `DiskCache::open`.
+        let root = &crate::capabilities::files::trusted_directory(root)
+            .map_err(|why| Error::Host(format!("module store {}: {why}", root.display())))?;
         let meta = fs::metadata(root).map_err(|e| host(root.display(), e))?;
         if meta.uid() != rustix::process::geteuid().as_raw()
             || meta.permissions().mode() & 0o022 != 0

@@ -20,6 +20,8 @@
 mod path;
 mod walk;
 
+pub(crate) use walk::trusted_directory;
+
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};

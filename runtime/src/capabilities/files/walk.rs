@@ -50,34 +50,64 @@ pub struct Walk {
     pub lookups: Vec<Lookup>,
 }
 
+/// Why a directory (owner `dir_uid`, mode `dir_mode`) holding an entry
+/// owned by `entry_uid` lets someone other than root or this process's user
+/// replace that entry; `None` when it does not.
+fn untrusted_dir(dir_uid: u32, dir_mode: u32, entry_uid: Option<u32>) -> Option<String> {
+    let me = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    if !trusted(dir_uid) {
+        Some(format!("is owned by uid {dir_uid}"))
+    } else if dir_mode & 0o022 != 0 && !(dir_mode & 0o1000 != 0 && entry_uid.is_some_and(trusted)) {
+        Some(format!(
+            "is writable by {} (mode {dir_mode:04o})",
+            if dir_mode & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+        ))
+    } else {
+        None
+    }
+}
+
+/// `dir` resolved (symlinks followed), after checking that every directory
+/// above it passes the rule grants' directories do ([`Walk::untrusted`]):
+/// code or artifacts kept there are trusted, so no other user may be able
+/// to swap a directory on the way for their own. The directory itself is
+/// its opener's to check.
+pub(crate) fn trusted_directory(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut entry_uid = None;
+    for ancestor in resolved.ancestors() {
+        let meta = std::fs::symlink_metadata(ancestor)
+            .map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        if ancestor != resolved
+            && let Some(why) = untrusted_dir(meta.uid(), meta.mode() & 0o7777, entry_uid)
+        {
+            return Err(format!(
+                "{} {why}: whoever can write there can replace {} (only root or this user \
+                 may, or a sticky directory whose entry is theirs)",
+                ancestor.display(),
+                resolved.display()
+            ));
+        }
+        entry_uid = Some(meta.uid());
+    }
+    Ok(resolved)
+}
+
 impl Walk {
     /// Whether every directory in `lookups` is one only root (or this
     /// process's user) can change: owned by one of them, and not writable by
     /// group or others unless sticky with the entry owned by one of them.
     /// Returns the first directory that is not, with why.
     pub fn untrusted(&self) -> Option<(&Lookup, String)> {
-        let me = rustix::process::geteuid().as_raw();
-        let trusted = |uid: u32| uid == 0 || uid == me;
-        self.lookups.iter().find_map(|l| {
-            let why = if !trusted(l.dir_uid) {
-                format!("is owned by uid {}", l.dir_uid)
-            } else if l.dir_mode & 0o022 != 0
-                && !(l.dir_mode & 0o1000 != 0 && l.entry_uid.is_some_and(trusted))
-            {
-                format!(
-                    "is writable by {} (mode {:04o})",
-                    if l.dir_mode & 0o002 != 0 {
-                        "others"
-                    } else {
-                        "its group"
-                    },
-                    l.dir_mode
-                )
-            } else {
-                return None;
-            };
-            Some((l, why))
-        })
+        self.lookups
+            .iter()
+            .find_map(|l| untrusted_dir(l.dir_uid, l.dir_mode, l.entry_uid).map(|why| (l, why)))
     }
 
     /// Whether this place and `other` can overlap: one is the other or lies
