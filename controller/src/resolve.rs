@@ -458,8 +458,9 @@ pub fn bearer_challenge(challenge: &str) -> Option<Vec<(String, String)>> {
 }
 
 /// The error and its sources on one line (reqwest hides the cause, such as
-/// "connection refused" or a refused redirect, in its source chain).
-fn describe(e: &dyn std::error::Error) -> String {
+/// "connection refused" or a refused redirect, in its source chain). The
+/// runtime's registry errors use it too.
+pub fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

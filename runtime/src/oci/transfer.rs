@@ -113,21 +113,7 @@ pub(super) fn classify(what: &str, e: &OciDistributionError) -> Failure {
     }
 }
 
-/// The error and its sources on one line (reqwest hides the cause, such as
-/// "connection refused", in its source chain).
-pub(super) fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
+pub(super) use hostaction_controller::resolve::describe;
 
 /// Runs `attempt` until it succeeds, fails for good, or has been retried
 /// `options.retries` times, waiting `backoff`, then twice that, and so on.
