@@ -362,3 +362,23 @@ pub fn assert_probe_reads_its_payload(host: &Host, probe: &str, grant: &str) {
     assert_eq!(results[0]["ok"], "hello from the payload");
     assert_eq!(err_kind(&results[1]), Some("not-found"), "{results:?}");
 }
+
+/// A process's peak resident set (`VmHWM` of `/proc/PID/status`, `self` for
+/// this one), in bytes; `None` once the process is gone.
+pub fn peak_rss_of(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
+/// This process's peak resident set, in bytes.
+pub fn peak_rss() -> u64 {
+    peak_rss_of("self").unwrap_or_else(|| panic!("no VmHWM in /proc/self/status"))
+}

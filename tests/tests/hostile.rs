@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::{RunReport, RunStatus};
-use hostaction_tests::{Host, cli_cache, guest, hostaction_bin, probe_results, request};
+use hostaction_tests::{Host, cli_cache, guest, hostaction_bin, peak_rss, probe_results, request};
 use serde_json::{Value, json};
 
 const GRANT: &str = "files: {write: [/opt/cni/bin]}";
@@ -315,19 +315,6 @@ fn cli_text_output_escapes_what_the_guest_wrote() {
     );
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["report"]["reason"], json!(fake));
-}
-
-/// This process's peak resident set (`VmHWM`), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim();
-    kib.parse::<u64>().unwrap() * 1024
 }
 
 /// Every pollable, stream or other WASI resource a guest holds is host

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hostaction_runtime::oci::ModuleStore;
 use hostaction_tests::registry::{Fault, FaultProxy, Registry};
-use hostaction_tests::{guest, hostaction_bin};
+use hostaction_tests::{guest, hostaction_bin, peak_rss, peak_rss_of};
 use serde_json::{Value, json};
 
 /// A node: its own cache directory (module store and precompiled code) and
@@ -1311,19 +1311,6 @@ fn a_registry_cannot_redirect_a_pull_to_plain_http_elsewhere() {
     );
 }
 
-/// This process's peak resident set (`VmHWM`), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim();
-    kib.parse::<u64>().unwrap() * 1024
-}
-
 /// The controller resolves a HostAction's tag with the registry its author
 /// named: what that registry answers is read up to a manifest's worth, not
 /// into memory whole (1 GiB here; at a cluster network's rate over the
@@ -1433,15 +1420,11 @@ fn the_controller_resolves_a_tag_with_an_anonymous_token() {
 
 /// The peak resident set (`VmHWM`) of a child, polled until it exits.
 fn child_peak_rss(child: &mut std::process::Child) -> u64 {
-    let status = format!("/proc/{}/status", child.id());
+    let pid = child.id().to_string();
     let mut peak = 0;
     while child.try_wait().unwrap().is_none() {
-        if let Some(kib) = std::fs::read_to_string(&status).ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        }) {
-            peak = peak.max(kib * 1024);
+        if let Some(bytes) = peak_rss_of(&pid) {
+            peak = peak.max(bytes);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
