@@ -378,6 +378,22 @@ impl ControlPlane {
             .expect("run kubectl")
     }
 
+    /// `kubectl apply --server-side -f PATH` (a file, or a directory of
+    /// manifests applied in name order, as a user applies them), then waits
+    /// until the hostaction CRDs are established; kubectl's output of the
+    /// apply.
+    pub fn apply_and_wait_for_crds(&self, path: &Path) -> String {
+        let out = self.kubectl_ok(&["apply", "--server-side", "-f", &path.to_string_lossy()]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/hostactions.hostaction.dev",
+            "crd/hostactionruns.hostaction.dev",
+        ]);
+        out
+    }
+
     /// Like [`ControlPlane::kubectl`], and panics (with kubectl's output)
     /// unless it succeeds; returns its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {

@@ -63,15 +63,7 @@ impl Backend {
     /// user applies it) and the controller's namespace (its Lease).
     fn real() -> Backend {
         let plane = ControlPlane::start();
-        let crds = workspace().join("manifests/crds.yaml");
-        plane.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-        plane.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/hostactions.hostaction.dev",
-            "crd/hostactionruns.hostaction.dev",
-        ]);
+        plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
         plane.kubectl_ok(&["create", "namespace", "hostaction-system"]);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -16,16 +16,7 @@ fn control_plane_with_crds() -> &'static ControlPlane {
     static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let plane = ControlPlane::shared();
     CRDS.get_or_init(|| {
-        let crds = workspace().join("manifests/crds.yaml");
-        let crds = crds.to_str().unwrap();
-        plane.kubectl_ok(&["apply", "--server-side", "-f", crds]);
-        plane.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/hostactions.hostaction.dev",
-            "crd/hostactionruns.hostaction.dev",
-        ]);
+        plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
     });
     plane
 }

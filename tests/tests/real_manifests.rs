@@ -42,19 +42,9 @@ fn cluster() -> (&'static ControlPlane, &'static str) {
     static APPLIED: OnceLock<String> = OnceLock::new();
     let plane = ControlPlane::shared();
     let applied = APPLIED.get_or_init(|| {
-        let manifests = workspace().join("manifests");
-        let manifests = format!("{}/", manifests.display());
         // One apply, as the README says; kubectl exits 1 if any object
         // fails (it goes on with the others).
-        let out = plane.kubectl_ok(&["apply", "--server-side", "-f", &manifests]);
-        plane.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/hostactions.hostaction.dev",
-            "crd/hostactionruns.hostaction.dev",
-        ]);
-        out
+        plane.apply_and_wait_for_crds(&workspace().join("manifests"))
     });
     (plane, applied)
 }
@@ -947,15 +937,7 @@ fn token_kubeconfig(plane: &ControlPlane, name: &str, token: &str) -> std::path:
 #[tokio::test]
 async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts() {
     let plane = ControlPlane::start();
-    let manifests = format!("{}/", workspace().join("manifests").display());
-    plane.kubectl_ok(&["apply", "--server-side", "-f", &manifests]);
-    plane.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/hostactions.hostaction.dev",
-        "crd/hostactionruns.hostaction.dev",
-    ]);
+    plane.apply_and_wait_for_crds(&workspace().join("manifests"));
     node(&plane, "e2e-node").await;
     let pod = agent_pod(&plane, "e2e-agent", "e2e-node").await;
     let agent_config = token_kubeconfig(&plane, "agent", &token(&plane, AGENT, Some(&pod)).await);
