@@ -15,11 +15,12 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "what the tests need (scripts/install-test-deps.sh)"
 scripts/install-test-deps.sh
 
-# etcd, kube-apiserver and kubectl from source into a cache outside the clone
+# etcd, kube-apiserver, kubectl and kube-controller-manager (its garbage
+# collector) from source into a cache outside the clone
 # (~6-11 min the first time on 2 cores, a moment after): the tests that need a
 # real Kubernetes control plane use them (tests/src/kube_control_plane.rs).
 step "a Kubernetes control plane (scripts/build-control-plane.sh)"
-HOSTACTION_CONTROL_PLANE_BIN=$(scripts/build-control-plane.sh | tail -n 1)
+HOSTACTION_CONTROL_PLANE_BIN=$(scripts/build-control-plane.sh --with-controller-manager | tail -n 1)
 export HOSTACTION_CONTROL_PLANE_BIN
 
 step "guest components (scripts/build-guests.sh)"

@@ -9,7 +9,8 @@
 //! that exits or is killed takes its etcd and kube-apiserver with it; a
 //! dropped [`ControlPlane`] kills them by pid. The binaries come from
 //! `$HOSTACTION_CONTROL_PLANE_BIN` when set (a directory holding `etcd`,
-//! `kube-apiserver` and `kubectl`), else from the script (which builds only
+//! `kube-apiserver`, `kubectl` and `kube-controller-manager`), else from the
+//! script (`--with-controller-manager`; it builds only
 //! what its cache lacks: ~11 min the first time, a moment after).
 //!
 //! kube-apiserver can be stopped and started again over the same etcd
@@ -21,8 +22,10 @@
 //! [`ControlPlane::user_config`], any user with at most one group, by client
 //! certificates of the client CA. ServiceAccount tokens work too: the
 //! apiserver signs them with an ECDSA P-256 key (issuer `https://127.0.0.1:PORT`).
-//! Without kube-controller-manager there is no garbage collection by owner
-//! references, no namespace deletion and no `default` ServiceAccount.
+//! Only a test that starts kube-controller-manager
+//! ([`ControlPlane::start_controller_manager`], its garbage collector alone)
+//! has garbage collection by owner references; there is never namespace
+//! deletion or a `default` ServiceAccount.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,6 +74,9 @@ pub struct ControlPlane {
     apiserver_args: Vec<String>,
     /// kube-apiserver (unless stopped), then etcd: killed in that order.
     children: Mutex<Vec<Child>>,
+    /// kube-controller-manager, once [`ControlPlane::start_controller_manager`]
+    /// started it; killed first.
+    controller_manager: Mutex<Option<Child>>,
 }
 
 impl ControlPlane {
@@ -216,6 +222,7 @@ impl ControlPlane {
             kubeconfig,
             apiserver_args,
             children: Mutex::new(children),
+            controller_manager: Mutex::new(None),
             dir,
         };
         match plane.wait_ready() {
@@ -292,6 +299,32 @@ impl ControlPlane {
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!("kube-apiserver restarted but {why}:\n{}", tail.join("\n"));
         }
+    }
+
+    /// Starts kube-controller-manager with only its garbage collector (it
+    /// deletes objects whose owners are gone, by `ownerReferences`), as the
+    /// admin, serving nothing. Start it after the CRDs are established: it
+    /// discovers resources at start (and every 30 s after).
+    ///
+    /// # Panics
+    /// When it was not built (`scripts/build-control-plane.sh
+    /// --with-controller-manager`), is already running, or does not start.
+    pub fn start_controller_manager(&self) {
+        let binary = self.bin.join("kube-controller-manager");
+        assert!(
+            binary.exists(),
+            "{} is missing: run scripts/build-control-plane.sh --with-controller-manager",
+            binary.display()
+        );
+        let mut running = self.controller_manager.lock().expect("controller manager");
+        assert!(running.is_none(), "kube-controller-manager is running");
+        let mut kcm = Command::new(binary);
+        kcm.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--controllers=garbage-collector-controller")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0");
+        let log = self.dir.path().join("kube-controller-manager.log");
+        *running = Some(spawn_logged(kcm, &log).unwrap_or_else(|e| panic!("{e}")));
     }
 
     /// The audit log's events so far (one JSON object per request, at
@@ -418,6 +451,11 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        let controller_manager = match self.controller_manager.get_mut() {
+            Ok(running) => running.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        kill_all(controller_manager.into_iter().collect());
         let children = match self.children.get_mut() {
             Ok(children) => std::mem::take(children),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
@@ -437,6 +475,7 @@ pub fn bin_dir() -> &'static Path {
         }
         let script = crate::workspace().join("scripts/build-control-plane.sh");
         let out = Command::new(&script)
+            .arg("--with-controller-manager")
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
