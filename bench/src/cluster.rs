@@ -148,12 +148,14 @@ impl Cpu {
         }
     }
 
+    /// In hundredths, the resolution of `/proc/<pid>/stat`.
     fn json(self) -> Value {
+        let round = |seconds: f64| (seconds * USER_HZ).round() / USER_HZ;
         json!({
-            "controller": self.controller,
-            "kube_apiserver": self.apiserver,
-            "etcd": self.etcd,
-            "agents_process": self.agents,
+            "controller": round(self.controller),
+            "kube_apiserver": round(self.apiserver),
+            "etcd": round(self.etcd),
+            "agents_process": round(self.agents),
         })
     }
 }
