@@ -13,11 +13,11 @@
 //! - `oci` ([`oci`]): cold, warm and hot starts of an action pulled from a
 //!   real registry on 127.0.0.1, beside `skopeo copy`; writes
 //!   `target/bench/oci.json`.
-//! - `cluster` ([`cluster`]): one HostAction fanned out to `--nodes`
-//!   (1000) simulated nodes — the real controller and one real node agent
-//!   per node in this process, against the tests' API-server double — timed
-//!   until every run Succeeded, with the API writes per node; writes
-//!   `target/bench/cluster.json`.
+//! - `cluster` ([`cluster`]): one HostAction fanned out to each of
+//!   `--nodes` (100 and 1000) simulated nodes — a real kube-apiserver and
+//!   etcd, the controller process, one real node agent per node in this
+//!   process — timed until every run Succeeded, with the API writes per node
+//!   and the control plane's CPU seconds; writes `target/bench/cluster.json`.
 //! - `languages` ([`languages`]): the same action in Rust, Python,
 //!   JavaScript and C side by side — size, first compile, precompiled-cache
 //!   load, instantiate and run; writes `target/bench/languages.json`.
@@ -76,9 +76,10 @@ struct Args {
     /// Runs measured at once (memory suite).
     #[arg(long, default_value_t = 16)]
     concurrent: usize,
-    /// Simulated nodes (cluster suite).
-    #[arg(long, default_value_t = 1000)]
-    nodes: usize,
+    /// Simulated nodes (cluster suite): one fan-out per size, each on a
+    /// control plane of its own.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    nodes: Vec<usize>,
     /// Where to write the JSON results (`<suite>.json`).
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
@@ -95,7 +96,8 @@ enum Suite {
     Services,
     /// Cold, warm and hot starts from a registry, beside `skopeo copy`.
     Oci,
-    /// One HostAction to `--nodes` simulated nodes: time and API writes.
+    /// One HostAction to `--nodes` simulated nodes on a real kube-apiserver:
+    /// time, API writes and CPU.
     Cluster,
     /// The same action in Rust, Python, JavaScript and C.
     Languages,
@@ -164,7 +166,7 @@ fn main() -> BenchResult<()> {
     }
     if matches!(args.suite, Suite::Cluster | Suite::All) {
         cluster::run(&cluster::Config {
-            nodes: args.nodes,
+            nodes: args.nodes.clone(),
             module: args.cluster_module.clone(),
             out: args.out_dir.join("cluster.json"),
         })?;
