@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod lease;
 pub mod metrics;
+pub mod nodes;
 pub mod plan;
 pub mod reconcile;
 pub mod resolve;
@@ -100,9 +101,16 @@ pub async fn run(
 
     let (nodes, node_writer) = reflector::store::<Node>();
     let (runs, run_writer) = reflector::store::<HostActionRun>();
+    // Nodes are read as `ReadNode`s (name, labels, readiness): see
+    // `nodes` for why not whole.
     let node_events = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(
+            Api::<nodes::ReadNode>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|event| event.map(nodes::node_event)),
     );
     let run_events = reflector::reflector(
         run_writer,

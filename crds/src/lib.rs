@@ -37,6 +37,14 @@ pub const DEFAULT_STRING_BYTES: u64 = 1024;
 pub const DEFAULT_LIST_ITEMS: u64 = 64;
 /// Bytes of a condition's message (Kubernetes' own bound for `Condition`).
 pub const CONDITION_MESSAGE_BYTES: u64 = 32768;
+/// What a `format: date-time` string must also match: RFC 3339 in UTC as
+/// k8s-openapi writes it (an optional fraction of up to 9 digits), before
+/// year 9000. The API server's `date-time` alone takes `t`/`z`, any
+/// character for the fraction's dot, offsets like `+99:99` and year 9999's
+/// last day, none of which k8s-openapi (jiff) parses; and an agent writes
+/// its run's times, which the controller lists with every other run.
+pub const DATE_TIME_PATTERN: &str =
+    "^[0-8][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?Z$";
 
 /// Both CustomResourceDefinitions, every string, list and map in them
 /// bounded so that the API server itself refuses oversized objects; only
@@ -76,7 +84,8 @@ fn bounded(crd: CustomResourceDefinition) -> Result<CustomResourceDefinition, se
 }
 
 /// Gives every string without a `maxLength` (or `enum`) a default one, and
-/// every list and map without a `maxItems` (`maxProperties`) a default one.
+/// every list and map without a `maxItems` (`maxProperties`) a default one;
+/// every `date-time` string [`DATE_TIME_PATTERN`].
 fn bound(schema: &mut Value) {
     let Some(map) = schema.as_object_mut() else {
         return;
@@ -88,6 +97,9 @@ fn bound(schema: &mut Value) {
         Some("string") if !map.contains_key("enum") => {
             map.entry("maxLength")
                 .or_insert(DEFAULT_STRING_BYTES.into());
+            if map.get("format").and_then(Value::as_str) == Some("date-time") {
+                map.entry("pattern").or_insert(DATE_TIME_PATTERN.into());
+            }
         }
         Some("array") => {
             map.entry("maxItems").or_insert(DEFAULT_LIST_ITEMS.into());

@@ -123,11 +123,19 @@ pub struct HostActionRunStatus {
     /// Where the run is.
     #[serde(default)]
     pub phase: RunPhase,
-    /// When the agent started it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the agent started it (none when unreadable: see [`lenient_time`]).
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub started_at: Option<Time>,
-    /// When it finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it finished (none when unreadable: see [`lenient_time`]).
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub finished_at: Option<Time>,
     /// Whether it changed the node (in plan mode: whether it would).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +185,15 @@ pub struct EffectSummary {
 
 /// Bytes of a capability or effect name in a status.
 pub const WORD_BYTES: usize = 64;
+
+/// A time the agent wrote, or none when k8s-openapi cannot parse it. The
+/// CRD refuses such times ([`crate::DATE_TIME_PATTERN`]), but a run stored
+/// under an older CRD may hold one, and one run the controller cannot read
+/// would fail its list of every run, and so every rollout.
+fn lenient_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
+}
 
 fn is_zero(n: &i32) -> bool {
     *n == 0

@@ -203,3 +203,69 @@ fn module_rules_take_registry_references_only() {
         ]
     );
 }
+
+/// A run status whose times k8s-openapi cannot parse (stored under an older
+/// CRD) still reads, without them: one unreadable run must not fail the
+/// controller's list of every run. Readable ones are kept.
+#[test]
+fn a_run_status_with_unreadable_times_still_reads() {
+    use hostaction_crds::{HostActionRunStatus, RunPhase};
+    for at in [
+        "2024-01-01T00:00:00x5Z",
+        "2024-01-01T00:00:00+99:99",
+        "9999-12-31T23:59:59Z",
+        "2024-01-01T00:00:00.1234567890123456789Z",
+    ] {
+        let status: HostActionRunStatus = serde_json::from_value(serde_json::json!({
+            "phase": "Succeeded", "startedAt": at, "finishedAt": at,
+        }))
+        .unwrap_or_else(|e| panic!("{at}: {e}"));
+        assert_eq!(status.phase, RunPhase::Succeeded);
+        assert_eq!(
+            (status.started_at, status.finished_at),
+            (None, None),
+            "{at}"
+        );
+    }
+    let status: HostActionRunStatus = serde_json::from_value(serde_json::json!({
+        "finishedAt": "2024-01-01T00:00:00Z",
+    }))
+    .unwrap();
+    assert!(status.finished_at.is_some());
+}
+
+/// Every `date-time` string of both CRDs carries the pattern that keeps out
+/// what k8s-openapi cannot parse.
+#[test]
+fn every_date_time_in_the_crds_has_the_pattern() {
+    fn visit(schema: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+        let Some(map) = schema.as_object() else {
+            return;
+        };
+        if map.get("format").and_then(|f| f.as_str()) == Some("date-time") {
+            assert_eq!(
+                map.get("pattern").and_then(|p| p.as_str()),
+                Some(hostaction_crds::DATE_TIME_PATTERN),
+                "{at}"
+            );
+            found.push(at.to_owned());
+        }
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Array(items) => {
+                    items
+                        .iter()
+                        .for_each(|v| visit(v, &format!("{at}/{key}"), found));
+                }
+                other => visit(other, &format!("{at}/{key}"), found),
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for doc in crds_yaml().unwrap().split("\n---\n") {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(doc).unwrap();
+        visit(&doc, "", &mut found);
+    }
+    assert!(found.iter().any(|f| f.contains("finishedAt")), "{found:?}");
+    assert!(found.iter().any(|f| f.contains("startedAt")), "{found:?}");
+}

@@ -98,7 +98,7 @@ impl ControlPlane {
     pub fn start() -> ControlPlane {
         let bin = bin_dir().to_path_buf();
         let base = std::env::temp_dir().join("hostaction-control-plane");
-        std::fs::create_dir_all(&base).expect("control-plane base dir");
+        own_base_dir(&base).unwrap_or_else(|e| panic!("{e}"));
         remove_stale_dirs(&base);
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
@@ -657,6 +657,29 @@ fn stop_with(children: Vec<Child>, dir: &Path, what: &str, why: &str) -> String 
     format!("{what} {why}; the end of its log:\n{}", tail.join("\n"))
 }
 
+/// Creates `base` (mode 0700) unless it exists, and checks that it is a
+/// directory (not a symlink) owned by this user: the tests run as root and
+/// [`remove_stale_dirs`] deletes under it, so a `base` another user planted
+/// in the shared temporary directory (a symlink to `/etc`, say) must not be
+/// used.
+fn own_base_dir(base: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", base.display())),
+    }
+    let meta = std::fs::symlink_metadata(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_dir() || meta.uid() != me {
+        return Err(format!(
+            "{} is not a directory of this user's (uid {me}): not used",
+            base.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Removes the directories of control planes whose test binary is gone
 /// (a shared control plane's directory outlives it: statics are not dropped).
 fn remove_stale_dirs(base: &Path) {
@@ -665,10 +688,51 @@ fn remove_stale_dirs(base: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name.to_string_lossy().split('-').next().map(str::to_owned);
-        let alive = pid.is_some_and(|pid| Path::new("/proc").join(pid).exists());
-        if !alive {
+        // Only `PID-...` names are this harness's; anything else is left.
+        let Some(pid) = name
+            .to_string_lossy()
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn a_planted_base_dir_is_not_used_and_only_pid_dirs_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir_all(victim.join("ssh")).unwrap();
+        let planted = tmp.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let refused = own_base_dir(&planted).unwrap_err();
+        assert!(
+            refused.contains("not a directory of this user's"),
+            "{refused}"
+        );
+
+        let base = tmp.path().join("base");
+        own_base_dir(&base).unwrap();
+        own_base_dir(&base).unwrap();
+        std::fs::create_dir_all(base.join("ssh")).unwrap();
+        std::fs::create_dir_all(base.join("4000000000-gone")).unwrap();
+        let mine = base.join(format!("{}-alive", std::process::id()));
+        std::fs::create_dir_all(&mine).unwrap();
+        remove_stale_dirs(&base);
+        assert!(base.join("ssh").exists());
+        assert!(mine.exists());
+        assert!(!base.join("4000000000-gone").exists());
+        assert!(victim.join("ssh").exists());
     }
 }
