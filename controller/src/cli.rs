@@ -34,6 +34,18 @@ pub struct ControllerArgs {
         default_value = "hostaction-system"
     )]
     pub lease_namespace: String,
+    /// How long the Lease's record must stay unchanged before another
+    /// replica takes it over (the longest a dead leader blocks rollouts).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15.0)]
+    pub lease_duration: f64,
+    /// How long the leader keeps failing to renew before it stops
+    /// reconciling and exits; shorter than --lease-duration.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub renew_deadline: f64,
+    /// The pause between two attempts to acquire or renew the Lease;
+    /// shorter than --renew-deadline.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub retry_period: f64,
     /// This replica's identity in the Lease and in Events [default: host name and process id].
     #[arg(long, value_name = "ID", env = "POD_NAME")]
     pub identity: Option<String>,
@@ -96,14 +108,25 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
     let mut registry = Registry::default();
     let metrics = ControllerMetrics::register(&mut registry);
     serve_metrics(args.metrics_addr, registry).await?;
-    let options = Options {
-        lease: (!args.no_leader_election).then(|| {
-            LeaseConfig::new(
+    let lease = if args.no_leader_election {
+        None
+    } else {
+        let config = LeaseConfig {
+            lease_duration: seconds("lease-duration", args.lease_duration)?,
+            renew_deadline: seconds("renew-deadline", args.renew_deadline)?,
+            retry_period: seconds("retry-period", args.retry_period)?,
+            ..LeaseConfig::new(
                 args.lease_name.clone(),
                 args.lease_namespace.clone(),
                 identity.clone(),
             )
-        }),
+        };
+        // Refused here, before serving anything, rather than at acquire.
+        config.check()?;
+        Some(config)
+    };
+    let options = Options {
+        lease,
         resolver: Resolver::new(
             PlainHttp {
                 loopback: args.plain_http,
@@ -120,6 +143,18 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         "controller starting"
     );
     crate::run(client, options, shutdown_signal()).await
+}
+
+/// `value` seconds of `--flag`, refused unless positive and finite.
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, Error> {
+    std::time::Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "--{flag} {value}: not a positive number of seconds"
+            ))
+        })
 }
 
 /// Binds `addr` and serves `registry` there in the background.

@@ -8,6 +8,16 @@
 //! not changed for `lease_duration` on this process's own clock; the
 //! holder's `renewTime` is never compared with the local clock, since
 //! clocks skew.
+//!
+//! Why not the `kube-lease-manager` crate: its 0.13.1 does build with our
+//! kube 5.0.0 / k8s-openapi 0.29, but it judges a lease expired by the
+//! holder's `renewTime` plus its duration against the local wall clock (a
+//! replica whose clock runs ahead takes over a live lease), and it has no
+//! renew deadline: a leader whose renewals fail keeps reporting itself
+//! leader past the lease's expiry, while another replica may take over, so
+//! two would create runs. It also panics on timings it refuses. This file
+//! keeps client-go's rules instead, and `tests/tests/cluster.rs` checks
+//! them with two real replicas on a real kube-apiserver.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,21 +68,24 @@ impl LeaseConfig {
     }
 
     /// Refuses timings under which two replicas could both act as leader.
-    fn check(&self) -> Result<(), LeaseError> {
+    ///
+    /// # Errors
+    /// [`LeaseError::Config`] naming the rule broken (and its flag).
+    pub fn check(&self) -> Result<(), LeaseError> {
         if self.identity.is_empty() {
-            return Err(LeaseError::Config("identity is empty"));
+            return Err(LeaseError::Config("identity (--identity) is empty"));
         }
         if self.retry_period.is_zero() {
-            return Err(LeaseError::Config("retry_period is zero"));
+            return Err(LeaseError::Config("retry_period (--retry-period) is zero"));
         }
         if self.renew_deadline <= self.retry_period {
             return Err(LeaseError::Config(
-                "renew_deadline must be longer than retry_period",
+                "renew_deadline (--renew-deadline) must be longer than retry_period (--retry-period)",
             ));
         }
         if self.lease_duration <= self.renew_deadline {
             return Err(LeaseError::Config(
-                "lease_duration must be longer than renew_deadline",
+                "lease_duration (--lease-duration) must be longer than renew_deadline (--renew-deadline)",
             ));
         }
         Ok(())

@@ -12,8 +12,10 @@
 //! - [`reconcile`]: the kube-rs reconciler that carries a plan out;
 //! - [`resolve`]: tag → digest;
 //! - [`lease`]: leader election; [`metrics`]: the metrics endpoint;
+//! - [`backoff`]: the watches' back-off (shared with the node agent);
 //! - [`cli`]: `hostaction controller` and the `hostaction-controller` binary.
 
+pub mod backoff;
 pub mod cli;
 pub mod lease;
 pub mod metrics;
@@ -35,6 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client};
 
+use crate::backoff::WatchBackoff;
 use crate::lease::{LeaderElector, LeaseConfig};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::Context;
@@ -109,7 +112,7 @@ pub async fn run(
             Api::<nodes::ReadNode>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .map(|event| event.map(nodes::node_event)),
     );
     let run_events = reflector::reflector(
@@ -118,13 +121,15 @@ pub async fn run(
             Api::<HostActionRun>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff(),
+        .backoff(WatchBackoff::default()),
     );
     let controller = Controller::new(
         Api::<HostAction>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(controller::Config::default().debounce(Duration::from_millis(250)));
+    .with_config(controller::Config::default().debounce(Duration::from_millis(250)))
+    // The HostAction watch and the merged trigger streams: bounded too.
+    .trigger_backoff(WatchBackoff::default());
     let actions = controller.store();
     let context = Arc::new(Context {
         client: client.clone(),

@@ -10,12 +10,8 @@
 //! come from kube-apiserver's audit log; an API outage is kube-apiserver
 //! killed and started again over the same etcd; refused status writes are
 //! the server's own admission (a ValidatingAdmissionPolicy for 403/422, an
-//! unreachable validating webhook for 500).
-//!
-//! One test stays on the API-server double (`tests/src/apiserver.rs`),
-//! saying why: the agent's refusal of modules that are not pinned registry
-//! references, which the real server refuses at creation (the CRD's CEL
-//! rule), so they never reach an agent through it.
+//! unreachable validating webhook for 500). Two controller replicas elect
+//! a leader on a real Lease. No test here uses the API-server double.
 //!
 //! The vxlan-overlay test needs root (network namespaces; CI runs as root).
 
@@ -26,13 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hostaction_tests::apiserver::{ApiServer, Refusal, Writes};
 use hostaction_tests::kube_control_plane::ControlPlane;
 use hostaction_tests::registry::Registry;
 use hostaction_tests::{Host, guest, hostaction_bin, probe_results, workspace};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
 };
 use serde_json::{Value, json};
 
@@ -42,28 +37,54 @@ const CNI_GRANT: &str = r#"{"files": {"write": ["/etc/cni/net.d", "/opt/cni/bin"
 /// policy grant nothing).
 const CNI_POLICY: &str = "files: {write: [/etc/cni/net.d, /opt/cni/bin]}\n";
 
-/// Where the cluster's API is served: a real kube-apiserver and etcd of
-/// its own (most tests), or the double (tests that need a failure no real
-/// server can be made to produce).
-enum Backend {
-    Real(Box<Real>),
-    Double(ApiServer),
+/// The leader election's timings of the controller replicas in
+/// [`two_controller_replicas_hand_the_rollout_over_through_a_real_lease`]:
+/// shorter than the defaults (15/10/2 s) and as legal (retry period <
+/// renew deadline < lease duration).
+struct LeaseTimings {
+    duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
 }
+
+const LEASE: LeaseTimings = LeaseTimings {
+    duration: Duration::from_secs(10),
+    renew_deadline: Duration::from_secs(6),
+    retry_period: Duration::from_secs(1),
+};
+
+/// How soon after kube-apiserver's return an interrupted rollout of three
+/// short runs completes: the watches' back-off (at most 5 s) twice (a
+/// failed watch, then the 410 that makes the watcher re-list) and the runs,
+/// with room for a loaded machine; kube's default back-off took 25-75 s.
+const RESUME_BOUND: Duration = Duration::from_secs(20);
 
 /// A private control plane (the CRDs are cluster-scoped and tests run in
 /// parallel, so each test gets its own), with an admin client.
-struct Real {
+struct Api {
     plane: ControlPlane,
     runtime: tokio::runtime::Runtime,
     client: kube::Client,
 }
 
-impl Backend {
-    /// A control plane of its own with `manifests/crds.yaml` applied (as a
-    /// user applies it) and the controller's namespace (its Lease).
-    fn real() -> Backend {
+/// How the API server refuses writes to one run's status (see
+/// [`Api::refuse_status_writes`]).
+#[derive(Clone, Copy, Debug)]
+struct Refusal {
+    /// The HTTP code answered: 403 or 422 (an admission policy), 500 (a
+    /// validating webhook that cannot be reached).
+    code: u16,
+    /// Refuse only a status carrying a log tail (the part that makes one
+    /// large), else every status write.
+    only_with_log_tail: bool,
+}
+
+impl Api {
+    /// A control plane of its own with `crds` applied (as a user applies
+    /// them) and the controller's namespace (its Lease).
+    fn start(crds: &Path) -> Api {
         let plane = ControlPlane::start();
-        plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
+        plane.apply_and_wait_for_crds(crds);
         plane.kubectl_ok(&["create", "namespace", "hostaction-system"]);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -74,34 +95,28 @@ impl Backend {
             let _in_runtime = runtime.enter();
             plane.client()
         };
-        Backend::Real(Box::new(Real {
+        Api {
             plane,
             runtime,
             client,
-        }))
+        }
     }
 
-    /// The kubeconfig the controller and the agents use. On the real
-    /// server it is the admin's (`system:masters`): these tests are about
-    /// the rollout, not RBAC (the manifests' service accounts are tested
-    /// in real_apiserver.rs).
+    /// The kubeconfig the controller and the agents use: the admin's
+    /// (`system:masters`): these tests are about the rollout, not RBAC (the
+    /// manifests' service accounts are tested in real_apiserver.rs).
     fn write_kubeconfig(&self, path: &Path) {
-        match self {
-            Backend::Real(real) => {
-                std::fs::copy(real.plane.kubeconfig(), path).unwrap();
-            }
-            Backend::Double(api) => api.write_kubeconfig(path).unwrap(),
-        }
+        std::fs::copy(self.plane.kubeconfig(), path).unwrap();
     }
 
     /// The dynamic API of `kind` (cluster-wide, or in `namespace`), and
     /// whether the kind is namespaced.
     fn dynamic(
-        real: &Real,
+        &self,
         api_version: &str,
         kind: &str,
         namespace: Option<&str>,
-    ) -> Api<DynamicObject> {
+    ) -> kube::Api<DynamicObject> {
         let (plural, namespaced) = match kind {
             "Node" => ("nodes", false),
             "HostAction" => ("hostactions", false),
@@ -117,30 +132,25 @@ impl Backend {
         let resource =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         match (namespaced, namespace) {
-            (true, Some(ns)) => Api::namespaced_with(real.client.clone(), ns, &resource),
+            (true, Some(ns)) => kube::Api::namespaced_with(self.client.clone(), ns, &resource),
             (true, None) if kind != "Event" => {
-                Api::namespaced_with(real.client.clone(), "default", &resource)
+                kube::Api::namespaced_with(self.client.clone(), "default", &resource)
             }
-            _ => Api::all_with(real.client.clone(), &resource),
+            _ => kube::Api::all_with(self.client.clone(), &resource),
         }
     }
 
     /// Creates `object` (its `status` too, through the status subresource,
     /// as the admin).
     fn insert(&self, object: Value) -> Value {
-        let real = match self {
-            Backend::Double(api) => return api.insert(object),
-            Backend::Real(real) => real,
-        };
-        let api = Self::dynamic(
-            real,
+        let api = self.dynamic(
             object["apiVersion"].as_str().unwrap(),
             object["kind"].as_str().unwrap(),
             object["metadata"]["namespace"].as_str(),
         );
         let name = object["metadata"]["name"].as_str().unwrap();
         let typed: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-        real.runtime.block_on(async {
+        self.runtime.block_on(async {
             let created = api.create(&PostParams::default(), &typed).await;
             let created = created.unwrap_or_else(|e| panic!("create {name}: {e}"));
             let Some(status) = object.get("status") else {
@@ -156,12 +166,8 @@ impl Backend {
     }
 
     fn remove(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
-        let real = match self {
-            Backend::Double(api) => return api.remove(api_version, kind, namespace, name),
-            Backend::Real(real) => real,
-        };
-        let api = Self::dynamic(real, api_version, kind, namespace);
-        match real
+        let api = self.dynamic(api_version, kind, namespace);
+        match self
             .runtime
             .block_on(api.delete(name, &DeleteParams::default()))
         {
@@ -178,23 +184,15 @@ impl Backend {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let real = match self {
-            Backend::Double(api) => return api.get(api_version, kind, namespace, name),
-            Backend::Real(real) => real,
-        };
-        let api = Self::dynamic(real, api_version, kind, namespace);
-        let object = real.runtime.block_on(api.get_opt(name));
+        let api = self.dynamic(api_version, kind, namespace);
+        let object = self.runtime.block_on(api.get_opt(name));
         let object = object.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"));
         object.map(|o| serde_json::to_value(o).unwrap())
     }
 
     fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
-        let real = match self {
-            Backend::Double(api) => return api.list(api_version, kind),
-            Backend::Real(real) => real,
-        };
-        let api = Self::dynamic(real, api_version, kind, None);
-        let list = real.runtime.block_on(api.list(&ListParams::default()));
+        let api = self.dynamic(api_version, kind, None);
+        let list = self.runtime.block_on(api.list(&ListParams::default()));
         let list = list.unwrap_or_else(|e| panic!("list {kind}: {e}"));
         list.items
             .into_iter()
@@ -203,63 +201,30 @@ impl Backend {
     }
 
     /// Write requests to one hostaction object so far (answered 2xx or
-    /// not), per `"{verb} {resource}[/status] {name}"`; on the real server
-    /// from its audit log.
+    /// not), per `"{verb} {resource}[/status] {name}"`, from kube-apiserver's
+    /// audit log.
     fn writes_to(&self) -> BTreeMap<String, u64> {
-        let real = match self {
-            Backend::Double(api) => return api.writes_to(),
-            Backend::Real(real) => real,
-        };
         let mut writes = BTreeMap::new();
-        for (key, _) in audited_writes(&real.plane) {
-            *writes.entry(key).or_default() += 1;
+        for write in audited_writes(&self.plane) {
+            *writes.entry(write.key).or_default() += 1;
         }
         writes
     }
 
-    /// Counts of write requests to hostaction objects, as the double's
-    /// [`ApiServer::writes`] (`"{verb} {resource}[/status]"`, refused ones
-    /// under `"rejected ..."`); on the real server from its audit log.
-    fn writes(&self) -> Writes {
-        let real = match self {
-            Backend::Double(api) => return api.writes(),
-            Backend::Real(real) => real,
-        };
-        let mut writes = Writes::default();
-        for (key, ok) in audited_writes(&real.plane) {
-            let key = key.rsplit_once(' ').unwrap().0.to_owned();
-            if ok {
-                writes.total += 1;
-                *writes.by.entry(key).or_default() += 1;
-            } else {
-                *writes.by.entry(format!("rejected {key}")).or_default() += 1;
-            }
-        }
-        writes
-    }
-
-    /// An API outage: the double answers 503 and ends every watch; the
-    /// real kube-apiserver is killed (etcd kept), then started again.
-    fn set_available(&self, up: bool) {
-        match (self, up) {
-            (Backend::Double(api), _) => api.set_available(up),
-            (Backend::Real(real), false) => real.plane.stop_apiserver(),
-            (Backend::Real(real), true) => real.plane.restart_apiserver(),
-        }
+    /// Write requests answered 2xx, of `"{verb} {resource}[/status]"` (any
+    /// object), from the audit log.
+    fn writes(&self, of: &str) -> u64 {
+        let of = format!("{of} ");
+        let writes = audited_writes(&self.plane).into_iter();
+        writes.filter(|w| w.ok && w.key.starts_with(&of)).count() as u64
     }
 
     /// From now on, refuses writes to the status of run `name` as `refusal`
-    /// says (`None`: takes them again). The real server refuses them by its
-    /// own admission mechanisms: a 403 or 422 by a ValidatingAdmissionPolicy
-    /// (with `over_bytes`, only a status carrying a log tail, the part that
-    /// makes one large), a 500 by a validating webhook that cannot be
+    /// says (`None`: takes them again), by kube-apiserver's own admission
+    /// mechanisms: a 403 or 422 by a ValidatingAdmissionPolicy, a 500 by a validating webhook that cannot be
     /// reached (`failurePolicy: Fail`). Returns once a canary run's status
     /// write is answered so.
     fn refuse_status_writes(&self, resource: &str, name: &str, refusal: Option<Refusal>) {
-        let real = match self {
-            Backend::Double(api) => return api.refuse_status_writes(resource, name, refusal),
-            Backend::Real(real) => real,
-        };
         assert_eq!(resource, "hostactionruns");
         const ADMISSION: &str = "admissionregistration.k8s.io/v1";
         let canary = format!("{name}-canary");
@@ -310,14 +275,17 @@ impl Backend {
                 }));
                 Some(500)
             }
-            Some(Refusal { code, over_bytes }) => {
+            Some(Refusal {
+                code,
+                only_with_log_tail,
+            }) => {
                 let reason = match code {
                     403 => "Forbidden",
                     422 => "Invalid",
                     413 => "RequestEntityTooLarge",
                     other => panic!("no admission policy answers {other}"),
                 };
-                let allowed = if over_bytes > 0 {
+                let allowed = if only_with_log_tail {
                     format!("!({named}) || !has(object.status.logTail)")
                 } else {
                     format!("!({named})")
@@ -350,12 +318,12 @@ impl Backend {
                 Some(code)
             }
         };
-        let runs = Self::dynamic(real, GROUP_VERSION, "HostActionRun", None);
+        let runs = self.dynamic(GROUP_VERSION, "HostActionRun", None);
         let patch = Patch::Merge(json!({"status": {"logTail": ["canary"]}}));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let answer =
-                real.runtime
+                self.runtime
                     .block_on(runs.patch_status(&canary, &PatchParams::default(), &patch));
             let code = match &answer {
                 Ok(_) => None,
@@ -374,9 +342,18 @@ impl Backend {
     }
 }
 
-/// The writes in `plane`'s audit log: `"{verb} {resource}[/status] {name}"`
-/// and whether it was answered 2xx.
-fn audited_writes(plane: &ControlPlane) -> Vec<(String, bool)> {
+/// One write in kube-apiserver's audit log.
+struct Write {
+    /// `"{verb} {resource}[/status] {name}"`.
+    key: String,
+    /// Answered 2xx.
+    ok: bool,
+    /// Who sent it (a client certificate's common name).
+    user: String,
+}
+
+/// The writes in `plane`'s audit log, in the order they were answered.
+fn audited_writes(plane: &ControlPlane) -> Vec<Write> {
     plane
         .audit_events()
         .into_iter()
@@ -393,19 +370,27 @@ fn audited_writes(plane: &ControlPlane) -> Vec<(String, bool)> {
                 "{} {resource} {name}",
                 e["verb"].as_str().unwrap_or_default()
             );
-            (key, (200..300).contains(&code))
+            let user = e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Write {
+                key,
+                ok: (200..300).contains(&code),
+                user,
+            }
         })
         .collect()
 }
 
-/// One API server (real or the double), one registry, the controller, and
-/// agents.
+/// One control plane, one registry, the controller, and agents.
 struct Cluster {
-    api: Backend,
+    api: Api,
     registry: Registry,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     controller: Option<Child>,
+    /// Node agents by node name, and controller replicas by identity.
     agents: BTreeMap<String, Child>,
     /// Agents started from now on mark a run `Running` after this many
     /// seconds (`--mark-running-after`; the agent's default is 1).
@@ -423,15 +408,10 @@ impl Cluster {
     /// A real control plane and the registry, no controller: tests of one
     /// agent put runs in the API themselves ([`Cluster::insert_run`]).
     fn bare() -> Cluster {
-        Cluster::on(Backend::real())
+        Cluster::on(Api::start(&workspace().join("manifests/crds.yaml")))
     }
 
-    /// The API-server double and the registry, no controller.
-    fn bare_on_double() -> Cluster {
-        Cluster::on(Backend::Double(ApiServer::start().unwrap()))
-    }
-
-    fn on(api: Backend) -> Cluster {
+    fn on(api: Api) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig);
@@ -447,7 +427,12 @@ impl Cluster {
     }
 
     fn command(&self, log: &str) -> Command {
-        let mut command = Command::new(hostaction_bin());
+        self.command_of(&hostaction_bin(), log)
+    }
+
+    /// `program` with the admin's kubeconfig, logging to `log`.
+    fn command_of(&self, program: &Path, log: &str) -> Command {
+        let mut command = Command::new(program);
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         command
             .env("KUBECONFIG", &self.kubeconfig)
@@ -471,6 +456,70 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.controller = Some(child);
+    }
+
+    /// Starts a replica of the controller (the `hostaction-controller`
+    /// binary, as its Deployment runs it) as `identity`, authenticated as
+    /// user `identity` (in `system:masters`) so the audit log tells the
+    /// replicas' writes apart, with the election's timings of [`LEASE`].
+    fn start_replica(&mut self, identity: &str) {
+        let binary = hostaction_bin().with_file_name("hostaction-controller");
+        let config = self.api.plane.user_config(identity, Some("system:masters"));
+        let kubeconfig = self.dir.path().join(format!("{identity}.kubeconfig"));
+        let ca = self.api.plane.dir().join("serving-ca.crt");
+        let user = &config.auth_info;
+        let kubeconfig_json = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.api.plane.url(), "certificate-authority": ca,
+            }}],
+            "users": [{"name": identity, "user": {
+                "client-certificate": user.client_certificate,
+                "client-key": user.client_key,
+            }}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": identity}}],
+            "current-context": "test",
+        });
+        std::fs::write(&kubeconfig, kubeconfig_json.to_string()).unwrap();
+        let mut command = self.command_of(&binary, &format!("{identity}.log"));
+        command
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["--plain-http", "--log-format", "text"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--identity", identity])
+            .args([
+                "--lease-duration",
+                &LEASE.duration.as_secs_f64().to_string(),
+            ])
+            .args([
+                "--renew-deadline",
+                &LEASE.renew_deadline.as_secs_f64().to_string(),
+            ])
+            .args([
+                "--retry-period",
+                &LEASE.retry_period.as_secs_f64().to_string(),
+            ]);
+        self.spawn_agent(identity, command);
+    }
+
+    /// The holder of the controller's Lease (`None`: released or absent).
+    fn lease_holder(&self) -> Option<String> {
+        let lease = self.api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("hostaction-system"),
+            "hostaction-controller",
+        )?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+    }
+
+    /// Polls until `identity` holds the Lease (up to `secs`); how long that took.
+    fn wait_for_holder(&self, identity: &str, secs: u64) -> Duration {
+        let started = Instant::now();
+        self.wait_for(secs, &format!("{identity} holding the lease"), |c| {
+            c.lease_holder().as_deref() == Some(identity)
+        });
+        started.elapsed()
     }
 
     /// Starts the controller again if it exited (as its Deployment would).
@@ -826,7 +875,7 @@ fn cni_install_rolls_out_one_node_at_a_time_and_reaches_a_node_that_joins_later(
         assert!(root.join("etc/cni/net.d").read_dir().unwrap().count() >= 1);
     }
     // One status write per short run (no separate Running mark).
-    assert_eq!(cluster.api.writes().get("patch hostactionruns/status"), 3);
+    assert_eq!(cluster.api.writes("patch hostactionruns/status"), 3);
     let reasons = cluster.event_reasons();
     assert!(reasons.contains(&"Resolved".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"Complete".to_owned()), "{reasons:?}");
@@ -958,17 +1007,19 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
     }
     cluster.apply("cni", cni_spec(&module, json!(1), 0));
     cluster.wait("cni", 60, "the first run", |c| !c.runs("cni").is_empty());
-    cluster.api.set_available(false);
+    cluster.api.plane.stop_apiserver();
     std::thread::sleep(Duration::from_secs(3));
-    cluster.api.set_available(true);
-    // The controller gives up its Lease after 10 s without renewing it
-    // (the outage plus kube-apiserver's start-up may take that long on a
-    // loaded machine) and exits, as documented; its Deployment would start
-    // it again, and so does this. Watches fail while it is down, and on
-    // its return kube-apiserver answers watches from before its restart
-    // with 410 Expired (its watch cache starts afresh): clients re-list
-    // after kube's watcher back-off (up to 30 s), so give it time.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    cluster.api.plane.restart_apiserver();
+    let restarted = Instant::now();
+    // Watches fail while it is down, and on its return kube-apiserver
+    // answers watches from before its restart with 410 Expired (its watch
+    // cache starts afresh): the controller and the agents re-list after
+    // their watch back-off, at most 5 s (kube's default grows to 30 s,
+    // which held the rollout 25-75 s). If the outage plus kube-apiserver's
+    // start-up outlast the controller's renew deadline (10 s, a loaded
+    // machine), it gives up its Lease and exits, as documented; its
+    // Deployment would start it again, and so does this.
+    let deadline = restarted + Duration::from_secs(180);
     loop {
         let runs = cluster.runs("cni");
         if runs.len() == 3 && runs.values().all(|r| phase(r) == "Succeeded") {
@@ -983,6 +1034,15 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let resumed = restarted.elapsed();
+    eprintln!("the rollout completed {resumed:?} after kube-apiserver was back");
+    // What remains of the rollout (two or three short runs, one at a time)
+    // takes a few seconds; the rest is the watches' back-off.
+    assert!(
+        resumed <= RESUME_BOUND,
+        "the rollout completed {resumed:?} after kube-apiserver was back\n{}",
+        cluster.logs()
+    );
     cluster.wait("cni", 30, "status caught up", |c| {
         c.action("cni")["status"]["counts"]["succeeded"] == 3
     });
@@ -995,6 +1055,121 @@ fn an_agent_killed_mid_run_and_an_api_outage_lose_nothing() {
                 .exists()
         );
     }
+}
+
+/// Two controller replicas on one Lease, each its own identity and user:
+/// only the holder creates runs; SIGKILLed mid-rollout, the other takes the
+/// lease over once it has expired (not before) and completes the rollout,
+/// no run created twice or lost; SIGTERM releases the lease, so a third
+/// replica takes over at once.
+#[test]
+fn two_controller_replicas_hand_the_rollout_over_through_a_real_lease() {
+    let mut cluster = Cluster::bare();
+    // Longer than any run takes: one status write per run.
+    cluster.mark_running_after = "60";
+    let module = cluster.push("cni-install");
+    for node in ["n1", "n2", "n3", "n4"] {
+        cluster.add_node(node, json!({"role": "worker"}), true);
+        cluster.start_agent(node, None, Some(CNI_POLICY));
+    }
+    cluster.start_replica("ctl-a");
+    cluster.wait_for_holder("ctl-a", 60);
+    cluster.start_replica("ctl-b");
+    cluster.apply("cni", cni_spec(&module, json!(1), 0));
+
+    // Mid-rollout (one run at a time, four to go): the leader dies.
+    cluster.wait("cni", 60, "the first run Succeeded", |c| {
+        c.runs("cni").values().any(|r| phase(r) == "Succeeded")
+    });
+    let runs_before = cluster.runs("cni").len();
+    assert!(runs_before < 4, "not mid-rollout: {runs_before} runs");
+    assert_eq!(cluster.lease_holder().as_deref(), Some("ctl-a"));
+    let writes = audited_writes(&cluster.api.plane);
+    assert!(
+        writes.iter().any(|w| w.user == "ctl-a" && w.ok),
+        "the leader wrote nothing"
+    );
+    let standby: Vec<&String> = writes
+        .iter()
+        .filter(|w| w.user == "ctl-b")
+        .map(|w| &w.key)
+        .collect();
+    assert!(standby.is_empty(), "the standby wrote {standby:?}");
+    cluster.kill_agent("ctl-a");
+    let took = cluster.wait_for_holder("ctl-b", 90);
+    // Not before the lease expired: its last renewal was at most a retry
+    // period (and a request) before the kill, and the standby waits a
+    // whole lease duration after it saw the last change.
+    assert!(
+        took >= LEASE.duration - 2 * LEASE.retry_period,
+        "took over a live lease after {took:?}"
+    );
+    // Soon after: a lease duration and a retry period, plus slack for a
+    // loaded machine.
+    assert!(
+        took <= LEASE.duration + LEASE.retry_period + Duration::from_secs(15),
+        "took over after {took:?}\n{}",
+        cluster.logs()
+    );
+    cluster.wait("cni", 120, "4 runs Succeeded", |c| {
+        let runs = c.runs("cni");
+        runs.len() == 4 && runs.values().all(|r| phase(r) == "Succeeded")
+    });
+    cluster.wait("cni", 30, "status Complete", |c| {
+        condition(&c.action("cni"), "Complete")["status"] == "True"
+    });
+
+    // Every run created once, by the leader of the moment; none lost.
+    let creates: Vec<Write> = audited_writes(&cluster.api.plane)
+        .into_iter()
+        .filter(|w| w.key.starts_with("create hostactionruns "))
+        .collect();
+    let refused: Vec<&String> = creates.iter().filter(|w| !w.ok).map(|w| &w.key).collect();
+    assert!(refused.is_empty(), "creates refused (twice?): {refused:?}");
+    let mut names: Vec<&str> = creates.iter().map(|w| w.key.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(creates.len(), 4, "a run created twice");
+    let by_a = creates.iter().filter(|w| w.user == "ctl-a").count();
+    let by_b = creates.iter().filter(|w| w.user == "ctl-b").count();
+    assert!(by_a >= 1 && by_a <= runs_before, "ctl-a created {by_a}");
+    assert_eq!(by_a + by_b, 4, "only the replicas created runs");
+    for (node, run) in cluster.runs("cni") {
+        assert_eq!(run["status"]["attempts"], 1, "{node} ran once: {run:#}");
+    }
+
+    // Graceful: SIGTERM makes the leader release the lease; a standby
+    // takes it over at its next attempt, well within a lease duration.
+    cluster.start_replica("ctl-c");
+    // The standby has seen the lease held (it logs so) before the hand-over.
+    cluster.wait_for(60, "ctl-c waiting on the lease", |c| {
+        std::fs::read_to_string(c.dir.path().join("ctl-c.log"))
+            .unwrap_or_default()
+            .contains("lease held by another replica")
+    });
+    let terminated = Instant::now();
+    let exited = cluster.signal_agent("ctl-b", "TERM", 30);
+    assert!(exited.success(), "ctl-b on SIGTERM: {exited:?}");
+    let took = terminated.elapsed() + cluster.wait_for_holder("ctl-c", 60);
+    assert!(
+        took < LEASE.duration - 2 * LEASE.retry_period,
+        "a released lease taken over after {took:?}"
+    );
+    // The new leader acts: a node joining gets its run, from ctl-c.
+    cluster.add_node("n5", json!({"role": "worker"}), true);
+    cluster.start_agent("n5", None, Some(CNI_POLICY));
+    cluster.wait("cni", 60, "n5's run Succeeded", |c| {
+        c.runs("cni")
+            .get("n5")
+            .is_some_and(|r| phase(r) == "Succeeded")
+    });
+    let n5: Vec<String> = audited_writes(&cluster.api.plane)
+        .into_iter()
+        .filter(|w| w.key.starts_with("create hostactionruns ") && w.key.contains(".n5."))
+        .map(|w| w.user)
+        .collect();
+    assert_eq!(n5, ["ctl-c"]);
 }
 
 /// The vxlan-overlay sample on two nodes, each agent with its own host root
@@ -1079,6 +1254,30 @@ fn run_object(name: &str, node: &str, module: &str, params: Value, timeout: i64)
     })
 }
 
+/// Writes `manifests/crds.yaml` to `path` (as a JSON list) without the
+/// CEL rule on HostActionRun's `spec.module`: the CRDs of a release that
+/// did not have it.
+fn write_crds_without_run_module_rule(path: &Path) {
+    let text = std::fs::read_to_string(workspace().join("manifests/crds.yaml")).unwrap();
+    let mut removed = 0;
+    let mut items = Vec::new();
+    let documents = text.split("\n---\n").filter(|d| !d.trim().is_empty());
+    for document in documents {
+        let mut crd: Value = serde_yaml_ng::from_str(document).unwrap();
+        if crd["spec"]["names"]["kind"] == "HostActionRun" {
+            for version in crd["spec"]["versions"].as_array_mut().unwrap() {
+                let spec = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+                let module = spec["properties"]["module"].as_object_mut().unwrap();
+                removed += usize::from(module.remove("x-kubernetes-validations").is_some());
+            }
+        }
+        items.push(crd);
+    }
+    assert!(removed > 0, "no CEL rule on HostActionRun's spec.module");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(path, list.to_string()).unwrap();
+}
+
 /// The probe params of a run that writes `file` under /opt/cni/bin.
 fn writes_file(file: &str) -> Value {
     json!({"ops": [{"op": "ensure-file", "path": format!("/opt/cni/bin/{file}"), "contents": "x", "mode": 420}]})
@@ -1103,7 +1302,7 @@ fn a_status_refused_for_good_is_shrunk_or_given_up_and_the_node_goes_on() {
         "big",
         Some(Refusal {
             code: 422,
-            over_bytes: 2048,
+            only_with_log_tail: true,
         }),
     );
     api.refuse_status_writes(
@@ -1111,7 +1310,7 @@ fn a_status_refused_for_good_is_shrunk_or_given_up_and_the_node_goes_on() {
         "forbidden",
         Some(Refusal {
             code: 403,
-            over_bytes: 0,
+            only_with_log_tail: false,
         }),
     );
     cluster.insert_run(
@@ -1178,7 +1377,7 @@ fn a_status_write_that_keeps_failing_backs_off_outside_the_run_slot() {
         "flaky",
         Some(Refusal {
             code: 500,
-            over_bytes: 0,
+            only_with_log_tail: false,
         }),
     );
     cluster.insert_run("flaky", "n1", &probe, writes_file("flaky"), 30);
@@ -1219,7 +1418,7 @@ fn a_journaled_status_is_replayed_by_a_bounded_number_of_agent_starts() {
         "stuck",
         Some(Refusal {
             code: 500,
-            over_bytes: 0,
+            only_with_log_tail: false,
         }),
     );
     cluster.insert_run("stuck", "n1", &probe, writes_file("stuck"), 30);
@@ -1254,12 +1453,13 @@ fn a_journaled_status_is_replayed_by_a_bounded_number_of_agent_starts() {
 /// else: not a node-local file named like one (`/path/x@sha256:...`), not a
 /// `file://` URL, not a tag, not a reference without a registry host.
 ///
-/// On the double: a real API server refuses such runs at creation (the
-/// CRD's CEL rule on `spec.module`), and this is the agent's own check
-/// behind it (a server without the CRD's rules, or an older CRD).
+/// The CRD's CEL rule on `spec.module` refuses such runs at creation; the
+/// agent's own check stands behind it for a cluster whose CRD lacks the
+/// rule (an older CRD): here `manifests/crds.yaml` with that one rule taken
+/// out, applied over the real one.
 #[test]
 fn a_cluster_agent_runs_only_registry_references_pinned_by_digest() {
-    let mut cluster = Cluster::bare_on_double();
+    let mut cluster = Cluster::bare();
     cluster.mark_running_after = "60";
     let (tagged, pinned) = cluster.push_both("probe");
     let zeros = format!("sha256:{}", "0".repeat(64));
@@ -1273,8 +1473,36 @@ fn a_cluster_agent_runs_only_registry_references_pinned_by_digest() {
         ("tag", tagged),
         ("nohost", format!("actions/probe@{digest}")),
     ];
+    // The real CRD refuses every one of them.
+    let runs = cluster.api.dynamic(GROUP_VERSION, "HostActionRun", None);
+    let create = |name: &str, module: &str| {
+        let run = run_object(name, "n1", module, writes_file("pwned"), 30);
+        let run: DynamicObject = serde_json::from_value(run).unwrap();
+        cluster
+            .api
+            .runtime
+            .block_on(runs.create(&PostParams::default(), &run))
+    };
     for (name, module) in &refused {
-        cluster.insert_run(name, "n1", module, writes_file("pwned"), 30);
+        match create(name, module) {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{module}: {status:?}");
+                assert!(status.message.contains("pinned by digest"), "{status:?}");
+            }
+            other => panic!("{module} was not refused: {other:?}"),
+        }
+    }
+    // An older CRD, without that rule: they get through to the agent.
+    let relaxed = cluster.dir.path().join("crds-without-module-rule.json");
+    write_crds_without_run_module_rule(&relaxed);
+    cluster.api.plane.apply_and_wait_for_crds(&relaxed);
+    for (name, module) in &refused {
+        // The API server takes a moment to serve the changed schema.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = create(name, module) {
+            assert!(Instant::now() < deadline, "{module} still refused: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     cluster.insert_run("pinned", "n1", &pinned, writes_file("fine"), 30);
     cluster.bin("n1");

@@ -23,17 +23,22 @@
 //! by at most [`MAX_REPLAYS`] agent starts and for at most
 //! [`MAX_REPORT_AGE`], then given up the same way.
 //!
+//! A failed watch (the API server restarting, say) is retried with the
+//! controller's bounded back-off ([`WatchBackoff`]: 0.5 s doubling to 5 s,
+//! not kube's default growing to 30 s), so the node resumes within seconds
+//! of the server's return.
+//!
 //! On SIGTERM or SIGINT the agent starts no more runs, lets the one in
 //! flight finish and be reported for up to [`SHUTDOWN_GRACE`], and returns;
 //! what did not finish by then is in the journal for the next start.
 
 use std::collections::HashSet;
-use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use hostaction_controller::backoff::{WatchBackoff, jitter};
 use hostaction_controller::metrics::{AgentMetrics, PhaseLabels};
 use hostaction_crds::{Grant, HostActionRun, HostActionRunStatus, RunPhase};
 use kube::api::{Patch, PatchParams};
@@ -133,7 +138,7 @@ impl ClusterAgent {
         let api = Api::<HostActionRun>::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut events = std::pin::pin!(watcher(api, config).backoff(WatchBackoff::default()));
         // Runs this process took on (running, or done): each is handled
         // once, whatever events about it arrive later or again.
         let mut taken = HashSet::<String>::new();
@@ -511,12 +516,6 @@ fn permanent(error: &kube::Error) -> Option<String> {
         kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => Some(error.to_string()),
         _ => None,
     }
-}
-
-/// A wait between half and all of `backoff`.
-fn jitter(backoff: Duration) -> Duration {
-    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    backoff.mul_f64(0.5 + (random % 1024) as f64 / 2046.0)
 }
 
 /// Resolves once the agent is stopping.
