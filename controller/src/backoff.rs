@@ -4,50 +4,32 @@
 //! kube's default (client-go's reflector: from 0.8 s doubling to 30 s, reset
 //! only after 2 min without failures) grows during an outage of a few
 //! seconds to waits of 25–30 s, so a node or a rollout resumed up to a
-//! minute after the API server was back. Here the wait doubles from
-//! [`WATCH_BACKOFF_MIN`] to at most [`WATCH_BACKOFF_MAX`], each drawn
-//! between half and all of it (so thousands of agents do not all come back
-//! in the same instant), and starts again from the minimum after any event.
+//! minute after the API server was back. Here the step doubles from
+//! [`WATCH_BACKOFF_MIN`] to at most [`WATCH_BACKOFF_MAX`] and each wait is
+//! between one and two steps (backon's jitter, so thousands of agents do not
+//! all come back in the same instant); it starts again from the minimum
+//! after any event.
 
 use std::time::Duration;
 
-use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::ExponentialBackoff;
 
-/// The first wait after a failure.
-pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// The longest wait between two attempts: a watch resumes at most this long
-/// after the API server is back.
-pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The first step after a failure (a wait of 0.25–0.5 s).
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// The largest step (a wait of 2.5–5 s): a watch resumes at most 5 s after
+/// the API server is back.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_millis(2500);
 
-/// Exponential back-off with jitter, bounded by [`WATCH_BACKOFF_MAX`]; for
-/// `WatchStreamExt::backoff` and `Controller::trigger_backoff`.
-#[derive(Debug, Clone)]
-pub struct WatchBackoff {
-    next: Duration,
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self {
-            next: WATCH_BACKOFF_MIN,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let wait = jitter(self.next);
-        self.next = self.next.saturating_mul(2).min(WATCH_BACKOFF_MAX);
-        Some(wait)
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_MIN;
-    }
+/// The watches' back-off, for `WatchStreamExt::backoff` and
+/// `Controller::trigger_backoff`.
+pub fn watch_backoff() -> ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(WATCH_BACKOFF_MIN)
+        .with_max_delay(WATCH_BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 /// A wait between half and all of `backoff`.
@@ -59,21 +41,26 @@ pub fn jitter(backoff: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::utils::Backoff;
+
     use super::*;
 
     #[test]
     fn grows_to_the_bound_and_resets() {
-        let mut backoff = WatchBackoff::default();
+        let mut backoff = watch_backoff();
         let waits: Vec<Duration> = backoff.by_ref().take(12).collect();
-        assert!(waits[0] >= WATCH_BACKOFF_MIN / 2 && waits[0] <= WATCH_BACKOFF_MIN);
-        assert!(waits.iter().all(|w| *w <= WATCH_BACKOFF_MAX), "{waits:?}");
-        // 0.5, 1, 2, 4, then 5 s: the last ones are drawn from [2.5, 5] s.
+        assert!(waits[0] >= WATCH_BACKOFF_MIN && waits[0] <= 2 * WATCH_BACKOFF_MIN);
         assert!(
-            waits[5..].iter().all(|w| *w >= WATCH_BACKOFF_MAX / 2),
+            waits.iter().all(|w| *w <= 2 * WATCH_BACKOFF_MAX),
+            "{waits:?}"
+        );
+        // 0.25, 0.5, 1, 2, then 2.5 s steps: the last waits are 2.5–5 s.
+        assert!(
+            waits[5..].iter().all(|w| *w >= WATCH_BACKOFF_MAX),
             "{waits:?}"
         );
         backoff.reset();
         let first = backoff.next().unwrap_or_default();
-        assert!(first <= WATCH_BACKOFF_MIN, "{first:?}");
+        assert!(first <= 2 * WATCH_BACKOFF_MIN, "{first:?}");
     }
 }

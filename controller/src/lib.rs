@@ -37,7 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client};
 
-use crate::backoff::WatchBackoff;
+use crate::backoff::watch_backoff;
 use crate::lease::{LeaderElector, LeaseConfig};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::Context;
@@ -112,7 +112,7 @@ pub async fn run(
             Api::<nodes::ReadNode>::all(client.clone()),
             watcher::Config::default(),
         )
-        .backoff(WatchBackoff::default())
+        .backoff(watch_backoff())
         .map(|event| event.map(nodes::node_event)),
     );
     let run_events = reflector::reflector(
@@ -121,7 +121,7 @@ pub async fn run(
             Api::<HostActionRun>::all(client.clone()),
             watcher::Config::default(),
         )
-        .backoff(WatchBackoff::default()),
+        .backoff(watch_backoff()),
     );
     let controller = Controller::new(
         Api::<HostAction>::all(client.clone()),
@@ -129,7 +129,7 @@ pub async fn run(
     )
     .with_config(controller::Config::default().debounce(Duration::from_millis(250)))
     // The HostAction watch and the merged trigger streams: bounded too.
-    .trigger_backoff(WatchBackoff::default());
+    .trigger_backoff(watch_backoff());
     let actions = controller.store();
     let context = Arc::new(Context {
         client: client.clone(),

@@ -24,7 +24,7 @@
 //! [`MAX_REPORT_AGE`], then given up the same way.
 //!
 //! A failed watch (the API server restarting, say) is retried with the
-//! controller's bounded back-off ([`WatchBackoff`]: 0.5 s doubling to 5 s,
+//! controller's bounded back-off ([`watch_backoff`]: at most 5 s,
 //! not kube's default growing to 30 s), so the node resumes within seconds
 //! of the server's return.
 //!
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use hostaction_controller::backoff::{WatchBackoff, jitter};
+use hostaction_controller::backoff::{jitter, watch_backoff};
 use hostaction_controller::metrics::{AgentMetrics, PhaseLabels};
 use hostaction_crds::{Grant, HostActionRun, HostActionRunStatus, RunPhase};
 use kube::api::{Patch, PatchParams};
@@ -138,7 +138,7 @@ impl ClusterAgent {
         let api = Api::<HostActionRun>::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events = std::pin::pin!(watcher(api, config).backoff(WatchBackoff::default()));
+        let mut events = std::pin::pin!(watcher(api, config).backoff(watch_backoff()));
         // Runs this process took on (running, or done): each is handled
         // once, whatever events about it arrive later or again.
         let mut taken = HashSet::<String>::new();
