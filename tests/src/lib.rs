@@ -10,7 +10,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-pub mod apiserver;
 pub mod kube_control_plane;
 pub mod registry;
 pub mod systemd;

@@ -11,7 +11,7 @@
 //! killed and started again over the same etcd; refused status writes are
 //! the server's own admission (a ValidatingAdmissionPolicy for 403/422, an
 //! unreachable validating webhook for 500). Two controller replicas elect
-//! a leader on a real Lease. No test here uses the API-server double.
+//! a leader on a real Lease.
 //!
 //! The vxlan-overlay test needs root (network namespaces; CI runs as root).
 
