@@ -356,7 +356,7 @@ async fn publish(ctx: &Context, action: &HostAction, type_: EventType, reason: &
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(note),
+        note: Some(event_note(note)),
         action: "Reconcile".to_owned(),
         secondary: None,
     };
@@ -365,6 +365,22 @@ async fn publish(ctx: &Context, action: &HostAction, type_: EventType, reason: &
     if let Err(error) = ctx.recorder.publish(&event, &action.object_ref(&())).await {
         tracing::warn!(action = %action.name_any(), %error, "could not publish an event");
     }
+}
+
+/// `note` cut to what events.k8s.io accepts (1 KiB; a longer one is
+/// refused, and the Event lost), at a character boundary, marked as cut.
+fn event_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    const CUT: &str = " [cut]";
+    if note.len() > MAX {
+        let mut end = MAX - CUT.len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str(CUT);
+    }
+    note
 }
 
 fn is_true(status: &HostActionStatus, type_: &str) -> bool {
@@ -381,4 +397,18 @@ fn message(status: &HostActionStatus, type_: &str) -> String {
         .find(|c| c.type_ == type_)
         .map(|c| c.message.clone())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_note;
+
+    #[test]
+    fn event_notes_fit_what_the_api_server_accepts() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = event_note("é".repeat(1000));
+        assert!(long.len() <= 1024, "{}", long.len());
+        assert!(long.ends_with(" [cut]"));
+        assert_eq!(event_note("x".repeat(1024)).len(), 1024);
+    }
 }

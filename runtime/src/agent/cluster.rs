@@ -178,6 +178,12 @@ impl ClusterAgent {
                 }
                 Some(Ok(watcher::Event::Apply(run) | watcher::Event::InitApply(run))) => run,
             };
+            if run.spec.node_name != self.node_name {
+                // The watch selects this node's runs; a server or proxy that
+                // ignored the selector must not make this node run another's.
+                tracing::warn!(run = %run.name_any(), node = %run.spec.node_name, "ignoring another node's run");
+                continue;
+            }
             let uid = run.uid().unwrap_or_default();
             listed.insert(uid.clone());
             let phase = run.status.as_ref().map(|s| s.phase).unwrap_or_default();
