@@ -22,6 +22,9 @@ pub mod condition {
     pub const COMPLETE: &str = "Complete";
     /// More runs failed than `rollout.maxFailures` allows: no new runs.
     pub const FAILED: &str = "Failed";
+    /// The grant is malformed in a way the CRD's rules could not check:
+    /// no runs for this generation (present only while it is True).
+    pub const GRANT_INVALID: &str = "GrantInvalid";
 }
 
 /// What a reconcile does.

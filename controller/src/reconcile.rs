@@ -109,6 +109,14 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
     let old = action.status.clone().unwrap_or_default();
     let this_generation = old.observed_generation == Some(generation);
 
+    // A malformed grant would fail on every node and spend the failure
+    // budget there: it is reported here, once, and nothing runs until the
+    // spec changes (a new generation reconciles again).
+    if let Err(invalid) = action.spec.grants.validate() {
+        report_grant_invalid(action, ctx, &old, generation, &invalid.to_string()).await?;
+        return Ok(Action::await_change());
+    }
+
     // The digest: resolved once per generation, then read from the status.
     let known = old.resolved_digest.as_deref().filter(|_| this_generation);
     let pinned = match known {
@@ -291,7 +299,9 @@ async fn report_unresolved(
         generation,
     )];
     plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
-    status.conditions.retain(|c| c.type_ != condition::RESOLVED);
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::RESOLVED && c.type_ != condition::GRANT_INVALID);
     status.conditions.extend(conditions);
     if plan::differs(&status, old) {
         publish(
@@ -306,6 +316,51 @@ async fn report_unresolved(
         // A merge patch keeps what it does not name: the old digest must go
         // explicitly, or the next reconcile would take it for this
         // generation's.
+        patch["status"]["resolvedDigest"] = serde_json::Value::Null;
+        patch_status(ctx, action, patch).await?;
+    }
+    Ok(())
+}
+
+/// Records a malformed grant in the status (once, with `why` naming the
+/// field) and as an Event. Runs of earlier generations stay as they are.
+async fn report_grant_invalid(
+    action: &HostAction,
+    ctx: &Context,
+    old: &HostActionStatus,
+    generation: i64,
+    why: &str,
+) -> Result<(), Error> {
+    let message = format!("spec.grants.{why}; no runs until the grant is fixed");
+    let message: String = message.chars().take(1024).collect();
+    let mut status = old.clone();
+    status.observed_generation = Some(generation);
+    status.resolved_digest = None;
+    let mut conditions = vec![
+        plan::condition(
+            condition::GRANT_INVALID,
+            true,
+            "GrantInvalid",
+            message.clone(),
+            generation,
+        ),
+        plan::condition(
+            condition::PROGRESSING,
+            false,
+            "GrantInvalid",
+            "no runs: the grant is invalid".to_owned(),
+            generation,
+        ),
+    ];
+    plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::GRANT_INVALID && c.type_ != condition::PROGRESSING);
+    status.conditions.extend(conditions);
+    if plan::differs(&status, old) {
+        publish(ctx, action, EventType::Warning, "GrantInvalid", message).await;
+        let mut patch = serde_json::json!({ "status": status });
+        // As for an unresolved module: the old generation's digest goes.
         patch["status"]["resolvedDigest"] = serde_json::Value::Null;
         patch_status(ctx, action, patch).await?;
     }

@@ -360,7 +360,7 @@ pub fn network_args(data: &[u8]) {
         ..Grant::default()
     };
     // Only a grant that passed its checks reaches a call.
-    let scopes = grant.validate("grant").is_ok().then_some(Scopes {
+    let scopes = grant.check("grant").is_ok().then_some(Scopes {
         grant: &network,
         policy: None,
     });
@@ -728,7 +728,7 @@ pub fn unit_name(data: &[u8]) {
         }),
         ..Grant::default()
     };
-    if grant.validate("grant").is_err() {
+    if grant.check("grant").is_err() {
         return;
     }
     for pattern in grant.services.iter().flat_map(|s| &s.units) {

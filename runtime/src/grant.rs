@@ -46,17 +46,6 @@ const SYSTEMD_UNIT_DIRS: &[&str] = &[
     "/etc/rc.d",
 ];
 
-/// Link kinds the contract knows (`wit/network.wit`).
-const LINK_KINDS: &[&str] = &[
-    "bridge",
-    "veth",
-    "vxlan",
-    "macvlan",
-    "dummy",
-    "vlan",
-    "wireguard",
-];
-
 /// Reading and checking grant documents (the type lives in
 /// `hostaction-crds`, which the controller uses without the runtime).
 pub trait GrantDocument: Sized {
@@ -65,15 +54,16 @@ pub trait GrantDocument: Sized {
     fn parse(text: &str, what: &str) -> Result<Self>;
     /// Reads and parses a grant or policy file.
     fn from_file(path: &Path, what: &str) -> Result<Self>;
-    /// Checks every field; the error names the first bad one.
-    fn validate(&self, what: &str) -> Result<()>;
+    /// [`Grant::validate`] (the one check of a grant, shared with the
+    /// controller), its error prefixed with `what`.
+    fn check(&self, what: &str) -> Result<()>;
 }
 
 impl GrantDocument for Grant {
     fn parse(text: &str, what: &str) -> Result<Self> {
         let grant: Grant =
             serde_yaml_ng::from_str(text).map_err(|e| Error::BadGrant(format!("{what}: {e}")))?;
-        grant.validate(what)?;
+        grant.check(what)?;
         Ok(grant)
     }
 
@@ -83,74 +73,9 @@ impl GrantDocument for Grant {
         Self::parse(&text, &format!("{what} {}", path.display()))
     }
 
-    fn validate(&self, what: &str) -> Result<()> {
-        let bad = |field: String, msg: String| Error::BadGrant(format!("{what}: {field}: {msg}"));
-        if let Some(files) = &self.files {
-            for (list, dirs) in [
-                ("read", &files.read),
-                ("write", &files.write),
-                ("kernelPaths", &files.kernel_paths),
-            ] {
-                for (i, dir) in dirs.iter().enumerate() {
-                    HostPath::parse(dir)
-                        .map_err(|e| bad(format!("files.{list}[{i}]"), e.to_string()))?;
-                }
-            }
-        }
-        if let Some(net) = &self.network {
-            for (list, items) in [("netns", &net.netns), ("interfaces", &net.interfaces)] {
-                for (i, pattern) in items.iter().enumerate() {
-                    if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c == '/')
-                    {
-                        return Err(bad(
-                            format!("network.{list}[{i}]"),
-                            format!("{pattern:?} is not a name pattern"),
-                        ));
-                    }
-                }
-            }
-            for (list, items) in [("addresses", &net.addresses), ("routes", &net.routes)] {
-                for (i, cidr) in items.iter().enumerate() {
-                    let ok = (list == "routes" && cidr == "default")
-                        || cidr.parse::<ipnet::IpNet>().is_ok_and(|n| n == n.trunc());
-                    if !ok {
-                        return Err(bad(
-                            format!("network.{list}[{i}]"),
-                            format!(
-                                "{cidr:?} is not a network in CIDR notation (like 10.244.0.0/16){}",
-                                if list == "routes" {
-                                    " or `default`"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        ));
-                    }
-                }
-            }
-            for (i, kind) in net.kinds.iter().enumerate() {
-                if !LINK_KINDS.contains(&kind.as_str()) {
-                    return Err(bad(
-                        format!("network.kinds[{i}]"),
-                        format!(
-                            "unknown link kind {kind:?} (known: {})",
-                            LINK_KINDS.join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(services) = &self.services {
-            for (i, pattern) in services.units.iter().enumerate() {
-                if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c == '/') {
-                    return Err(bad(
-                        format!("services.units[{i}]"),
-                        format!("{pattern:?} is not a unit-name pattern"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+    fn check(&self, what: &str) -> Result<()> {
+        self.validate()
+            .map_err(|e| Error::BadGrant(format!("{what}: {e}")))
     }
 }
 
@@ -207,9 +132,9 @@ impl EffectiveGrant {
     /// grant ∩ policy. With no policy, the grant stands as it is (the CLI on a
     /// machine the user owns); the agent always has one.
     pub fn new(grant: &Grant, policy: Option<&Grant>) -> Result<Self> {
-        grant.validate("grant")?;
+        grant.check("grant")?;
         if let Some(policy) = policy {
-            policy.validate("policy")?;
+            policy.check("policy")?;
         }
         let parse_all = |dirs: &[&String]| -> Result<Vec<HostPath>> {
             dirs.iter()

@@ -197,7 +197,7 @@ fn manifest_grants_and_the_node_policy_validate() {
         let path = root.join(format!("examples/{example}.yaml"));
         let action: HostAction =
             serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        action.spec.grants.validate("grant").unwrap();
+        action.spec.grants.validate().unwrap();
         let effective = EffectiveGrant::new(&action.spec.grants, Some(&policy)).unwrap();
         if example != "restart-on-change" {
             assert!(

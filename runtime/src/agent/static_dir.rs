@@ -420,7 +420,7 @@ fn check(action: &HostAction) -> Result<(), String> {
     if spec.rerun.interval_seconds.is_some_and(|s| s < 60) {
         return Err("spec.rerun.intervalSeconds: at least 60".into());
     }
-    crate::grant::GrantDocument::validate(&spec.grants, "spec.grants").map_err(|e| e.to_string())
+    crate::grant::GrantDocument::check(&spec.grants, "spec.grants").map_err(|e| e.to_string())
 }
 
 /// Whether `action` must run now.

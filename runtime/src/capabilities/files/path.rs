@@ -2,10 +2,14 @@
 
 use std::fmt;
 
-/// Longest path an action may pass (Linux's `PATH_MAX`).
-pub const MAX_PATH_BYTES: usize = 4096;
-/// Longest single path component (Linux's `NAME_MAX`).
-pub const MAX_NAME_BYTES: usize = 255;
+/// Longest path an action may pass (Linux's `PATH_MAX`), longest single
+/// path component (Linux's `NAME_MAX`), and why a path is refused: the
+/// lexical rules of paths live beside the grant document's
+/// ([`hostaction_crds::grant::path_components`]), so a granted directory and
+/// a path an action names are judged alike.
+pub use hostaction_crds::grant::{
+    NAME_BYTES as MAX_NAME_BYTES, PATH_BYTES as MAX_PATH_BYTES, PathError,
+};
 
 /// A normalized host-absolute path: `/`-separated components, none empty, `.`
 /// or `..`. Parsing is a lexical check of hostile input; containment is
@@ -16,48 +20,13 @@ pub struct HostPath {
     parts: Vec<String>,
 }
 
-/// Why a path was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// Not starting with `/`.
-    #[error("path {0:?} is not absolute")]
-    NotAbsolute(String),
-    /// Contains a NUL byte.
-    #[error("path contains a NUL byte")]
-    Nul,
-    /// Longer than [`MAX_PATH_BYTES`].
-    #[error("path is {0} bytes long; the limit is {MAX_PATH_BYTES}")]
-    TooLong(usize),
-    /// A component longer than [`MAX_NAME_BYTES`].
-    #[error("a path component is {0} bytes long; the limit is {MAX_NAME_BYTES}")]
-    NameTooLong(usize),
-    /// Contains `.` or `..`.
-    #[error("path {0:?} contains a `.` or `..` component")]
-    DotComponent(String),
-}
-
 impl HostPath {
     /// Parses and normalizes `path` (repeated and trailing slashes are folded).
     pub fn parse(path: &str) -> Result<Self, PathError> {
-        if path.len() > MAX_PATH_BYTES {
-            return Err(PathError::TooLong(path.len()));
-        }
-        if path.contains('\0') {
-            return Err(PathError::Nul);
-        }
-        if !path.starts_with('/') {
-            return Err(PathError::NotAbsolute(path.to_owned()));
-        }
-        let mut parts = Vec::new();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if part == "." || part == ".." {
-                return Err(PathError::DotComponent(path.to_owned()));
-            }
-            if part.len() > MAX_NAME_BYTES {
-                return Err(PathError::NameTooLong(part.len()));
-            }
-            parts.push(part.to_owned());
-        }
+        let parts = hostaction_crds::grant::path_components(path)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(Self { parts })
     }
 
