@@ -42,9 +42,9 @@ pub const PATH_BYTES: usize = 4096;
 pub const PATTERN_BYTES: usize = 256;
 /// Bytes of one component of a granted path (Linux's `NAME_MAX`).
 pub const NAME_BYTES: usize = 255;
-/// Characters of an interface name (Linux's `IFNAMSIZ` less its NUL): a
+/// Bytes of an interface name (Linux's `IFNAMSIZ` less its NUL): a
 /// pattern needing more can never match.
-pub const INTERFACE_CHARS: usize = 15;
+pub const INTERFACE_BYTES: usize = 15;
 /// Bytes of a CIDR (or `default`).
 pub const CIDR_BYTES: usize = 64;
 /// Link kinds the contract knows (`wit/network.wit`).
@@ -253,8 +253,8 @@ impl Grant {
     /// controller, static mode, the agent and the CLI call it.
     ///
     /// The CRDs' CEL rules say the same, except what CEL cannot say or
-    /// count: a path component's length in bytes (`NAME_BYTES`) and NUL
-    /// bytes in paths. A HostAction with those passes the API server and is
+    /// count within its cost budget: a path component's length in bytes
+    /// (`NAME_BYTES`) and NUL bytes in paths. A HostAction with those passes the API server and is
     /// marked `GrantInvalid` by the controller instead.
     pub fn validate(&self) -> Result<(), GrantError> {
         if let Some(files) = &self.files {
@@ -278,11 +278,12 @@ impl Grant {
             })?;
             each("network.interfaces", &net.interfaces, |p| {
                 name_pattern(p, "interface-name", &['/', ':'])?;
-                let chars = p.chars().filter(|&c| c != '*').count();
-                if chars > INTERFACE_CHARS {
+                // The kernel counts bytes; `*` is one.
+                let bytes = p.len() - p.matches('*').count();
+                if bytes > INTERFACE_BYTES {
                     return Err(format!(
-                        "{p:?} needs {chars} characters; interface names have at most \
-                         {INTERFACE_CHARS}, so it can never match"
+                        "{p:?} needs {bytes} bytes; interface names have at most \
+                         {INTERFACE_BYTES}, so it can never match"
                     ));
                 }
                 Ok(())
@@ -410,6 +411,13 @@ fn network(cidr: &str, default_ok: bool) -> Result<(), String> {
     };
     let (value, width) = match addr {
         IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        // As Kubernetes' isCIDR: `::ffff:10.0.0.0/104` would be an IPv6
+        // range no IPv4 address falls in.
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            return Err(format!(
+                "{cidr:?} is an IPv4-mapped IPv6 network: name the IPv4 network"
+            ));
+        }
         IpAddr::V6(a) => (u128::from(a), 128),
     };
     if bits > width {
@@ -437,7 +445,13 @@ fn rule(rule: String, message: &str) -> Value {
 
 /// A bounded list of strings, each checked by `rules` (CEL, run by the API
 /// server on each entry, so a refusal names the entry: `files.write[1]`).
-fn list(max_bytes: usize, rules: Vec<Value>) -> Schema {
+/// `maxLength` counts characters; the bytes are counted by a rule of their
+/// own, as the Rust check counts them.
+fn list(max_bytes: usize, mut rules: Vec<Value>) -> Schema {
+    rules.push(rule(
+        format!("bytes(self).size() <= {max_bytes}"),
+        &format!("at most {max_bytes} bytes"),
+    ));
     schemars::json_schema!({
         "type": "array",
         "maxItems": LIST_ITEMS,
@@ -490,8 +504,8 @@ fn interfaces_schema(_: &mut SchemaGenerator) -> Schema {
                 "an interface-name pattern: not empty, no whitespace, / or :",
             ),
             rule(
-                format!("self.replace('*', '').size() <= {INTERFACE_CHARS}"),
-                "interface names have at most 15 characters: this pattern can never match",
+                format!("bytes(self.replace('*', '')).size() <= {INTERFACE_BYTES}"),
+                "interface names have at most 15 bytes: this pattern can never match",
             ),
         ],
     )

@@ -129,6 +129,11 @@ fn each_malformed_grant_is_refused_naming_its_field() {
             "host bits",
         ),
         (
+            "network: {addresses: ['::ffff:10.244.0.0/112']}",
+            "network.addresses[0]",
+            "IPv4-mapped",
+        ),
+        (
             "network: {routes: [default, 10.0.0.0/8, 300.0.0.0/8]}",
             "network.routes[2]",
             "or `default`",

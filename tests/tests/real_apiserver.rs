@@ -195,7 +195,19 @@ const BAD_GRANTS: &[(&str, &str, &str)] = &[
     (
         "network: {interfaces: ['a-very-long-name*']}",
         "network.interfaces[0]",
-        "at most 15 characters",
+        "at most 15 bytes",
+    ),
+    (
+        // 200 characters (under maxLength, which counts characters), 400 bytes.
+        "network: {netns: ['éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé']}",
+        "network.netns[0]",
+        "at most 256 bytes",
+    ),
+    (
+        // 8 characters, 16 bytes: the kernel counts bytes.
+        "network: {interfaces: ['éééééééé*']}",
+        "network.interfaces[0]",
+        "at most 15 bytes",
     ),
     (
         "network: {kinds: [bridge, tunnel]}",
@@ -221,6 +233,11 @@ const BAD_GRANTS: &[(&str, &str, &str)] = &[
         "network: {addresses: ['fd00::1/8']}",
         "network.addresses[0]",
         "no host bits set",
+    ),
+    (
+        "network: {addresses: ['::ffff:10.244.0.0/112']}",
+        "network.addresses[0]",
+        "network in CIDR notation",
     ),
     (
         "network: {addresses: [default]}",
