@@ -46,12 +46,13 @@ use hostaction_runtime::agent::Loader;
 use hostaction_runtime::agent::cluster::ClusterAgent;
 use hostaction_runtime::oci::{ModuleStore, PushRequest, Registry, RegistryOptions};
 use hostaction_runtime::{Runtime, RuntimeConfig};
-use hostaction_tests::kube_control_plane::ControlPlane;
+use hostaction_tests::kube_control_plane::{
+    ControlPlane, create_ready_node, service_account_token,
+};
 use hostaction_tests::registry::Registry as DockerRegistry;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
@@ -371,7 +372,7 @@ async fn fan_out(
     );
 
     // The controller: its own process, with its ServiceAccount's token.
-    let token = token(&admin, CONTROLLER_ACCOUNT, None).await?;
+    let token = service_account_token(&admin, NAMESPACE, CONTROLLER_ACCOUNT, None).await?;
     let kubeconfig = shared
         .scratch
         .join(format!("controller-{nodes}.kubeconfig"));
@@ -472,24 +473,13 @@ async fn fan_out(
 /// would; no kubelet runs it) and a token of the agent's ServiceAccount
 /// bound to it; returns the tokens, in node order.
 async fn setup_nodes(admin: &kube::Client, nodes: usize) -> BenchResult<Vec<String>> {
-    let node_api: Api<Node> = Api::all(admin.clone());
     let pod_api: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
     let made = futures_util::stream::iter(0..nodes)
         .map(|i| {
-            let (node_api, pod_api, admin) = (node_api.clone(), pod_api.clone(), admin.clone());
+            let (pod_api, admin) = (pod_api.clone(), admin.clone());
             async move {
                 let name = node_name(i);
-                let node: Node = serde_json::from_value(node(i))?;
-                node_api.create(&PostParams::default(), &node).await?;
-                let ready = json!({"status": {"conditions": [{
-                    "type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "no kubelet: a benchmark's node",
-                    "lastHeartbeatTime": now(),
-                    "lastTransitionTime": now(),
-                }]}});
-                node_api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(ready))
-                    .await?;
+                create_ready_node(&admin, &name, node_labels(&name)).await?;
                 let pod: Pod = serde_json::from_value(json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
@@ -501,7 +491,8 @@ async fn setup_nodes(admin: &kube::Client, nodes: usize) -> BenchResult<Vec<Stri
                     },
                 }))?;
                 let pod = pod_api.create(&PostParams::default(), &pod).await?;
-                let token = token(&admin, AGENT_ACCOUNT, Some(&pod)).await?;
+                let token =
+                    service_account_token(&admin, NAMESPACE, AGENT_ACCOUNT, Some(&pod)).await?;
                 BenchResult::Ok((i, token))
             }
         })
@@ -511,35 +502,6 @@ async fn setup_nodes(admin: &kube::Client, nodes: usize) -> BenchResult<Vec<Stri
     let mut made = made;
     made.sort_by_key(|(i, _)| *i);
     Ok(made.into_iter().map(|(_, token)| token).collect())
-}
-
-/// A token of `account` from the TokenRequest API, bound to `pod` when
-/// given: then the API server puts the pod's node in the identity
-/// (`authentication.kubernetes.io/node-name`), which the admission policy
-/// checks.
-async fn token(admin: &kube::Client, account: &str, pod: Option<&Pod>) -> BenchResult<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NAMESPACE);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: pod.map(|pod| BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..TokenRequest::default()
-    };
-    let answer = accounts
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .map_err(|e| format!("a token of {account}: {e}"))?;
-    Ok(answer
-        .status
-        .ok_or_else(|| format!("a token of {account}: no status"))?
-        .token)
 }
 
 /// A kubeconfig that authenticates with `token` only.
@@ -801,27 +763,13 @@ fn node_name(i: usize) -> String {
     format!("node-{i:04}")
 }
 
-/// A Node as a kubelet would register it (made Ready by a status patch).
-fn node(i: usize) -> Value {
+/// A Node's labels, as a kubelet would register it.
+fn node_labels(name: &str) -> Value {
     json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": node_name(i),
-            "labels": {
-                "kubernetes.io/hostname": node_name(i),
-                "kubernetes.io/os": "linux",
-                "hostaction.dev/bench": "true",
-            },
-        },
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "hostaction.dev/bench": "true",
     })
-}
-
-/// Now, as the API's timestamps are written.
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// Pulls the artifact into the store by digest, compiles it and runs it

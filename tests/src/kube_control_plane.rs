@@ -35,6 +35,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -462,6 +465,78 @@ impl Drop for ControlPlane {
         };
         kill_all(children);
     }
+}
+
+/// Now, as Kubernetes writes times (RFC 3339, UTC, whole seconds).
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Creates Node `name` with `labels` and makes it Ready through the status
+/// subresource, as a kubelet would (none runs behind it).
+pub async fn create_ready_node(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+) -> Result<(), String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    }))
+    .map_err(|e| format!("node {name}: {e}"))?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .map_err(|e| format!("create node {name}: {e}"))?;
+    let ready = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "no kubelet: a test's node",
+        "lastHeartbeatTime": now(),
+        "lastTransitionTime": now(),
+    }]}});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(ready))
+        .await
+        .map_err(|e| format!("make node {name} Ready: {e}"))?;
+    Ok(())
+}
+
+/// A token (valid an hour) of ServiceAccount `namespace/account` from the
+/// TokenRequest API, bound to `pod` (its name and uid) when given: then the
+/// API server puts the pod's node in the identity
+/// (`authentication.kubernetes.io/node-name`), which the admission policy
+/// checks.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+    pod: Option<&Pod>,
+) -> Result<String, String> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: pod.map(|pod| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let answer = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .map_err(|e| format!("a token of {namespace}/{account}: {e}"))?;
+    answer
+        .status
+        .map(|status| status.token)
+        .ok_or_else(|| format!("a token of {namespace}/{account}: no status"))
 }
 
 /// The binaries' directory: `$HOSTACTION_CONTROL_PLANE_BIN`, else the one

@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hostaction_crds::{Grant, HostAction, HostActionRun};
-use hostaction_tests::kube_control_plane::ControlPlane;
+use hostaction_tests::kube_control_plane::{ControlPlane, create_ready_node};
 use hostaction_tests::workspace;
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -352,24 +351,7 @@ async fn the_controller_marks_a_grant_the_api_server_let_through_and_runs_nothin
     let plane = ControlPlane::start();
     plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
     let client = plane.client();
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": "grant-node", "labels": {"kubernetes.io/os": "linux"}},
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let ready = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "no kubelet: a test's node",
-        "lastHeartbeatTime": now, "lastTransitionTime": now,
-    }]}});
-    nodes
-        .patch_status("grant-node", &PatchParams::default(), &Patch::Merge(ready))
+    create_ready_node(&client, "grant-node", json!({"kubernetes.io/os": "linux"}))
         .await
         .unwrap();
 

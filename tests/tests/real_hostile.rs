@@ -20,10 +20,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hostaction_crds::{HostAction, HostActionRun};
-use hostaction_tests::kube_control_plane::ControlPlane;
+use hostaction_tests::kube_control_plane::{ControlPlane, now, service_account_token};
 use hostaction_tests::workspace;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -46,12 +45,6 @@ fn cluster() -> &'static ControlPlane {
         plane.apply_and_wait_for_crds(&workspace().join("manifests"));
     });
     plane
-}
-
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// A Ready Node object (no kubelet behind it) whose Ready condition's
@@ -108,26 +101,9 @@ async fn pod_token(
 }
 
 async fn token(plane: &ControlPlane, namespace: &str, account: &str, pod: Option<&Pod>) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: pod.map(|pod| BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..TokenRequest::default()
-    };
-    Api::<ServiceAccount>::namespaced(plane.client(), namespace)
-        .create_token_request(account, &PostParams::default(), &request)
+    service_account_token(&plane.client(), namespace, account, pod)
         .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn client_with(plane: &ControlPlane, token: &str) -> Client {

@@ -13,10 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hostaction_crds::{HostAction, HostActionRun};
-use hostaction_tests::kube_control_plane::ControlPlane;
+use hostaction_tests::kube_control_plane::{ControlPlane, create_ready_node};
 use hostaction_tests::{hostaction_bin, workspace};
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -27,27 +25,6 @@ const MODULE: &str = "registry.example/actions/cni-install@sha256:\
 /// How long a loaded 2-core machine may take for what is waited on here
 /// (the garbage collector starts by listing every resource kind).
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A Ready Node object (no kubelet behind it).
-async fn node(nodes: &Api<Node>, name: &str) {
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"lifecycle": "yes"}},
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    let now = Timestamp::now().to_string();
-    let ready = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "no kubelet: a test's node",
-        "lastHeartbeatTime": now, "lastTransitionTime": now,
-    }]}});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(ready))
-        .await
-        .unwrap();
-}
 
 /// An action on the test's two nodes, both at once.
 async fn action(actions: &Api<HostAction>, name: &str) -> HostAction {
@@ -111,13 +88,13 @@ async fn deleting_an_action_deletes_its_runs_with_or_without_the_controller() {
     plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
     plane.start_controller_manager();
     let client = plane.client();
-    let (nodes, actions, runs): (Api<Node>, Api<HostAction>, Api<HostActionRun>) = (
-        Api::all(client.clone()),
-        Api::all(client.clone()),
-        Api::all(client),
-    );
-    node(&nodes, "life-a").await;
-    node(&nodes, "life-b").await;
+    let (actions, runs): (Api<HostAction>, Api<HostActionRun>) =
+        (Api::all(client.clone()), Api::all(client.clone()));
+    for name in ["life-a", "life-b"] {
+        create_ready_node(&client, name, json!({"lifecycle": "yes"}))
+            .await
+            .unwrap();
+    }
     let mut controller = controller(&plane);
 
     // With the controller: its finalizer holds the action until the runs

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use hostaction_crds::{HostAction, HostActionRun, HostActionStatus};
-use hostaction_tests::kube_control_plane::ControlPlane;
-use hostaction_tests::workspace;
-use k8s_openapi::api::authentication::v1::{
-    BoundObjectReference, SelfSubjectReview, TokenRequest, TokenRequestSpec,
+use hostaction_tests::kube_control_plane::{
+    ControlPlane, create_ready_node, now, service_account_token,
 };
+use hostaction_tests::workspace;
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
@@ -54,29 +54,11 @@ fn admin(plane: &ControlPlane) -> kube::Client {
     plane.client()
 }
 
-/// A token of `account` from the TokenRequest API, bound to `pod` (its
-/// name and uid) when given: then the API server adds the pod's node to
-/// the identity (`authentication.kubernetes.io/node-name`).
+/// A token of `account`, bound to `pod` when given.
 async fn token(plane: &ControlPlane, account: &str, pod: Option<&Pod>) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin(plane), NAMESPACE);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: pod.map(|pod| BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..TokenRequest::default()
-    };
-    let answer = accounts
-        .create_token_request(account, &PostParams::default(), &request)
+    service_account_token(&admin(plane), NAMESPACE, account, pod)
         .await
-        .unwrap_or_else(|e| panic!("a token for {account}: {e}"));
-    answer.status.expect("a token request's status").token
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A client authenticated by `account`'s token (bound to `pod` if given).
@@ -87,22 +69,7 @@ async fn client_as(plane: &ControlPlane, account: &str, pod: Option<&Pod>) -> ku
 
 /// A Node object (no kubelet behind it), Ready.
 async fn node(plane: &ControlPlane, name: &str) {
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
-    }))
-    .unwrap();
-    let nodes: Api<Node> = Api::all(admin(plane));
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    let ready = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "no kubelet: a test's node",
-        "lastHeartbeatTime": now(),
-        "lastTransitionTime": now(),
-    }]}});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(ready))
+    create_ready_node(&admin(plane), name, json!({"kubernetes.io/os": "linux"}))
         .await
         .unwrap();
 }
@@ -882,10 +849,6 @@ async fn kubectl_shows_printer_columns_conditions_and_events() {
 }
 
 /// Now, in whole seconds (as Kubernetes writes times).
-fn now() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 /// A table's header and its one row.
 fn two_lines(table: &str) -> (&str, &str) {
     let lines: Vec<&str> = table.lines().collect();
