@@ -12,7 +12,7 @@ use hostaction_crds::{
     ACTION_LABEL, HostAction, HostActionRun, HostActionRunSpec, HostActionStatus, NODE_LABEL,
 };
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -288,38 +288,21 @@ async fn report_unresolved(
     generation: i64,
     why: &str,
 ) -> Result<(), Error> {
-    let mut status = old.clone();
-    status.observed_generation = Some(generation);
-    status.resolved_digest = None;
-    let mut conditions = vec![plan::condition(
+    let resolved = plan::condition(
         condition::RESOLVED,
         false,
         "ResolveFailed",
         why.chars().take(1024).collect(),
         generation,
-    )];
-    plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
-    status
-        .conditions
-        .retain(|c| c.type_ != condition::RESOLVED && c.type_ != condition::GRANT_INVALID);
-    status.conditions.extend(conditions);
-    if plan::differs(&status, old) {
-        publish(
-            ctx,
-            action,
-            EventType::Warning,
-            "ResolveFailed",
-            why.to_owned(),
-        )
-        .await;
-        let mut patch = serde_json::json!({ "status": status });
-        // A merge patch keeps what it does not name: the old digest must go
-        // explicitly, or the next reconcile would take it for this
-        // generation's.
-        patch["status"]["resolvedDigest"] = serde_json::Value::Null;
-        patch_status(ctx, action, patch).await?;
-    }
-    Ok(())
+    );
+    // A resolve failure replaces a stale GrantInvalid too.
+    let refusal = Refusal {
+        conditions: vec![resolved],
+        clears: &[condition::GRANT_INVALID],
+        reason: "ResolveFailed",
+        note: why.to_owned(),
+    };
+    report_refusal(action, ctx, old, generation, refusal).await
 }
 
 /// Records a malformed grant in the status (once, with `why` naming the
@@ -333,10 +316,7 @@ async fn report_grant_invalid(
 ) -> Result<(), Error> {
     let message = format!("spec.grants.{why}; no runs until the grant is fixed");
     let message: String = message.chars().take(1024).collect();
-    let mut status = old.clone();
-    status.observed_generation = Some(generation);
-    status.resolved_digest = None;
-    let mut conditions = vec![
+    let conditions = vec![
         plan::condition(
             condition::GRANT_INVALID,
             true,
@@ -352,15 +332,54 @@ async fn report_grant_invalid(
             generation,
         ),
     ];
+    let refusal = Refusal {
+        conditions,
+        clears: &[],
+        reason: "GrantInvalid",
+        note: message,
+    };
+    report_refusal(action, ctx, old, generation, refusal).await
+}
+
+/// Why a generation gets no runs: conditions that replace those of their
+/// types (and of `clears`), and a Warning Event's reason and note.
+struct Refusal {
+    conditions: Vec<Condition>,
+    clears: &'static [&'static str],
+    reason: &'static str,
+    note: String,
+}
+
+/// Writes `refusal` into the status with this generation and no digest,
+/// and publishes its Event — both only when the status changes, so a
+/// refusal is reported once, not on every reconcile.
+async fn report_refusal(
+    action: &HostAction,
+    ctx: &Context,
+    old: &HostActionStatus,
+    generation: i64,
+    refusal: Refusal,
+) -> Result<(), Error> {
+    let Refusal {
+        mut conditions,
+        clears,
+        reason,
+        note,
+    } = refusal;
+    let mut status = old.clone();
+    status.observed_generation = Some(generation);
+    status.resolved_digest = None;
     plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
-    status
-        .conditions
-        .retain(|c| c.type_ != condition::GRANT_INVALID && c.type_ != condition::PROGRESSING);
+    status.conditions.retain(|c| {
+        !clears.contains(&c.type_.as_str()) && !conditions.iter().any(|n| n.type_ == c.type_)
+    });
     status.conditions.extend(conditions);
     if plan::differs(&status, old) {
-        publish(ctx, action, EventType::Warning, "GrantInvalid", message).await;
+        publish(ctx, action, EventType::Warning, reason, note).await;
         let mut patch = serde_json::json!({ "status": status });
-        // As for an unresolved module: the old generation's digest goes.
+        // A merge patch keeps what it does not name: the old digest must go
+        // explicitly, or the next reconcile would take it for this
+        // generation's.
         patch["status"]["resolvedDigest"] = serde_json::Value::Null;
         patch_status(ctx, action, patch).await?;
     }
