@@ -8,25 +8,27 @@
 //! registry error (unreachable, unauthorized, not found, content that does not
 //! match its digest).
 
+mod scaffold;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hostaction_runtime::capabilities::payload::Payload;
+use hostaction_distribution::{
+    self as oci, Credentials, ModuleStore, Payload, PushRequest, Registry, RegistryOptions,
+    SizeLimits, StoredArtifact,
+};
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{
     AGENT_MAX_MODULE_BYTES, CompileLimits, Compiler, Limits, LoadSource, MAX_MODULE_BYTES,
     Provided, compile,
 };
 use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
-use hostaction_runtime::oci::{
-    self, Credentials, ModuleStore, PushRequest, Registry, RegistryOptions, SizeLimits,
-    StoredArtifact,
-};
 use hostaction_runtime::report::printable;
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime, RuntimeConfig};
+use hostaction_telemetry::LogFormat;
 
 /// Appends a formatted line to the output buffer.
 macro_rules! outln {
@@ -118,7 +120,7 @@ enum Command {
     New {
         /// The language to write it in.
         #[arg(long, value_enum)]
-        lang: hostaction_runtime::scaffold::Lang,
+        lang: crate::scaffold::Lang,
         /// The action's name: lowercase letters, digits and `-`.
         name: String,
         /// Where to write it (must not exist, or be empty) [default: ./NAME].
@@ -131,10 +133,6 @@ enum Command {
     /// (--node-name), or apply HostAction manifests from a directory with no
     /// API server (--manifests, static mode).
     Agent(AgentArgs),
-    /// The controller: roll HostActions out to nodes as HostActionRuns and
-    /// report their status (needs no wasmtime; also the
-    /// `hostaction-controller` binary).
-    Controller(hostaction_controller::cli::ControllerArgs),
     /// List the module store's artifacts, or collect unused ones.
     Cache {
         #[command(subcommand)]
@@ -143,7 +141,10 @@ enum Command {
     /// Compiles a module read from stdin into the disk cache, within the
     /// limits it sets on itself: the compiler process the others start.
     #[command(name = compile::CHILD_SUBCOMMAND, hide = true)]
-    Compile(compile::ChildArgs),
+    Compile {
+        /// What to compile, with which limits (JSON, written by the parent).
+        spec: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,8 +184,8 @@ struct AgentArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     mark_running_after: f64,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = hostaction_controller::cli::LogFormat::Text)]
-    log_format: hostaction_controller::cli::LogFormat,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Directory of HostAction manifests (*.yaml, *.yml, *.json): static mode.
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
@@ -334,26 +335,20 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    if let Command::Compile(args) = &cli.command {
-        return ExitCode::from(compile::child_main(args));
+    if let Command::Compile { spec } = &cli.command {
+        return ExitCode::from(compile::child_main(spec));
     }
     let (format, default) = match &cli.command {
         Command::Agent(args) => (args.log_format, "info"),
-        Command::Controller(args) => (args.log_format, "info"),
         // A CLI run reports through its output; logs only for errors.
-        _ => (hostaction_controller::cli::LogFormat::Text, "error"),
+        _ => (LogFormat::Text, "error"),
     };
-    hostaction_controller::cli::init_logging(format, default);
-    if let Command::Controller(args) = cli.command {
-        return hostaction_controller::cli::main(args);
-    }
+    hostaction_telemetry::init_logging(format, default);
     let output = match &cli.command {
         Command::Run(args) => args.output,
-        Command::Crds
-        | Command::New { .. }
-        | Command::Agent(_)
-        | Command::Controller(_)
-        | Command::Compile(_) => Output::Text,
+        Command::Crds | Command::New { .. } | Command::Agent(_) | Command::Compile { .. } => {
+            Output::Text
+        }
         Command::Inspect { output, .. }
         | Command::Push { output, .. }
         | Command::Pull { output, .. }
@@ -490,10 +485,10 @@ fn execute(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Agent(args) => agent(args, &dirs),
-        Command::Controller(_) | Command::Compile(_) => Ok(0),
+        Command::Compile { .. } => Ok(0),
         Command::New { lang, name, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let written = hostaction_runtime::scaffold::create(lang, &name, &dir)?;
+            let written = crate::scaffold::create(lang, &name, &dir)?;
             emit(&format!(
                 "wrote {} files to {}\nnext: its README.md says how to build, inspect, run and push it\n",
                 written.len(),
@@ -551,13 +546,12 @@ fn execute(cli: Cli) -> Result<u8, Error> {
 }
 
 fn agent(args: AgentArgs, dirs: &CacheDirs) -> Result<u8, Error> {
-    use hostaction_runtime::agent::{Loader, static_dir::StaticAgent};
+    use hostaction_agent::{Loader, static_dir::StaticAgent};
     let interval = seconds("interval", args.interval)?;
     let runtime = dirs.runtime(args.host_root.clone(), args.system_bus.clone())?;
     let registry = Registry::new(args.registry.options()?)?;
     let store = dirs.store(Some(&args.registry))?;
-    let policy =
-        hostaction_runtime::agent::node_policy(args.policy.as_deref(), args.unbounded_grants)?;
+    let policy = hostaction_agent::node_policy(args.policy.as_deref(), args.unbounded_grants)?;
     let Some(manifests) = args.manifests.clone() else {
         return cluster_agent(args, dirs, runtime, registry, store, policy);
     };
@@ -591,9 +585,9 @@ fn cluster_agent(
     store: ModuleStore,
     policy: Option<Grant>,
 ) -> Result<u8, Error> {
-    use hostaction_controller::cli::{serve_metrics, shutdown_signal};
-    use hostaction_controller::metrics::AgentMetrics;
-    use hostaction_runtime::agent::cluster::ClusterAgent;
+    use hostaction_agent::cluster::ClusterAgent;
+    use hostaction_agent::metrics::AgentMetrics;
+    use hostaction_telemetry::{serve_metrics, shutdown_signal};
     let node_name = args.node_name.clone().unwrap_or_default();
     let mark_running_after = seconds("mark-running-after", args.mark_running_after)?;
     let tokio = tokio::runtime::Runtime::new().map_err(|e| Error::Host(format!("tokio: {e}")))?;
@@ -606,7 +600,7 @@ fn cluster_agent(
         let metrics = AgentMetrics::register(&mut metrics_registry);
         serve_metrics(args.metrics_addr, metrics_registry)
             .await
-            .map_err(|e| Error::Host(e.to_string()))?;
+            .map_err(Error::Host)?;
         let client = kube::Client::try_default()
             .await
             .map_err(|e| Error::Host(format!("kubernetes API: {e}")))?;
@@ -682,7 +676,7 @@ fn load(
     }
     let store = dirs.store(Some(registry))?;
     let registry = Registry::new(registry.options()?)?;
-    hostaction_runtime::agent::Loader {
+    hostaction_agent::Loader {
         runtime,
         registry: &registry,
         store: &store,
@@ -704,14 +698,7 @@ fn artifact_json(reference: &str, artifact: &StoredArtifact) -> serde_json::Valu
 
 /// A flag's positive number of seconds.
 fn seconds(flag: &str, value: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            Error::BadParams(format!(
-                "--{flag} {value}: not a positive number of seconds"
-            ))
-        })
+    hostaction_telemetry::seconds(flag, value).map_err(Error::BadParams)
 }
 
 fn name_and_path(arg: &str) -> Result<(String, PathBuf), String> {

@@ -29,8 +29,8 @@ use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Loader, failed_status, finished_status, now};
-use crate::Error;
+use crate::{Loader, failed_status, finished_status, now};
+use hostaction_runtime::Error;
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_INTERRUPTED: i32 = 3;
@@ -420,7 +420,8 @@ fn check(action: &HostAction) -> Result<(), String> {
     if spec.rerun.interval_seconds.is_some_and(|s| s < 60) {
         return Err("spec.rerun.intervalSeconds: at least 60".into());
     }
-    crate::grant::GrantDocument::check(&spec.grants, "spec.grants").map_err(|e| e.to_string())
+    hostaction_runtime::grant::GrantDocument::check(&spec.grants, "spec.grants")
+        .map_err(|e| e.to_string())
 }
 
 /// Whether `action` must run now.

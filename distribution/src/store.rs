@@ -24,8 +24,8 @@ use std::time::SystemTime;
 use rustix::fs::{FlockOperation, flock};
 
 use super::artifact::{Blob, Layout, SizeLimits, check_digest};
-use crate::capabilities::payload::{Payload, PayloadFile};
 use crate::error::{Error, RegistryFault, Result};
+use crate::payload::{Payload, PayloadFile};
 
 /// Default bound of a store: 2 GiB of blobs and precompiled code.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
@@ -107,7 +107,7 @@ impl ModuleStore {
                 .map_err(|e| host(format_args!("creating {}", root.display()), e))?;
         }
         // Resolved once, its ancestors checked: see `DiskCache::open`.
-        let root = &crate::capabilities::files::trusted_directory(root)
+        let root = &crate::disk::trusted_directory(root)
             .map_err(|why| Error::Host(format!("module store {}: {why}", root.display())))?;
         let meta = fs::metadata(root).map_err(|e| host(root.display(), e))?;
         if meta.uid() != rustix::process::geteuid().as_raw()
