@@ -473,17 +473,12 @@ impl ClusterAgent {
             }
         };
         let target = path.clone();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = target.with_extension("tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &target)?;
-            match target.parent() {
-                Some(dir) => std::fs::File::open(dir)?.sync_all(),
-                None => Ok(()),
-            }
+        let written = tokio::task::spawn_blocking(move || {
+            hostaction_distribution::disk::write_atomically(
+                &target.with_extension("tmp"),
+                &target,
+                &bytes,
+            )
         })
         .await
         .unwrap_or_else(|join| Err(std::io::Error::other(join)));

@@ -288,18 +288,13 @@ impl StaticAgent<'_> {
         }
     }
 
-    /// Writes the state atomically (temp file, fsync, rename).
+    /// Writes the state atomically (temp file, fsync, rename, fsync of the
+    /// directory).
     fn write_state(&self, state: &StaticState) -> Result<(), Error> {
-        use std::io::Write;
-        let host = |e: std::io::Error| {
-            Error::Host(format!("state file {}: {e}", self.state_path.display()))
-        };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Host(e.to_string()))?;
         let tmp = suffixed(&self.state_path, ".tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(host)?;
-        file.write_all(&bytes).map_err(host)?;
-        file.sync_all().map_err(host)?;
-        std::fs::rename(&tmp, &self.state_path).map_err(host)
+        hostaction_distribution::disk::write_atomically(&tmp, &self.state_path, &bytes)
+            .map_err(|e| Error::Host(format!("state file {}: {e}", self.state_path.display())))
     }
 }
 

@@ -52,20 +52,67 @@ pub fn trusted_directory(dir: &Path) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
-/// Writes `bytes` to `staging` (a new file), fsyncs it and renames it to
-/// `path` (in the same directory): readers see the whole file or none. On
-/// failure `staging` is removed.
+/// Replaces `path` with a file of `bytes`, all or nothing, also across a
+/// crash: written to `staging` (in the same directory; replaced if a crash
+/// left one, never followed if it is a symlink), synced, renamed over
+/// `path`, then the directory synced so the rename itself is durable. On
+/// failure `staging` is removed and `path` is as it was.
+///
+/// The one way hostaction replaces a file whole: the module store's
+/// manifests, precompiled code, the agent's run journal and static state.
+/// (The files capability writes beneath a directory fd, its own way.)
 pub fn write_atomically(staging: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let written = write_synced(staging, bytes).and_then(|()| std::fs::rename(staging, path));
     if written.is_err() {
         let _ = std::fs::remove_file(staging);
+        return written;
     }
-    written
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = std::fs::File::create_new(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn write_atomically_replaces_the_file_and_leaves_no_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staging, path) = (dir.path().join("f.tmp"), dir.path().join("f"));
+        std::fs::write(&path, b"old").unwrap();
+        // A staging file a crash left behind is replaced, not an obstacle.
+        std::fs::write(&staging, b"half").unwrap();
+        write_atomically(&staging, &path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!staging.exists());
+    }
+
+    #[test]
+    fn write_atomically_does_not_follow_a_symlinked_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let (staging, path) = (dir.path().join("f.tmp"), dir.path().join("f"));
+        std::os::unix::fs::symlink(&victim, &staging).unwrap();
+        assert!(write_atomically(&staging, &path, b"new").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!path.exists());
+    }
 }

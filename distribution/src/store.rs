@@ -209,14 +209,9 @@ impl ModuleStore {
                 )));
             }
         }
-        let tmp = staging.dir.join("manifest");
-        write_synced(&tmp, manifest).map_err(|e| host(tmp.display(), e))?;
         let target = self.manifest_path(digest);
-        fs::rename(&tmp, &target).map_err(|e| host(target.display(), e))?;
-        if let Ok(dir) = File::open(target.parent().unwrap_or(&self.root)) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        crate::disk::write_atomically(&staging.dir.join("manifest"), &target, manifest)
+            .map_err(|e| host(target.display(), e))
     }
 
     /// The artifact of this manifest digest, if the store holds all of it;
@@ -470,13 +465,6 @@ impl Drop for Staging {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = File::create_new(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 fn tree_bytes(path: &Path) -> u64 {
