@@ -22,6 +22,8 @@
 #   GUEST_ROUTE     force "a" or "b" instead of detecting
 #   GUEST_DEBUG=1   keep DWARF line tables in the components (default: stripped)
 #   GUEST_LANGS     the languages to build (default: "rust python js c")
+#   GUEST_CRATES    the Rust guest crates to build (default: all below), e.g.
+#                   "cni-install" (scripts/demo.sh builds only the one it runs)
 set -euo pipefail
 # A failing step inside $(...) fails the script too.
 shopt -s inherit_errexit
@@ -31,7 +33,7 @@ caller_path=$PATH
 langs=" ${GUEST_LANGS:-rust python js c} "
 
 # The guest crates: cargo package names. Each builds <name>.wasm.
-GUEST_CRATES=(
+ALL_GUEST_CRATES=(
     cni-install
     vxlan-overlay
     probe
@@ -40,6 +42,18 @@ GUEST_CRATES=(
     restart-on-change
     wrong-export
 )
+if [[ -n "${GUEST_CRATES:-}" ]]; then
+    read -r -a GUEST_CRATES <<<"$GUEST_CRATES"
+    for crate in "${GUEST_CRATES[@]}"; do
+        if [[ " ${ALL_GUEST_CRATES[*]} " != *" $crate "* ]]; then
+            printf '[build-guests] GUEST_CRATES: unknown crate %s (one of: %s)\n' \
+                "$crate" "${ALL_GUEST_CRATES[*]}" >&2
+            exit 2
+        fi
+    done
+else
+    GUEST_CRATES=("${ALL_GUEST_CRATES[@]}")
+fi
 
 WASM_COMPONENT_LD_VERSION=0.5.31
 APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc)

@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::metrics::{AgentMetrics, PhaseLabels};
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use hostaction_crds::{Grant, HostActionRun, HostActionRunStatus, RunPhase};
-use hostaction_telemetry::backoff::jitter;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -60,6 +60,20 @@ const MAX_ATTEMPTS: i32 = 3;
 pub const WRITE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two tries of a status write.
 pub const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The waits between tries of a status write: backon's jittered exponential
+/// back-off, without end. backon's jitter adds 0–100 % to a step, so the
+/// steps are halved: each wait is half to all of [`WRITE_BACKOFF`] doubling
+/// to [`WRITE_BACKOFF_MAX`] (a thousand agents retrying a restarted API
+/// server spread out instead of writing in lockstep).
+fn write_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(WRITE_BACKOFF / 2)
+        .with_max_delay(WRITE_BACKOFF_MAX / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
 /// Agent starts that may replay one journaled result; the next gives up.
 pub const MAX_REPLAYS: u32 = 5;
 /// How long a journaled result is tried; then it is given up.
@@ -402,7 +416,9 @@ impl ClusterAgent {
         status: &HostActionRunStatus,
         stopping: &mut watch::Receiver<bool>,
     ) -> Delivery {
-        let mut backoff = WRITE_BACKOFF;
+        // backon's schedule, its waits taken one by one: a stop must cut a
+        // wait short but never a write in flight.
+        let mut waits = write_backoff().build();
         loop {
             let error = match self.patch_status(name, status).await {
                 Ok(()) => return Delivery::Done,
@@ -413,13 +429,12 @@ impl ClusterAgent {
             if let Some(refusal) = permanent(&error) {
                 return Delivery::Refused(refusal);
             }
-            let wait = jitter(backoff);
+            let wait = waits.next().unwrap_or(WRITE_BACKOFF_MAX);
             tracing::warn!(run = %name, %error, retry_in = ?wait, "could not write the run's status; retrying");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stopped(stopping) => return Delivery::Stopping,
             }
-            backoff = backoff.saturating_mul(2).min(WRITE_BACKOFF_MAX);
         }
     }
 
@@ -536,4 +551,24 @@ fn unix_now() -> u64 {
 /// The watches' back-off (`hostaction_telemetry::backoff`) as kube takes it.
 fn watch_backoff() -> ExponentialBackoff {
     hostaction_telemetry::backoff::watch_backoff().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wait is half to all of a step doubling from 1 s to 5 min, and
+    /// the waits of two agents differ (jitter).
+    #[test]
+    fn status_write_waits_are_jittered_within_the_steps() {
+        let waits: Vec<Duration> = write_backoff().build().take(14).collect();
+        let mut step = WRITE_BACKOFF;
+        for wait in &waits {
+            assert!(*wait >= step / 2 && *wait <= step, "{wait:?} for {step:?}");
+            step = step.saturating_mul(2).min(WRITE_BACKOFF_MAX);
+        }
+        assert!(waits[10..].iter().all(|w| *w >= WRITE_BACKOFF_MAX / 2));
+        let other: Vec<Duration> = write_backoff().build().take(14).collect();
+        assert_ne!(waits, other);
+    }
 }

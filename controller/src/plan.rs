@@ -11,6 +11,7 @@ use hostaction_crds::{HostAction, HostActionRun, HostActionStatus, RunPhase};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::core::SelectorExt;
 
 /// Condition types of a HostAction's status.
 pub mod condition {
@@ -58,14 +59,15 @@ pub fn plan(
     // Nodes that exist (ready or not) and match keep their runs: a node
     // that is briefly NotReady finishes what it started. Only Ready ones
     // are selected for new runs.
+    let selector = spec.node_selector()?;
+    let no_labels = BTreeMap::new();
     let mut matching = BTreeSet::new();
     let mut selected = BTreeSet::new();
     for node in nodes {
         let Some(name) = node.metadata.name.as_deref() else {
             continue;
         };
-        let labels = node.metadata.labels.clone().unwrap_or_default();
-        if spec.selects(&labels)? {
+        if selector.matches(node.metadata.labels.as_ref().unwrap_or(&no_labels)) {
             matching.insert(name);
             if is_ready(node) {
                 selected.insert(name.to_owned());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{Selector, SelectorExt};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -63,36 +64,37 @@ pub struct HostActionSpec {
 }
 
 impl HostActionSpec {
-    /// Whether its node selector picks a node with `labels` (no selector
-    /// picks every node); an unknown operator is an error naming it.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    /// Its node selector as kube's [`Selector`] (no selector: one that
+    /// selects every node). An unknown operator is an error naming it; `In`
+    /// or `NotIn` without values has an empty set (selects no node and
+    /// every node), as before kube parsed selectors here.
+    pub fn node_selector(&self) -> Result<Selector, String> {
         let Some(selector) = &self.node_selector else {
-            return Ok(true);
+            return Ok(Selector::default());
         };
-        for (key, value) in selector.match_labels.iter().flatten() {
-            if labels.get(key) != Some(value) {
-                return Ok(false);
-            }
-        }
-        for expr in selector.match_expressions.iter().flatten() {
-            let value = labels.get(&expr.key);
-            let values = expr.values.as_deref().unwrap_or_default();
-            let ok = match expr.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
+        let mut selector = selector.clone();
+        for expr in selector.match_expressions.iter_mut().flatten() {
+            match expr.operator.as_str() {
+                "In" | "NotIn" => {
+                    expr.values.get_or_insert_with(Vec::new);
+                }
+                "Exists" | "DoesNotExist" => {}
                 other => {
                     return Err(format!(
                         "nodeSelector: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
                     ));
                 }
-            };
-            if !ok {
-                return Ok(false);
             }
         }
-        Ok(true)
+        Selector::try_from(selector).map_err(|e| format!("nodeSelector: {e}"))
+    }
+
+    /// Whether its node selector picks a node with `labels` (no selector
+    /// picks every node); an invalid selector is [`Self::node_selector`]'s
+    /// error. Parses the selector on each call: matching many nodes, parse
+    /// it once with [`Self::node_selector`].
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+        Ok(self.node_selector()?.matches(labels))
     }
 
     /// Nodes running at once out of `selected`: the count, or the

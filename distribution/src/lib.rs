@@ -68,7 +68,8 @@ pub struct RegistryOptions {
     /// Attempts after the first, for failures that may pass (unreachable,
     /// time-outs, 5xx, 429, a cut transfer).
     pub retries: u32,
-    /// Wait before the first retry; doubled for each next one.
+    /// The first step of the retries' back-off, doubled for each next one
+    /// (up to 30 s); each wait is drawn between half and all of its step.
     pub backoff: Duration,
     /// Time-out to connect, and for each read of a response.
     pub timeout: Duration,

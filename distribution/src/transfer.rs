@@ -116,33 +116,44 @@ pub(super) fn classify(what: &str, e: &OciDistributionError) -> Failure {
 pub(super) use crate::resolve::describe;
 
 /// Runs `attempt` until it succeeds, fails for good, or has been retried
-/// `options.retries` times, waiting `backoff`, then twice that, and so on.
-pub(super) async fn with_retries<T, F, Fut>(options: &RegistryOptions, mut attempt: F) -> Result<T>
+/// `options.retries` times. The waits are backon's jittered exponential
+/// back-off: each is drawn between half and all of a step that starts at
+/// `options.backoff` and doubles up to [`MAX_BACKOFF`] (so no wait is longer
+/// than the step, and many nodes pulling from a registry that comes back do
+/// not all retry in the same instant). The pull's deadline bounds the whole.
+pub(super) async fn with_retries<T, F, Fut>(options: &RegistryOptions, attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, Failure>>,
 {
-    let mut wait = options.backoff;
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(f) if f.transient && tries < options.retries => {
-                tries += 1;
-                tracing::debug!(error = %f.error, tries, "retrying");
-                tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2).min(MAX_BACKOFF);
+    use backon::Retryable;
+    // backon's jitter adds 0–100 % to a step: halving the steps makes each
+    // wait half to all of the documented one.
+    let backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(options.backoff / 2)
+        .with_max_delay(MAX_BACKOFF / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(usize::try_from(options.retries).unwrap_or(usize::MAX));
+    let mut tries: u32 = 0;
+    let outcome = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|f: &Failure| f.transient)
+        .notify(|f: &Failure, wait: Duration| {
+            tries += 1;
+            tracing::debug!(error = %f.error, tries, retry_in = ?wait, "retrying");
+        })
+        .await;
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(f) if tries > 0 => Err(match f.error {
+            Error::Registry { kind, message } => {
+                Error::registry(kind, format!("{message} (after {} attempts)", tries + 1))
             }
-            Err(f) if tries > 0 => {
-                return Err(match f.error {
-                    Error::Registry { kind, message } => {
-                        Error::registry(kind, format!("{message} (after {} attempts)", tries + 1))
-                    }
-                    other => other,
-                });
-            }
-            Err(f) => return Err(f.error),
-        }
+            other => other,
+        }),
+        Err(f) => Err(f.error),
     }
 }
 
@@ -337,5 +348,70 @@ impl Progress {
             mib(done),
             mib(self.total)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn options(retries: u32) -> RegistryOptions {
+        RegistryOptions {
+            retries,
+            backoff: Duration::from_millis(2),
+            ..RegistryOptions::default()
+        }
+    }
+
+    fn failure(transient: bool) -> Failure {
+        Failure {
+            error: Error::registry(RegistryFault::Unavailable, "HTTP 503".to_owned()),
+            transient,
+        }
+    }
+
+    fn run<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn transient_failures_are_retried_up_to_the_limit_and_counted() {
+        let calls = AtomicU32::new(0);
+        let err = run(with_retries(&options(2), || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(failure(true))
+        }))
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+        assert!(err.to_string().contains("(after 3 attempts)"), "{err}");
+
+        let calls = AtomicU32::new(0);
+        let value = run(with_retries(&options(3), || async {
+            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
+                Err(failure(true))
+            } else {
+                Ok(7)
+            }
+        }))
+        .unwrap();
+        assert_eq!((value, calls.load(Ordering::Relaxed)), (7, 3));
+    }
+
+    #[test]
+    fn a_failure_for_good_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let err = run(with_retries(&options(3), || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(failure(false))
+        }))
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(!err.to_string().contains("attempts"), "{err}");
     }
 }

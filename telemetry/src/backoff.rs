@@ -32,13 +32,6 @@ pub fn watch_backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 
-/// A wait between half and all of `backoff`.
-pub fn jitter(backoff: Duration) -> Duration {
-    use std::hash::BuildHasher;
-    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
-    backoff.mul_f64(0.5 + (random % 1024) as f64 / 2046.0)
-}
-
 #[cfg(test)]
 mod tests {
     use backon::BackoffBuilder;

@@ -430,6 +430,52 @@ fn an_unknown_operator_is_an_error() {
     assert!(err.contains("\"Gt\""), "{err}");
 }
 
+/// The selector is parsed once for the whole plan: a bad operator is an
+/// error whatever the nodes' labels (it was found only on a node that
+/// passed the terms before it), and with no nodes at all.
+#[test]
+fn an_unknown_operator_is_an_error_whatever_the_nodes() {
+    let a = action(1, |s| {
+        s.node_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("role".to_owned(), "worker".to_owned())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "Gt".into(),
+                values: Some(names(&["1"])),
+            }]),
+        });
+    });
+    for nodes in [vec![node("c", &[("role", "control")], true)], vec![]] {
+        let err = try_plan(&a, &nodes, &[], false).unwrap_err();
+        assert!(
+            err.contains("unknown operator \"Gt\" (In, NotIn, Exists, DoesNotExist)"),
+            "{err}"
+        );
+    }
+}
+
+/// `In` and `NotIn` without values (the API server refuses them for its
+/// own selectors; the CRD's schema does not): an empty set.
+#[test]
+fn in_and_not_in_without_values_select_no_node_and_every_node() {
+    let nodes = [node("a", &[("zone", "z1")], true), node("b", &[], true)];
+    for (operator, selected) in [("In", &[][..]), ("NotIn", &["a", "b"][..])] {
+        let a = action(1, |s| {
+            s.node_selector = Some(LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "zone".into(),
+                    operator: operator.into(),
+                    values: None,
+                }]),
+            });
+            s.rollout.max_concurrent = IntOrString::Int(10);
+        });
+        let plan = plan_of(&a, &nodes, &[], false);
+        assert_eq!(plan.create, names(selected), "{operator}");
+    }
+}
+
 #[test]
 fn not_ready_nodes_are_not_selected() {
     let mut no_status = node("c", &[], true);

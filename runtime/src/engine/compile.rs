@@ -360,11 +360,20 @@ fn run_child(
 }
 
 /// Waits for `child` until `deadline`; past it, kills it and returns `None`.
+/// Polls from every 1 ms, doubling to every 20 ms (backon's exponential
+/// schedule, without jitter: one local child, no herd to spread).
 fn wait_until(
     child: &mut std::process::Child,
     deadline: Instant,
 ) -> std::io::Result<Option<ExitStatus>> {
-    let mut pause = Duration::from_millis(1);
+    use backon::BackoffBuilder;
+    const LONGEST_PAUSE: Duration = Duration::from_millis(20);
+    let mut pauses = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(LONGEST_PAUSE)
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
@@ -375,8 +384,8 @@ fn wait_until(
             child.wait()?;
             return Ok(None);
         }
+        let pause = pauses.next().unwrap_or(LONGEST_PAUSE);
         std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
