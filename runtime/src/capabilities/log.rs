@@ -1,9 +1,11 @@
 //! The `log` capability (always allowed) and the run's bounded log, which also
 //! receives the guest's stdout and stderr through [`super::wasi`].
 
-use serde::Serialize;
+use std::sync::{Arc, Mutex};
 
-use super::RunState;
+use serde::Serialize;
+use wasmtime::component::{HasData, Linker};
+
 use crate::bindings::hostaction::host::log::{self, Level};
 
 /// Where a log line came from.
@@ -115,7 +117,52 @@ impl RunLog {
     }
 }
 
-impl log::Host for RunState {
+/// The `log` capability's state in a run: the run's log, which WASI's
+/// stdout and stderr write into too.
+pub struct LogCtx {
+    log: Arc<Mutex<RunLog>>,
+}
+
+impl LogCtx {
+    /// An empty log of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            log: Arc::new(Mutex::new(RunLog::new(limit))),
+        }
+    }
+
+    /// The log, for what else writes into it (WASI's stdout and stderr).
+    pub(crate) fn shared(&self) -> &Arc<Mutex<RunLog>> {
+        &self.log
+    }
+
+    /// The lines and the bytes dropped, once nothing else holds the log
+    /// (else none: a writer outlived the run).
+    pub fn finish(self) -> (Vec<LogLine>, usize) {
+        Arc::try_unwrap(self.log)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .map(RunLog::finish)
+            .unwrap_or_default()
+    }
+}
+
+struct HasLog;
+
+impl HasData for HasLog {
+    type Data<'a> = &'a mut LogCtx;
+}
+
+/// Links `hostaction:host/log`, each call made on the context `ctx` gives
+/// (the log needs nothing the capabilities share).
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    ctx: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasLog>(linker, ctx)
+}
+
+impl log::Host for LogCtx {
     fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             Level::Trace => "trace",

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{CapError, RunState};
+use wasmtime::component::{HasData, Linker};
+
+use super::{CapError, Shared};
 use crate::bindings::hostaction::host::payload;
 use crate::error::{Error, Result};
 use crate::oci::artifact::{check_payload_name, sha256};
@@ -91,9 +93,44 @@ fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapE
     Ok(buf)
 }
 
-impl payload::Host for RunState {
+/// The `payload` capability's state in a run: the action's files.
+pub struct PayloadCtx {
+    payload: Arc<Payload>,
+}
+
+impl PayloadCtx {
+    /// The context of a run shipped with `payload`.
+    pub fn new(payload: Arc<Payload>) -> Self {
+        Self { payload }
+    }
+}
+
+/// The `payload` capability as a call sees it.
+pub struct PayloadView<'a> {
+    pub(crate) ctx: &'a mut PayloadCtx,
+    pub(crate) shared: &'a mut Shared,
+}
+
+super::types_host!(PayloadView<'_>);
+
+struct HasPayload;
+
+impl HasData for HasPayload {
+    type Data<'a> = PayloadView<'a>;
+}
+
+/// Links `hostaction:host/payload`, each call made on the view `view` gives.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> PayloadView<'_>,
+) -> wasmtime::Result<()> {
+    payload::add_to_linker::<T, HasPayload>(linker, view)
+}
+
+impl payload::Host for PayloadView<'_> {
     fn files(&mut self) -> wasmtime::Result<Vec<payload::PayloadFile>> {
         Ok(self
+            .ctx
             .payload
             .files()
             .iter()
@@ -106,8 +143,8 @@ impl payload::Host for RunState {
     }
 
     fn read(&mut self, name: String) -> Result<Vec<u8>, CapError> {
-        self.check_deadline()?;
-        let file = self.payload.get(&name)?;
+        self.shared.check_deadline()?;
+        let file = self.ctx.payload.get(&name)?;
         if file.size > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "payload {name:?} is {} bytes; read returns at most {MAX_READ_BYTES}: use read-at",
@@ -118,8 +155,8 @@ impl payload::Host for RunState {
     }
 
     fn read_at(&mut self, name: String, offset: u64, len: u32) -> Result<Vec<u8>, CapError> {
-        self.check_deadline()?;
-        let file = self.payload.get(&name)?;
+        self.shared.check_deadline()?;
+        let file = self.ctx.payload.get(&name)?;
         if u64::from(len) > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "read-at of {len} bytes; at most {MAX_READ_BYTES} per call"
