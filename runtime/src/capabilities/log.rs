@@ -184,6 +184,65 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_call_is_kept_with_its_level() {
+        let mut ctx = LogCtx::new(1000);
+        log::Host::write(&mut ctx, Level::Warn, "careful".into()).expect("write");
+        let (lines, dropped) = ctx.finish();
+        assert_eq!(
+            lines,
+            [LogLine {
+                level: "warn",
+                source: Source::Log,
+                message: "careful".into()
+            }]
+        );
+        assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn log_calls_past_the_limit_are_dropped_and_counted() {
+        let mut ctx = LogCtx::new(LINE_OVERHEAD + 4);
+        for _ in 0..3 {
+            log::Host::write(&mut ctx, Level::Info, "abcd".into()).expect("write");
+        }
+        let (lines, dropped) = ctx.finish();
+        assert_eq!((lines.len(), dropped), (1, 8));
+    }
+
+    #[test]
+    fn log_still_shared_at_the_end_gives_nothing_rather_than_waiting() {
+        let ctx = LogCtx::new(1000);
+        let writer = Arc::clone(ctx.shared());
+        assert_eq!(ctx.finish(), (Vec::new(), 0));
+        drop(writer);
+    }
+
+    #[test]
+    fn unterminated_stream_output_past_the_limit_is_dropped_not_buffered() {
+        let mut log = RunLog::new(100);
+        log.write_stream(Source::Stdout, &[b'x'; 150]);
+        assert!(log.partial[0].is_empty());
+        let (lines, dropped) = log.finish();
+        assert!(lines.is_empty());
+        assert_eq!(dropped, 150);
+    }
+
+    #[test]
+    fn unterminated_stream_output_becomes_a_line_at_the_end() {
+        let mut log = RunLog::new(1000);
+        log.write_stream(Source::Stderr, b"last words");
+        let (lines, _) = log.finish();
+        assert_eq!(
+            lines,
+            [LogLine {
+                level: "warn",
+                source: Source::Stderr,
+                message: "last words".into()
+            }]
+        );
+    }
+
+    #[test]
     fn log_past_its_limit_counts_dropped_bytes() {
         let mut log = RunLog::new(10 + 2 * LINE_OVERHEAD);
         log.push("info", Source::Log, "12345".into());

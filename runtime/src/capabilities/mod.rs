@@ -406,3 +406,55 @@ impl wasmtime_wasi::WasiView for RunState {
 pub(crate) fn install_limiter(store: &mut Store<RunState>) {
     store.limiter(|s| &mut s.shared.limits);
 }
+
+/// What the capabilities' host-level tests share: a run's shared part and a
+/// grant from its YAML document.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{CapError, RunEnd, Shared};
+    use crate::effects::{Effect, Mode};
+    use crate::grant::{EffectiveGrant, Grant};
+
+    /// A run's shared part with a minute to go and a 1 MiB effects budget.
+    pub(crate) fn shared(mode: Mode) -> Shared {
+        Shared::new(
+            mode,
+            1 << 20,
+            Instant::now() + Duration::from_secs(60),
+            64 << 20,
+        )
+    }
+
+    /// A run's shared part whose deadline has passed.
+    pub(crate) fn past_deadline(mode: Mode) -> Shared {
+        Shared::new(mode, 1 << 20, Instant::now(), 64 << 20)
+    }
+
+    /// The effective grant of a grant document under a node policy document.
+    pub(crate) fn grant(grant: &str, policy: Option<&str>) -> Arc<EffectiveGrant> {
+        let parse = |doc: &str| serde_yaml_ng::from_str::<Grant>(doc).expect("grant document");
+        let policy = policy.map(parse);
+        Arc::new(EffectiveGrant::new(&parse(grant), policy.as_ref()).expect("effective grant"))
+    }
+
+    /// The effects the run recorded.
+    pub(crate) fn effects(shared: &mut Shared) -> Vec<Effect> {
+        let mode = shared.effects.mode();
+        std::mem::replace(&mut shared.effects, crate::effects::Effects::new(mode, 0))
+            .into_recorded()
+            .kept
+    }
+
+    /// Whether `err` ends the run at its deadline.
+    pub(crate) fn is_deadline(err: &CapError) -> bool {
+        matches!(err, CapError::Trap(e) if matches!(e.downcast_ref::<RunEnd>(), Some(RunEnd::Deadline(_))))
+    }
+
+    /// Whether `err` ends the run as `limit exceeded`.
+    pub(crate) fn is_limit(err: &CapError) -> bool {
+        matches!(err, CapError::Trap(e) if matches!(e.downcast_ref::<RunEnd>(), Some(RunEnd::Limit(_))))
+    }
+}

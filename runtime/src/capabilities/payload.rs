@@ -165,3 +165,153 @@ impl payload::Host for PayloadView<'_> {
         read_range(file, offset, u64::from(len))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::testing::{self, past_deadline};
+    use crate::effects::Mode;
+    use payload::Host as _;
+
+    /// A payload of `files` (name, contents) in a temporary directory.
+    fn payload(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Payload) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let given: Vec<_> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, bytes).expect("payload file");
+                ((*name).to_owned(), path)
+            })
+            .collect();
+        let payload = Payload::from_files(&given).expect("payload");
+        (dir, payload)
+    }
+
+    fn ctx(payload: Payload) -> (PayloadCtx, Shared) {
+        (
+            PayloadCtx::new(Arc::new(payload)),
+            testing::shared(Mode::Apply),
+        )
+    }
+
+    #[test]
+    fn files_are_listed_sorted_by_name_with_their_digests() {
+        let (_dir, p) = payload(&[("b", b"2"), ("a", b"1")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let files = view.files().expect("files");
+        let seen: Vec<_> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
+        assert_eq!(seen, [("a", 1), ("b", 1)]);
+        assert_eq!(files[0].digest, sha256(b"1"));
+    }
+
+    #[test]
+    fn unknown_name_is_not_found() {
+        let (_dir, p) = payload(&[("a", b"1")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        assert!(matches!(
+            view.read("../a".into()),
+            Err(CapError::NotFound(_))
+        ));
+        assert!(matches!(
+            view.read_at("b".into(), 0, 1),
+            Err(CapError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn read_at_is_clamped_to_the_end_of_the_file() {
+        let (_dir, p) = payload(&[("a", b"hello")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        assert_eq!(view.read_at("a".into(), 3, 100).expect("tail"), b"lo");
+        assert!(
+            view.read_at("a".into(), 99, 10)
+                .expect("past the end")
+                .is_empty()
+        );
+        assert!(
+            view.read_at("a".into(), u64::MAX, u32::MAX >> 8)
+                .expect("far past")
+                .is_empty()
+        );
+        assert_eq!(view.read("a".into()).expect("whole"), b"hello");
+    }
+
+    #[test]
+    fn read_at_longer_than_the_per_call_limit_is_an_invalid_argument() {
+        let (_dir, p) = payload(&[("a", b"hello")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let len = u32::try_from(MAX_READ_BYTES + 1).expect("fits");
+        assert!(matches!(
+            view.read_at("a".into(), 0, len),
+            Err(CapError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn read_of_a_file_over_the_per_call_limit_is_an_invalid_argument() {
+        let (_dir, mut p) = payload(&[("big", b"x")]);
+        // The limit is judged by the recorded size, before any byte is read.
+        p.files[0].size = MAX_READ_BYTES + 1;
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        match view.read("big".into()) {
+            Err(CapError::InvalidArgument(m)) => assert!(m.contains("read-at"), "{m}"),
+            other => panic!("expected invalid-argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_after_the_deadline_traps() {
+        let (_dir, p) = payload(&[("a", b"1")]);
+        let mut ctx = PayloadCtx::new(Arc::new(p));
+        let mut shared = past_deadline(Mode::Apply);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let err = view.read("a".into()).expect_err("past the deadline");
+        assert!(testing::is_deadline(&err), "{err:?}");
+    }
+
+    #[test]
+    fn payload_name_that_is_not_a_plain_file_name_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"1").expect("f");
+        for bad in ["../f", "a/b", "", "."] {
+            assert!(
+                Payload::from_files(&[(bad.to_owned(), path.clone())]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn payload_name_given_twice_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"1").expect("f");
+        let twice = [("f".to_owned(), path.clone()), ("f".to_owned(), path)];
+        assert!(Payload::from_files(&twice).is_err());
+    }
+}

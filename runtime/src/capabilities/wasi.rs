@@ -242,3 +242,48 @@ impl tokio::io::AsyncWrite for LogStream {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn wait_that_never_ends_traps_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let err = until_deadline(deadline, std::future::pending::<wasmtime::Result<()>>())
+            .expect_err("the deadline ends it");
+        assert!(
+            matches!(err.downcast_ref::<RunEnd>(), Some(RunEnd::Deadline(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn wait_that_is_ready_returns_its_value() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let value = until_deadline(deadline, async { Ok(7) }).expect("ready");
+        assert_eq!(value, 7);
+    }
+
+    #[test]
+    fn stdout_and_stderr_go_into_the_log_and_never_push_back() {
+        let log = LogCtx::new(1000);
+        let mut out = LogStream::new(log.shared(), Source::Stdout);
+        let mut err = LogStream::new(log.shared(), Source::Stderr);
+        assert_eq!(
+            OutputStream::check_write(&mut out).expect("writable"),
+            ALWAYS_WRITABLE
+        );
+        OutputStream::write(&mut out, bytes::Bytes::from_static(b"out\n")).expect("stdout");
+        OutputStream::write(&mut err, bytes::Bytes::from_static(b"err\n")).expect("stderr");
+        drop((out, err));
+        let (lines, _) = log.finish();
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| (l.source, l.message.as_str()))
+            .collect();
+        assert_eq!(seen, [(Source::Stdout, "out"), (Source::Stderr, "err")]);
+    }
+}

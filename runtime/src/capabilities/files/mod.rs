@@ -18,6 +18,8 @@
 //! listings up to [`MAX_DIR_ENTRIES`] entries.
 
 mod path;
+#[cfg(test)]
+mod tests;
 mod walk;
 
 pub(crate) use walk::trusted_directory;

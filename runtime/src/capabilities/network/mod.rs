@@ -13,6 +13,8 @@
 pub mod netlink;
 mod planned;
 pub mod scope;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
