@@ -1,9 +1,11 @@
 //! The `log` capability (always allowed) and the run's bounded log, which also
 //! receives the guest's stdout and stderr through [`super::wasi`].
 
-use serde::Serialize;
+use std::sync::{Arc, Mutex};
 
-use super::RunState;
+use serde::Serialize;
+use wasmtime::component::{HasData, Linker};
+
 use crate::bindings::hostaction::host::log::{self, Level};
 
 /// Where a log line came from.
@@ -115,7 +117,52 @@ impl RunLog {
     }
 }
 
-impl log::Host for RunState {
+/// The `log` capability's state in a run: the run's log, which WASI's
+/// stdout and stderr write into too.
+pub struct LogCtx {
+    log: Arc<Mutex<RunLog>>,
+}
+
+impl LogCtx {
+    /// An empty log of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            log: Arc::new(Mutex::new(RunLog::new(limit))),
+        }
+    }
+
+    /// The log, for what else writes into it (WASI's stdout and stderr).
+    pub(crate) fn shared(&self) -> &Arc<Mutex<RunLog>> {
+        &self.log
+    }
+
+    /// The lines and the bytes dropped, once nothing else holds the log
+    /// (else none: a writer outlived the run).
+    pub fn finish(self) -> (Vec<LogLine>, usize) {
+        Arc::try_unwrap(self.log)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .map(RunLog::finish)
+            .unwrap_or_default()
+    }
+}
+
+struct HasLog;
+
+impl HasData for HasLog {
+    type Data<'a> = &'a mut LogCtx;
+}
+
+/// Links `hostaction:host/log`, each call made on the context `ctx` gives
+/// (the log needs nothing the capabilities share).
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    ctx: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasLog>(linker, ctx)
+}
+
+impl log::Host for LogCtx {
     fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             Level::Trace => "trace",
@@ -135,6 +182,65 @@ impl log::Host for RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_call_is_kept_with_its_level() {
+        let mut ctx = LogCtx::new(1000);
+        log::Host::write(&mut ctx, Level::Warn, "careful".into()).expect("write");
+        let (lines, dropped) = ctx.finish();
+        assert_eq!(
+            lines,
+            [LogLine {
+                level: "warn",
+                source: Source::Log,
+                message: "careful".into()
+            }]
+        );
+        assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn log_calls_past_the_limit_are_dropped_and_counted() {
+        let mut ctx = LogCtx::new(LINE_OVERHEAD + 4);
+        for _ in 0..3 {
+            log::Host::write(&mut ctx, Level::Info, "abcd".into()).expect("write");
+        }
+        let (lines, dropped) = ctx.finish();
+        assert_eq!((lines.len(), dropped), (1, 8));
+    }
+
+    #[test]
+    fn log_still_shared_at_the_end_gives_nothing_rather_than_waiting() {
+        let ctx = LogCtx::new(1000);
+        let writer = Arc::clone(ctx.shared());
+        assert_eq!(ctx.finish(), (Vec::new(), 0));
+        drop(writer);
+    }
+
+    #[test]
+    fn unterminated_stream_output_past_the_limit_is_dropped_not_buffered() {
+        let mut log = RunLog::new(100);
+        log.write_stream(Source::Stdout, &[b'x'; 150]);
+        assert!(log.partial[0].is_empty());
+        let (lines, dropped) = log.finish();
+        assert!(lines.is_empty());
+        assert_eq!(dropped, 150);
+    }
+
+    #[test]
+    fn unterminated_stream_output_becomes_a_line_at_the_end() {
+        let mut log = RunLog::new(1000);
+        log.write_stream(Source::Stderr, b"last words");
+        let (lines, _) = log.finish();
+        assert_eq!(
+            lines,
+            [LogLine {
+                level: "warn",
+                source: Source::Stderr,
+                message: "last words".into()
+            }]
+        );
+    }
 
     #[test]
     fn log_past_its_limit_counts_dropped_bytes() {

@@ -12,17 +12,18 @@ pub mod payload;
 pub mod services;
 pub mod wasi;
 
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasData, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 
 use crate::bindings::hostaction::host::types;
-use crate::effects::Effects;
+use crate::effects::{Effects, Mode, Recorded};
 use crate::grant::EffectiveGrant;
 use files::HostRoot;
-use log::RunLog;
+use log::LogLine;
 
 /// An expected failure of a capability call, or a trap.
 #[derive(Debug, thiserror::Error)]
@@ -66,28 +67,47 @@ pub(crate) enum RunEnd {
     Limit(String),
 }
 
-/// What a run's store holds: the effective grant, the host, the run's log,
-/// its effects and its limits.
+/// What a run's store holds: each capability's own context, and what they
+/// all share. Each capability is linked with a view that borrows its context
+/// and the shared part ([`files::FilesView`], ...), so a capability sees only
+/// its own state and the run's effects, deadline and limits.
 pub struct RunState {
-    pub(crate) grant: Arc<EffectiveGrant>,
-    pub(crate) host_root: Arc<HostRoot>,
-    pub(crate) effects: Effects,
-    /// Plan mode: directories recorded as created but not made.
-    pub(crate) planned_dirs: PlannedDirs,
-    /// What the run's network calls remember (plan mode's planned links).
-    pub(crate) network: network::NetRun,
-    /// systemd, for the `services` capability (connected on first use).
-    pub(crate) systemd: Arc<services::systemd::Systemd>,
-    /// The files shipped with the action (`payload`).
-    pub(crate) payload: Arc<payload::Payload>,
-    pub(crate) log: Arc<Mutex<RunLog>>,
-    pub(crate) deadline: Instant,
-    pub(crate) limits: StoreLimits,
-    pub(crate) wasi: wasmtime_wasi::WasiCtx,
-    pub(crate) table: ResourceTable,
+    pub(crate) shared: Shared,
+    pub(crate) log: log::LogCtx,
+    pub(crate) payload: payload::PayloadCtx,
+    pub(crate) files: files::FilesCtx,
+    pub(crate) network: network::NetworkCtx,
+    pub(crate) services: services::ServicesCtx,
+    pub(crate) wasi: wasi::WasiState,
 }
 
-impl RunState {
+/// What every capability of a run shares: its effects, its deadline and
+/// its limits.
+pub(crate) struct Shared {
+    pub(crate) effects: Effects,
+    pub(crate) deadline: Instant,
+    pub(crate) limits: StoreLimits,
+}
+
+impl Shared {
+    /// What a run starts with: no effects, nothing of its limits used.
+    pub(crate) fn new(
+        mode: Mode,
+        effects_bytes: usize,
+        deadline: Instant,
+        memory_bytes: usize,
+    ) -> Self {
+        Self {
+            effects: Effects::new(mode, effects_bytes),
+            deadline,
+            limits: StoreLimits {
+                memory_bytes,
+                memory_used: 0,
+                hit: None,
+            },
+        }
+    }
+
     /// Fails the call with a trap once the run's wall-clock deadline has passed,
     /// so no host call runs past it.
     pub(crate) fn check_deadline(&self) -> Result<(), CapError> {
@@ -97,6 +117,94 @@ impl RunState {
             ))));
         }
         Ok(())
+    }
+}
+
+/// The host backends the capabilities hold for the life of a runtime (its
+/// process): the host root, held open, and the client of systemd's bus.
+pub(crate) struct Backends {
+    host_root: Arc<HostRoot>,
+    systemd: Arc<services::systemd::Systemd>,
+}
+
+impl Backends {
+    /// Opens the host root; `system_bus` is the D-Bus address of systemd's
+    /// bus (none: the host root's `/run/dbus/system_bus_socket`).
+    pub(crate) fn open(host_root: &Path, system_bus: Option<String>) -> std::io::Result<Self> {
+        Ok(Self {
+            host_root: Arc::new(HostRoot::open(host_root)?),
+            systemd: Arc::new(services::systemd::Systemd::for_host(host_root, system_bus)),
+        })
+    }
+
+    /// The host root, held open.
+    pub(crate) fn root(&self) -> &HostRoot {
+        &self.host_root
+    }
+}
+
+/// What one run gets: its grant, its mode, its payload and its budgets.
+pub(crate) struct RunSetup {
+    pub(crate) grant: Arc<EffectiveGrant>,
+    pub(crate) mode: Mode,
+    pub(crate) payload: Arc<payload::Payload>,
+    pub(crate) deadline: Instant,
+    pub(crate) memory_bytes: usize,
+    pub(crate) log_bytes: usize,
+    pub(crate) effects_bytes: usize,
+}
+
+/// What a finished run leaves: its effects and its log (with the bytes it
+/// dropped).
+pub(crate) struct RunRecord {
+    pub(crate) effects: Recorded,
+    pub(crate) log: Vec<LogLine>,
+    pub(crate) log_dropped_bytes: usize,
+}
+
+impl RunState {
+    /// A fresh store's state: each capability's context built by its own
+    /// module from the run's grant, over the runtime's backends.
+    pub(crate) fn new(host: &Backends, run: RunSetup) -> Self {
+        let log = log::LogCtx::new(run.log_bytes);
+        Self {
+            wasi: wasi::WasiState::locked_down(&log),
+            log,
+            payload: payload::PayloadCtx::new(Arc::clone(&run.payload)),
+            files: files::FilesCtx::new(
+                Arc::clone(&run.grant),
+                Arc::clone(&host.host_root),
+                run.payload,
+            ),
+            network: network::NetworkCtx::new(Arc::clone(&run.grant), Arc::clone(&host.host_root)),
+            services: services::ServicesCtx::new(run.grant, Arc::clone(&host.systemd) as _),
+            shared: Shared::new(run.mode, run.effects_bytes, run.deadline, run.memory_bytes),
+        }
+    }
+
+    /// The first memory or table limit the run hit, if any.
+    pub(crate) fn limit_hit(&self) -> Option<&str> {
+        self.shared.limits.hit.as_deref()
+    }
+
+    /// Bytes of linear memory the run holds.
+    pub(crate) fn memory_used(&self) -> usize {
+        self.shared.limits.memory_used
+    }
+
+    /// Ends the run's state: its effects and its log. The WASI context (which
+    /// writes into the log) goes first, so the log is the run's alone.
+    pub(crate) fn finish(self) -> RunRecord {
+        let Self {
+            shared, log, wasi, ..
+        } = self;
+        drop(wasi);
+        let (log, log_dropped_bytes) = log.finish();
+        RunRecord {
+            effects: shared.effects.into_recorded(),
+            log,
+            log_dropped_bytes,
+        }
     }
 }
 
@@ -120,53 +228,47 @@ pub(crate) fn check_plan(what: &str, bytes: usize) -> Result<(), CapError> {
     Ok(())
 }
 
-/// Plan mode's directories recorded as created but not made, charged
-/// against [`PLAN_BYTES`].
-#[derive(Debug, Default)]
-pub(crate) struct PlannedDirs {
-    dirs: Vec<files::HostPath>,
-    bytes: usize,
+/// The `types` interface: no functions, only the error variant every
+/// capability's [`CapError`] becomes (a trap stays a trap).
+pub(crate) fn convert_error(err: CapError) -> wasmtime::Result<types::Error> {
+    Ok(match err {
+        CapError::PermissionDenied(m) => types::Error::PermissionDenied(m),
+        CapError::InvalidArgument(m) => types::Error::InvalidArgument(m),
+        CapError::NotFound(m) => types::Error::NotFound(m),
+        CapError::Conflict(m) => types::Error::Conflict(m),
+        CapError::Unsupported(m) => types::Error::Unsupported(m),
+        CapError::Timeout(m) => types::Error::Timeout(m),
+        CapError::Io(m) => types::Error::Io(m),
+        CapError::Trap(e) => return Err(e),
+    })
 }
 
-/// What a planned directory costs besides its components' bytes, and what
-/// each component costs besides its bytes (a `String` of its own).
-const PLANNED_DIR_OVERHEAD: usize = 64;
-const PLANNED_PART_OVERHEAD: usize = 32;
-
-impl PlannedDirs {
-    /// Remembers `dir`, or ends the run when the budget is used up.
-    pub(crate) fn push(&mut self, dir: files::HostPath) -> Result<(), CapError> {
-        let cost = PLANNED_DIR_OVERHEAD
-            + dir
-                .components()
-                .iter()
-                .map(|c| c.len() + PLANNED_PART_OVERHEAD)
-                .sum::<usize>();
-        check_plan("planned directories", self.bytes + cost)?;
-        self.bytes += cost;
-        self.dirs.push(dir);
-        Ok(())
-    }
-
-    /// The planned directories, in the order they were planned.
-    pub(crate) fn iter(&self) -> std::slice::Iter<'_, files::HostPath> {
-        self.dirs.iter()
-    }
+/// Implements `types::Host` (the error conversion every capability's
+/// bindings need) for a capability's view.
+macro_rules! types_host {
+    ($($view:ty),* $(,)?) => {$(
+        impl crate::bindings::hostaction::host::types::Host for $view {
+            fn convert_error(
+                &mut self,
+                err: crate::capabilities::CapError,
+            ) -> wasmtime::Result<crate::bindings::hostaction::host::types::Error> {
+                crate::capabilities::convert_error(err)
+            }
+        }
+    )*};
 }
+pub(crate) use types_host;
 
-impl types::Host for RunState {
-    fn convert_error(&mut self, err: CapError) -> wasmtime::Result<types::Error> {
-        Ok(match err {
-            CapError::PermissionDenied(m) => types::Error::PermissionDenied(m),
-            CapError::InvalidArgument(m) => types::Error::InvalidArgument(m),
-            CapError::NotFound(m) => types::Error::NotFound(m),
-            CapError::Conflict(m) => types::Error::Conflict(m),
-            CapError::Unsupported(m) => types::Error::Unsupported(m),
-            CapError::Timeout(m) => types::Error::Timeout(m),
-            CapError::Io(m) => types::Error::Io(m),
-            CapError::Trap(e) => return Err(e),
-        })
-    }
+/// The `types` interface's own link: it has no functions, so its view holds
+/// nothing.
+struct TypesView;
+
+types_host!(TypesView);
+
+struct HasTypes;
+
+impl HasData for HasTypes {
+    type Data<'a> = TypesView;
 }
 
 /// Memory and table caps of one run; records the first refusal so the report
@@ -259,7 +361,8 @@ impl ResourceLimiter for StoreLimits {
     }
 }
 
-/// Links every capability this runtime implements into `linker`.
+/// Links every capability this runtime implements into `linker`, each with
+/// its view of the run's state.
 ///
 /// Linking more than a component imports gives it nothing: the engine refuses,
 /// before instantiation, any component whose imports the effective grant does
@@ -267,18 +370,91 @@ impl ResourceLimiter for StoreLimits {
 pub(crate) fn add_to_linker(
     linker: &mut wasmtime::component::Linker<RunState>,
 ) -> wasmtime::Result<()> {
-    use crate::bindings::hostaction::host;
-    use wasmtime::component::HasSelf;
-    host::types::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    host::log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    host::payload::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    host::files::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    host::network::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    host::services::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)?;
-    wasi::add_to_linker(linker)
+    crate::bindings::hostaction::host::types::add_to_linker::<RunState, HasTypes>(linker, |_| {
+        TypesView
+    })?;
+    log::add_to_linker(linker, |s| &mut s.log)?;
+    payload::add_to_linker(linker, |s| payload::PayloadView {
+        ctx: &mut s.payload,
+        shared: &mut s.shared,
+    })?;
+    files::add_to_linker(linker, |s| files::FilesView {
+        ctx: &mut s.files,
+        shared: &mut s.shared,
+    })?;
+    network::add_to_linker(linker, |s| network::NetworkView {
+        ctx: &mut s.network,
+        shared: &mut s.shared,
+    })?;
+    services::add_to_linker(linker, |s| services::ServicesView {
+        ctx: &mut s.services,
+        shared: &mut s.shared,
+    })?;
+    wasi::add_to_linker(linker, |s| wasi::PollView {
+        table: &mut s.wasi.table,
+        deadline: s.shared.deadline,
+    })
+}
+
+impl wasmtime_wasi::WasiView for RunState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.wasi.view()
+    }
 }
 
 /// Gives a store its limiter.
 pub(crate) fn install_limiter(store: &mut Store<RunState>) {
-    store.limiter(|s| &mut s.limits);
+    store.limiter(|s| &mut s.shared.limits);
+}
+
+/// What the capabilities' host-level tests share: a run's shared part and a
+/// grant from its YAML document.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{CapError, RunEnd, Shared};
+    use crate::effects::{Effect, Mode};
+    use crate::grant::{EffectiveGrant, Grant};
+
+    /// A run's shared part with a minute to go and a 1 MiB effects budget.
+    pub(crate) fn shared(mode: Mode) -> Shared {
+        Shared::new(
+            mode,
+            1 << 20,
+            Instant::now() + Duration::from_secs(60),
+            64 << 20,
+        )
+    }
+
+    /// A run's shared part whose deadline has passed.
+    pub(crate) fn past_deadline(mode: Mode) -> Shared {
+        Shared::new(mode, 1 << 20, Instant::now(), 64 << 20)
+    }
+
+    /// The effective grant of a grant document under a node policy document.
+    pub(crate) fn grant(grant: &str, policy: Option<&str>) -> Arc<EffectiveGrant> {
+        let parse = |doc: &str| serde_yaml_ng::from_str::<Grant>(doc).expect("grant document");
+        let policy = policy.map(parse);
+        Arc::new(EffectiveGrant::new(&parse(grant), policy.as_ref()).expect("effective grant"))
+    }
+
+    /// The effects the run recorded.
+    pub(crate) fn effects(shared: &mut Shared) -> Vec<Effect> {
+        let mode = shared.effects.mode();
+        std::mem::replace(&mut shared.effects, crate::effects::Effects::new(mode, 0))
+            .into_recorded()
+            .kept
+    }
+
+    /// Whether `err` ends the run at its deadline.
+    pub(crate) fn is_deadline(err: &CapError) -> bool {
+        matches!(err, CapError::Trap(e) if matches!(e.downcast_ref::<RunEnd>(), Some(RunEnd::Deadline(_))))
+    }
+
+    /// Whether `err` ends the run as `limit exceeded`.
+    pub(crate) fn is_limit(err: &CapError) -> bool {
+        matches!(err, CapError::Trap(e) if matches!(e.downcast_ref::<RunEnd>(), Some(RunEnd::Limit(_))))
+    }
 }

@@ -3,10 +3,13 @@
 //! files given with `hostaction run --payload`.
 
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 pub use hostaction_distribution::payload::{Payload, PayloadFile};
 
-use super::{CapError, RunState};
+use wasmtime::component::{HasData, Linker};
+
+use super::{CapError, Shared};
 use crate::bindings::hostaction::host::payload;
 
 /// Bytes one `read` or `read-at` returns at most.
@@ -29,9 +32,44 @@ fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapE
     Ok(buf)
 }
 
-impl payload::Host for RunState {
+/// The `payload` capability's state in a run: the action's files.
+pub struct PayloadCtx {
+    payload: Arc<Payload>,
+}
+
+impl PayloadCtx {
+    /// The context of a run shipped with `payload`.
+    pub fn new(payload: Arc<Payload>) -> Self {
+        Self { payload }
+    }
+}
+
+/// The `payload` capability as a call sees it.
+pub struct PayloadView<'a> {
+    pub(crate) ctx: &'a mut PayloadCtx,
+    pub(crate) shared: &'a mut Shared,
+}
+
+super::types_host!(PayloadView<'_>);
+
+struct HasPayload;
+
+impl HasData for HasPayload {
+    type Data<'a> = PayloadView<'a>;
+}
+
+/// Links `hostaction:host/payload`, each call made on the view `view` gives.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> PayloadView<'_>,
+) -> wasmtime::Result<()> {
+    payload::add_to_linker::<T, HasPayload>(linker, view)
+}
+
+impl payload::Host for PayloadView<'_> {
     fn files(&mut self) -> wasmtime::Result<Vec<payload::PayloadFile>> {
         Ok(self
+            .ctx
             .payload
             .files()
             .iter()
@@ -44,8 +82,8 @@ impl payload::Host for RunState {
     }
 
     fn read(&mut self, name: String) -> Result<Vec<u8>, CapError> {
-        self.check_deadline()?;
-        let file = find(&self.payload, &name)?;
+        self.shared.check_deadline()?;
+        let file = find(&self.ctx.payload, &name)?;
         if file.size > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "payload {name:?} is {} bytes; read returns at most {MAX_READ_BYTES}: use read-at",
@@ -56,13 +94,167 @@ impl payload::Host for RunState {
     }
 
     fn read_at(&mut self, name: String, offset: u64, len: u32) -> Result<Vec<u8>, CapError> {
-        self.check_deadline()?;
-        let file = find(&self.payload, &name)?;
+        self.shared.check_deadline()?;
+        let file = find(&self.ctx.payload, &name)?;
         if u64::from(len) > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "read-at of {len} bytes; at most {MAX_READ_BYTES} per call"
             )));
         }
         read_range(file, offset, u64::from(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hostaction_distribution::artifact::sha256;
+
+    use super::*;
+    use crate::capabilities::testing::{self, past_deadline};
+    use crate::effects::Mode;
+    use payload::Host as _;
+
+    /// A payload of `files` (name, contents) in a temporary directory.
+    fn payload(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Payload) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let given: Vec<_> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, bytes).expect("payload file");
+                ((*name).to_owned(), path)
+            })
+            .collect();
+        let payload = Payload::from_files(&given).expect("payload");
+        (dir, payload)
+    }
+
+    fn ctx(payload: Payload) -> (PayloadCtx, Shared) {
+        (
+            PayloadCtx::new(Arc::new(payload)),
+            testing::shared(Mode::Apply),
+        )
+    }
+
+    #[test]
+    fn files_are_listed_sorted_by_name_with_their_digests() {
+        let (_dir, p) = payload(&[("b", b"2"), ("a", b"1")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let files = view.files().expect("files");
+        let seen: Vec<_> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
+        assert_eq!(seen, [("a", 1), ("b", 1)]);
+        assert_eq!(files[0].digest, sha256(b"1"));
+    }
+
+    #[test]
+    fn unknown_name_is_not_found() {
+        let (_dir, p) = payload(&[("a", b"1")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        assert!(matches!(
+            view.read("../a".into()),
+            Err(CapError::NotFound(_))
+        ));
+        assert!(matches!(
+            view.read_at("b".into(), 0, 1),
+            Err(CapError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn read_at_is_clamped_to_the_end_of_the_file() {
+        let (_dir, p) = payload(&[("a", b"hello")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        assert_eq!(view.read_at("a".into(), 3, 100).expect("tail"), b"lo");
+        assert!(
+            view.read_at("a".into(), 99, 10)
+                .expect("past the end")
+                .is_empty()
+        );
+        assert!(
+            view.read_at("a".into(), u64::MAX, u32::MAX >> 8)
+                .expect("far past")
+                .is_empty()
+        );
+        assert_eq!(view.read("a".into()).expect("whole"), b"hello");
+    }
+
+    #[test]
+    fn read_at_longer_than_the_per_call_limit_is_an_invalid_argument() {
+        let (_dir, p) = payload(&[("a", b"hello")]);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let len = u32::try_from(MAX_READ_BYTES + 1).expect("fits");
+        assert!(matches!(
+            view.read_at("a".into(), 0, len),
+            Err(CapError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn read_of_a_file_over_the_per_call_limit_is_an_invalid_argument() {
+        let (_dir, p) = payload(&[("big", b"x")]);
+        // The limit is judged by the recorded size, before any byte is read.
+        let mut files = p.files().to_vec();
+        files[0].size = MAX_READ_BYTES + 1;
+        let p = Payload::new(files);
+        let (mut ctx, mut shared) = ctx(p);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        match view.read("big".into()) {
+            Err(CapError::InvalidArgument(m)) => assert!(m.contains("read-at"), "{m}"),
+            other => panic!("expected invalid-argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_after_the_deadline_traps() {
+        let (_dir, p) = payload(&[("a", b"1")]);
+        let mut ctx = PayloadCtx::new(Arc::new(p));
+        let mut shared = past_deadline(Mode::Apply);
+        let mut view = PayloadView {
+            ctx: &mut ctx,
+            shared: &mut shared,
+        };
+        let err = view.read("a".into()).expect_err("past the deadline");
+        assert!(testing::is_deadline(&err), "{err:?}");
+    }
+
+    #[test]
+    fn payload_name_that_is_not_a_plain_file_name_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"1").expect("f");
+        for bad in ["../f", "a/b", "", "."] {
+            assert!(
+                Payload::from_files(&[(bad.to_owned(), path.clone())]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn payload_name_given_twice_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"1").expect("f");
+        let twice = [("f".to_owned(), path.clone()), ("f".to_owned(), path)];
+        assert!(Payload::from_files(&twice).is_err());
     }
 }

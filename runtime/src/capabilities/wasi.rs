@@ -36,50 +36,92 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::io::poll as async_poll;
 use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::log::{RunLog, Source};
-use super::{RunEnd, RunState};
+use super::RunEnd;
+use super::log::{LogCtx, RunLog, Source};
+
+/// The WASI state of a run: the locked-down context and the resource table
+/// its streams and pollables live in.
+pub struct WasiState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl WasiState {
+    /// A WASI context that gives nothing but clocks, randomness and the
+    /// run's log, and a table bounded by [`super::MAX_RESOURCES`].
+    pub(crate) fn locked_down(log: &LogCtx) -> Self {
+        Self {
+            ctx: locked_down(log.shared()),
+            table: super::resource_table(),
+        }
+    }
+
+    /// What wasmtime-wasi's own interfaces are linked with.
+    pub(crate) fn view(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// `wasi:io/poll` as a call sees it: the table its pollables are in, and the
+/// run's deadline its waits end at.
+pub struct PollView<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) deadline: Instant,
+}
+
+struct HasPoll;
+
+impl HasData for HasPoll {
+    type Data<'a> = PollView<'a>;
+}
 
 /// Links wasmtime-wasi's WASI 0.2 interfaces, with `wasi:io/poll` replaced by
-/// one whose waits end at the run's deadline.
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+/// one whose waits end at the run's deadline (on the view `poll` gives).
+pub(crate) fn add_to_linker<T: WasiView + Send + 'static>(
+    linker: &mut Linker<T>,
+    poll: fn(&mut T) -> PollView<'_>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
-    let shadowed = sync_poll::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s);
+    let shadowed = sync_poll::add_to_linker::<T, HasPoll>(linker, poll);
     linker.allow_shadowing(false);
     shadowed
 }
 
-impl sync_poll::Host for RunState {
+impl sync_poll::Host for PollView<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
         until_deadline(
             self.deadline,
-            async_poll::Host::poll(&mut self.table, pollables),
+            async_poll::Host::poll(&mut *self.table, pollables),
         )
     }
 }
 
-impl sync_poll::HostPollable for RunState {
+impl sync_poll::HostPollable for PollView<'_> {
     fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
         // Never waits: it looks once.
-        sync_poll::HostPollable::ready(&mut self.table, pollable)
+        sync_poll::HostPollable::ready(&mut *self.table, pollable)
     }
 
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         until_deadline(
             self.deadline,
-            async_poll::HostPollable::block(&mut self.table, pollable),
+            async_poll::HostPollable::block(&mut *self.table, pollable),
         )
     }
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
-        sync_poll::HostPollable::drop(&mut self.table, pollable)
+        sync_poll::HostPollable::drop(&mut *self.table, pollable)
     }
 }
 
@@ -98,20 +140,11 @@ fn until_deadline<T>(
     }
 }
 
-impl WasiView for RunState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
 /// The most random bytes one call may ask for (a larger ask traps).
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// A WASI context that gives nothing but clocks, randomness and a log.
-pub(crate) fn locked_down(log: &Arc<Mutex<RunLog>>) -> WasiCtx {
+fn locked_down(log: &Arc<Mutex<RunLog>>) -> WasiCtx {
     WasiCtx::builder()
         .stdout(LogStream::new(log, Source::Stdout))
         .stderr(LogStream::new(log, Source::Stderr))
@@ -207,5 +240,50 @@ impl tokio::io::AsyncWrite for LogStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn wait_that_never_ends_traps_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let err = until_deadline(deadline, std::future::pending::<wasmtime::Result<()>>())
+            .expect_err("the deadline ends it");
+        assert!(
+            matches!(err.downcast_ref::<RunEnd>(), Some(RunEnd::Deadline(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn wait_that_is_ready_returns_its_value() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let value = until_deadline(deadline, async { Ok(7) }).expect("ready");
+        assert_eq!(value, 7);
+    }
+
+    #[test]
+    fn stdout_and_stderr_go_into_the_log_and_never_push_back() {
+        let log = LogCtx::new(1000);
+        let mut out = LogStream::new(log.shared(), Source::Stdout);
+        let mut err = LogStream::new(log.shared(), Source::Stderr);
+        assert_eq!(
+            OutputStream::check_write(&mut out).expect("writable"),
+            ALWAYS_WRITABLE
+        );
+        OutputStream::write(&mut out, bytes::Bytes::from_static(b"out\n")).expect("stdout");
+        OutputStream::write(&mut err, bytes::Bytes::from_static(b"err\n")).expect("stderr");
+        drop((out, err));
+        let (lines, _) = log.finish();
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| (l.source, l.message.as_str()))
+            .collect();
+        assert_eq!(seen, [(Source::Stdout, "out"), (Source::Stderr, "err")]);
     }
 }

@@ -32,12 +32,10 @@ pub use pool::MAX_CONCURRENT_RUNS;
 
 use crate::bindings::ActionPre;
 use crate::bindings::hostaction::host::types;
-use crate::capabilities::files::HostRoot;
-use crate::capabilities::log::{LogLine, RunLog, Source};
+use crate::capabilities::log::{LogLine, Source};
 use crate::capabilities::payload::Payload;
-use crate::capabilities::services::systemd::Systemd;
-use crate::capabilities::{self, RunEnd, RunState, StoreLimits};
-use crate::effects::{Effects, Mode};
+use crate::capabilities::{self, RunEnd, RunSetup, RunState};
+use crate::effects::Mode;
 use crate::error::{Error, Result};
 use crate::grant::EffectiveGrant;
 use crate::report::{Outcome, RunReport, RunStatus, Timing};
@@ -133,21 +131,6 @@ fn compile_config() -> Config {
     wasm
 }
 
-/// The D-Bus address of a unix socket (`unix:path=...`, with the path's
-/// bytes outside D-Bus's safe set escaped as `%XX`).
-fn unix_address(socket: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut address = String::from("unix:path=");
-    for &b in socket.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-_/.\\*".contains(&b) {
-            address.push(char::from(b));
-        } else {
-            address.push_str(&format!("%{b:02x}"));
-        }
-    }
-    address
-}
-
 /// `$HOSTACTION_CACHE_DIR`, else `$XDG_CACHE_HOME/hostaction`, else
 /// `~/.cache/hostaction`, else `/var/cache/hostaction`.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -227,10 +210,10 @@ impl RunRequest {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<RunState>,
-    host_root: Arc<HostRoot>,
+    /// What the capabilities hold for the runtime's life (host root, bus).
+    host: capabilities::Backends,
     cache: Option<DiskCache>,
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
-    systemd: Arc<Systemd>,
     ticker_stop: Arc<AtomicBool>,
     slots: pool::RunSlots,
     compiler: Compiler,
@@ -247,11 +230,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker)
             .map_err(|e| Error::Host(format!("linking capabilities: {e:#}")))?;
-        let system_bus = config
-            .system_bus
-            .clone()
-            .unwrap_or_else(|| unix_address(&config.host_root.join("run/dbus/system_bus_socket")));
-        let host_root = HostRoot::open(&config.host_root)
+        let host = capabilities::Backends::open(&config.host_root, config.system_bus.clone())
             .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
         let cache = match config.cache_dir {
             Some(dir) => Some(DiskCache::open(&dir, &engine)?),
@@ -271,10 +250,9 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
-            host_root: Arc::new(host_root),
+            host,
             cache,
             loaded: Mutex::new(HashMap::new()),
-            systemd: Arc::new(Systemd::new(system_bus)),
             ticker_stop,
             slots: pool::RunSlots::default(),
             compiler: config.compiler,
@@ -284,7 +262,7 @@ impl Runtime {
 
     /// The host root this runtime resolves paths under.
     pub fn host_root(&self) -> &Path {
-        self.host_root.path()
+        self.host.root().path()
     }
 
     /// Reads and loads a module file.
@@ -477,7 +455,7 @@ impl Runtime {
         if !refused.is_empty() {
             return Err(Error::Refused(refused));
         }
-        request.grant.check_host(&self.host_root)?;
+        request.grant.check_host(self.host.root())?;
         let pre = module
             .pre
             .as_ref()
@@ -486,28 +464,21 @@ impl Runtime {
             .map_err(|e| Error::BadParams(format!("params are not a JSON document: {e}")))?;
 
         let limits = request.limits;
-        let log = Arc::new(Mutex::new(RunLog::new(limits.log_bytes)));
         let deadline = start.checked_add(limits.timeout).ok_or_else(|| {
             Error::BadParams(format!("timeout {:?} is too large", limits.timeout))
         })?;
-        let state = RunState {
-            grant: request.grant,
-            host_root: Arc::clone(&self.host_root),
-            effects: Effects::new(request.mode, limits.effects_bytes),
-            planned_dirs: Default::default(),
-            network: Default::default(),
-            systemd: Arc::clone(&self.systemd),
-            payload: request.payload,
-            wasi: capabilities::wasi::locked_down(&log),
-            log: Arc::clone(&log),
-            deadline,
-            limits: StoreLimits {
+        let state = RunState::new(
+            &self.host,
+            RunSetup {
+                grant: request.grant,
+                mode: request.mode,
+                payload: request.payload,
+                deadline,
                 memory_bytes: limits.memory_bytes,
-                memory_used: 0,
-                hit: None,
+                log_bytes: limits.log_bytes,
+                effects_bytes: limits.effects_bytes,
             },
-            table: capabilities::resource_table(),
-        };
+        );
         let slot = self.slots.take()?;
         let mut store = Store::new(&self.engine, state);
         capabilities::install_limiter(&mut store);
@@ -530,8 +501,8 @@ impl Runtime {
             ),
             Err(trap) => {
                 let ended = trap.downcast_ref::<RunEnd>();
-                let status = if let Some(hit) = store.data().limits.hit.clone() {
-                    RunStatus::LimitExceeded(hit)
+                let status = if let Some(hit) = store.data().limit_hit() {
+                    RunStatus::LimitExceeded(hit.to_owned())
                 } else if let Some(RunEnd::Limit(why)) = ended {
                     RunStatus::LimitExceeded(why.clone())
                 } else if format!("{trap:#}").contains(HOSTCALL_FUEL_EXHAUSTED) {
@@ -564,15 +535,12 @@ impl Runtime {
             }
         };
         let (status, outcome) = status_and_outcome;
-        let memory_bytes = store.data().limits.memory_used;
-        let effects = store.into_data().effects.into_recorded();
+        let memory_bytes = store.data().memory_used();
+        let record = store.into_data().finish();
         // The store (and with it the instance) is gone: its slot is free.
         drop(slot);
-        let (log, log_dropped_bytes) = Arc::try_unwrap(log)
-            .ok()
-            .and_then(|m| m.into_inner().ok())
-            .map(RunLog::finish)
-            .unwrap_or_default();
+        let (effects, log, log_dropped_bytes) =
+            (record.effects, record.log, record.log_dropped_bytes);
         let status = match status {
             RunStatus::Trapped(trap) => {
                 RunStatus::Trapped(with_last_words(trap, &log, limits.output_bytes))

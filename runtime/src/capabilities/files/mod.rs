@@ -18,6 +18,8 @@
 //! listings up to [`MAX_DIR_ENTRIES`] entries.
 
 mod path;
+#[cfg(test)]
+mod tests;
 mod walk;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -31,10 +33,13 @@ use rustix::io::Errno;
 pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
 pub use walk::{FileId, Lookup, Walk, kernel_fs};
 
-use super::{CapError, RunState};
+use super::{CapError, Shared};
 use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
+use crate::capabilities::payload::Payload;
 use crate::effects::Mode::Plan;
-use crate::grant::GrantedDir;
+use crate::grant::{EffectiveGrant, GrantedDir};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
 
 /// Largest file `ensure-file` writes or `read-file` reads.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
@@ -168,6 +173,90 @@ fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Err
     )
 }
 
+/// The `files` capability's state in a run: the grant it checks, the host
+/// it works on, the payload whose contents may be made executable, and plan
+/// mode's directories.
+pub struct FilesCtx {
+    grant: Arc<EffectiveGrant>,
+    host_root: Arc<HostRoot>,
+    payload: Arc<Payload>,
+    /// Plan mode: directories recorded as created but not made.
+    planned_dirs: PlannedDirs,
+}
+
+impl FilesCtx {
+    /// The context of one run under `grant`, on `host_root`.
+    pub fn new(
+        grant: Arc<EffectiveGrant>,
+        host_root: Arc<HostRoot>,
+        payload: Arc<Payload>,
+    ) -> Self {
+        Self {
+            grant,
+            host_root,
+            payload,
+            planned_dirs: PlannedDirs::default(),
+        }
+    }
+}
+
+/// The `files` capability as a call sees it: its own state and what all
+/// capabilities of the run share.
+pub struct FilesView<'a> {
+    pub(crate) ctx: &'a mut FilesCtx,
+    pub(crate) shared: &'a mut Shared,
+}
+
+super::types_host!(FilesView<'_>);
+
+struct HasFiles;
+
+impl HasData for HasFiles {
+    type Data<'a> = FilesView<'a>;
+}
+
+/// Links `hostaction:host/files`, each call made on the view `view` gives.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> FilesView<'_>,
+) -> wasmtime::Result<()> {
+    files::add_to_linker::<T, HasFiles>(linker, view)
+}
+
+/// Plan mode's directories recorded as created but not made, charged
+/// against [`super::PLAN_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct PlannedDirs {
+    dirs: Vec<HostPath>,
+    bytes: usize,
+}
+
+/// What a planned directory costs besides its components' bytes, and what
+/// each component costs besides its bytes (a `String` of its own).
+const PLANNED_DIR_OVERHEAD: usize = 64;
+const PLANNED_PART_OVERHEAD: usize = 32;
+
+impl PlannedDirs {
+    /// Remembers `dir`, or ends the run when the budget is used up.
+    pub(crate) fn push(&mut self, dir: HostPath) -> Result<(), CapError> {
+        let cost = PLANNED_DIR_OVERHEAD
+            + dir
+                .components()
+                .iter()
+                .map(|c| c.len() + PLANNED_PART_OVERHEAD)
+                .sum::<usize>();
+        super::check_plan("planned directories", self.bytes + cost)?;
+        self.bytes += cost;
+        self.dirs.push(dir);
+        Ok(())
+    }
+
+    /// The planned directories, in the order they were planned.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, HostPath> {
+        self.dirs.iter()
+    }
+}
+
 /// Read or write access, for scope checks and messages.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -231,16 +320,16 @@ impl Scoped {
     }
 }
 
-impl RunState {
+impl FilesView<'_> {
     /// Checks the deadline, parses the path and finds the granted directory
     /// that covers it for this access, or says which grant is missing.
     fn scope(&self, path: &str, access: Access) -> Result<Scoped, CapError> {
-        self.check_deadline()?;
+        self.shared.check_deadline()?;
         // `path` is guest-controlled: refuse malformed paths before any syscall.
         let path = HostPath::parse(path).map_err(|e| CapError::InvalidArgument(e.to_string()))?;
         let (dirs, word) = match access {
-            Access::Read => (&self.grant.files_read, "read"),
-            Access::Write => (&self.grant.files_write, "write"),
+            Access::Read => (&self.ctx.grant.files_read, "read"),
+            Access::Write => (&self.ctx.grant.files_write, "write"),
         };
         // The most specific granted directory that contains the path.
         let granted = dirs
@@ -272,7 +361,8 @@ impl RunState {
     }
 
     fn open_granted(&self, scoped: &Scoped) -> Result<OwnedFd, CapError> {
-        self.host_root
+        self.ctx
+            .host_root
             .open_dir(&scoped.anchor, &scoped.granted)
             .map_err(|e| match e {
                 Errno::NOENT => CapError::NotFound(format!(
@@ -317,6 +407,7 @@ impl RunState {
             ))
         };
         let Some(allowed) = self
+            .ctx
             .grant
             .files_kernel
             .iter()
@@ -332,11 +423,15 @@ impl RunState {
         };
         let seen = (|| {
             let fd = if at == &allowed.path {
-                self.host_root
-                    .open_under(&allowed.anchor, &allowed.path, OFlags::PATH | leaf)?
+                self.ctx.host_root.open_under(
+                    &allowed.anchor,
+                    &allowed.path,
+                    OFlags::PATH | leaf,
+                )?
             } else {
                 let base =
-                    self.host_root
+                    self.ctx
+                        .host_root
                         .open_under(&allowed.anchor, &allowed.path, OFlags::PATH)?;
                 open_beneath(&base, &at.relative_to(&allowed.path), OFlags::PATH | leaf)?
             };
@@ -362,7 +457,7 @@ impl RunState {
                  change it, and whatever root runs from it; hostaction never sets it"
             )));
         }
-        if mode & 0o020 != 0 && !self.grant.files_group_writable {
+        if mode & 0o020 != 0 && !self.ctx.grant.files_group_writable {
             return Err(CapError::PermissionDenied(format!(
                 "mode {mode:04o} for {path} is group-writable (g+w), which the effective grant \
                  does not allow (files.groupWritable)"
@@ -380,11 +475,11 @@ impl RunState {
         contents: &[u8],
         path: &HostPath,
     ) -> Result<(), CapError> {
-        if mode & 0o111 == 0 || !self.grant.files_payload_executables_only {
+        if mode & 0o111 == 0 || !self.ctx.grant.files_payload_executables_only {
             return Ok(());
         }
         let digest = hostaction_distribution::artifact::sha256(contents);
-        if self.payload.files().iter().any(|f| f.digest == digest) {
+        if self.ctx.payload.files().iter().any(|f| f.digest == digest) {
             return Ok(());
         }
         Err(CapError::PermissionDenied(format!(
@@ -399,16 +494,17 @@ impl RunState {
     fn create_granted(&mut self, scoped: &Scoped, mode: u32) -> Result<bool, CapError> {
         for (i, part) in scoped.granted.components().iter().enumerate() {
             let dir = scoped.granted.ancestor(i + 1);
-            match self.host_root.open_dir(&scoped.anchor, &dir) {
+            match self.ctx.host_root.open_dir(&scoped.anchor, &dir) {
                 Ok(_) => continue,
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(scoped.err(e)),
             }
-            if self.effects.mode() == Plan {
+            if self.shared.effects.mode() == Plan {
                 self.plan_dirs(&dir, &scoped.path, mode)?;
                 return Ok(false);
             }
             let parent = self
+                .ctx
                 .host_root
                 .open_dir(&scoped.anchor, &scoped.granted.ancestor(i))
                 .map_err(|e| scoped.err(e))?;
@@ -416,7 +512,7 @@ impl RunState {
             // The granted directory gets the mode asked when it is the path
             // (it is made now, so nothing is widened); anything else 0755.
             let dir_mode = if dir == scoped.path { mode } else { 0o755 };
-            self.effects.apply(
+            self.shared.effects.apply(
                 "files",
                 "create-dir",
                 &dir.to_string(),
@@ -443,7 +539,7 @@ impl RunState {
                 0o755
             };
             let target = path.ancestor(depth).to_string();
-            self.effects.apply(
+            self.shared.effects.apply(
                 "files",
                 "create-dir",
                 &target,
@@ -451,12 +547,13 @@ impl RunState {
                 || Ok::<(), CapError>(()),
             )?;
         }
-        self.planned_dirs.push(missing.clone())
+        self.ctx.planned_dirs.push(missing.clone())
     }
 
     /// Plan mode: whether `path` lies beneath a directory planned, not made.
     fn planned(&self, path: &HostPath) -> bool {
-        self.effects.mode() == Plan && self.planned_dirs.iter().any(|d| path.starts_with(d))
+        self.shared.effects.mode() == Plan
+            && self.ctx.planned_dirs.iter().any(|d| path.starts_with(d))
     }
 }
 
@@ -594,7 +691,7 @@ fn stat_of(stat: &rustix::fs::Stat) -> FileStat {
     }
 }
 
-impl files::Host for RunState {
+impl files::Host for FilesView<'_> {
     fn ensure_file(
         &mut self,
         path: String,
@@ -614,7 +711,8 @@ impl files::Host for RunState {
         if self.planned(&scoped.path) {
             let detail = format!("{} bytes, mode {mode:04o}", contents.len());
             let target = scoped.path.to_string();
-            self.effects
+            self.shared
+                .effects
                 .apply("files", "write-file", &target, detail, || {
                     Ok::<(), CapError>(())
                 })?;
@@ -640,7 +738,8 @@ impl files::Host for RunState {
         }
         let detail = format!("{} bytes, mode {mode:04o}", contents.len());
         let target = scoped.path.to_string();
-        self.effects
+        self.shared
+            .effects
             .apply("files", "write-file", &target, detail, || {
                 write_atomically(&dir, &name, &contents, mode).map_err(|e| scoped.err(e))
             })?;
@@ -689,7 +788,8 @@ impl files::Host for RunState {
             Ok(_) => AtFlags::empty(),
         };
         let target = scoped.path.to_string();
-        self.effects
+        self.shared
+            .effects
             .apply("files", "remove", &target, String::new(), || {
                 rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e))
             })?;
@@ -703,7 +803,7 @@ impl files::Host for RunState {
             return Ok(true);
         }
         let mut changed = false;
-        let granted = match self.host_root.open_dir(&scoped.anchor, &scoped.granted) {
+        let granted = match self.ctx.host_root.open_dir(&scoped.anchor, &scoped.granted) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 if !self.create_granted(&scoped, mode)? {
@@ -730,13 +830,13 @@ impl files::Host for RunState {
             }
             let depth = scoped.granted.components().len() + i + 1;
             self.check_kernel_fs(&scoped, &parent, &scoped.path.ancestor(depth - 1), true)?;
-            if self.effects.mode() == Plan {
+            if self.shared.effects.mode() == Plan {
                 self.plan_dirs(&scoped.path.ancestor(depth), &scoped.path, mode)?;
                 return Ok(true);
             }
             let dir_mode = if last { mode } else { 0o755 };
             let target = scoped.path.ancestor(depth).to_string();
-            self.effects.apply(
+            self.shared.effects.apply(
                 "files",
                 "create-dir",
                 &target,
@@ -760,7 +860,7 @@ impl files::Host for RunState {
         }
         if st.st_mode & 0o7777 != mode {
             let target = scoped.path.to_string();
-            self.effects.apply(
+            self.shared.effects.apply(
                 "files",
                 "chmod",
                 &target,

@@ -13,6 +13,8 @@
 pub mod netlink;
 mod planned;
 pub mod scope;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +26,10 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{CapError, RunState};
+use wasmtime::component::{HasData, Linker};
+
+use super::files::HostRoot;
+use super::{CapError, Shared};
 use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkSettings};
 use crate::effects::Mode as RunMode;
 use crate::grant::EffectiveGrant;
@@ -52,9 +57,12 @@ impl From<NetError> for CapError {
     }
 }
 
-/// What one run's network calls remember.
-#[derive(Debug, Default)]
-pub(crate) struct NetRun {
+/// The `network` capability's state in a run: the grant it checks, the
+/// host root named namespaces are found under, and what the run's calls
+/// remember.
+pub struct NetworkCtx {
+    grant: Arc<EffectiveGrant>,
+    host_root: Arc<HostRoot>,
     /// The named-namespace directory, once resolved (or made).
     netns_dir: Option<PathBuf>,
     /// Named namespaces opened and checked by this run, by name: each is
@@ -62,6 +70,42 @@ pub(crate) struct NetRun {
     opened: HashMap<String, Arc<Opened>>,
     /// Plan mode: what the run would have made.
     planned: Planned,
+}
+
+impl NetworkCtx {
+    /// The context of one run under `grant`, on `host_root`.
+    pub fn new(grant: Arc<EffectiveGrant>, host_root: Arc<HostRoot>) -> Self {
+        Self {
+            grant,
+            host_root,
+            netns_dir: None,
+            opened: HashMap::new(),
+            planned: Planned::default(),
+        }
+    }
+}
+
+/// The `network` capability as a call sees it: its own state and what all
+/// capabilities of the run share.
+pub struct NetworkView<'a> {
+    pub(crate) ctx: &'a mut NetworkCtx,
+    pub(crate) shared: &'a mut Shared,
+}
+
+super::types_host!(NetworkView<'_>);
+
+struct HasNetwork;
+
+impl HasData for HasNetwork {
+    type Data<'a> = NetworkView<'a>;
+}
+
+/// Links `hostaction:host/network`, each call made on the view `view` gives.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NetworkView<'_>,
+) -> wasmtime::Result<()> {
+    network::add_to_linker::<T, HasNetwork>(linker, view)
 }
 
 /// A named namespace, opened and checked: the backend enters it through
@@ -124,41 +168,44 @@ fn scopes(grant: &EffectiveGrant) -> Result<Scopes<'_>, CapError> {
     }
 }
 
-impl RunState {
+impl NetworkView<'_> {
     /// The run's grant, after the deadline and plan-budget checks (held apart from `self`, so
     /// that its [`scopes`] can be used while the run's state changes).
     fn grant(&self) -> Result<Arc<EffectiveGrant>, CapError> {
-        self.check_deadline()?;
+        self.shared.check_deadline()?;
         // Checked before each call, so the plan outgrows its budget by at
         // most one call's entries.
         super::check_plan(
             "network namespaces, links, addresses and routes",
-            self.network.planned.bytes(),
+            self.ctx.planned.bytes(),
         )?;
-        Ok(Arc::clone(&self.grant))
+        Ok(Arc::clone(&self.ctx.grant))
     }
 
     fn dry_run(&self) -> bool {
-        self.effects.mode() == RunMode::Plan
+        self.shared.effects.mode() == RunMode::Plan
     }
 
     /// The directory of named namespaces on this machine; `None` when it does
     /// not exist and `create` is false. Resolved once per run.
     fn netns_dir(&mut self, create: bool) -> Result<Option<PathBuf>, CapError> {
-        if self.network.netns_dir.is_none() {
-            self.network.netns_dir = self.resolve(NETNS_DIR, create)?;
+        if self.ctx.netns_dir.is_none() {
+            self.ctx.netns_dir = self.resolve(NETNS_DIR, create)?;
         }
-        Ok(self.network.netns_dir.clone())
+        Ok(self.ctx.netns_dir.clone())
     }
 
     /// A directory under the host root (symlinks resolved inside it).
     fn resolve(&self, rel: &str, create: bool) -> Result<Option<PathBuf>, CapError> {
-        self.host_root.resolve_dir(rel, create).map_err(|e: Errno| {
-            CapError::Io(format!(
-                "cannot resolve {rel} under the host root {}: {e}",
-                self.host_root.path().display()
-            ))
-        })
+        self.ctx
+            .host_root
+            .resolve_dir(rel, create)
+            .map_err(|e: Errno| {
+                CapError::Io(format!(
+                    "cannot resolve {rel} under the host root {}: {e}",
+                    self.ctx.host_root.path().display()
+                ))
+            })
     }
 
     /// Checks a namespace from the guest against the scopes and opens it.
@@ -169,10 +216,10 @@ impl RunState {
         };
         scope::netns_name(name)?;
         scopes.netns(Some(name))?;
-        if self.network.planned.has_netns(name) {
+        if self.ctx.planned.has_netns(name) {
             return Ok(Place::Planned);
         }
-        if let Some(opened) = self.network.opened.get(name) {
+        if let Some(opened) = self.ctx.opened.get(name) {
             return Ok(Place::Named(Arc::clone(opened)));
         }
         let Some(dir) = self.netns_dir(false)? else {
@@ -192,9 +239,7 @@ impl RunState {
         }
         let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let opened = Arc::new(Opened { _fd: fd, path });
-        self.network
-            .opened
-            .insert(name.to_owned(), Arc::clone(&opened));
+        self.ctx.opened.insert(name.to_owned(), Arc::clone(&opened));
         Ok(Place::Named(opened))
     }
 
@@ -202,7 +247,7 @@ impl RunState {
     fn call<'a>(&self, scopes: &Scopes<'_>, ns: Netns<'a>) -> Call<'a> {
         Call {
             ns,
-            deadline: self.deadline,
+            deadline: self.shared.deadline,
             dry_run: self.dry_run(),
             owned_only: scopes.owned_only(),
         }
@@ -210,7 +255,9 @@ impl RunState {
 
     /// Records a change the backend made (or, in plan mode, would make).
     fn record(&mut self, action: &'static str, target: String, detail: String) {
-        self.effects.record("network", action, &target, detail);
+        self.shared
+            .effects
+            .record("network", action, &target, detail);
     }
 
     /// The mark of a namespace hostaction made (for `ownedOnly`).
@@ -331,7 +378,7 @@ pub(crate) fn route(r: network::Route) -> Result<(netlink::Route, bool), CapErro
     Ok((route, v6))
 }
 
-impl network::Host for RunState {
+impl network::Host for NetworkView<'_> {
     fn ensure_link(
         &mut self,
         netns: Option<String>,
@@ -387,7 +434,7 @@ impl network::Host for RunState {
         };
 
         // Plan mode: what builds on something only planned is planned.
-        let planned = &self.network.planned;
+        let planned = &self.ctx.planned;
         let from_plan = matches!(place, Place::Planned)
             || matches!(peer_place, Some(Place::Planned))
             || planned.has_link(&ns, &name)
@@ -397,7 +444,7 @@ impl network::Host for RunState {
                 .any(|l| planned.has_link(&ns, l));
         let peer = peer.map(|(peer_name, _)| (peer_ns, peer_name));
         if from_plan {
-            let changes = self.network.planned.ensure_link(&ns, &name, want, peer);
+            let changes = self.ctx.planned.ensure_link(&ns, &name, want, peer);
             if changes.is_empty() {
                 return Ok(false);
             }
@@ -419,7 +466,7 @@ impl network::Host for RunState {
             return Ok(false);
         }
         if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
-            self.network.planned.ensure_link(&ns, &name, want, peer);
+            self.ctx.planned.ensure_link(&ns, &name, want, peer);
         }
         self.record("ensure-link", target, changes.join(", "));
         Ok(true)
@@ -432,8 +479,8 @@ impl network::Host for RunState {
         scopes.interface(&name)?;
         let place = self.place(&scopes, netns.as_deref())?;
         let target = format!("link {name} ({})", place_name(netns.as_deref()));
-        let deleted = if self.network.planned.covers(&netns, &name) {
-            self.network.planned.remove_link(&netns, &name)
+        let deleted = if self.ctx.planned.covers(&netns, &name) {
+            self.ctx.planned.remove_link(&netns, &name)
         } else {
             let call = self.call(&scopes, place.netns()?);
             netlink::delete_link(call, &name, &|other| scopes.interface(other).is_ok())?
@@ -450,7 +497,7 @@ impl network::Host for RunState {
         let place = self.place(&scopes, netns.as_deref())?;
         let mut links: Vec<LinkInfo> = match place {
             Place::Planned => Vec::new(),
-            _ => netlink::list_links(place.netns()?, self.deadline)?
+            _ => netlink::list_links(place.netns()?, self.shared.deadline)?
                 .into_iter()
                 .map(|l| LinkInfo {
                     owned: l.alias.as_deref() == Some(scope::OWNED_ALIAS),
@@ -465,7 +512,7 @@ impl network::Host for RunState {
                 .collect(),
         };
         // Plan mode: what this run would have made is listed too.
-        for (name, link) in self.network.planned.links_in(&netns) {
+        for (name, link) in self.ctx.planned.links_in(&netns) {
             if !links.iter().any(|l| &l.name == name) {
                 links.push(LinkInfo {
                     name: name.clone(),
@@ -523,7 +570,7 @@ impl network::Host for RunState {
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
         if self.dry_run() {
-            if self.network.planned.has_netns(&name) {
+            if self.ctx.planned.has_netns(&name) {
                 return Ok(false);
             }
             let exists = match self.netns_dir(false)? {
@@ -531,7 +578,7 @@ impl network::Host for RunState {
                 None => false,
             };
             if !exists {
-                self.network.planned.add_netns(&name);
+                self.ctx.planned.add_netns(&name);
                 self.record("ensure-netns", target, String::new());
             }
             return Ok(!exists);
@@ -541,7 +588,7 @@ impl network::Host for RunState {
         })?;
         let made = netlink::ensure_netns(&dir, &name)?;
         if made {
-            self.network.opened.remove(&name);
+            self.ctx.opened.remove(&name);
             if let Some(mark) = self.netns_mark(&name, true)? {
                 // Without its mark an ownedOnly grant cannot delete it later;
                 // the namespace itself is in place either way.
@@ -562,7 +609,7 @@ impl network::Host for RunState {
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
-        if self.network.planned.remove_netns(&name) {
+        if self.ctx.planned.remove_netns(&name) {
             self.record("delete-netns", target, String::new());
             return Ok(true);
         }
@@ -586,7 +633,7 @@ impl network::Host for RunState {
             )));
         }
         if !self.dry_run() {
-            self.network.opened.remove(&name);
+            self.ctx.opened.remove(&name);
             netlink::delete_netns(&dir, &name)?;
             if let Some(mark) = mark {
                 let _ = std::fs::remove_file(mark);
@@ -603,7 +650,7 @@ impl network::Host for RunState {
             Some(dir) => netlink::list_netns(&dir)?,
             None => Vec::new(),
         };
-        names.extend(self.network.planned.netns_names().cloned());
+        names.extend(self.ctx.planned.netns_names().cloned());
         names.sort();
         names.dedup();
         names.retain(|n| scopes.netns(Some(n)).is_ok());
@@ -611,7 +658,7 @@ impl network::Host for RunState {
     }
 }
 
-impl RunState {
+impl NetworkView<'_> {
     /// ensure-address (`add`) and remove-address.
     fn address(
         &mut self,
@@ -636,8 +683,8 @@ impl RunState {
             "address {addr} on {device} ({})",
             place_name(netns.as_deref())
         );
-        let changed = if self.network.planned.covers(&netns, &device) {
-            self.network
+        let changed = if self.ctx.planned.covers(&netns, &device) {
+            self.ctx
                 .planned
                 .on_link(&netns, &device, format!("address {addr}"), add)
         } else {
@@ -678,8 +725,8 @@ impl RunState {
             target.push_str(&format!(" via {gw}"));
         }
         target.push_str(&format!(" dev {device}"));
-        let changed = if self.network.planned.covers(&netns, &device) {
-            self.network
+        let changed = if self.ctx.planned.covers(&netns, &device) {
+            self.ctx
                 .planned
                 .on_link(&netns, &device, target.clone(), add)
         } else {

@@ -8,15 +8,19 @@
 //! `JobRemoved` up to the guest's timeout and the run's deadline.
 
 pub mod systemd;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{CapError, RunState};
+use wasmtime::component::{HasData, Linker};
+
+use super::{CapError, Shared};
 use crate::bindings::hostaction::host::services::{self, JobResult, UnitStatus};
 use crate::effects::Mode;
 use crate::grant::{EffectiveGrant, ServicesScope, glob};
-use systemd::{JobEnd, JobKind, ResolvedUnit};
+use systemd::{JobEnd, JobKind, ResolvedUnit, Status, Systemd};
 
 /// Longest unit name systemd takes.
 pub const MAX_UNIT_NAME_BYTES: usize = 255;
@@ -79,17 +83,97 @@ fn scopes(grant: &EffectiveGrant) -> Result<(&ServicesScope, Option<&ServicesSco
     }
 }
 
-impl RunState {
+/// What the `services` capability asks of systemd; [`Systemd`] over D-Bus
+/// on a host, a stand-in in tests.
+pub trait Units: Send + Sync {
+    /// What `name` is: its canonical name and load state.
+    fn resolve(&self, name: &str, deadline: Instant) -> Result<ResolvedUnit, CapError>;
+    /// Runs a job on the canonical `unit`, waiting up to `wait`.
+    fn job(
+        &self,
+        kind: JobKind,
+        unit: &str,
+        wait: Duration,
+        deadline: Instant,
+    ) -> Result<JobEnd, CapError>;
+    /// The unit's live state.
+    fn status(&self, unit: &ResolvedUnit, deadline: Instant) -> Result<Status, CapError>;
+    /// `systemctl daemon-reload`.
+    fn daemon_reload(&self, deadline: Instant) -> Result<(), CapError>;
+}
+
+impl Units for Systemd {
+    fn resolve(&self, name: &str, deadline: Instant) -> Result<ResolvedUnit, CapError> {
+        Systemd::resolve(self, name, deadline)
+    }
+
+    fn job(
+        &self,
+        kind: JobKind,
+        unit: &str,
+        wait: Duration,
+        deadline: Instant,
+    ) -> Result<JobEnd, CapError> {
+        Systemd::job(self, kind, unit, wait, deadline)
+    }
+
+    fn status(&self, unit: &ResolvedUnit, deadline: Instant) -> Result<Status, CapError> {
+        Systemd::status(self, unit, deadline)
+    }
+
+    fn daemon_reload(&self, deadline: Instant) -> Result<(), CapError> {
+        Systemd::daemon_reload(self, deadline)
+    }
+}
+
+/// The `services` capability's state in a run: the grant it checks and
+/// the systemd it asks.
+pub struct ServicesCtx {
+    grant: Arc<EffectiveGrant>,
+    units: Arc<dyn Units>,
+}
+
+impl ServicesCtx {
+    /// The context of one run under `grant`, asking `units`.
+    pub fn new(grant: Arc<EffectiveGrant>, units: Arc<dyn Units>) -> Self {
+        Self { grant, units }
+    }
+}
+
+/// The `services` capability as a call sees it: its own state and what all
+/// capabilities of the run share.
+pub struct ServicesView<'a> {
+    pub(crate) ctx: &'a mut ServicesCtx,
+    pub(crate) shared: &'a mut Shared,
+}
+
+super::types_host!(ServicesView<'_>);
+
+struct HasServices;
+
+impl HasData for HasServices {
+    type Data<'a> = ServicesView<'a>;
+}
+
+/// Links `hostaction:host/services`, each call made on the view `view` gives.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> ServicesView<'_>,
+) -> wasmtime::Result<()> {
+    services::add_to_linker::<T, HasServices>(linker, view)
+}
+
+impl ServicesView<'_> {
     /// Checks `unit`, resolves it with systemd, and checks the canonical name
     /// against the grant and the node policy.
     fn scoped_unit(&mut self, unit: &str) -> Result<ResolvedUnit, CapError> {
-        self.check_deadline()?;
-        let grant = Arc::clone(&self.grant);
+        self.shared.check_deadline()?;
+        let grant = Arc::clone(&self.ctx.grant);
         let (grant_scope, policy_scope) = scopes(&grant)?;
         if let Some(why) = unit_name_problem(unit) {
             return Err(CapError::InvalidArgument(why));
         }
-        let resolved = self.systemd.resolve(unit, self.deadline)?;
+        let resolved = self.ctx.units.resolve(unit, self.shared.deadline)?;
         let shown = if resolved.id == unit {
             format!("unit {unit}")
         } else {
@@ -120,13 +204,17 @@ impl RunState {
             ));
         }
         let resolved = self.scoped_unit(&unit)?;
-        if self.effects.mode() == Mode::Plan {
-            self.effects
+        if self.shared.effects.mode() == Mode::Plan {
+            self.shared
+                .effects
                 .record("services", kind.name(), &resolved.id, "planned".into());
             return Ok(JobResult::Done);
         }
         let wait = Duration::from_millis(u64::from(timeout_ms));
-        let end = self.systemd.job(kind, &resolved.id, wait, self.deadline);
+        let end = self
+            .ctx
+            .units
+            .job(kind, &resolved.id, wait, self.shared.deadline);
         // Whatever came of the wait, a job systemd took is an effect: record
         // it before anything else can end the call.
         let (detail, outcome) = match end {
@@ -166,9 +254,10 @@ impl RunState {
             ),
             Err(e) => return Err(e),
         };
-        self.effects
+        self.shared
+            .effects
             .record("services", kind.name(), &resolved.id, detail);
-        self.check_deadline()?;
+        self.shared.check_deadline()?;
         outcome
     }
 }
@@ -196,7 +285,7 @@ fn job_result(result: &str) -> Result<JobResult, CapError> {
     })
 }
 
-impl services::Host for RunState {
+impl services::Host for ServicesView<'_> {
     fn restart(&mut self, unit: String, timeout_ms: u32) -> Result<JobResult, CapError> {
         self.job(JobKind::Restart, unit, timeout_ms)
     }
@@ -219,7 +308,7 @@ impl services::Host for RunState {
 
     fn status(&mut self, unit: String) -> Result<UnitStatus, CapError> {
         let resolved = self.scoped_unit(&unit)?;
-        let status = self.systemd.status(&resolved, self.deadline)?;
+        let status = self.ctx.units.status(&resolved, self.shared.deadline)?;
         Ok(UnitStatus {
             name: resolved.id,
             active_state: status.active_state,
@@ -230,8 +319,8 @@ impl services::Host for RunState {
     }
 
     fn daemon_reload(&mut self) -> Result<(), CapError> {
-        self.check_deadline()?;
-        let grant = Arc::clone(&self.grant);
+        self.shared.check_deadline()?;
+        let grant = Arc::clone(&self.ctx.grant);
         let (grant_scope, policy_scope) = scopes(&grant)?;
         if !grant_scope.daemon_reload || policy_scope.is_some_and(|p| !p.daemon_reload) {
             return Err(CapError::PermissionDenied(format!(
@@ -243,47 +332,16 @@ impl services::Host for RunState {
                 }
             )));
         }
-        let done = match self.effects.mode() {
+        let done = match self.shared.effects.mode() {
             Mode::Plan => Ok(()),
-            Mode::Apply => self.systemd.daemon_reload(self.deadline),
+            Mode::Apply => self.ctx.units.daemon_reload(self.shared.deadline),
         };
         // A reload that did not answer in time may still have happened.
         if matches!(done, Ok(()) | Err(CapError::Timeout(_))) {
-            self.effects
+            self.shared
+                .effects
                 .record("services", "daemon-reload", "systemd", String::new());
         }
         done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unit_names_follow_systemds_rules() {
-        for good in [
-            "containerd.service",
-            "getty@tty1.service",
-            "x-y_z:1.socket",
-            "a\\x2db.mount",
-        ] {
-            assert_eq!(unit_name_problem(good), None, "{good}");
-        }
-        for bad in [
-            "",
-            "containerd",
-            ".service",
-            "a b.service",
-            "../x.service",
-            "a/b.service",
-            "x@.service",
-            "@x.service",
-            "a@b@c.service",
-            "kubelet.service\n",
-        ] {
-            assert!(unit_name_problem(bad).is_some(), "{bad:?}");
-        }
-        assert!(unit_name_problem(&format!("{}.service", "a".repeat(250))).is_some());
     }
 }

@@ -4,6 +4,7 @@
 //! caller's deadline. Properties are read live (no proxy cache): a cached
 //! `MainPID` would be the old process's right after a restart.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,12 @@ pub struct Status {
     pub active_since_us: Option<u64>,
 }
 
+/// The D-Bus address of the unix socket at `socket`.
+pub fn unix_address(socket: PathBuf) -> String {
+    use zbus::address::transport::{Transport, Unix, UnixSocket};
+    zbus::Address::from(Transport::Unix(Unix::new(UnixSocket::File(socket)))).to_string()
+}
+
 /// systemd at one D-Bus address.
 pub struct Systemd {
     address: String,
@@ -144,6 +151,16 @@ pub struct Systemd {
 }
 
 impl Systemd {
+    /// The client of systemd's bus on the host at `host_root`: `system_bus`
+    /// if given, else the host root's `/run/dbus/system_bus_socket` (its
+    /// D-Bus address written by zbus, which escapes the path's bytes).
+    pub fn for_host(host_root: &Path, system_bus: Option<String>) -> Self {
+        Self::new(
+            system_bus
+                .unwrap_or_else(|| unix_address(host_root.join("run/dbus/system_bus_socket"))),
+        )
+    }
+
     /// A client for the bus at `address` (`unix:path=/run/dbus/system_bus_socket`);
     /// nothing starts and nothing is connected until the first call.
     pub fn new(address: String) -> Self {
