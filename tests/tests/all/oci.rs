@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hostaction_runtime::oci::ModuleStore;
 use hostaction_tests::registry::{Fault, FaultProxy, Registry};
-use hostaction_tests::{guest, hostaction_bin, peak_rss, peak_rss_of};
+use hostaction_tests::{alone, guest, hostaction_bin, peak_rss, peak_rss_of};
 use serde_json::{Value, json};
 
 /// A node: its own cache directory (module store and precompiled code) and
@@ -1320,6 +1320,13 @@ fn a_registry_cannot_redirect_a_pull_to_plain_http_elsewhere() {
 fn the_controller_reads_a_bounded_answer_when_it_resolves_a_tag() {
     use hostaction_controller::resolve::{PlainHttp, Resolver};
     const HUGE: u64 = 1 << 30;
+    // The peak resident set is the process's: measured with this test alone.
+    if !alone(
+        module_path!(),
+        "the_controller_reads_a_bounded_answer_when_it_resolves_a_tag",
+    ) {
+        return;
+    }
     let registry = Responder::start(|request| {
         let head = if request.starts_with("HEAD ") {
             // No Docker-Content-Digest: the client must GET the manifest.

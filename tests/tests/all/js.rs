@@ -4,7 +4,7 @@
 //! runtime promises every guest: denied capabilities, exceptions, console
 //! output in the run's log, the locked-down WASI.
 //!
-//! The sample's tests need root and network namespaces, as tests/tests/network.rs
+//! The sample's tests need root and network namespaces, as tests/tests/all/network.rs
 //! and overlay.rs do, and never touch the machine's own namespace: each has a
 //! scratch host root whose named namespaces live in its own `<root>/var/run/netns`,
 //! and the "host" the sample builds its bridge in is one of them (`hostNetns`,
@@ -12,7 +12,7 @@
 //! namespace, the namespace the test runs the `hostaction` CLI in (`nsenter`).
 //!
 //! Each JavaScript component takes seconds to compile: the in-process runs of
-//! this test binary share one precompiled cache, the CLI runs another.
+//! the test binary share one precompiled cache, the CLI runs another.
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
