@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostaction_controller::metrics::{ControllerMetrics, ResultLabels};
-use hostaction_controller::reconcile::{self, Context, FINALIZER};
-use hostaction_controller::resolve::{PlainHttp, Resolver};
+use crate::metrics::{ControllerMetrics, ResultLabels};
+use crate::reconcile::{self, Context, FINALIZER};
+use crate::resolve::{PlainHttp, Resolver};
 use hostaction_crds::action::Rollout;
 use hostaction_crds::{
     HostAction, HostActionRun, HostActionRunSpec, HostActionRunStatus, HostActionSpec,
