@@ -19,6 +19,7 @@ mod files;
 mod grants;
 mod hostile;
 mod js;
+mod languages;
 mod network;
 mod oci;
 mod overlay;
