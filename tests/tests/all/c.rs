@@ -159,7 +159,7 @@ fn capabilities(name: &str) -> Vec<String> {
 }
 
 #[test]
-fn inspect_lists_files_as_the_only_capability() {
+fn sample_and_probe_import_files_as_their_only_capability() {
     // The log interface is in the world but neither component calls it, so
     // neither imports it: a C component imports only the functions it uses.
     for name in [SAMPLE, PROBE] {

@@ -55,7 +55,7 @@ fn python() -> Language {
 /// out (it traps with "expected a string, received [object]"); the probe
 /// writes the uncaught exception to stderr before rethrowing it. It has no
 /// `process` and no file API.
-fn javascript() -> Language {
+fn js() -> Language {
     Language {
         probe: "js-probe",
         host: Host::new,
@@ -101,7 +101,7 @@ conformance! {
     // The C probe imports only what it uses: no payload.
     c: [],
     python: [payload_is_read_under_a_files_only_grant],
-    javascript: [payload_is_read_under_a_files_only_grant],
+    js: [payload_is_read_under_a_files_only_grant],
 }
 
 fn ops(ops: Value) -> Value {

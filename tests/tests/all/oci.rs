@@ -271,7 +271,8 @@ fn run_by_reference_reads_the_payload_and_reports_the_digest() {
 }
 
 #[test]
-fn tls_with_basic_auth_and_docker_config_credentials() {
+fn a_tls_registry_with_basic_auth_is_pulled_only_with_its_ca_and_credentials_from_flags_or_docker_config()
+ {
     let registry = Registry::tls_with_auth("ci", "s3cret");
     let node = Node::new();
     let ca = path_str(registry.ca_pem().unwrap()).to_owned();

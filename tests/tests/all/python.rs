@@ -174,7 +174,7 @@ fn sample_without_its_capability_is_refused_and_outside_its_grant_is_denied() {
 }
 
 #[test]
-fn a_new_runtime_loads_the_large_component_precompiled() {
+fn sample_is_loaded_precompiled_by_a_new_runtime() {
     // `host()` compiled it once in this process; a new runtime (as a new
     // agent process) reads the precompiled code instead of compiling 18 MB.
     let host = host();

@@ -761,7 +761,7 @@ fn macvlan(parent: &str) -> LinkSpec {
 }
 
 #[test]
-fn vxlan_with_a_multicast_group_on_a_device() {
+fn vxlan_with_a_multicast_group_converges_and_other_groups_are_refused() {
     let mut nss = Namespaces::new();
     let a = nss.add();
     assert!(ensure(&a, "under0", &veth("under1", None), &up()).unwrap());
