@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it: installs what the tests need when it is
 # missing (scripts/install-test-deps.sh), builds the guest components from
 # source, checks formatting, lints and dependencies, then runs every test (unit
-# tests, the end-to-end tests in tests/, and the CLI tests) in release mode, so
-# that wasmtime compiles components at full speed and is built once for tests,
+# tests, the end-to-end tests in tests/ — one binary, tests/tests/all/ — and the
+# CLI tests) in release mode, so that wasmtime compiles components at full
+# speed and is built once for tests,
 # the CLI and the benchmarks (one `--workspace --all-targets` build: building
 # one package alone would unify other features and build the dependencies
 # again).

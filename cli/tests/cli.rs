@@ -108,7 +108,7 @@ fn second_process_loads_from_the_disk_cache_and_reports_no_change() {
 }
 
 #[test]
-fn params_from_a_file_with_at() {
+fn params_at_a_file_are_read_from_that_file() {
     let s = Scratch::new();
     let params = s.file("params.json", r#"{"name": "fromfile"}"#);
     let out = s.run_cni(&[&"--params", &format!("@{}", params.display())]);

@@ -16,7 +16,7 @@
 //! renew deadline: a leader whose renewals fail keeps reporting itself
 //! leader past the lease's expiry, while another replica may take over, so
 //! two would create runs. It also panics on timings it refuses. This file
-//! keeps client-go's rules instead, and `tests/tests/cluster.rs` checks
+//! keeps client-go's rules instead, and `tests/tests/all/cluster.rs` checks
 //! them with two real replicas on a real kube-apiserver.
 
 use std::sync::Arc;

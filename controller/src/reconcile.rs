@@ -473,6 +473,10 @@ fn message(status: &HostActionStatus, type_: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The reconciler against a scripted API server.
+#[cfg(test)]
+mod scenarios;
+
 #[cfg(test)]
 mod tests {
     use super::event_note;

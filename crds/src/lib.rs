@@ -14,6 +14,9 @@
 pub mod action;
 pub use hostaction_grant as grant;
 pub mod run;
+/// The generated CRDs against `manifests/`.
+#[cfg(test)]
+mod tests;
 
 pub use action::{HostAction, HostActionSpec, HostActionStatus};
 pub use grant::Grant;

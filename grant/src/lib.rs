@@ -34,6 +34,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// The one validation, and the CEL rules' character classes.
+#[cfg(test)]
+mod tests;
+
 /// Entries of one list of a grant (in the CRDs; a bound for the API server).
 pub const LIST_ITEMS: usize = 64;
 /// Bytes of a granted directory (Linux's `PATH_MAX`).

@@ -11,7 +11,7 @@
 # committed, so the build does not need it; it only checks that they were
 # generated from the wit/ files of this tree.
 
-# libclang-rt-19-dev: the sanitizers tests/tests/c.rs builds the SDK's JSON
+# libclang-rt-19-dev: the sanitizers tests/tests/all/c.rs builds the SDK's JSON
 # unit tests with, for this machine.
 C_APT_PACKAGES=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 libclang-rt-19-dev)
 C_WASM_COMPONENT_LD_VERSION=0.5.31

@@ -2,9 +2,11 @@
 //! from source by `scripts/build-control-plane.sh`, started on free 127.0.0.1
 //! ports in a temporary directory, with certificates generated here.
 //!
-//! [`ControlPlane::shared`] gives one control plane per test binary (tests use a
-//! name prefix or a namespace each); [`ControlPlane::start`] gives a private
-//! one that is stopped when dropped. Every process is started by one
+//! [`ControlPlane::start`] gives a control plane that is stopped when
+//! dropped; a module whose tests share one keeps it in a `static` of its own
+//! (its tests use a name prefix or a namespace each), never dropped: its
+//! processes end with the test binary, and its directory is removed by the
+//! next test binary that starts one. Every process is started by one
 //! long-lived thread with a parent-death signal (SIGKILL), so a test binary
 //! that exits or is killed takes its etcd and kube-apiserver with it; a
 //! dropped [`ControlPlane`] kills them by pid. The binaries come from
@@ -83,15 +85,6 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// The control plane shared by every test of this test binary, started on
-    /// first use. It is never dropped: its processes end with the test
-    /// binary (parent-death signal), and its directory is removed by the next
-    /// test binary that starts one.
-    pub fn shared() -> &'static ControlPlane {
-        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-        SHARED.get_or_init(ControlPlane::start)
-    }
-
     /// Starts a control plane of its own (etcd, then kube-apiserver) and waits
     /// until kube-apiserver is ready.
     ///

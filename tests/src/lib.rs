@@ -387,6 +387,41 @@ pub fn peak_rss_of(pid: &str) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// The variable naming the one test a child process of [`alone`] runs.
+const ALONE: &str = "HOSTACTION_TEST_ALONE";
+
+/// Whether the calling test `name` of module `module` (its `module_path!()`)
+/// runs its body here: in a child process of this test binary that runs it
+/// alone (`--exact`, one thread), so that a measure of the whole process,
+/// such as [`peak_rss`], sees this test only and not the others running
+/// beside it in the one test binary. Called from the test binary's own run,
+/// it runs that child, fails when the child fails, and returns false.
+pub fn alone(module: &str, name: &str) -> bool {
+    // `all::hostile` names the test `hostile::NAME`: the crate is not part of it.
+    let test = match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{name}"),
+        None => name.to_owned(),
+    };
+    match std::env::var(ALONE) {
+        Ok(running) if running == test => return true,
+        Ok(running) => panic!("{test} ran in the child process of {running}"),
+        Err(_) => {}
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE, &test)
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(" 1 passed;"),
+        "{test}, run alone in a child process:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
 /// This process's peak resident set, in bytes.
 pub fn peak_rss() -> u64 {
     peak_rss_of("self").unwrap_or_else(|| panic!("no VmHWM in /proc/self/status"))

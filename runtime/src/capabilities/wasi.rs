@@ -23,7 +23,7 @@
 //! also covers any pollable a component could hold.
 //!
 //! The other calls that could block, checked in this context
-//! (`tests/tests/hostile.rs` makes the hostile ones): `blocking-read` and
+//! (`tests/tests/all/hostile.rs` makes the hostile ones): `blocking-read` and
 //! `blocking-skip` on stdin see a closed stream at once; writes and flushes
 //! of stdout and stderr go into the log, which never pushes back
 //! ([`LogStream`]); TCP and UDP sockets cannot be created and name lookups

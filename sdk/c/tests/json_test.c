@@ -1,6 +1,6 @@
 /*
  * Unit tests of hostaction_json, compiled for the build machine and run by
- * tests/tests/c.rs (`cc -fsanitize=address,undefined`): every parse error
+ * tests/tests/all/c.rs (`cc -fsanitize=address,undefined`): every parse error
  * names its byte offset, the limits hold, strings unescape exactly, and the
  * writer escapes what JSON needs. Prints "N passed, N failed".
  */

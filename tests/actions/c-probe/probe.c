@@ -1,6 +1,6 @@
 /*
  * c-probe: a test action in C that runs the operations its params list and
- * reports the result of each, so that the end-to-end tests (tests/tests/c.rs)
+ * reports the result of each, so that the end-to-end tests (tests/tests/all/languages.rs)
  * can see how a C component behaves in hostaction: capability errors as
  * values, stdio in the run's log, the WASI it is given, abort() as a trap.
  *

@@ -1,7 +1,7 @@
 /**
  * A test action in JavaScript (componentize-js, world `files-action`) that
  * runs the operations its params list and reports the result of each one, so
- * that tests/tests/js.rs can check what a JavaScript component sees and how
+ * that tests/tests/all/languages.rs can check what a JavaScript component sees and how
  * its errors, exceptions and output surface.
  *
  * Params: `{"ops": [{"op": "ensure-file", "path": "...", "contents": "...",

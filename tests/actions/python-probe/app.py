@@ -1,5 +1,5 @@
 """A Python test action that runs the operations its params list and reports
-the result of each one, so that the end-to-end tests (tests/tests/python.rs)
+the result of each one, so that the end-to-end tests (tests/tests/all/languages.rs)
 can check how a componentize-py component behaves under hostaction: capability
 errors, print to the run's log, the locked-down WASI, exceptions.
 

@@ -10,6 +10,9 @@
 mod addr;
 mod link;
 mod netns;
+/// Against the real kernel, as root (rtnetlink's `src/link/test.rs`).
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::fs::File;

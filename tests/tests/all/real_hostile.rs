@@ -37,10 +37,12 @@ const POLICY_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the real controller may take to roll a one-run action out.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The shared control plane with `manifests/` applied once.
+/// This module's control plane with `manifests/` applied once.
 fn cluster() -> &'static ControlPlane {
     static APPLIED: OnceLock<()> = OnceLock::new();
-    let plane = ControlPlane::shared();
+    // This module's own: the other modules' objects and policies stay out.
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    let plane = PLANE.get_or_init(ControlPlane::start);
     APPLIED.get_or_init(|| {
         plane.apply_and_wait_for_crds(&workspace().join("manifests"));
     });

@@ -296,7 +296,7 @@ fn plan_mode_records_the_restart_and_restarts_nothing() {
 }
 
 #[test]
-fn no_bus_is_a_clear_error() {
+fn a_call_without_a_system_bus_is_an_io_error_naming_the_socket() {
     let host = Host::new();
     let results = probe(
         &host,

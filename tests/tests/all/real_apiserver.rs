@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::OnceLock;
+
 use hostaction_crds::{Grant, HostAction, HostActionRun};
 use hostaction_tests::kube_control_plane::{ControlPlane, create_ready_node};
 use hostaction_tests::workspace;
@@ -11,10 +13,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// The CRDs from `manifests/crds.yaml`, applied server-side with kubectl and
-/// established (once per test binary).
+/// established (once, on this module's own control plane).
 fn control_plane_with_crds() -> &'static ControlPlane {
-    static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let plane = ControlPlane::shared();
+    static CRDS: OnceLock<()> = OnceLock::new();
+    // This module's own: the other modules' objects and policies stay out.
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    let plane = PLANE.get_or_init(ControlPlane::start);
     CRDS.get_or_init(|| {
         plane.apply_and_wait_for_crds(&workspace().join("manifests/crds.yaml"));
     });

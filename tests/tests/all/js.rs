@@ -1,10 +1,9 @@
 //! JavaScript actions built with componentize-js (`scripts/guests/js.sh`):
 //! the `netns-bridge` sample against the kernel, its capabilities as
-//! `hostaction inspect` lists them, and the JavaScript probe for what the
-//! runtime promises every guest: denied capabilities, exceptions, console
-//! output in the run's log, the locked-down WASI.
+//! `hostaction inspect` lists them. What the runtime promises every guest,
+//! the JavaScript probe shows in `languages`.
 //!
-//! The sample's tests need root and network namespaces, as tests/tests/network.rs
+//! The sample's tests need root and network namespaces, as tests/tests/all/network.rs
 //! and overlay.rs do, and never touch the machine's own namespace: each has a
 //! scratch host root whose named namespaces live in its own `<root>/var/run/netns`,
 //! and the "host" the sample builds its bridge in is one of them (`hostNetns`,
@@ -12,7 +11,7 @@
 //! namespace, the namespace the test runs the `hostaction` CLI in (`nsenter`).
 //!
 //! Each JavaScript component takes seconds to compile: the in-process runs of
-//! this test binary share one precompiled cache, the CLI runs another.
+//! the test binary share one precompiled cache, the CLI runs another.
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,17 +19,14 @@
 use std::process::Command;
 
 use hostaction_runtime::capabilities::log::Source;
-use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunStatus};
 use hostaction_tests::{
-    Host, assert_probe_reads_its_payload, cli_cache, err_kind, fact, guest, hostaction_bin,
-    imports_by, inspect, probe_results, request, workspace,
+    Host, cli_cache, fact, guest, hostaction_bin, imports_by, inspect, probe_results, workspace,
 };
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "netns-bridge";
 const PROBE: &str = "js-probe";
-const PROBE_GRANT: &str = "files: {write: [/opt/probe]}";
 
 /// The sample's own grant file.
 fn sample_grant() -> String {
@@ -276,161 +272,4 @@ fn sample_with_bad_params_fails_naming_the_field_before_any_call() {
         assert!(report.effects.is_empty());
     }
     assert!(!host.path("/var/run/netns").exists());
-}
-
-#[test]
-fn probe_ensure_file_outside_the_grant_is_permission_denied_and_writes_nothing() {
-    let host = Host::new();
-    std::fs::create_dir_all(host.path("/opt/probe")).unwrap();
-    let before = host.snapshot();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "ensure-file", "path": "/etc/passwd", "contents": "pwned\n", "mode": 420},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{report:#?}");
-    let results = probe_results(&report);
-    assert_eq!(
-        err_kind(&results[0]),
-        Some("permission-denied"),
-        "{}",
-        results[0]
-    );
-    assert!(
-        results[0]["err"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/etc/passwd")
-    );
-    assert!(!report.changed());
-    assert_eq!(host.snapshot(), before);
-
-    // Inside the grant the same call writes.
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [{"op": "ensure-file", "path": "/opt/probe/a", "contents": "a\n", "mode": 420}]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert_eq!(probe_results(&report), [json!({"ok": true})]);
-    assert_eq!(
-        std::fs::read_to_string(host.path("/opt/probe/a")).unwrap(),
-        "a\n"
-    );
-}
-
-/// componentize-js's export glue cannot carry a thrown Error out (it traps
-/// with "expected a string, received [object]"); the probe writes the
-/// uncaught exception to stderr before rethrowing it, so the log has it.
-#[test]
-fn uncaught_exception_traps_with_its_message_in_the_log_and_err_fails_the_run() {
-    let host = Host::new();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [{"op": "print", "message": "before"}, {"op": "throw", "message": "boom 42"}]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert!(
-        matches!(report.status, RunStatus::Trapped(_)),
-        "{}",
-        report.status
-    );
-    assert_eq!(report.status.exit_code(), 1);
-    assert!(
-        report.log.iter().any(
-            |l| l.message == "uncaught exception: Error: boom 42" && l.source == Source::Stderr
-        ),
-        "{:?}",
-        report.log
-    );
-
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [{"op": "fail", "message": "no can do"}]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert_eq!(report.status, RunStatus::Failed("no can do".into()));
-}
-
-#[test]
-fn console_log_and_error_go_to_the_run_log() {
-    let host = Host::new();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "print", "message": "to stdout"},
-                {"op": "eprint", "message": "to stderr"},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{report:#?}");
-    let lines: Vec<_> = report
-        .log
-        .iter()
-        .map(|l| (l.message.as_str(), l.source))
-        .collect();
-    assert_eq!(
-        lines,
-        [("to stdout", Source::Stdout), ("to stderr", Source::Stderr)]
-    );
-}
-
-#[test]
-fn payload_is_read_under_a_files_only_grant() {
-    // componentize-js imports every interface of the probe's world
-    // (`files-action`): `payload` is among them, and always allowed.
-    assert_probe_reads_its_payload(&Host::new(), PROBE, PROBE_GRANT);
-}
-
-/// JavaScript here has no `process` and no file API; the component imports no
-/// wasi:cli/environment (checked by inspect above) and the runtime gives it
-/// no preopens.
-#[test]
-fn wasi_is_locked_down() {
-    let host = Host::new();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "env"},
-                {"op": "wasi-read", "path": "/etc/hostname"},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    let results = probe_results(&report);
-    assert_eq!(results[0]["ok"]["vars"], 0);
-    assert!(
-        results[0]["ok"]["args"].as_u64().unwrap() <= 1,
-        "{}",
-        results[0]
-    );
-    assert_eq!(err_kind(&results[1]), Some("io"), "{}", results[1]);
-}
-
-#[test]
-fn a_new_runtime_loads_the_large_component_precompiled() {
-    // A first runtime compiles the 12 MB probe (or finds it compiled by an
-    // earlier test of this process); a second one, as a new agent process
-    // would, reads the precompiled code instead of compiling it.
-    Host::new().load(PROBE);
-    let host = Host::new();
-    let module = host.load(PROBE);
-    assert_eq!(module.source, LoadSource::DiskCache);
-    let report = host
-        .runtime
-        .run(&module, request(&json!({"ops": []}), PROBE_GRANT))
-        .unwrap();
-    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
 }

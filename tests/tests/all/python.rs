@@ -1,8 +1,7 @@
 //! Python actions built with componentize-py (`scripts/guests/python.sh`):
 //! the `cni-conflist` sample on a scratch host root, its capabilities as
-//! `hostaction inspect` lists them, and the Python probe for what the runtime
-//! promises every guest: denied capabilities, exceptions, print to the run's
-//! log, the locked-down WASI.
+//! `hostaction inspect` lists them. What the runtime promises every guest,
+//! the Python probe shows in `languages`.
 //!
 //! Each Python component takes seconds to compile; the tests of this process
 //! share one precompiled cache, so each is compiled once.
@@ -15,20 +14,17 @@ use std::sync::OnceLock;
 use hostaction_runtime::capabilities::log::Source;
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::{Error, RunStatus};
-use hostaction_tests::{
-    Host, assert_probe_reads_its_payload, err_kind, fact, imports_by, inspect, probe_results,
-};
+use hostaction_tests::{Host, fact, imports_by, inspect};
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "cni-conflist";
 const PROBE: &str = "python-probe";
 const CONF_GRANT: &str = "files: {write: [/etc/cni/net.d]}";
-const PROBE_GRANT: &str = "files: {write: [/opt/probe]}";
 
 /// A scratch host whose runtime finds both Python components precompiled in
 /// the process's shared cache: the first call compiles them, one at a time,
 /// while tests starting together wait, instead of each compiling them at once.
-fn host() -> Host {
+pub(crate) fn host() -> Host {
     static COMPILED: OnceLock<()> = OnceLock::new();
     COMPILED.get_or_init(|| {
         let host = Host::new();
@@ -178,141 +174,7 @@ fn sample_without_its_capability_is_refused_and_outside_its_grant_is_denied() {
 }
 
 #[test]
-fn probe_ensure_file_outside_the_grant_is_permission_denied_and_writes_nothing() {
-    let host = host();
-    std::fs::create_dir_all(host.path("/opt/probe")).unwrap();
-    let before = host.snapshot();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "ensure-file", "path": "/etc/motd", "contents": "x", "mode": 420},
-                {"op": "ensure-file", "path": "/opt/probe/a", "contents": "a\n", "mode": 420},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{}", report.status);
-    let results = probe_results(&report);
-    assert_eq!(
-        err_kind(&results[0]),
-        Some("permission-denied"),
-        "{}",
-        results[0]
-    );
-    assert!(
-        results[0]["err"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/etc/motd"),
-        "{}",
-        results[0]
-    );
-    // The error did not stop the run.
-    assert_eq!(results[1], json!({"ok": true}));
-    let outcome = report.outcome.as_ref().unwrap();
-    assert!(outcome.changed);
-    assert_eq!(outcome.message, "ran 2 ops");
-    assert!(!host.path("/etc/motd").exists());
-    assert_eq!(host.snapshot().len(), before.len() + 1);
-}
-
-#[test]
-fn uncaught_exception_traps_with_its_message_in_the_log_and_err_fails_the_run() {
-    let host = host();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [{"op": "throw", "message": "boom 42"}]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    match &report.status {
-        // The failure leads with the traceback's last line.
-        RunStatus::Trapped(m) => assert!(m.starts_with("RuntimeError: boom 42"), "{m}"),
-        other => panic!("expected a trap, got {other}"),
-    }
-    // The traceback goes to stderr, ending with the exception.
-    assert!(
-        report
-            .log
-            .iter()
-            .any(|l| l.message == "RuntimeError: boom 42" && l.source == Source::Stderr),
-        "{:?}",
-        report.log
-    );
-
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [{"op": "fail", "message": "no can do"}]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert_eq!(report.status, RunStatus::Failed("no can do".into()));
-}
-
-#[test]
-fn print_goes_to_the_run_log() {
-    let host = host();
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "print", "message": "to stdout"},
-                {"op": "eprint", "message": "to stderr"},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    assert!(report.status.is_success(), "{}", report.status);
-    let lines: Vec<_> = report
-        .log
-        .iter()
-        .map(|l| (l.source, l.message.as_str()))
-        .collect();
-    assert_eq!(
-        lines,
-        [(Source::Stdout, "to stdout"), (Source::Stderr, "to stderr")]
-    );
-}
-
-#[test]
-fn payload_is_read_under_a_files_only_grant() {
-    // componentize-py imports every interface of the probe's world
-    // (`files-action`): `payload` is among them, and always allowed.
-    assert_probe_reads_its_payload(&host(), PROBE, PROBE_GRANT);
-}
-
-#[test]
-fn wasi_is_locked_down() {
-    let host = host();
-    host.write("/etc/hostname", "node-1\n");
-    let report = host
-        .run(
-            PROBE,
-            &json!({"ops": [
-                {"op": "env"},
-                {"op": "wasi-read", "path": "/etc/hostname"},
-                {"op": "wasi-read", "path": "etc/hostname"},
-            ]}),
-            PROBE_GRANT,
-        )
-        .unwrap();
-    let results = probe_results(&report);
-    assert_eq!(results[0]["ok"]["vars"], 0, "{}", results[0]);
-    assert!(
-        results[0]["ok"]["args"].as_u64().unwrap() <= 1,
-        "{}",
-        results[0]
-    );
-    for result in &results[1..] {
-        assert_eq!(err_kind(result), Some("io"), "WASI allowed it: {result}");
-    }
-}
-
-#[test]
-fn a_new_runtime_loads_the_large_component_precompiled() {
+fn sample_is_loaded_precompiled_by_a_new_runtime() {
     // `host()` compiled it once in this process; a new runtime (as a new
     // agent process) reads the precompiled code instead of compiling 18 MB.
     let host = host();

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostaction_controller::metrics::{ControllerMetrics, ResultLabels};
-use hostaction_controller::reconcile::{self, Context, FINALIZER};
+use crate::metrics::{ControllerMetrics, ResultLabels};
+use crate::reconcile::{self, Context, FINALIZER};
 use hostaction_crds::action::Rollout;
 use hostaction_crds::{
     HostAction, HostActionRun, HostActionRunSpec, HostActionRunStatus, HostActionSpec,

@@ -36,11 +36,13 @@ const POLICY_MESSAGE: &str = "an agent may write the status of its own node's ru
 /// How long the API server may take to start enforcing a new policy.
 const POLICY_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The shared control plane with `manifests/` applied by one kubectl apply,
+/// This module's control plane with `manifests/` applied by one kubectl apply,
 /// and kubectl's output of that apply.
 fn cluster() -> (&'static ControlPlane, &'static str) {
     static APPLIED: OnceLock<String> = OnceLock::new();
-    let plane = ControlPlane::shared();
+    // This module's own: the other modules' objects and policies stay out.
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    let plane = PLANE.get_or_init(ControlPlane::start);
     let applied = APPLIED.get_or_init(|| {
         // One apply, as the README says; kubectl exits 1 if any object
         // fails (it goes on with the others).

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::{RunReport, RunStatus};
-use hostaction_tests::{Host, cli_cache, guest, hostaction_bin, peak_rss, probe_results, request};
+use hostaction_tests::{
+    Host, alone, cli_cache, guest, hostaction_bin, peak_rss, probe_results, request,
+};
 use serde_json::{Value, json};
 
 const GRANT: &str = "files: {write: [/opt/cni/bin]}";
@@ -322,6 +324,10 @@ fn cli_text_output_escapes_what_the_guest_wrote() {
 /// and a run past it ends as `limit exceeded`, naming the limit.
 #[test]
 fn resources_a_guest_holds_are_bounded() {
+    // The peak resident set is the process's: measured with this test alone.
+    if !alone(module_path!(), "resources_a_guest_holds_are_bounded") {
+        return;
+    }
     let host = Host::new();
     // Compiled (in this process) before the measure starts.
     host.load("probe");

@@ -1,14 +1,12 @@
 //! The one validation of a grant ([`Grant::validate`]): what it refuses,
 //! naming the field, and that the CRDs' CEL rules use the same character
-//! classes (the rules themselves run in `tests/tests/real_apiserver.rs`,
+//! classes (the rules themselves run in `tests/tests/all/real_apiserver.rs`,
 //! against a real API server).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hostaction_crds::Grant;
-use hostaction_crds::grant::{
-    INTERFACE_FORBIDDEN, NAME_FORBIDDEN, PathError, UNIT_PATTERN, path_components,
-};
+use crate::Grant;
+use crate::{INTERFACE_FORBIDDEN, NAME_FORBIDDEN, PathError, UNIT_PATTERN, path_components};
 
 fn grant(yaml: &str) -> Grant {
     serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
@@ -199,7 +197,7 @@ fn cel_character_classes_match_the_rust_checks() {
     for c in (0..=0x10FFFF).filter_map(char::from_u32) {
         let s = c.to_string();
         let netns = Grant {
-            network: Some(hostaction_crds::grant::NetworkScope {
+            network: Some(crate::NetworkScope {
                 netns: vec![format!("a{c}b")],
                 interfaces: vec![format!("a{c}b")],
                 ..Default::default()
@@ -230,7 +228,7 @@ fn cel_character_classes_match_the_rust_checks() {
         };
         assert_eq!(err, expected, "{c:?} (U+{:04X})", c as u32);
         let units = Grant {
-            services: Some(hostaction_crds::grant::ServicesScope {
+            services: Some(crate::ServicesScope {
                 units: vec![format!("a{c}b.service")],
                 ..Default::default()
             }),

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use hostaction_crds::{HostAction, crds_yaml};
+use crate::{HostAction, crds_yaml};
 
 fn manifests() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))
@@ -128,7 +128,7 @@ fn every_string_list_and_map_in_the_crds_is_bounded() {
     }
     assert!(unbounded.is_empty(), "{unbounded:#?}");
     // The run's status: its size budget holds what the schema allows per item.
-    assert!(yaml.contains(&format!("maxLength: {}", hostaction_crds::run::LINE_BYTES)));
+    assert!(yaml.contains(&format!("maxLength: {}", crate::run::LINE_BYTES)));
 }
 
 /// A run's module is a registry reference pinned by digest, a HostAction's
@@ -136,7 +136,7 @@ fn every_string_list_and_map_in_the_crds_is_bounded() {
 /// local file with the run's grants).
 #[test]
 fn module_rules_take_registry_references_only() {
-    use hostaction_crds::run::{MODULE_PATTERN, PINNED_MODULE_PATTERN};
+    use crate::run::{MODULE_PATTERN, PINNED_MODULE_PATTERN};
     let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
     let pinned = regex::Regex::new(PINNED_MODULE_PATTERN).unwrap();
     let any = regex::Regex::new(MODULE_PATTERN).unwrap();
@@ -209,7 +209,7 @@ fn module_rules_take_registry_references_only() {
 /// controller's list of every run. Readable ones are kept.
 #[test]
 fn a_run_status_with_unreadable_times_still_reads() {
-    use hostaction_crds::{HostActionRunStatus, RunPhase};
+    use crate::{HostActionRunStatus, RunPhase};
     for at in [
         "2024-01-01T00:00:00x5Z",
         "2024-01-01T00:00:00+99:99",
@@ -245,7 +245,7 @@ fn every_date_time_in_the_crds_has_the_pattern() {
         if map.get("format").and_then(|f| f.as_str()) == Some("date-time") {
             assert_eq!(
                 map.get("pattern").and_then(|p| p.as_str()),
-                Some(hostaction_crds::DATE_TIME_PATTERN),
+                Some(crate::DATE_TIME_PATTERN),
                 "{at}"
             );
             found.push(at.to_owned());

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hostaction_runtime::capabilities::network::netlink::{
+use super::{
     Call, IpNetwork, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, Route, delete_link,
     delete_netns, ensure_address, ensure_link, ensure_netns, ensure_route, list_links, list_netns,
     remove_address, remove_route,
@@ -761,7 +761,7 @@ fn macvlan(parent: &str) -> LinkSpec {
 }
 
 #[test]
-fn vxlan_with_a_multicast_group_on_a_device() {
+fn vxlan_with_a_multicast_group_converges_and_other_groups_are_refused() {
     let mut nss = Namespaces::new();
     let a = nss.add();
     assert!(ensure(&a, "under0", &veth("under1", None), &up()).unwrap());
@@ -876,6 +876,6 @@ fn namespace_files_are_never_followed_or_blocked_on() {
             path.display()
         );
         assert!(start.elapsed() < Duration::from_secs(30), "nothing blocks");
-        assert!(!hostaction_runtime::capabilities::network::netlink::is_netns(path).unwrap());
+        assert!(!super::is_netns(path).unwrap());
     }
 }
