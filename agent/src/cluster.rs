@@ -48,7 +48,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
-use crate::{Loader, failed_status, finished_status, now, shrunk_status};
+use crate::{Loader, RunInput, failed_status, finished_status, now, shrunk_status};
 use hostaction_distribution::{ModuleStore, Registry};
 use hostaction_runtime::{Error, Runtime};
 
@@ -144,7 +144,7 @@ impl ClusterAgent {
     /// stops as the module docs say. Runs execute one at a time (two
     /// actions shaping one host at once could interfere); the watch goes on
     /// meanwhile.
-    pub async fn run(
+    pub async fn serve(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
@@ -360,16 +360,16 @@ impl ClusterAgent {
             };
             let timeout =
                 Duration::from_secs(u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(1));
+            let input = RunInput {
+                params: spec.params.as_ref(),
+                grants: &spec.grants,
+                policy: policy.as_ref(),
+                mode: spec.mode,
+                timeout,
+            };
             // A registry reference pinned by digest, never a file.
             loader
-                .run_pinned(
-                    &spec.module,
-                    spec.params.as_ref(),
-                    &spec.grants,
-                    policy.as_ref(),
-                    spec.mode,
-                    timeout,
-                )
+                .load_pinned_and_run(&spec.module, input)
                 .map(|(report, _digest)| report)
         });
         let mut job = std::pin::pin!(job);

@@ -98,6 +98,23 @@ pub fn pinned_reference(module: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a run of a HostAction's module is given besides the module: its
+/// spec's params, grants, mode and timeout, and the node's policy.
+#[derive(Clone, Copy)]
+pub struct RunInput<'a> {
+    /// The spec's params (none: `{}`).
+    pub params: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The spec's grants.
+    pub grants: &'a Grant,
+    /// The node policy bounding them (`None`: unbounded, the explicit
+    /// opt-out).
+    pub policy: Option<&'a Grant>,
+    /// Apply or plan.
+    pub mode: SpecMode,
+    /// The run's deadline.
+    pub timeout: Duration,
+}
+
 /// Loads modules as a node does: files as they are, OCI references through
 /// the node's module store, by digest.
 pub struct Loader<'a> {
@@ -143,46 +160,39 @@ impl Loader<'_> {
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
-    /// Runs `module` (a file or a reference, see [`Loader::load`]) with
-    /// `params` and `grants` bounded by `policy` (`None`: unbounded, the
-    /// explicit opt-out), in `mode`, within `timeout`; a failure to load or
-    /// to start is the run's failure, not the caller's.
-    pub fn run(
+    /// Loads `module` (a file or a reference, see [`Loader::load`]) and
+    /// runs it with `input`; a failure to load or to start is the run's
+    /// failure, not the caller's. Returns the report and the digest run.
+    pub fn load_and_run(
         &self,
         module: &str,
-        params: Option<&serde_json::Map<String, serde_json::Value>>,
-        grants: &Grant,
-        policy: Option<&Grant>,
-        mode: SpecMode,
-        timeout: Duration,
+        input: RunInput<'_>,
     ) -> Result<(RunReport, String), Error> {
-        let loaded = self.load(module, Some(timeout))?;
-        self.run_loaded(loaded, params, grants, policy, mode, timeout)
+        let loaded = self.load(module, Some(input.timeout))?;
+        self.run_loaded(loaded, input)
     }
 
-    /// [`Loader::run`] for a cluster node: `module` must be a registry
-    /// reference pinned by digest (see [`Loader::load_pinned`]).
-    pub fn run_pinned(
+    /// [`Loader::load_and_run`] for a cluster node: `module` must be a
+    /// registry reference pinned by digest (see [`Loader::load_pinned`]).
+    pub fn load_pinned_and_run(
         &self,
         module: &str,
-        params: Option<&serde_json::Map<String, serde_json::Value>>,
-        grants: &Grant,
-        policy: Option<&Grant>,
-        mode: SpecMode,
-        timeout: Duration,
+        input: RunInput<'_>,
     ) -> Result<(RunReport, String), Error> {
-        let loaded = self.load_pinned(module, timeout)?;
-        self.run_loaded(loaded, params, grants, policy, mode, timeout)
+        let loaded = self.load_pinned(module, input.timeout)?;
+        self.run_loaded(loaded, input)
     }
 
     fn run_loaded(
         &self,
         (loaded, artifact): (Arc<LoadedModule>, Option<StoredArtifact>),
-        params: Option<&serde_json::Map<String, serde_json::Value>>,
-        grants: &Grant,
-        policy: Option<&Grant>,
-        mode: SpecMode,
-        timeout: Duration,
+        RunInput {
+            params,
+            grants,
+            policy,
+            mode,
+            timeout,
+        }: RunInput<'_>,
     ) -> Result<(RunReport, String), Error> {
         let digest = artifact
             .as_ref()

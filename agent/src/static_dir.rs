@@ -29,7 +29,7 @@ use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{Loader, failed_status, finished_status, now};
+use crate::{Loader, RunInput, failed_status, finished_status, now};
 use hostaction_runtime::Error;
 
 /// Attempts a run gets when the agent stops during it each time.
@@ -159,14 +159,14 @@ impl StaticAgent<'_> {
             let timeout = Duration::from_secs(
                 u64::try_from(action.spec.timeout_seconds.max(1)).unwrap_or(60),
             );
-            let (status, digest) = match self.loader.run(
-                &action.spec.module,
-                action.spec.params.as_ref(),
-                &action.spec.grants,
-                self.policy.as_ref(),
-                action.spec.mode,
+            let input = RunInput {
+                params: action.spec.params.as_ref(),
+                grants: &action.spec.grants,
+                policy: self.policy.as_ref(),
+                mode: action.spec.mode,
                 timeout,
-            ) {
+            };
+            let (status, digest) = match self.loader.load_and_run(&action.spec.module, input) {
                 Ok((report, digest)) => (finished_status(&report, started, attempts), Some(digest)),
                 Err(e) => (failed_status(&e, started, attempts), None),
             };

@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
-use hostaction_agent::Loader;
 use hostaction_agent::cluster::ClusterAgent;
 use hostaction_agent::metrics::AgentMetrics;
+use hostaction_agent::{Loader, RunInput};
 use hostaction_crds::action::Mode as SpecMode;
 use hostaction_crds::run::RunPhase;
 use hostaction_crds::{Grant, HostAction, HostActionRun};
@@ -426,7 +426,7 @@ async fn fan_out(
             metrics: agent_metrics.clone(),
         });
         let mut stopped = stopped.clone();
-        agents.spawn(agent.run(async move {
+        agents.spawn(agent.serve(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
     }
@@ -788,14 +788,14 @@ fn warm_up(
         registry,
         store,
     };
-    let (report, _digest) = loader.run(
-        reference,
-        params.as_object(),
-        &grants,
-        None,
-        SpecMode::Apply,
-        Duration::from_secs(60),
-    )?;
+    let input = RunInput {
+        params: params.as_object(),
+        grants: &grants,
+        policy: None,
+        mode: SpecMode::Apply,
+        timeout: Duration::from_secs(60),
+    };
+    let (report, _digest) = loader.load_and_run(reference, input)?;
     if !report.status.is_success() {
         return Err(format!("the warm-up run of the probe failed: {}", report.status).into());
     }

@@ -70,13 +70,13 @@ pub fn main(args: ControllerArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&Error::Config(format!("tokio: {e}"))),
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
-async fn run(args: ControllerArgs) -> Result<(), Error> {
+async fn serve(args: ControllerArgs) -> Result<(), Error> {
     let client = kube::Client::try_default().await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut registry = Registry::default();
@@ -120,7 +120,7 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         leader_election = options.lease.is_some(),
         "controller starting"
     );
-    crate::run(client, options, shutdown_signal()).await
+    crate::serve(client, options, shutdown_signal()).await
 }
 
 /// Host name and process id: unique enough among replicas.

@@ -8,8 +8,8 @@
 //! It links neither wasmtime nor the runtime: nodes run modules, the
 //! controller only decides where and when.
 //!
-//! - [`plan`]: the rollout rules, as a pure function;
-//! - [`reconcile`]: the kube-rs reconciler that carries a plan out;
+//! - [`rollout`]: the rollout rules, as a pure function (the next step);
+//! - [`reconcile`]: the kube-rs reconciler that carries each step out;
 //! - [`lease`]: leader election; [`metrics`]: its Prometheus metrics;
 //! - [`cli`]: the `hostaction-controller` command line.
 //!
@@ -21,8 +21,8 @@ pub mod cli;
 pub mod lease;
 pub mod metrics;
 pub mod nodes;
-pub mod plan;
 pub mod reconcile;
+pub mod rollout;
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -77,8 +77,9 @@ pub struct Options {
     pub instance: String,
 }
 
-/// Runs the controller until `shutdown` resolves (or the lease is lost).
-pub async fn run(
+/// Serves: reconciles HostActions until `shutdown` resolves (or the lease
+/// is lost).
+pub async fn serve(
     client: Client,
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
@@ -213,7 +214,7 @@ fn node_changes(
 fn fingerprint(node: &Node) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     node.metadata.labels.hash(&mut hasher);
-    plan::is_ready(node).hash(&mut hasher);
+    rollout::is_ready(node).hash(&mut hasher);
     hasher.finish()
 }
 

@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
         let labels = node.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get("zone").map(String::as_str), Some("z1"));
-        assert!(crate::plan::is_ready(&node));
+        assert!(crate::rollout::is_ready(&node));
         assert!(node.status.and_then(|s| s.images).is_none());
     }
 }

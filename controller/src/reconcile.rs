@@ -22,7 +22,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::metrics::{ControllerMetrics, ResultLabels};
-use crate::plan::{self, condition};
+use crate::rollout::{self, condition};
 use hostaction_distribution::resolve::{self, Resolver};
 
 /// The finalizer that lets the controller delete an action's runs first.
@@ -156,7 +156,7 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
                 && c.status == "True"
                 && c.observed_generation == Some(generation)
         });
-    let mut plan = plan::plan(
+    let mut step = rollout::next_step(
         action,
         &pinned.digest,
         &nodes,
@@ -167,7 +167,7 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
     .map_err(Error::Spec)?;
 
     let run_api = Api::<HostActionRun>::all(ctx.client.clone());
-    let new_runs: Vec<HostActionRun> = plan
+    let new_runs: Vec<HostActionRun> = step
         .create
         .iter()
         .map(|node| new_run(action, node, generation, &pinned.reference))
@@ -181,23 +181,23 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
         .try_collect::<Vec<()>>()
         .await?;
     ctx.metrics.runs_created.inc_by(created.len() as u64);
-    if !plan.create.is_empty() {
+    if !step.create.is_empty() {
         // Created runs are Pending from now on.
-        plan.status.counts.pending += i32::try_from(plan.create.len()).unwrap_or(i32::MAX);
+        step.status.counts.pending += i32::try_from(step.create.len()).unwrap_or(i32::MAX);
     }
-    delete_runs(&run_api, &plan.delete, ctx).await?;
+    delete_runs(&run_api, &step.delete, ctx).await?;
 
-    plan::with_transition_times(
-        &mut plan.status.conditions,
+    rollout::with_transition_times(
+        &mut step.status.conditions,
         &old.conditions,
         Timestamp::now(),
     );
-    if plan::differs(&plan.status, &old) {
-        announce_transitions(action, ctx, &old, &plan.status).await;
-        patch_status(ctx, action, serde_json::json!({ "status": plan.status })).await?;
+    if rollout::differs(&step.status, &old) {
+        announce_transitions(action, ctx, &old, &step.status).await;
+        patch_status(ctx, action, serde_json::json!({ "status": step.status })).await?;
     }
     Ok(Action::requeue(
-        plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC)),
+        step.requeue_after.map_or(RESYNC, |d| d.min(RESYNC)),
     ))
 }
 
@@ -229,7 +229,7 @@ fn new_run(action: &HostAction, node: &str, generation: i64, module: &str) -> Ho
         .collect();
     HostActionRun {
         metadata: ObjectMeta {
-            name: Some(plan::run_name(&name, node, generation)),
+            name: Some(rollout::run_name(&name, node, generation)),
             labels: Some(labels),
             owner_references: action.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
@@ -288,7 +288,7 @@ async fn report_unresolved(
     generation: i64,
     why: &str,
 ) -> Result<(), Error> {
-    let resolved = plan::condition(
+    let resolved = rollout::condition(
         condition::RESOLVED,
         false,
         "ResolveFailed",
@@ -317,14 +317,14 @@ async fn report_grant_invalid(
     let message = format!("spec.grants.{why}; no runs until the grant is fixed");
     let message: String = message.chars().take(1024).collect();
     let conditions = vec![
-        plan::condition(
+        rollout::condition(
             condition::GRANT_INVALID,
             true,
             "GrantInvalid",
             message.clone(),
             generation,
         ),
-        plan::condition(
+        rollout::condition(
             condition::PROGRESSING,
             false,
             "GrantInvalid",
@@ -369,12 +369,12 @@ async fn report_refusal(
     let mut status = old.clone();
     status.observed_generation = Some(generation);
     status.resolved_digest = None;
-    plan::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
+    rollout::with_transition_times(&mut conditions, &old.conditions, Timestamp::now());
     status.conditions.retain(|c| {
         !clears.contains(&c.type_.as_str()) && !conditions.iter().any(|n| n.type_ == c.type_)
     });
     status.conditions.extend(conditions);
-    if plan::differs(&status, old) {
+    if rollout::differs(&status, old) {
         publish(ctx, action, EventType::Warning, reason, note).await;
         let mut patch = serde_json::json!({ "status": status });
         // A merge patch keeps what it does not name: the old digest must go

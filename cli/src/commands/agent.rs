@@ -158,7 +158,7 @@ impl AgentCommand {
                 metrics,
             });
             tracing::info!(node = %agent.node_name, "agent starting");
-            agent.run(shutdown_signal()).await?;
+            agent.serve(shutdown_signal()).await?;
             Ok(0)
         });
         // A run still going past the shutdown grace keeps its thread: the

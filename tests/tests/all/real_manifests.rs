@@ -655,7 +655,7 @@ async fn kubectl_shows_printer_columns_conditions_and_events() {
         .await
         .unwrap()
         .items;
-    let plan = hostaction_controller::plan::plan(
+    let step = hostaction_controller::rollout::next_step(
         &action,
         &digest,
         &node_objects.iter().collect::<Vec<_>>(),
@@ -664,8 +664,8 @@ async fn kubectl_shows_printer_columns_conditions_and_events() {
         Timestamp::now(),
     )
     .unwrap();
-    let mut status: HostActionStatus = plan.status;
-    hostaction_controller::plan::with_transition_times(
+    let mut status: HostActionStatus = step.status;
+    hostaction_controller::rollout::with_transition_times(
         &mut status.conditions,
         &[],
         Timestamp::now(),

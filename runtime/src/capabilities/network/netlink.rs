@@ -237,7 +237,7 @@ impl fmt::Display for Netns<'_> {
 ///
 /// A dedicated thread, because `setns` changes the calling thread: the
 /// caller's thread (a wasmtime store's) must never change namespace.
-fn run<T, F, Fut>(ns: Netns<'_>, deadline: Instant, call: F) -> Result<T, NetError>
+fn in_netns<T, F, Fut>(ns: Netns<'_>, deadline: Instant, call: F) -> Result<T, NetError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,

@@ -11,13 +11,13 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use rustix::io::Errno;
 
 use super::link::target_index;
-use super::{Call, IpNetwork, NetError, Route, check_ifname, errno, nl_error, run};
+use super::{Call, IpNetwork, NetError, Route, check_ifname, errno, in_netns, nl_error};
 
 /// Ensures `addr` (address and prefix length) is on `device`; returns whether
 /// it was added. Equal to `ip address add ADDR dev DEVICE`.
 pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
     check_ifname(device)?;
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
         for m in addresses(&h, index).await? {
             if address_of(&m) != Some(addr.addr()) {
@@ -59,7 +59,7 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 /// Equal to `ip address delete ADDR dev DEVICE`.
 pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
     check_ifname(device)?;
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
         let Some(found) = find_address(&h, index, addr).await? else {
             return Ok(false);
@@ -88,7 +88,7 @@ pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 /// `Conflict`; it is never replaced.
 pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
     let v6 = check_route(route)?;
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
             Some(device) => Some(target_index(&h, device, "route device", call.owned_only).await?),
             None => None,
@@ -118,7 +118,7 @@ pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
 /// returns false when there was none. Equal to `ip route delete DEST ...`.
 pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
     let v6 = check_route(route)?;
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
             Some(device) => match target_index(&h, device, "route device", call.owned_only).await {
                 Ok(index) => Some(index),

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 
 use super::{
     Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
-    errno, is_current_netns, nl_error, open_netns, run,
+    errno, in_netns, is_current_netns, nl_error, open_netns,
 };
 use crate::capabilities::network::scope::OWNED_ALIAS;
 
@@ -43,7 +43,7 @@ pub fn ensure_link(
     if let Some(master) = &settings.master {
         check_ifname(master)?;
     }
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
             // Missing references fail before anything is made; with
             // `owned_only`, the bridge joined and the parent taken over must
@@ -110,7 +110,7 @@ pub fn delete_link(
     may_touch: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<bool, NetError> {
     check_ifname(name)?;
-    run(call.ns, call.deadline, |h| async move {
+    in_netns(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
             return Ok(false);
         };
@@ -285,7 +285,7 @@ fn settings_changes(settings: &LinkSettings) -> Vec<String> {
 
 /// Lists the links of `ns` with their attributes. Equal to `ip -d link show`.
 pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, NetError> {
-    run(ns, deadline, |h| async move {
+    in_netns(ns, deadline, |h| async move {
         let links = all_links(&h).await?;
         let names: HashMap<u32, String> = links
             .iter()

@@ -28,9 +28,9 @@ pub mod condition {
     pub const GRANT_INVALID: &str = "GrantInvalid";
 }
 
-/// What a reconcile does.
+/// What a reconcile does next.
 #[derive(Debug, Default, PartialEq)]
-pub struct Plan {
+pub struct NextStep {
     /// Nodes that get a run of this generation now (at the rollout's pace).
     pub create: Vec<String>,
     /// Runs to delete: older generations a new run replaces, runs on nodes
@@ -42,18 +42,18 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
 }
 
-/// The plan for `action` whose module resolved to `digest`, given every
+/// The next step of `action`'s rollout, whose module resolved to `digest`, given every
 /// node and this action's runs. `completed` says whether this generation's
 /// rollout was already reported complete (nodes joining after it run only
 /// with `rerun.onNodeJoin`).
-pub fn plan(
+pub fn next_step(
     action: &HostAction,
     digest: &str,
     nodes: &[&Node],
     runs: &[&HostActionRun],
     completed: bool,
     now: Timestamp,
-) -> Result<Plan, String> {
+) -> Result<NextStep, String> {
     let spec = &action.spec;
     let generation = action.metadata.generation.unwrap_or(1);
     // Nodes that exist (ready or not) and match keep their runs: a node
@@ -76,18 +76,18 @@ pub fn plan(
     }
     let max_concurrent = spec.max_concurrent(selected.len())?;
 
-    let mut plan = Plan::default();
+    let mut step = NextStep::default();
     let mut latest: BTreeMap<&str, &HostActionRun> = BTreeMap::new();
     for run in runs {
         let name = run.metadata.name.clone().unwrap_or_default();
         if !matching.contains(run.spec.node_name.as_str()) {
-            plan.delete.push(name);
+            step.delete.push(name);
             continue;
         }
         match latest.get(run.spec.node_name.as_str()) {
-            Some(other) if other.spec.generation >= run.spec.generation => plan.delete.push(name),
+            Some(other) if other.spec.generation >= run.spec.generation => step.delete.push(name),
             Some(other) => {
-                plan.delete.extend(other.metadata.name.clone());
+                step.delete.extend(other.metadata.name.clone());
                 latest.insert(&run.spec.node_name, run);
             }
             None => {
@@ -160,19 +160,19 @@ pub fn plan(
                 // run goes first, and the reconcile its deletion triggers
                 // creates the new one (the node is still waiting).
                 Some(old) if rerun && old.spec.generation == generation => {
-                    plan.delete.extend(old.metadata.name.clone());
+                    step.delete.extend(old.metadata.name.clone());
                 }
                 // A node's older run goes once its new one exists.
                 Some(old) if old.spec.generation < generation => {
-                    plan.create.push(node.clone());
-                    plan.delete.extend(old.metadata.name.clone());
+                    step.create.push(node.clone());
+                    step.delete.extend(old.metadata.name.clone());
                 }
-                _ => plan.create.push(node.clone()),
+                _ => step.create.push(node.clone()),
             }
         }
     }
-    plan.delete.sort();
-    plan.delete.dedup();
+    step.delete.sort();
+    step.delete.dedup();
 
     let (progressing, why) = if stopped {
         (false, "FailureBudgetExceeded")
@@ -185,7 +185,7 @@ pub fn plan(
     };
     let complete = waiting.is_empty() && active == 0 && failures == 0;
     let selected_count = selected.len();
-    plan.status = HostActionStatus {
+    step.status = HostActionStatus {
         observed_generation: Some(generation),
         resolved_digest: Some(digest.to_owned()),
         selected_nodes: i32::try_from(selected_count).unwrap_or(i32::MAX),
@@ -241,8 +241,8 @@ pub fn plan(
         ],
         counts,
     };
-    plan.requeue_after = requeue.and_then(|d| d.try_into().ok());
-    Ok(plan)
+    step.requeue_after = requeue.and_then(|d| d.try_into().ok());
+    Ok(step)
 }
 
 /// A node whose Ready condition is True.

@@ -22,7 +22,7 @@ use super::*;
 const ACTION: &str = "act";
 const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-/// The clock of every plan here.
+/// The clock of every step here.
 fn now() -> Timestamp {
     Timestamp::from_second(1_750_000_000).unwrap()
 }
@@ -119,33 +119,38 @@ fn phase(node: &str, generation: i64, phase: RunPhase) -> HostActionRun {
     run(node, generation, Some(phase), None)
 }
 
-fn plan_of(action: &HostAction, nodes: &[Node], runs: &[HostActionRun], completed: bool) -> Plan {
-    try_plan(action, nodes, runs, completed).unwrap()
-}
-
-fn try_plan(
+fn step_of(
     action: &HostAction,
     nodes: &[Node],
     runs: &[HostActionRun],
     completed: bool,
-) -> Result<Plan, String> {
-    let nodes: Vec<&Node> = nodes.iter().collect();
-    let runs: Vec<&HostActionRun> = runs.iter().collect();
-    plan(action, DIGEST, &nodes, &runs, completed, now())
+) -> NextStep {
+    try_step(action, nodes, runs, completed).unwrap()
 }
 
-/// The condition of `type_` in `plan`'s status.
-fn cond<'a>(plan: &'a Plan, type_: &str) -> &'a Condition {
-    plan.status
+fn try_step(
+    action: &HostAction,
+    nodes: &[Node],
+    runs: &[HostActionRun],
+    completed: bool,
+) -> Result<NextStep, String> {
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    let runs: Vec<&HostActionRun> = runs.iter().collect();
+    next_step(action, DIGEST, &nodes, &runs, completed, now())
+}
+
+/// The condition of `type_` in `step`'s status.
+fn cond<'a>(step: &'a NextStep, type_: &str) -> &'a Condition {
+    step.status
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", plan.status.conditions))
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", step.status.conditions))
 }
 
 /// `(status, reason)` of a condition.
-fn state<'a>(plan: &'a Plan, type_: &str) -> (&'a str, &'a str) {
-    let c = cond(plan, type_);
+fn state<'a>(step: &'a NextStep, type_: &str) -> (&'a str, &'a str) {
+    let c = cond(step, type_);
     (c.status.as_str(), c.reason.as_str())
 }
 
@@ -168,8 +173,8 @@ fn counts(pending: i32, running: i32, succeeded: i32, failed: i32) -> PhaseCount
 fn a_count_caps_the_runs_created_at_once() {
     let nodes = ready(&["a", "b", "c", "d", "e"]);
     for (max, created) in [(1, 1), (2, 2), (5, 5), (9, 5)] {
-        let plan = plan_of(&at_most(max), &nodes, &[], false);
-        assert_eq!(plan.create.len(), created, "maxConcurrent {max}");
+        let step = step_of(&at_most(max), &nodes, &[], false);
+        assert_eq!(step.create.len(), created, "maxConcurrent {max}");
     }
 }
 
@@ -189,8 +194,8 @@ fn a_percentage_of_the_selected_nodes_rounds_up_and_is_at_least_one() {
         let a = action(1, |s| {
             s.rollout.max_concurrent = IntOrString::String(percent.into());
         });
-        let plan = plan_of(&a, &ten[..selected], &[], false);
-        assert_eq!(plan.create.len(), created, "{percent} of {selected}");
+        let step = step_of(&a, &ten[..selected], &[], false);
+        assert_eq!(step.create.len(), created, "{percent} of {selected}");
     }
 }
 
@@ -202,7 +207,7 @@ fn a_percentage_counts_selected_nodes_only() {
     let a = action(1, |s| {
         s.rollout.max_concurrent = IntOrString::String("25%".into())
     });
-    assert_eq!(plan_of(&a, &nodes, &[], false).create, names(&["a"]));
+    assert_eq!(step_of(&a, &nodes, &[], false).create, names(&["a"]));
 }
 
 #[test]
@@ -216,7 +221,7 @@ fn an_unusable_max_concurrent_is_an_error() {
         IntOrString::String("x%".into()),
     ] {
         let a = action(1, |s| s.rollout.max_concurrent = bad.clone());
-        let err = try_plan(&a, &nodes, &[], false).unwrap_err();
+        let err = try_step(&a, &nodes, &[], false).unwrap_err();
         assert!(err.contains("rollout.maxConcurrent"), "{bad:?}: {err}");
     }
 }
@@ -230,27 +235,27 @@ fn no_run_is_created_while_max_concurrent_runs_are_active() {
         phase("a", 1, RunPhase::Running),
         run("b", 1, None, None), // no status yet: Pending
     ];
-    let plan = plan_of(&at_most(2), &nodes, &runs, false);
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert_eq!(plan.status.counts, counts(1, 1, 0, 0));
-    assert_eq!(state(&plan, condition::PROGRESSING), ("True", "RollingOut"));
+    let step = step_of(&at_most(2), &nodes, &runs, false);
+    assert!(step.create.is_empty(), "{step:?}");
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert_eq!(step.status.counts, counts(1, 1, 0, 0));
+    assert_eq!(state(&step, condition::PROGRESSING), ("True", "RollingOut"));
 }
 
 #[test]
 fn a_free_slot_goes_to_the_lowest_waiting_node_name() {
-    // Given out of order: the plan goes by name.
+    // Given out of order: the step goes by name.
     let nodes = ready(&["d", "b", "c", "a"]);
     let runs = [
         phase("a", 1, RunPhase::Running),
         phase("b", 1, RunPhase::Succeeded),
     ];
-    let plan = plan_of(&at_most(2), &nodes, &runs, false);
-    assert_eq!(plan.create, names(&["c"]));
-    assert!(plan.delete.is_empty());
+    let step = step_of(&at_most(2), &nodes, &runs, false);
+    assert_eq!(step.create, names(&["c"]));
+    assert!(step.delete.is_empty());
 
-    let plan = plan_of(&at_most(3), &ready(&["n3", "n1", "n2", "n0"]), &[], false);
-    assert_eq!(plan.create, names(&["n0", "n1", "n2"]));
+    let step = step_of(&at_most(3), &ready(&["n3", "n1", "n2", "n0"]), &[], false);
+    assert_eq!(step.create, names(&["n0", "n1", "n2"]));
 }
 
 #[test]
@@ -262,7 +267,7 @@ fn finished_runs_free_their_slots() {
         phase("c", 1, RunPhase::Interrupted),
     ];
     let a = action(1, |s| s.rollout.max_failures = 5);
-    assert_eq!(plan_of(&a, &nodes, &runs, false).create, names(&["d"]));
+    assert_eq!(step_of(&a, &nodes, &runs, false).create, names(&["d"]));
 }
 
 // maxFailures
@@ -278,18 +283,18 @@ fn more_failures_than_max_failures_stop_the_rollout() {
         s.rollout.max_concurrent = IntOrString::Int(4);
         s.rollout.max_failures = 1;
     });
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert!(plan.create.is_empty(), "{plan:?}");
+    let step = step_of(&a, &nodes, &runs, false);
+    assert!(step.create.is_empty(), "{step:?}");
     assert_eq!(
-        state(&plan, condition::FAILED),
+        state(&step, condition::FAILED),
         ("True", "FailureBudgetExceeded")
     );
     assert_eq!(
-        state(&plan, condition::PROGRESSING),
+        state(&step, condition::PROGRESSING),
         ("False", "FailureBudgetExceeded")
     );
-    assert_eq!(state(&plan, condition::COMPLETE), ("False", "RunsFailed"));
-    assert_eq!(plan.status.counts, counts(0, 0, 0, 2));
+    assert_eq!(state(&step, condition::COMPLETE), ("False", "RunsFailed"));
+    assert_eq!(step.status.counts, counts(0, 0, 0, 2));
 }
 
 #[test]
@@ -300,18 +305,18 @@ fn as_many_failures_as_max_failures_keep_it_going() {
         s.rollout.max_concurrent = IntOrString::Int(2);
         s.rollout.max_failures = 1;
     });
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(plan.create, names(&["b", "c"]));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(step.create, names(&["b", "c"]));
     assert_eq!(
-        state(&plan, condition::FAILED),
+        state(&step, condition::FAILED),
         ("False", "WithinFailureBudget")
     );
-    assert_eq!(state(&plan, condition::PROGRESSING), ("True", "RollingOut"));
+    assert_eq!(state(&step, condition::PROGRESSING), ("True", "RollingOut"));
 
     // maxFailures 0: the first failure stops it.
-    let plan = plan_of(&at_most(2), &nodes, &runs, false);
-    assert!(plan.create.is_empty());
-    assert_eq!(state(&plan, condition::FAILED).0, "True");
+    let step = step_of(&at_most(2), &nodes, &runs, false);
+    assert!(step.create.is_empty());
+    assert_eq!(state(&step, condition::FAILED).0, "True");
 }
 
 // Paused
@@ -324,17 +329,17 @@ fn a_paused_rollout_creates_nothing() {
         s.rollout.max_concurrent = IntOrString::Int(3);
         s.rollout.paused = true;
     });
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert_eq!(state(&plan, condition::PROGRESSING), ("False", "Paused"));
-    assert_eq!(plan.status.counts, counts(0, 1, 0, 0));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert!(step.create.is_empty(), "{step:?}");
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert_eq!(state(&step, condition::PROGRESSING), ("False", "Paused"));
+    assert_eq!(step.status.counts, counts(0, 1, 0, 0));
 
     // Nothing left to do: done, paused or not.
     let runs = ["a", "b", "c"].map(|n| phase(n, 1, RunPhase::Succeeded));
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(state(&plan, condition::PROGRESSING), ("False", "Done"));
-    assert_eq!(state(&plan, condition::COMPLETE), ("True", "AllSucceeded"));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(state(&step, condition::PROGRESSING), ("False", "Done"));
+    assert_eq!(state(&step, condition::COMPLETE), ("True", "AllSucceeded"));
 }
 
 // Selection
@@ -405,10 +410,10 @@ fn match_labels_and_match_expressions_select_nodes() {
             s.node_selector = Some(selector.clone());
             s.rollout.max_concurrent = IntOrString::Int(10);
         });
-        let plan = plan_of(&a, &nodes, &[], false);
-        assert_eq!(plan.create, names(selected), "{selector:?}");
+        let step = step_of(&a, &nodes, &[], false);
+        assert_eq!(step.create, names(selected), "{selector:?}");
         assert_eq!(
-            plan.status.selected_nodes,
+            step.status.selected_nodes,
             i32::try_from(selected.len()).unwrap()
         );
     }
@@ -426,11 +431,11 @@ fn an_unknown_operator_is_an_error() {
             }]),
         });
     });
-    let err = try_plan(&a, &ready(&["a"]), &[], false).unwrap_err();
+    let err = try_step(&a, &ready(&["a"]), &[], false).unwrap_err();
     assert!(err.contains("\"Gt\""), "{err}");
 }
 
-/// The selector is parsed once for the whole plan: a bad operator is an
+/// The selector is parsed once for the whole step: a bad operator is an
 /// error whatever the nodes' labels (it was found only on a node that
 /// passed the terms before it), and with no nodes at all.
 #[test]
@@ -446,7 +451,7 @@ fn an_unknown_operator_is_an_error_whatever_the_nodes() {
         });
     });
     for nodes in [vec![node("c", &[("role", "control")], true)], vec![]] {
-        let err = try_plan(&a, &nodes, &[], false).unwrap_err();
+        let err = try_step(&a, &nodes, &[], false).unwrap_err();
         assert!(
             err.contains("unknown operator \"Gt\" (In, NotIn, Exists, DoesNotExist)"),
             "{err}"
@@ -471,8 +476,8 @@ fn in_and_not_in_without_values_select_no_node_and_every_node() {
             });
             s.rollout.max_concurrent = IntOrString::Int(10);
         });
-        let plan = plan_of(&a, &nodes, &[], false);
-        assert_eq!(plan.create, names(selected), "{operator}");
+        let step = step_of(&a, &nodes, &[], false);
+        assert_eq!(step.create, names(selected), "{operator}");
     }
 }
 
@@ -481,9 +486,9 @@ fn not_ready_nodes_are_not_selected() {
     let mut no_status = node("c", &[], true);
     no_status.status = None;
     let nodes = [node("a", &[], false), node("b", &[], true), no_status];
-    let plan = plan_of(&at_most(3), &nodes, &[], false);
-    assert_eq!(plan.create, names(&["b"]));
-    assert_eq!(plan.status.selected_nodes, 1);
+    let step = step_of(&at_most(3), &nodes, &[], false);
+    assert_eq!(step.create, names(&["b"]));
+    assert_eq!(step.status.selected_nodes, 1);
     assert!(!is_ready(&nodes[0]));
     assert!(is_ready(&nodes[1]));
     assert!(!is_ready(&nodes[2]));
@@ -508,12 +513,12 @@ fn runs_on_nodes_that_left_or_stopped_matching_are_deleted() {
         phase("b", 1, RunPhase::Running),
         phase("gone", 1, RunPhase::Succeeded),
     ];
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(plan.delete, vec![name("b", 1), name("gone", 1)]);
-    assert!(plan.create.is_empty());
-    assert_eq!(plan.status.selected_nodes, 1);
-    assert_eq!(plan.status.counts, counts(0, 0, 1, 0));
-    assert_eq!(state(&plan, condition::COMPLETE), ("True", "AllSucceeded"));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(step.delete, vec![name("b", 1), name("gone", 1)]);
+    assert!(step.create.is_empty());
+    assert_eq!(step.status.selected_nodes, 1);
+    assert_eq!(step.status.counts, counts(0, 0, 1, 0));
+    assert_eq!(state(&step, condition::COMPLETE), ("True", "AllSucceeded"));
 }
 
 #[test]
@@ -523,12 +528,12 @@ fn a_not_ready_node_that_still_matches_keeps_its_run() {
         phase("a", 1, RunPhase::Running),
         phase("b", 1, RunPhase::Succeeded),
     ];
-    let plan = plan_of(&at_most(1), &nodes, &runs, false);
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert!(plan.create.is_empty(), "{plan:?}");
+    let step = step_of(&at_most(1), &nodes, &runs, false);
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert!(step.create.is_empty(), "{step:?}");
     // Only selected (Ready) nodes are counted.
-    assert_eq!(plan.status.selected_nodes, 1);
-    assert_eq!(plan.status.counts, counts(0, 0, 1, 0));
+    assert_eq!(step.status.selected_nodes, 1);
+    assert_eq!(step.status.counts, counts(0, 0, 1, 0));
 }
 
 // New generations
@@ -538,17 +543,17 @@ fn a_new_generation_replaces_old_runs_at_the_rollout_pace() {
     let nodes = ready(&["a", "b", "c"]);
     let runs = ["a", "b", "c"].map(|n| phase(n, 1, RunPhase::Succeeded));
     let a = action(2, |s| s.rollout.max_concurrent = IntOrString::Int(2));
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(plan.create, names(&["a", "b"]));
-    // The replaced runs go in the same plan; c's stays until its turn.
-    assert_eq!(plan.delete, vec![name("a", 1), name("b", 1)]);
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(step.create, names(&["a", "b"]));
+    // The replaced runs go in the same step; c's stays until its turn.
+    assert_eq!(step.delete, vec![name("a", 1), name("b", 1)]);
     // Old-generation runs are not this generation's counts.
-    assert_eq!(plan.status.counts, counts(0, 0, 0, 0));
-    assert_eq!(plan.status.observed_generation, Some(2));
-    assert_eq!(state(&plan, condition::PROGRESSING), ("True", "RollingOut"));
-    assert_eq!(state(&plan, condition::COMPLETE), ("False", "InProgress"));
+    assert_eq!(step.status.counts, counts(0, 0, 0, 0));
+    assert_eq!(step.status.observed_generation, Some(2));
+    assert_eq!(state(&step, condition::PROGRESSING), ("True", "RollingOut"));
+    assert_eq!(state(&step, condition::COMPLETE), ("False", "InProgress"));
     assert!(
-        plan.status
+        step.status
             .conditions
             .iter()
             .all(|c| c.observed_generation == Some(2))
@@ -565,9 +570,9 @@ fn an_old_run_stays_until_its_node_gets_a_new_one() {
         phase("c", 1, RunPhase::Succeeded),
     ];
     let a = action(2, |s| s.rollout.max_concurrent = IntOrString::Int(1));
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert!(plan.delete.is_empty(), "{plan:?}");
+    let step = step_of(&a, &nodes, &runs, false);
+    assert!(step.create.is_empty(), "{step:?}");
+    assert!(step.delete.is_empty(), "{step:?}");
 
     // A node with both generations (the old one's delete was missed): the
     // old one goes.
@@ -576,9 +581,9 @@ fn an_old_run_stays_until_its_node_gets_a_new_one() {
         phase("a", 1, RunPhase::Succeeded),
         phase("b", 1, RunPhase::Succeeded),
     ];
-    let plan = plan_of(&a, &ready(&["a", "b"]), &runs, false);
-    assert_eq!(plan.create, names(&["b"]));
-    assert_eq!(plan.delete, vec![name("a", 1), name("b", 1)]);
+    let step = step_of(&a, &ready(&["a", "b"]), &runs, false);
+    assert_eq!(step.create, names(&["b"]));
+    assert_eq!(step.delete, vec![name("a", 1), name("b", 1)]);
 }
 
 #[test]
@@ -592,11 +597,11 @@ fn without_on_spec_change_an_old_run_counts_as_current() {
         s.rerun.on_spec_change = false;
         s.rollout.max_failures = 1;
     });
-    let plan = plan_of(&a, &nodes, &runs, false);
+    let step = step_of(&a, &nodes, &runs, false);
     // Only c, which never ran, gets a (generation 2) run.
-    assert_eq!(plan.create, names(&["c"]));
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert_eq!(plan.status.counts, counts(0, 0, 1, 1));
+    assert_eq!(step.create, names(&["c"]));
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert_eq!(step.status.counts, counts(0, 0, 1, 1));
 }
 
 // Nodes joining
@@ -609,19 +614,19 @@ fn a_node_joining_after_completion_runs_only_with_on_node_join() {
         phase("b", 1, RunPhase::Succeeded),
     ];
     let without = action(1, |s| s.rerun.on_node_join = false);
-    let plan = plan_of(&without, &nodes, &runs, true);
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert_eq!(state(&plan, condition::COMPLETE), ("True", "AllSucceeded"));
-    assert_eq!(state(&plan, condition::PROGRESSING), ("False", "Done"));
+    let step = step_of(&without, &nodes, &runs, true);
+    assert!(step.create.is_empty(), "{step:?}");
+    assert_eq!(state(&step, condition::COMPLETE), ("True", "AllSucceeded"));
+    assert_eq!(state(&step, condition::PROGRESSING), ("False", "Done"));
 
     let with = action(1, |s| s.rerun.on_node_join = true);
-    let plan = plan_of(&with, &nodes, &runs, true);
-    assert_eq!(plan.create, names(&["new"]));
-    assert_eq!(state(&plan, condition::COMPLETE), ("False", "InProgress"));
+    let step = step_of(&with, &nodes, &runs, true);
+    assert_eq!(step.create, names(&["new"]));
+    assert_eq!(state(&step, condition::COMPLETE), ("False", "InProgress"));
 
     // Before completion every selected node is part of the rollout.
-    let plan = plan_of(&without, &nodes, &runs, false);
-    assert_eq!(plan.create, names(&["new"]));
+    let step = step_of(&without, &nodes, &runs, false);
+    assert_eq!(step.create, names(&["new"]));
 }
 
 // Interval reruns
@@ -637,15 +642,15 @@ fn a_run_finished_longer_ago_than_the_interval_is_run_again() {
         run("a", 1, Some(RunPhase::Succeeded), Some(3601)),
         run("b", 1, Some(RunPhase::Succeeded), Some(3600)),
     ];
-    let plan = plan_of(&a, &nodes, &runs, true);
-    assert_eq!(plan.delete, vec![name("a", 1), name("b", 1)]);
+    let step = step_of(&a, &nodes, &runs, true);
+    assert_eq!(step.delete, vec![name("a", 1), name("b", 1)]);
     // The new runs have the old runs' names: they are created by the next
     // reconcile, once the old ones are gone.
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert_eq!(plan.requeue_after, None);
+    assert!(step.create.is_empty(), "{step:?}");
+    assert_eq!(step.requeue_after, None);
     // The nodes are waiting again: not complete, still rolling out.
-    assert_eq!(state(&plan, condition::COMPLETE), ("False", "InProgress"));
-    assert_eq!(state(&plan, condition::PROGRESSING), ("True", "RollingOut"));
+    assert_eq!(state(&step, condition::COMPLETE), ("False", "InProgress"));
+    assert_eq!(state(&step, condition::PROGRESSING), ("True", "RollingOut"));
 
     // Next reconcile: the old runs are gone (and the status says not
     // complete): both nodes get a run again, even without onNodeJoin.
@@ -654,8 +659,8 @@ fn a_run_finished_longer_ago_than_the_interval_is_run_again() {
         s.rerun.on_node_join = false;
         s.rollout.max_concurrent = IntOrString::Int(2);
     });
-    let plan = plan_of(&a, &nodes, &[], false);
-    assert_eq!(plan.create, names(&["a", "b"]));
+    let step = step_of(&a, &nodes, &[], false);
+    assert_eq!(step.create, names(&["a", "b"]));
 }
 
 #[test]
@@ -671,9 +676,9 @@ fn interval_reruns_keep_the_rollout_pace() {
         s.rollout.max_concurrent = IntOrString::Int(2);
     });
     // One slot (c runs): one rerun at a time.
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(plan.delete, vec![name("a", 1)]);
-    assert!(plan.create.is_empty(), "{plan:?}");
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(step.delete, vec![name("a", 1)]);
+    assert!(step.create.is_empty(), "{step:?}");
 }
 
 #[test]
@@ -689,10 +694,10 @@ fn a_stopped_or_paused_rollout_keeps_finished_runs_past_their_interval() {
         s.rerun.interval_seconds = Some(3600);
         s.rollout.max_concurrent = IntOrString::Int(2);
     });
-    let plan = plan_of(&stopped, &nodes, &runs, false);
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert_eq!(state(&plan, condition::FAILED).0, "True");
+    let step = step_of(&stopped, &nodes, &runs, false);
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert!(step.create.is_empty(), "{step:?}");
+    assert_eq!(state(&step, condition::FAILED).0, "True");
 
     let paused = action(1, |s| {
         s.rerun.interval_seconds = Some(3600);
@@ -700,10 +705,10 @@ fn a_stopped_or_paused_rollout_keeps_finished_runs_past_their_interval() {
         s.rollout.max_failures = 1;
         s.rollout.paused = true;
     });
-    let plan = plan_of(&paused, &nodes, &runs, false);
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert_eq!(state(&plan, condition::PROGRESSING), ("False", "Paused"));
+    let step = step_of(&paused, &nodes, &runs, false);
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert!(step.create.is_empty(), "{step:?}");
+    assert_eq!(state(&step, condition::PROGRESSING), ("False", "Paused"));
 }
 
 #[test]
@@ -719,14 +724,14 @@ fn before_the_interval_the_plan_asks_to_look_again_when_it_ends() {
         // Running: no finish time, no interval yet.
         phase("c", 1, RunPhase::Running),
     ];
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert!(plan.delete.is_empty(), "{plan:?}");
-    assert!(plan.create.is_empty(), "{plan:?}");
-    assert_eq!(plan.requeue_after, Some(Duration::from_secs(2600)));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert!(step.delete.is_empty(), "{step:?}");
+    assert!(step.create.is_empty(), "{step:?}");
+    assert_eq!(step.requeue_after, Some(Duration::from_secs(2600)));
 
     // No interval: no requeue.
-    let plan = plan_of(&at_most(1), &nodes, &runs[..1], false);
-    assert_eq!(plan.requeue_after, None);
+    let step = step_of(&at_most(1), &nodes, &runs[..1], false);
+    assert_eq!(step.requeue_after, None);
 }
 
 // Status
@@ -746,12 +751,12 @@ fn counts_are_per_phase_and_interrupted_runs_count_as_failed() {
         s.rollout.max_failures = 2;
         s.rollout.max_concurrent = IntOrString::Int(6);
     });
-    let plan = plan_of(&a, &nodes, &runs, false);
-    assert_eq!(plan.status.counts, counts(2, 1, 1, 2));
-    assert_eq!(plan.status.selected_nodes, 6);
-    assert_eq!(plan.status.resolved_digest.as_deref(), Some(DIGEST));
-    assert_eq!(state(&plan, condition::RESOLVED), ("True", "Resolved"));
-    assert!(cond(&plan, condition::RESOLVED).message.contains(DIGEST));
+    let step = step_of(&a, &nodes, &runs, false);
+    assert_eq!(step.status.counts, counts(2, 1, 1, 2));
+    assert_eq!(step.status.selected_nodes, 6);
+    assert_eq!(step.status.resolved_digest.as_deref(), Some(DIGEST));
+    assert_eq!(state(&step, condition::RESOLVED), ("True", "Resolved"));
+    assert!(cond(&step, condition::RESOLVED).message.contains(DIGEST));
 }
 
 #[test]
@@ -793,8 +798,8 @@ fn complete_only_when_every_selected_node_succeeded() {
         ),
     ];
     for (runs, expected) in table {
-        let plan = plan_of(&lenient, &nodes, &runs, false);
-        assert_eq!(state(&plan, condition::COMPLETE), expected, "{runs:?}");
+        let step = step_of(&lenient, &nodes, &runs, false);
+        assert_eq!(state(&step, condition::COMPLETE), expected, "{runs:?}");
     }
 }
 
@@ -891,7 +896,7 @@ fn a_rollout_reaches_every_node_at_its_pace() {
     let mut runs: Vec<HostActionRun> = Vec::new();
     let mut completed = false;
     for _ in 0..10 {
-        let plan = plan_of(&a, &nodes, &runs, completed);
+        let step = step_of(&a, &nodes, &runs, completed);
         let active = runs
             .iter()
             .filter(|r| {
@@ -901,8 +906,8 @@ fn a_rollout_reaches_every_node_at_its_pace() {
                 )
             })
             .count();
-        assert!(active + plan.create.len() <= 2, "{plan:?}");
-        assert!(plan.delete.is_empty(), "{plan:?}");
+        assert!(active + step.create.len() <= 2, "{step:?}");
+        assert!(step.delete.is_empty(), "{step:?}");
         // The agents finish what was active; the new runs start.
         for r in &mut runs {
             r.status = Some(HostActionRunStatus {
@@ -910,8 +915,8 @@ fn a_rollout_reaches_every_node_at_its_pace() {
                 ..HostActionRunStatus::default()
             });
         }
-        runs.extend(plan.create.iter().map(|n| run(n, 1, None, None)));
-        completed = state(&plan, condition::COMPLETE).0 == "True";
+        runs.extend(step.create.iter().map(|n| run(n, 1, None, None)));
+        completed = state(&step, condition::COMPLETE).0 == "True";
         if completed {
             break;
         }
