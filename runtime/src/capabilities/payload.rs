@@ -2,87 +2,26 @@
 //! shipped with the action — the payload layers of its artifact, or the
 //! files given with `hostaction run --payload`.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
+
+pub use hostaction_distribution::payload::{Payload, PayloadFile};
 
 use wasmtime::component::{HasData, Linker};
 
 use super::{CapError, Shared};
 use crate::bindings::hostaction::host::payload;
-use crate::error::{Error, Result};
-use crate::oci::artifact::{check_payload_name, sha256};
 
 /// Bytes one `read` or `read-at` returns at most.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
 
-/// One payload file.
-#[derive(Debug, Clone)]
-pub struct PayloadFile {
-    /// Its name, a plain file name.
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// `sha256:<hex>` of its bytes.
-    pub digest: String,
-    /// Where its bytes are (a verified blob of the module store).
-    pub path: PathBuf,
-    /// The file, opened when the payload was made: it stays readable if the
-    /// store collects the blob meanwhile.
-    pub file: Arc<File>,
-}
-
-/// The files shipped with an action, sorted by name.
-#[derive(Debug, Clone, Default)]
-pub struct Payload {
-    files: Vec<PayloadFile>,
-}
-
-impl Payload {
-    /// A payload of these files.
-    pub fn new(mut files: Vec<PayloadFile>) -> Self {
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        Self { files }
-    }
-
-    /// A payload of local files (`NAME=FILE` of `hostaction run`), hashed now.
-    pub fn from_files(files: &[(String, PathBuf)]) -> Result<Self> {
-        let mut out = Vec::new();
-        for (name, path) in files {
-            check_payload_name(name)
-                .map_err(|why| Error::BadParams(format!("payload name {name:?}: {why}")))?;
-            if out.iter().any(|f: &PayloadFile| &f.name == name) {
-                return Err(Error::BadParams(format!("payload {name:?} is given twice")));
-            }
-            let bad = |e: std::io::Error| {
-                Error::BadParams(format!("payload {name}: {}: {e}", path.display()))
-            };
-            let file = File::open(path).map_err(bad)?;
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(bad)?;
-            out.push(PayloadFile {
-                name: name.clone(),
-                size: bytes.len() as u64,
-                digest: sha256(&bytes),
-                path: path.clone(),
-                file: Arc::new(file),
-            });
-        }
-        Ok(Self::new(out))
-    }
-
-    /// The files, sorted by name.
-    pub fn files(&self) -> &[PayloadFile] {
-        &self.files
-    }
-
-    fn get(&self, name: &str) -> Result<&PayloadFile, CapError> {
-        self.files
-            .binary_search_by(|f| f.name.as_str().cmp(name))
-            .map(|i| &self.files[i])
-            .map_err(|_| CapError::NotFound(format!("no payload file named {name:?}")))
-    }
+/// The payload file named `name`.
+fn find<'a>(payload: &'a Payload, name: &str) -> Result<&'a PayloadFile, CapError> {
+    let files = payload.files();
+    files
+        .binary_search_by(|f| f.name.as_str().cmp(name))
+        .map(|i| &files[i])
+        .map_err(|_| CapError::NotFound(format!("no payload file named {name:?}")))
 }
 
 fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapError> {
@@ -144,7 +83,7 @@ impl payload::Host for PayloadView<'_> {
 
     fn read(&mut self, name: String) -> Result<Vec<u8>, CapError> {
         self.shared.check_deadline()?;
-        let file = self.ctx.payload.get(&name)?;
+        let file = find(&self.ctx.payload, &name)?;
         if file.size > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "payload {name:?} is {} bytes; read returns at most {MAX_READ_BYTES}: use read-at",
@@ -156,7 +95,7 @@ impl payload::Host for PayloadView<'_> {
 
     fn read_at(&mut self, name: String, offset: u64, len: u32) -> Result<Vec<u8>, CapError> {
         self.shared.check_deadline()?;
-        let file = self.ctx.payload.get(&name)?;
+        let file = find(&self.ctx.payload, &name)?;
         if u64::from(len) > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "read-at of {len} bytes; at most {MAX_READ_BYTES} per call"
@@ -206,7 +145,10 @@ mod tests {
         let files = view.files().expect("files");
         let seen: Vec<_> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
         assert_eq!(seen, [("a", 1), ("b", 1)]);
-        assert_eq!(files[0].digest, sha256(b"1"));
+        assert_eq!(
+            files[0].digest,
+            hostaction_distribution::artifact::sha256(b"1")
+        );
     }
 
     #[test]
@@ -266,9 +208,12 @@ mod tests {
 
     #[test]
     fn read_of_a_file_over_the_per_call_limit_is_an_invalid_argument() {
-        let (_dir, mut p) = payload(&[("big", b"x")]);
+        let (_dir, small) = payload(&[("big", b"x")]);
         // The limit is judged by the recorded size, before any byte is read.
-        p.files[0].size = MAX_READ_BYTES + 1;
+        let p = Payload::new(vec![PayloadFile {
+            size: MAX_READ_BYTES + 1,
+            ..small.files()[0].clone()
+        }]);
         let (mut ctx, mut shared) = ctx(p);
         let mut view = PayloadView {
             ctx: &mut ctx,
@@ -291,27 +236,5 @@ mod tests {
         };
         let err = view.read("a".into()).expect_err("past the deadline");
         assert!(testing::is_deadline(&err), "{err:?}");
-    }
-
-    #[test]
-    fn payload_name_that_is_not_a_plain_file_name_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"1").expect("f");
-        for bad in ["../f", "a/b", "", "."] {
-            assert!(
-                Payload::from_files(&[(bad.to_owned(), path.clone())]).is_err(),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn payload_name_given_twice_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"1").expect("f");
-        let twice = [("f".to_owned(), path.clone()), ("f".to_owned(), path)];
-        assert!(Payload::from_files(&twice).is_err());
     }
 }

@@ -22,8 +22,6 @@ mod path;
 mod tests;
 mod walk;
 
-pub(crate) use walk::trusted_directory;
-
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -480,7 +478,7 @@ impl FilesView<'_> {
         if mode & 0o111 == 0 || !self.ctx.grant.files_payload_executables_only {
             return Ok(());
         }
-        let digest = crate::oci::artifact::sha256(contents);
+        let digest = hostaction_distribution::artifact::sha256(contents);
         if self.ctx.payload.files().iter().any(|f| f.digest == digest) {
             return Ok(());
         }

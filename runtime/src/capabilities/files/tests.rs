@@ -352,7 +352,7 @@ fn executable_mode_on_a_payload_files_contents_is_allowed() {
     let payload = Payload::new(vec![PayloadFile {
         name: "tool".into(),
         size: 4,
-        digest: crate::oci::artifact::sha256(b"\x7fELF"),
+        digest: hostaction_distribution::artifact::sha256(b"\x7fELF"),
         file: Arc::new(std::fs::File::open(&path).expect("open")),
         path,
     }]);
