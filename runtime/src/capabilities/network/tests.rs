@@ -409,3 +409,100 @@ fn plan_mode_record_past_its_budget_ends_the_run() {
         .expect("the plan's budget ends");
     assert!(testing::is_limit(&ended), "{ended:?}");
 }
+
+// Through netlink: these need root, and make their namespaces under their own
+// host root (never the machine's `/var/run/netns`).
+
+/// Detaches, pass or fail, the namespace mounts a test made under its host
+/// root, and the directory's own mount (made shared as `ip netns` does).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let flags = rustix::mount::UnmountFlags::DETACH;
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ = rustix::mount::unmount(entry.path(), flags);
+            }
+        }
+        let _ = rustix::mount::unmount(&self.0, flags);
+    }
+}
+
+impl Fixture {
+    fn unmount_at_end(&self) -> Unmount {
+        Unmount(self.root.path().join(NETNS_DIR))
+    }
+}
+
+#[test]
+fn namespace_and_bridge_are_made_once_and_the_namespace_deleted() {
+    let mut f = Fixture::apply(GRANT);
+    let _unmount = f.unmount_at_end();
+    let mut view = f.view();
+    assert!(view.ensure_netns("t-a".into()).expect("netns"));
+    assert!(!view.ensure_netns("t-a".into()).expect("again"));
+    let up = LinkSettings {
+        mtu: Some(1400),
+        up: Some(true),
+        master: None,
+    };
+    assert!(
+        view.ensure_link(ns("t-a"), "br-0".into(), bridge(), up.clone())
+            .expect("bridge")
+    );
+    assert!(
+        !view
+            .ensure_link(ns("t-a"), "br-0".into(), bridge(), up)
+            .expect("again")
+    );
+    let links = view.list_links(ns("t-a")).expect("links");
+    let br = links
+        .iter()
+        .find(|l| l.name == "br-0")
+        .expect("br-0 listed");
+    assert_eq!((br.mtu, br.up, br.owned), (1400, true, true));
+    assert!(view.delete_netns("t-a".into()).expect("delete"));
+    assert!(view.list_netns().expect("list").is_empty());
+    let applied: Vec<_> = effects(&mut f.shared)
+        .into_iter()
+        .map(|e| (e.action, e.applied))
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            ("ensure-netns", true),
+            ("ensure-link", true),
+            ("delete-netns", true)
+        ]
+    );
+}
+
+#[test]
+fn owned_only_grant_does_not_delete_a_namespace_hostaction_did_not_mark() {
+    let owned_only = format!("{GRANT}  ownedOnly: true\n");
+    let mut f = Fixture::apply(&owned_only);
+    let _unmount = f.unmount_at_end();
+    f.view().ensure_netns("t-a".into()).expect("netns");
+    std::fs::remove_file(f.root.path().join(OWNED_NETNS_DIR).join("t-a")).expect("mark");
+    let why = denied(f.view().delete_netns("t-a".into()));
+    assert!(why.contains("ownedOnly"), "{why}");
+    assert_eq!(f.view().list_netns().expect("list"), ["t-a"]);
+}
+
+#[test]
+fn name_bound_to_the_hosts_own_namespace_is_denied_without_host() {
+    // `ip netns attach t-h 1`: a name for the host's namespace.
+    let mut f = Fixture::apply(GRANT);
+    let _unmount = f.unmount_at_end();
+    let dir = f.root.path().join(NETNS_DIR);
+    std::fs::create_dir_all(&dir).expect("netns dir");
+    std::fs::write(dir.join("t-h"), b"").expect("mount point");
+    rustix::mount::mount_bind(PROCESS_NETNS, dir.join("t-h")).expect("bind the host's netns");
+    let why = denied(f.view().list_links(ns("t-h")));
+    assert!(why.contains("host's own namespace"), "{why}");
+    denied(
+        f.view()
+            .ensure_link(ns("t-h"), "br-0".into(), bridge(), settings()),
+    );
+}
