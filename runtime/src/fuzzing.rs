@@ -19,11 +19,11 @@ use ipnet::IpNet;
 use crate::bindings::hostaction::host::network::{
     LinkKind, MacvlanSpec, Route, VethSpec, VlanSpec, VxlanSpec,
 };
-use crate::capabilities::files::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
 use crate::capabilities::network::scope::{self, HOST_NETNS, Scopes};
 use crate::capabilities::network::{cidr, link_spec, netlink, route};
 use crate::capabilities::services::{MAX_UNIT_NAME_BYTES, unit_name_problem};
 use crate::grant::{Capability, EffectiveGrant, Grant, GrantDocument, NetworkScope, glob};
+use crate::host::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories).

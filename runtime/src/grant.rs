@@ -28,8 +28,8 @@
 
 use std::path::Path;
 
-use crate::capabilities::files::{HostPath, HostRoot};
 use crate::error::{Error, Result};
+use crate::host::{HostPath, HostRoot};
 
 pub use hostaction_grant::{FilesScope, Grant, NetworkScope, ServicesScope};
 
@@ -296,7 +296,7 @@ impl EffectiveGrant {
 }
 
 /// Where a walk led, for messages: the directory reached and what is missing.
-fn place(walk: &crate::capabilities::files::Walk) -> String {
+fn place(walk: &crate::host::Walk) -> String {
     let mut place = walk.reached_path.clone();
     for part in &walk.rest {
         if !place.ends_with('/') {

@@ -30,6 +30,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grant;
+pub mod host;
 pub mod report;
 
 pub use engine::{LoadedModule, RunRequest, Runtime, RuntimeConfig};

@@ -22,7 +22,7 @@ use wasmtime::{ResourceLimiter, Store};
 use crate::bindings::hostaction::host::types;
 use crate::effects::{Effects, Mode, Recorded};
 use crate::grant::EffectiveGrant;
-use files::HostRoot;
+use crate::host::HostRoot;
 use log::LogLine;
 
 /// An expected failure of a capability call, or a trap.

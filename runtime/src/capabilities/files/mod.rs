@@ -17,21 +17,17 @@
 //! Limits: paths up to [`MAX_PATH_BYTES`], files up to [`MAX_FILE_BYTES`],
 //! listings up to [`MAX_DIR_ENTRIES`] entries.
 
-mod path;
 #[cfg(test)]
 mod tests;
-mod walk;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-pub use path::{HostPath, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
-pub use walk::{FileId, Lookup, Walk, kernel_fs};
+pub use crate::host::{HostPath, HostRoot, MAX_NAME_BYTES, MAX_PATH_BYTES, PathError};
+use crate::host::{kernel_fs, make_dir, open_beneath};
 
 use super::{CapError, Shared};
 use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileStat};
@@ -47,131 +43,6 @@ pub const MAX_FILE_BYTES: usize = 16 << 20;
 pub const MAX_DIR_ENTRIES: usize = 10_000;
 /// Permission bits an action may set: no setuid, setgid or sticky bits.
 const ALLOWED_MODE_BITS: u32 = 0o777;
-
-/// Where the host's filesystem is seen (`/` on the host, `/host` in a pod),
-/// held open so every resolution starts from the same directory.
-#[derive(Debug)]
-pub struct HostRoot {
-    path: PathBuf,
-    fd: OwnedFd,
-}
-
-impl HostRoot {
-    /// Opens the host root directory.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(Self {
-            path: path.to_owned(),
-            fd,
-        })
-    }
-
-    /// The host root's path on this machine.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The path on this machine of the directory `rel` (relative, `/`
-    /// separated) under the host root, with symlinks resolved as if the host
-    /// root were `/` (on a node `/var/run` is a symlink to `/run`). With
-    /// `create`, missing directories are made (mode 0755, like `mkdir -p`);
-    /// without, a missing one gives `None`.
-    pub fn resolve_dir(&self, rel: &str, create: bool) -> Result<Option<PathBuf>, Errno> {
-        let mut at = String::new();
-        let mut fd = None;
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            let parent = at.clone();
-            if !at.is_empty() {
-                at.push('/');
-            }
-            at.push_str(part);
-            let open = || {
-                rustix::fs::openat2(
-                    &self.fd,
-                    at.as_str(),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-                )
-            };
-            fd = Some(match open() {
-                Err(Errno::NOENT) if create => {
-                    let parent = rustix::fs::openat2(
-                        &self.fd,
-                        if parent.is_empty() {
-                            "."
-                        } else {
-                            parent.as_str()
-                        },
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-                    )?;
-                    match make_dir(&parent, part, 0o755) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(e),
-                    }
-                    open()?
-                }
-                Err(Errno::NOENT) => return Ok(None),
-                other => other?,
-            });
-        }
-        let Some(fd) = fd else {
-            return Ok(Some(self.path.clone()));
-        };
-        // The kernel's name for what was resolved.
-        let path = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())?;
-        Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(
-            path.into_bytes(),
-        ))))
-    }
-
-    /// Opens `dir`, a granted directory or one of its ancestors. Up to
-    /// `anchor` (the directory the node administrator named) symlinks are
-    /// resolved as if the host root were `/`; below it, beneath `anchor`.
-    fn open_dir(&self, anchor: &HostPath, dir: &HostPath) -> Result<OwnedFd, Errno> {
-        self.open_under(anchor, dir, OFlags::RDONLY | OFlags::DIRECTORY)
-    }
-
-    /// [`Self::open_dir`] with other open flags (`dir` need not be one).
-    fn open_under(
-        &self,
-        anchor: &HostPath,
-        dir: &HostPath,
-        flags: OFlags,
-    ) -> Result<OwnedFd, Errno> {
-        let in_root = |d: &HostPath, flags: OFlags| {
-            rustix::fs::openat2(
-                &self.fd,
-                d.relative_to(&HostPath::root()),
-                flags | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            )
-        };
-        if anchor.starts_with(dir) {
-            return in_root(dir, flags);
-        }
-        let anchor_fd = in_root(anchor, OFlags::PATH | OFlags::DIRECTORY)?;
-        open_beneath(&anchor_fd, &dir.relative_to(anchor), flags)
-    }
-}
-
-/// Opens `rel` beneath `dir`; the kernel refuses anything that would leave it.
-fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat2(
-        dir,
-        rel,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-    )
-}
 
 /// The `files` capability's state in a run: the grant it checks, the host
 /// it works on, the payload whose contents may be made executable, and plan
@@ -560,19 +431,6 @@ impl FilesView<'_> {
 /// The parent of a path strictly below its granted directory (else itself).
 fn parent_of(path: &HostPath) -> HostPath {
     path.parent().unwrap_or_else(|| path.clone())
-}
-
-/// `mkdirat` then `fchmod`, so the mode is exact whatever the umask.
-fn make_dir(parent: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
-    rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode))?;
-    // NOFOLLOW: if the new directory was swapped for a symlink meanwhile, the
-    // chmod must not land on whatever it points to.
-    let fd = open_beneath(
-        &parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-    )?;
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
 }
 
 /// Refuses modes with bits beyond `rwxrwxrwx`.

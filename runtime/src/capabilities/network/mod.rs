@@ -28,11 +28,11 @@ use rustix::io::Errno;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::files::HostRoot;
 use super::{CapError, Shared};
 use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkSettings};
 use crate::effects::Mode as RunMode;
 use crate::grant::EffectiveGrant;
+use crate::host::HostRoot;
 use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns, PROCESS_NETNS};
 use planned::{Ns, Planned};
 use scope::{HOST_NETNS, Scopes};
