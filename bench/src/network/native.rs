@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hostaction_runtime::capabilities::CapError;
 use hostaction_runtime::capabilities::network::netlink::{
-    self, Call, IpNetwork, LinkSettings, LinkSpec, NetError, Netns,
+    self, Call, IpNetwork, LinkSettings, LinkSpec, Netns,
 };
 
 use super::{
@@ -44,7 +45,7 @@ impl Native {
 
     /// Ensures the overlay in `place` (namespaces under `dir`), as the action
     /// does; returns whether anything changed.
-    pub fn ensure(&self, dir: &Path, place: &Place) -> Result<bool, NetError> {
+    pub fn ensure(&self, dir: &Path, place: &Place) -> Result<bool, CapError> {
         let deadline = Instant::now() + DEADLINE;
         let host_path = dir.join(&place.host);
         let work_path = dir.join(&place.work);

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hostaction_runtime::capabilities::CapError;
 use hostaction_runtime::capabilities::network::netlink::{
-    self, Call, LinkInfo, LinkSettings, LinkSpec, NetError, Netns,
+    self, Call, LinkInfo, LinkSettings, LinkSpec, Netns,
 };
 
 use super::{DEVICE, Place, UNDERLAY_PEER};
@@ -31,7 +32,7 @@ pub struct Scratch {
 impl Scratch {
     /// Prepares `/var/run/netns` and deletes namespaces left by earlier bench
     /// processes that are gone (a run killed before its cleanup).
-    pub fn new() -> Result<Self, NetError> {
+    pub fn new() -> Result<Self, CapError> {
         let dir = PathBuf::from(NETNS_DIR);
         remove_stale(&dir)?;
         Ok(Scratch {
@@ -63,7 +64,7 @@ impl Scratch {
     }
 
     /// Deletes both namespaces of `place`, if they exist.
-    pub fn delete(&self, place: &Place) -> Result<(), NetError> {
+    pub fn delete(&self, place: &Place) -> Result<(), CapError> {
         netlink::delete_netns(&self.dir, &place.host)?;
         netlink::delete_netns(&self.dir, &place.work)?;
         Ok(())
@@ -72,7 +73,7 @@ impl Scratch {
     /// Starts `place` from scratch (not timed): deletes both namespaces,
     /// makes a new host-side one with the underlay device `ul0` up in it (a
     /// veth, since not every kernel has dummy links).
-    pub fn reset(&self, place: &Place) -> Result<(), NetError> {
+    pub fn reset(&self, place: &Place) -> Result<(), CapError> {
         self.delete(place)?;
         netlink::ensure_netns(&self.dir, &place.host)?;
         let host = self.dir.join(&place.host);
@@ -91,7 +92,7 @@ impl Scratch {
 
     /// The links of both namespaces of `place` as `ns/name kind mtu up
     /// master`, sorted: what the three ways of making the overlay must agree on.
-    pub fn topology(&self, place: &Place) -> Result<Vec<String>, NetError> {
+    pub fn topology(&self, place: &Place) -> Result<Vec<String>, CapError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let mut lines = Vec::new();
         for (side, name) in [("host", &place.host), ("work", &place.work)] {
@@ -105,7 +106,7 @@ impl Scratch {
     }
 
     /// Deletes every namespace this run made.
-    pub fn cleanup(&mut self) -> Result<(), NetError> {
+    pub fn cleanup(&mut self) -> Result<(), CapError> {
         let mut first_error = None;
         for name in std::mem::take(&mut self.names) {
             if let Err(e) = netlink::delete_netns(&self.dir, &name) {
@@ -136,7 +137,7 @@ fn describe(side: &str, l: &LinkInfo) -> String {
 }
 
 /// Deletes `habench-<pid>-*` namespaces whose process no longer exists.
-fn remove_stale(dir: &Path) -> Result<(), NetError> {
+fn remove_stale(dir: &Path) -> Result<(), CapError> {
     let stale: Vec<String> = netlink::list_netns(dir)?
         .into_iter()
         .filter(|name| {

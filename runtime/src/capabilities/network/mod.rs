@@ -33,7 +33,7 @@ use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkS
 use crate::effects::Mode as RunMode;
 use crate::grant::EffectiveGrant;
 use crate::host::HostRoot;
-use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, NetError, Netns, PROCESS_NETNS};
+use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, Netns, PROCESS_NETNS};
 use planned::{Ns, Planned};
 use scope::{HOST_NETNS, Scopes};
 
@@ -42,20 +42,6 @@ pub const NETNS_DIR: &str = "var/run/netns";
 /// Where hostaction marks the namespaces it made (for `ownedOnly`), relative
 /// to the host root; a tmpfs on a node, like the namespaces themselves.
 pub const OWNED_NETNS_DIR: &str = "var/run/hostaction/netns";
-
-impl From<NetError> for CapError {
-    fn from(e: NetError) -> Self {
-        match e {
-            NetError::InvalidArgument(m) => CapError::InvalidArgument(m),
-            NetError::PermissionDenied(m) => CapError::PermissionDenied(m),
-            NetError::NotFound(m) => CapError::NotFound(m),
-            NetError::Conflict(m) => CapError::Conflict(m),
-            NetError::Unsupported(m) => CapError::Unsupported(m),
-            NetError::Timeout(m) => CapError::Timeout(m),
-            NetError::Io(m) => CapError::Io(m),
-        }
-    }
-}
 
 /// The `network` capability's state in a run: the grant it checks, the
 /// host root named namespaces are found under, and what the run's calls

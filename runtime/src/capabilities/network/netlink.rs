@@ -29,6 +29,8 @@ use rtnetlink::Handle;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::capabilities::CapError;
+
 pub use addr::{check_route, ensure_address, ensure_route, remove_address, remove_route};
 pub use link::{check_spec, delete_link, ensure_link, list_links};
 pub use netns::{delete_netns, ensure_netns, is_netns, list_netns};
@@ -164,33 +166,6 @@ pub struct Route {
     pub metric: Option<u32>,
 }
 
-/// An expected failure of a backend call; the capability maps each variant to
-/// the WIT `error` case of the same name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NetError {
-    /// A value was refused before anything was touched (bad name, mixed address families).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// The link is not hostaction's and the call may only touch its own.
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    /// The named link, namespace, parent or device does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The object exists in a shape the call will not replace.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// The kernel cannot do this (for example a link kind it lacks).
-    #[error("unsupported: {0}")]
-    Unsupported(String),
-    /// The call did not finish by its deadline.
-    #[error("timeout: {0}")]
-    Timeout(String),
-    /// Any other host failure.
-    #[error("io: {0}")]
-    Io(String),
-}
-
 /// How one backend call runs: where, until when, and what it may change.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -237,28 +212,28 @@ impl fmt::Display for Netns<'_> {
 ///
 /// A dedicated thread, because `setns` changes the calling thread: the
 /// caller's thread (a wasmtime store's) must never change namespace.
-fn in_netns<T, F, Fut>(ns: Netns<'_>, deadline: Instant, call: F) -> Result<T, NetError>
+fn in_netns<T, F, Fut>(ns: Netns<'_>, deadline: Instant, call: F) -> Result<T, CapError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
-    Fut: Future<Output = Result<T, NetError>>,
+    Fut: Future<Output = Result<T, CapError>>,
 {
     if Instant::now() >= deadline {
-        return Err(NetError::Timeout(format!(
+        return Err(CapError::Timeout(format!(
             "the deadline passed before the netlink call in {ns}"
         )));
     }
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("hostaction-netlink".into())
-            .spawn_scoped(scope, move || -> Result<T, NetError> {
+            .spawn_scoped(scope, move || -> Result<T, CapError> {
                 if let Some(path) = ns.0 {
                     enter_netns(path)?;
                 }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| NetError::Io(format!("netlink runtime: {e}")))?;
+                    .map_err(|e| CapError::Io(format!("netlink runtime: {e}")))?;
                 runtime.block_on(async move {
                     let until = tokio::time::Instant::from_std(deadline);
                     tokio::time::timeout_at(until, async move {
@@ -267,31 +242,31 @@ where
                     })
                     .await
                     .map_err(|_| {
-                        NetError::Timeout(format!("the netlink call in {ns} passed its deadline"))
+                        CapError::Timeout(format!("the netlink call in {ns} passed its deadline"))
                     })?
                 })
             })
-            .map_err(|e| NetError::Io(format!("cannot start the netlink thread: {e}")))?;
+            .map_err(|e| CapError::Io(format!("cannot start the netlink thread: {e}")))?;
         worker
             .join()
-            .map_err(|_| NetError::Io("the netlink thread panicked".into()))?
+            .map_err(|_| CapError::Io("the netlink thread panicked".into()))?
     })
 }
 
 /// Opens a netlink connection in the calling thread's current namespace and
 /// drives it on the current runtime; the socket stays in that namespace.
-fn connect() -> Result<Handle, NetError> {
+fn connect() -> Result<Handle, CapError> {
     let (connection, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| NetError::Io(format!("cannot open a netlink socket: {e}")))?;
+        .map_err(|e| CapError::Io(format!("cannot open a netlink socket: {e}")))?;
     tokio::spawn(connection);
     Ok(handle)
 }
 
 /// Opens a netlink connection inside the namespace file `path`, then moves the
 /// calling (dedicated) thread back to the namespace it was in.
-fn connect_in(path: &Path) -> Result<Handle, NetError> {
+fn connect_in(path: &Path) -> Result<Handle, CapError> {
     let home = File::open("/proc/thread-self/ns/net")
-        .map_err(|e| NetError::Io(format!("cannot open this thread's network namespace: {e}")))?;
+        .map_err(|e| CapError::Io(format!("cannot open this thread's network namespace: {e}")))?;
     enter_netns(path)?;
     let handle = connect();
     rustix::thread::move_into_link_name_space(
@@ -299,7 +274,7 @@ fn connect_in(path: &Path) -> Result<Handle, NetError> {
         Some(rustix::thread::LinkNameSpaceType::Network),
     )
     .map_err(|e| {
-        NetError::Io(format!(
+        CapError::Io(format!(
             "cannot return to the call's network namespace: {e}"
         ))
     })?;
@@ -320,11 +295,11 @@ pub const PROCESS_NETNS: &str = "/proc/self/ns/net";
 /// neither blocks nor has effects. Paths under `/proc/self/` are handles the
 /// runtime holds (a namespace it opened and checked, or its own) and are
 /// followed.
-pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
-    let not_netns = || NetError::NotFound(format!("{} is not a network namespace", path.display()));
+pub fn open_netns(path: &Path) -> Result<OwnedFd, CapError> {
+    let not_netns = || CapError::NotFound(format!("{} is not a network namespace", path.display()));
     if path.starts_with("/proc/self/") {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| NetError::NotFound(format!("{}: {e}", path.display())))?;
+            .map_err(|e| CapError::NotFound(format!("{}: {e}", path.display())))?;
         return match rustix::fs::fstatfs(&fd) {
             Ok(st) if st.f_type == NSFS_MAGIC => Ok(fd),
             _ => Err(not_netns()),
@@ -332,11 +307,11 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
     }
     let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     let probe = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
-        Errno::NOENT => NetError::NotFound(format!(
+        Errno::NOENT => CapError::NotFound(format!(
             "network namespace {} does not exist",
             path.display()
         )),
-        e => NetError::Io(format!(
+        e => CapError::Io(format!(
             "cannot open network namespace {}: {e}",
             path.display()
         )),
@@ -350,28 +325,28 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| NetError::Io(format!("cannot open {}: {e}", path.display())))
+    .map_err(|e| CapError::Io(format!("cannot open {}: {e}", path.display())))
 }
 
 /// Whether two namespace handles are the same namespace.
-pub fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetError> {
+pub fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, CapError> {
     let id = |fd: BorrowedFd<'_>| {
         rustix::fs::fstat(fd)
             .map(|st| (st.st_dev, st.st_ino))
-            .map_err(|e| NetError::Io(format!("cannot stat a network namespace: {e}")))
+            .map_err(|e| CapError::Io(format!("cannot stat a network namespace: {e}")))
     };
     Ok(id(a.as_fd())? == id(b.as_fd())?)
 }
 
 /// Whether the namespace file `path` is the namespace the calling thread is in.
-fn is_current_netns(path: &Path) -> Result<bool, NetError> {
+fn is_current_netns(path: &Path) -> Result<bool, CapError> {
     let current = File::open("/proc/thread-self/ns/net")
-        .map_err(|e| NetError::Io(format!("cannot open this thread's network namespace: {e}")))?;
+        .map_err(|e| CapError::Io(format!("cannot open this thread's network namespace: {e}")))?;
     same_netns(open_netns(path)?, current)
 }
 
 /// Moves the calling thread into the network namespace file `path` (`setns`).
-fn enter_netns(path: &Path) -> Result<(), NetError> {
+fn enter_netns(path: &Path) -> Result<(), CapError> {
     let file = open_netns(path)?;
     rustix::thread::move_into_link_name_space(
         file.as_fd(),
@@ -379,9 +354,9 @@ fn enter_netns(path: &Path) -> Result<(), NetError> {
     )
     .map_err(|e| {
         if e == Errno::INVAL {
-            NetError::NotFound(format!("{} is not a network namespace", path.display()))
+            CapError::NotFound(format!("{} is not a network namespace", path.display()))
         } else {
-            NetError::Io(format!(
+            CapError::Io(format!(
                 "cannot enter network namespace {}: {e}",
                 path.display()
             ))
@@ -399,32 +374,32 @@ fn errno(err: &rtnetlink::Error) -> Option<Errno> {
     }
 }
 
-/// Maps a netlink failure of `what` to a [`NetError`]; `kind` names the link
+/// Maps a netlink failure of `what` to a [`CapError`]; `kind` names the link
 /// kind for `Unsupported`, when the call creates a link.
-fn nl_error(what: &str, kind: Option<&str>, err: &rtnetlink::Error) -> NetError {
+fn nl_error(what: &str, kind: Option<&str>, err: &rtnetlink::Error) -> CapError {
     match errno(err) {
         Some(e) if e == Errno::OPNOTSUPP => match kind {
-            Some(kind) => NetError::Unsupported(format!(
+            Some(kind) => CapError::Unsupported(format!(
                 "{what}: this kernel does not support links of type {kind}"
             )),
-            None => NetError::Unsupported(format!("{what}: operation not supported")),
+            None => CapError::Unsupported(format!("{what}: operation not supported")),
         },
-        Some(e) if e == Errno::EXIST => NetError::Conflict(format!("{what}: already exists")),
+        Some(e) if e == Errno::EXIST => CapError::Conflict(format!("{what}: already exists")),
         Some(e) if e == Errno::NODEV || e == Errno::NOENT || e == Errno::SRCH => {
-            NetError::NotFound(format!("{what}: no such object"))
+            CapError::NotFound(format!("{what}: no such object"))
         }
         Some(e) if e == Errno::INVAL || e == Errno::RANGE => {
-            NetError::InvalidArgument(format!("{what}: the kernel refused the request ({e})"))
+            CapError::InvalidArgument(format!("{what}: the kernel refused the request ({e})"))
         }
-        Some(e) => NetError::Io(format!("{what}: {e}")),
-        None => NetError::Io(format!("{what}: {err}")),
+        Some(e) => CapError::Io(format!("{what}: {e}")),
+        None => CapError::Io(format!("{what}: {err}")),
     }
 }
 
 /// Refuses a link name the kernel would refuse, with a clear message.
-fn check_ifname(name: &str) -> Result<(), NetError> {
+fn check_ifname(name: &str) -> Result<(), CapError> {
     // Names come from guests through the capability: refuse them before any
     // netlink request is built, by the capability's own rules.
     super::scope::interface_name_problem(name)
-        .map_or(Ok(()), |why| Err(NetError::InvalidArgument(why)))
+        .map_or(Ok(()), |why| Err(CapError::InvalidArgument(why)))
 }

@@ -11,11 +11,12 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use rustix::io::Errno;
 
 use super::link::target_index;
-use super::{Call, IpNetwork, NetError, Route, check_ifname, errno, in_netns, nl_error};
+use super::{Call, IpNetwork, Route, check_ifname, errno, in_netns, nl_error};
+use crate::capabilities::CapError;
 
 /// Ensures `addr` (address and prefix length) is on `device`; returns whether
 /// it was added. Equal to `ip address add ADDR dev DEVICE`.
-pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
+pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, CapError> {
     check_ifname(device)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
@@ -27,7 +28,7 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
                 return Ok(false);
             }
             // IPv4 would take the address twice; neither is what was asked.
-            return Err(NetError::Conflict(format!(
+            return Err(CapError::Conflict(format!(
                 "{} is on {device} as /{}, not /{}; it is not replaced",
                 addr.addr(),
                 m.header.prefix_len,
@@ -43,7 +44,7 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
             .await
             .map_err(|e| {
                 if errno(&e) == Some(Errno::EXIST) {
-                    NetError::Conflict(format!(
+                    CapError::Conflict(format!(
                         "{} is on {device} with another prefix length",
                         addr.addr()
                     ))
@@ -57,7 +58,7 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 
 /// Removes `addr` from `device`; returns false when it was not there.
 /// Equal to `ip address delete ADDR dev DEVICE`.
-pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, NetError> {
+pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, CapError> {
     check_ifname(device)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
@@ -86,7 +87,7 @@ pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 /// A route that matches every given field counts as present. A route to the
 /// same destination and metric with another gateway or device is a
 /// `Conflict`; it is never replaced.
-pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
+pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
     let v6 = check_route(route)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
@@ -102,7 +103,7 @@ pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
         let msg = build_route(route, v6, oif)?;
         h.route().add(msg).execute().await.map_err(|e| {
             if errno(&e) == Some(Errno::EXIST) {
-                NetError::Conflict(format!(
+                CapError::Conflict(format!(
                     "a route to {} with another gateway or device exists",
                     show_dest(route)
                 ))
@@ -116,14 +117,14 @@ pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
 
 /// Removes every main-table route that matches each given field of `route`;
 /// returns false when there was none. Equal to `ip route delete DEST ...`.
-pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, NetError> {
+pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
     let v6 = check_route(route)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
             Some(device) => match target_index(&h, device, "route device", call.owned_only).await {
                 Ok(index) => Some(index),
                 // No such device, so no route through it.
-                Err(NetError::NotFound(_)) => return Ok(false),
+                Err(CapError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e),
             },
             None => None,
@@ -172,7 +173,7 @@ async fn find_address(
     h: &Handle,
     index: u32,
     addr: IpNetwork,
-) -> Result<Option<AddressMessage>, NetError> {
+) -> Result<Option<AddressMessage>, CapError> {
     Ok(addresses(h, index)
         .await?
         .into_iter()
@@ -180,7 +181,7 @@ async fn find_address(
 }
 
 /// The addresses on link `index`.
-async fn addresses(h: &Handle, index: u32) -> Result<Vec<AddressMessage>, NetError> {
+async fn addresses(h: &Handle, index: u32) -> Result<Vec<AddressMessage>, CapError> {
     h.address()
         .get()
         .set_link_index_filter(index)
@@ -206,14 +207,14 @@ fn address_of(m: &AddressMessage) -> Option<IpAddr> {
 }
 
 /// Checks a route's fields; returns whether it is IPv6.
-pub fn check_route(route: &Route) -> Result<bool, NetError> {
+pub fn check_route(route: &Route) -> Result<bool, CapError> {
     if let Some(device) = &route.device {
         check_ifname(device)?;
     }
     if let Some(dest) = route.destination
         && dest.addr() != dest.network()
     {
-        return Err(NetError::InvalidArgument(format!(
+        return Err(CapError::InvalidArgument(format!(
             "route destination {dest} has host bits set (did you mean {}?)",
             dest.trunc()
         )));
@@ -221,7 +222,7 @@ pub fn check_route(route: &Route) -> Result<bool, NetError> {
     let dest_v6 = route.destination.map(|d| matches!(d, IpNetwork::V6(_)));
     let gw_v6 = route.gateway.map(|g| g.is_ipv6());
     match (dest_v6, gw_v6) {
-        (Some(d), Some(g)) if d != g => Err(NetError::InvalidArgument(format!(
+        (Some(d), Some(g)) if d != g => Err(CapError::InvalidArgument(format!(
             "route to {} via {}: the addresses are of different families",
             show_dest(route),
             route.gateway.map_or_else(String::new, |g| g.to_string())
@@ -238,7 +239,7 @@ async fn find_routes(
     route: &Route,
     v6: bool,
     oif: Option<u32>,
-) -> Result<Vec<RouteMessage>, NetError> {
+) -> Result<Vec<RouteMessage>, CapError> {
     let filter = if v6 {
         RouteMessageBuilder::<Ipv6Addr>::new().build()
     } else {
@@ -295,9 +296,9 @@ async fn find_routes(
 
 /// The RTM_NEWROUTE message for `route`, as `ip route add` builds it: a
 /// static unicast route, scope link when there is no gateway.
-fn build_route(route: &Route, v6: bool, oif: Option<u32>) -> Result<RouteMessage, NetError> {
-    fn bad(e: impl std::fmt::Display) -> NetError {
-        NetError::InvalidArgument(format!("route: {e}"))
+fn build_route(route: &Route, v6: bool, oif: Option<u32>) -> Result<RouteMessage, CapError> {
+    fn bad(e: impl std::fmt::Display) -> CapError {
+        CapError::InvalidArgument(format!("route: {e}"))
     }
     let mut b = RouteMessageBuilder::<IpAddr>::new();
     b.get_mut().header.address_family = if v6 {

@@ -17,9 +17,10 @@ use rtnetlink::{
 use rustix::io::Errno;
 
 use super::{
-    Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, check_ifname, connect_in,
-    errno, in_netns, is_current_netns, nl_error, open_netns,
+    Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, Netns, check_ifname, connect_in, errno,
+    in_netns, is_current_netns, nl_error, open_netns,
 };
+use crate::capabilities::CapError;
 use crate::capabilities::network::scope::OWNED_ALIAS;
 
 /// Ensures a link `name` of kind `spec` exists in `call.ns` with `settings`;
@@ -37,7 +38,7 @@ pub fn ensure_link(
     name: &str,
     spec: &LinkSpec,
     settings: &LinkSettings,
-) -> Result<Vec<String>, NetError> {
+) -> Result<Vec<String>, CapError> {
     check_ifname(name)?;
     check_spec(spec)?;
     if let Some(master) = &settings.master {
@@ -63,7 +64,7 @@ pub fn ensure_link(
             create(&h, name, spec).await?;
             let link = get_link(&h, name)
                 .await?
-                .ok_or_else(|| NetError::Io(format!("link {name} vanished after creation")))?;
+                .ok_or_else(|| CapError::Io(format!("link {name} vanished after creation")))?;
             if let Err(e) = mark_owned(&h, &link, spec).await {
                 // Without its mark the link would pass for someone else's:
                 // take it away again.
@@ -108,7 +109,7 @@ pub fn delete_link(
     call: Call<'_>,
     name: &str,
     may_touch: &(dyn Fn(&str) -> bool + Sync),
-) -> Result<bool, NetError> {
+) -> Result<bool, CapError> {
     check_ifname(name)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
@@ -135,7 +136,7 @@ pub fn delete_link(
                 "deleted with it"
             };
             if !may_touch(other_name) {
-                return Err(NetError::PermissionDenied(format!(
+                return Err(CapError::PermissionDenied(format!(
                     "deleting {name} would leave {other_name} {what}, and {other_name} is not in scope"
                 )));
             }
@@ -157,10 +158,10 @@ pub fn delete_link(
 
 /// The link `name` must exist (`NotFound` names its `role`) and, with
 /// `owned_only`, be hostaction's.
-async fn require(h: &Handle, name: &str, role: &str, owned_only: bool) -> Result<(), NetError> {
+async fn require(h: &Handle, name: &str, role: &str, owned_only: bool) -> Result<(), CapError> {
     let link = get_link(h, name)
         .await?
-        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))?;
+        .ok_or_else(|| CapError::NotFound(format!("{role} {name} does not exist")))?;
     if owned_only {
         check_owned(&link, name, &format!("used as a {role}"))?;
     }
@@ -168,7 +169,7 @@ async fn require(h: &Handle, name: &str, role: &str, owned_only: bool) -> Result
 }
 
 /// Refuses to touch a link hostaction did not create (`ownedOnly` grants).
-pub(super) fn check_owned(link: &LinkMessage, name: &str, what: &str) -> Result<(), NetError> {
+pub(super) fn check_owned(link: &LinkMessage, name: &str, what: &str) -> Result<(), CapError> {
     let alias = link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfAlias(s) => Some(s.as_str()),
         _ => None,
@@ -176,14 +177,14 @@ pub(super) fn check_owned(link: &LinkMessage, name: &str, what: &str) -> Result<
     if alias == Some(OWNED_ALIAS) {
         return Ok(());
     }
-    Err(NetError::PermissionDenied(format!(
+    Err(CapError::PermissionDenied(format!(
         "link {name} was not created by hostaction (its alias is not {OWNED_ALIAS:?}); \
          the grant's ownedOnly forbids it to be {what}"
     )))
 }
 
 /// Marks a link this call created, and a veth's peer, as hostaction's.
-async fn mark_owned(h: &Handle, link: &LinkMessage, spec: &LinkSpec) -> Result<(), NetError> {
+async fn mark_owned(h: &Handle, link: &LinkMessage, spec: &LinkSpec) -> Result<(), CapError> {
     let set_alias = |h: Handle, index: u32, what: String| async move {
         let msg = LinkUnspec::new_with_index(index).alias(OWNED_ALIAS).build();
         h.link()
@@ -201,7 +202,7 @@ async fn mark_owned(h: &Handle, link: &LinkMessage, spec: &LinkSpec) -> Result<(
         };
         let peer_link = get_link(&there, peer)
             .await?
-            .ok_or_else(|| NetError::Io(format!("the peer {peer} of {name} vanished")))?;
+            .ok_or_else(|| CapError::Io(format!("the peer {peer} of {name} vanished")))?;
         set_alias(
             there,
             peer_link.header.index,
@@ -214,7 +215,7 @@ async fn mark_owned(h: &Handle, link: &LinkMessage, spec: &LinkSpec) -> Result<(
 
 /// Checks, without creating anything, that what `spec` refers to exists
 /// (plan mode's stand-in for the checks creation makes).
-async fn check_references(h: &Handle, spec: &LinkSpec) -> Result<(), NetError> {
+async fn check_references(h: &Handle, spec: &LinkSpec) -> Result<(), CapError> {
     match spec {
         LinkSpec::Veth {
             peer_netns: Some(path),
@@ -284,7 +285,7 @@ fn settings_changes(settings: &LinkSettings) -> Vec<String> {
 }
 
 /// Lists the links of `ns` with their attributes. Equal to `ip -d link show`.
-pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, NetError> {
+pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, CapError> {
     in_netns(ns, deadline, |h| async move {
         let links = all_links(&h).await?;
         let names: HashMap<u32, String> = links
@@ -318,7 +319,7 @@ pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, Net
 }
 
 /// Refuses kind attributes that cannot describe a link, before any request.
-pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
+pub fn check_spec(spec: &LinkSpec) -> Result<(), CapError> {
     match spec {
         LinkSpec::Veth { peer, .. } => check_ifname(peer),
         LinkSpec::Macvlan { parent, .. } | LinkSpec::Vlan { parent, .. } => check_ifname(parent),
@@ -331,7 +332,7 @@ pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
             ..
         } => {
             if *vni >= 1 << 24 {
-                return Err(NetError::InvalidArgument(format!(
+                return Err(CapError::InvalidArgument(format!(
                     "VNI {vni} is out of range (0 to 16777215)"
                 )));
             }
@@ -339,21 +340,21 @@ pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
                 check_ifname(device)?;
             }
             if remote.is_some() && group.is_some() {
-                return Err(NetError::InvalidArgument(
+                return Err(CapError::InvalidArgument(
                     "a vxlan has a remote or a group, not both".into(),
                 ));
             }
             if let Some(remote) = remote
                 && remote.is_multicast()
             {
-                return Err(NetError::InvalidArgument(format!(
+                return Err(CapError::InvalidArgument(format!(
                     "vxlan remote {remote} is a multicast address (use group)"
                 )));
             }
             if let Some(group) = group
                 && !group.is_multicast()
             {
-                return Err(NetError::InvalidArgument(format!(
+                return Err(CapError::InvalidArgument(format!(
                     "vxlan group {group} is not a multicast address (use remote)"
                 )));
             }
@@ -361,7 +362,7 @@ pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
             if let (Some(local), Some(peer)) = (local, peer)
                 && local.is_ipv4() != peer.is_ipv4()
             {
-                return Err(NetError::InvalidArgument(format!(
+                return Err(CapError::InvalidArgument(format!(
                     "vxlan local {local} and remote {peer} are of different address families"
                 )));
             }
@@ -372,7 +373,7 @@ pub fn check_spec(spec: &LinkSpec) -> Result<(), NetError> {
 }
 
 /// Creates the link; `Unsupported` names the kind when the kernel lacks it.
-async fn create(h: &Handle, name: &str, spec: &LinkSpec) -> Result<(), NetError> {
+async fn create(h: &Handle, name: &str, spec: &LinkSpec) -> Result<(), CapError> {
     let kind = spec.kind_name();
     // Kept open until the request is sent: the peer's IFLA_NET_NS_FD refers to it.
     let mut _peer_ns: Option<OwnedFd> = None;
@@ -438,7 +439,7 @@ async fn create(h: &Handle, name: &str, spec: &LinkSpec) -> Result<(), NetError>
                 LinkSpec::Veth { peer, .. } => format!(" or its peer {peer}"),
                 _ => String::new(),
             };
-            NetError::Conflict(format!(
+            CapError::Conflict(format!(
                 "cannot create {kind} link {name}: {name}{peer} already exists"
             ))
         } else {
@@ -454,11 +455,11 @@ async fn check_existing(
     name: &str,
     link: &LinkMessage,
     spec: &LinkSpec,
-) -> Result<(), NetError> {
+) -> Result<(), CapError> {
     let want = spec.kind_name();
     let kind = link_kind(link).map(|k| k.to_string());
     if kind.as_deref() != Some(want) {
-        return Err(NetError::Conflict(format!(
+        return Err(CapError::Conflict(format!(
             "link {name} exists as {}, not a {want}; it is not replaced",
             kind.map_or_else(
                 || "a device without a kind".to_string(),
@@ -466,7 +467,7 @@ async fn check_existing(
             )
         )));
     }
-    let conflict = |what: String| Err(NetError::Conflict(format!("{want} link {name} {what}")));
+    let conflict = |what: String| Err(CapError::Conflict(format!("{want} link {name} {what}")));
     match spec {
         LinkSpec::Bridge | LinkSpec::Dummy | LinkSpec::Wireguard => Ok(()),
         LinkSpec::Veth { peer, peer_netns } => {
@@ -623,7 +624,7 @@ async fn converge(
     link: &LinkMessage,
     settings: &LinkSettings,
     dry_run: bool,
-) -> Result<Vec<String>, NetError> {
+) -> Result<Vec<String>, CapError> {
     let index = link.header.index;
     let mut changes = Vec::new();
     let set = |msg: LinkMessage, what: &'static str| async move {
@@ -669,7 +670,7 @@ async fn converge(
 }
 
 /// Every link of the namespace. Equal to `ip link show`.
-async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, NetError> {
+async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, CapError> {
     h.link()
         .get()
         .execute()
@@ -679,7 +680,7 @@ async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, NetError> {
 }
 
 /// The link named `name`, or `None` when there is none. Equal to `ip link show NAME`.
-pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CapError> {
     let found = std::pin::pin!(h.link().get().match_name(name).execute())
         .try_next()
         .await;
@@ -687,7 +688,7 @@ pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessag
         // The kernel also finds a link by an alternative name: only the
         // primary name counts here.
         Ok(Some(link)) if link_name(&link) == Some(name) => Ok(Some(link)),
-        Ok(Some(link)) => Err(NetError::Conflict(format!(
+        Ok(Some(link)) => Err(CapError::Conflict(format!(
             "{name} is an alternative name of link {}",
             link_name(&link).unwrap_or("?")
         ))),
@@ -698,7 +699,7 @@ pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessag
 }
 
 /// The link with index `index`, or `None`.
-async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, NetError> {
+async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, CapError> {
     let found = std::pin::pin!(h.link().get().match_index(index).execute())
         .try_next()
         .await;
@@ -710,12 +711,12 @@ async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>
 }
 
 /// The index of the link `name`; `NotFound` says which `role` it was to play.
-pub(super) async fn index_of(h: &Handle, name: &str, role: &str) -> Result<u32, NetError> {
+pub(super) async fn index_of(h: &Handle, name: &str, role: &str) -> Result<u32, CapError> {
     check_ifname(name)?;
     get_link(h, name)
         .await?
         .map(|l| l.header.index)
-        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))
+        .ok_or_else(|| CapError::NotFound(format!("{role} {name} does not exist")))
 }
 
 /// The index of the link `name` a call is about to change (its addresses or
@@ -725,11 +726,11 @@ pub(super) async fn target_index(
     name: &str,
     role: &str,
     owned_only: bool,
-) -> Result<u32, NetError> {
+) -> Result<u32, CapError> {
     check_ifname(name)?;
     let link = get_link(h, name)
         .await?
-        .ok_or_else(|| NetError::NotFound(format!("{role} {name} does not exist")))?;
+        .ok_or_else(|| CapError::NotFound(format!("{role} {name} does not exist")))?;
     if owned_only {
         check_owned(&link, name, "given addresses or routes")?;
     }

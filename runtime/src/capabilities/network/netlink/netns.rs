@@ -11,17 +11,17 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
-use super::NetError;
+use crate::capabilities::CapError;
 
 /// Ensures `dir/name` is a network namespace; returns whether one was made.
 /// Equal to `ip netns add NAME` (with `dir` as `/var/run/netns`).
 ///
 /// Makes `dir` if missing, creates the empty file, and on a dedicated thread
 /// unshares a new network namespace and bind-mounts it onto the file.
-pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
+pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, CapError> {
     check_netns_name(name)?;
     fs::create_dir_all(dir)
-        .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| CapError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join(name);
     if is_netns(&path)? {
         return Ok(false);
@@ -34,7 +34,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         Mode::empty(),
     )
     .and_then(|fd| rustix::fs::flock(&fd, FlockOperation::LockExclusive).map(|()| fd))
-    .map_err(|e| NetError::Io(format!("cannot lock {}: {e}", dir.display())))?;
+    .map_err(|e| CapError::Io(format!("cannot lock {}: {e}", dir.display())))?;
     if is_netns(&path)? {
         return Ok(false);
     }
@@ -49,7 +49,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         // (checked below: never through a symlink, never onto anything else).
         Err(e) if e == Errno::EXIST => false,
         Err(e) => {
-            return Err(NetError::Io(format!(
+            return Err(CapError::Io(format!(
                 "cannot create {}: {e}",
                 path.display()
             )));
@@ -62,11 +62,11 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| NetError::Io(format!("cannot open {}: {e}", path.display())))?;
+    .map_err(|e| CapError::Io(format!("cannot open {}: {e}", path.display())))?;
     let st = rustix::fs::fstat(&target)
-        .map_err(|e| NetError::Io(format!("cannot stat {}: {e}", path.display())))?;
+        .map_err(|e| CapError::Io(format!("cannot stat {}: {e}", path.display())))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(NetError::Conflict(format!(
+        return Err(CapError::Conflict(format!(
             "{} exists and is not a network namespace",
             path.display()
         )));
@@ -83,15 +83,15 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
                 rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)?;
                 rustix::mount::mount_bind("/proc/thread-self/ns/net", target.as_str())
             })
-            .map_err(|e| NetError::Io(format!("cannot start the netns thread: {e}")))?
+            .map_err(|e| CapError::Io(format!("cannot start the netns thread: {e}")))?
             .join()
-            .map_err(|_| NetError::Io("the netns thread panicked".into()))
+            .map_err(|_| CapError::Io("the netns thread panicked".into()))
     })?;
     if let Err(e) = mounted {
         if created {
             let _ = fs::remove_file(&path);
         }
-        return Err(NetError::Io(format!(
+        return Err(CapError::Io(format!(
             "cannot make network namespace {}: {e}",
             path.display()
         )));
@@ -104,7 +104,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
 /// `/var/run/netns`: namespace mounts made here then propagate to other mount
 /// namespaces (a pod's view of the directory, the host's), and an unmount in
 /// one reaches all, so a deleted namespace is freed.
-fn make_shared(dir: &Path) -> Result<(), NetError> {
+fn make_shared(dir: &Path) -> Result<(), CapError> {
     let shared = || {
         rustix::mount::mount_change(
             dir,
@@ -116,7 +116,7 @@ fn make_shared(dir: &Path) -> Result<(), NetError> {
         // Not a mount point yet: bind it onto itself first, as iproute2 does.
         Err(e) if e == Errno::INVAL => {}
         Err(e) => {
-            return Err(NetError::Io(format!(
+            return Err(CapError::Io(format!(
                 "cannot make {} a shared mount: {e}",
                 dir.display()
             )));
@@ -124,7 +124,7 @@ fn make_shared(dir: &Path) -> Result<(), NetError> {
     }
     rustix::mount::mount_bind_recursive(dir, dir)
         .and_then(|()| shared())
-        .map_err(|e| NetError::Io(format!("cannot make {} a shared mount: {e}", dir.display())))
+        .map_err(|e| CapError::Io(format!("cannot make {} a shared mount: {e}", dir.display())))
 }
 
 /// Deletes the network namespace `dir/name`; returns false when it did not
@@ -132,7 +132,7 @@ fn make_shared(dir: &Path) -> Result<(), NetError> {
 ///
 /// Detaches the bind mount (the namespace lives on while links or processes
 /// use it) and removes the file.
-pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
+pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, CapError> {
     check_netns_name(name)?;
     let path = dir.join(name);
     match rustix::mount::unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
@@ -140,13 +140,13 @@ pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
         Err(e) if e == Errno::NOENT => return Ok(false),
         // Not a mount point: nothing this call should remove.
         Err(e) if e == Errno::INVAL => {
-            return Err(NetError::Conflict(format!(
+            return Err(CapError::Conflict(format!(
                 "{} is not a network namespace; it is left alone",
                 path.display()
             )));
         }
         Err(e) => {
-            return Err(NetError::Io(format!(
+            return Err(CapError::Io(format!(
                 "cannot unmount {}: {e}",
                 path.display()
             )));
@@ -160,16 +160,16 @@ pub fn delete_netns(dir: &Path, name: &str) -> Result<bool, NetError> {
 
 /// Lists the names of the network namespaces in `dir`, sorted; files there
 /// that are not namespace mounts are left out. Equal to `ip netns list`.
-pub fn list_netns(dir: &Path) -> Result<Vec<String>, NetError> {
+pub fn list_netns(dir: &Path) -> Result<Vec<String>, CapError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(NetError::Io(format!("cannot read {}: {e}", dir.display()))),
+        Err(e) => return Err(CapError::Io(format!("cannot read {}: {e}", dir.display()))),
     };
     let mut names = Vec::new();
     for entry in entries {
         let entry =
-            entry.map_err(|e| NetError::Io(format!("cannot read {}: {e}", dir.display())))?;
+            entry.map_err(|e| CapError::Io(format!("cannot read {}: {e}", dir.display())))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
@@ -183,16 +183,16 @@ pub fn list_netns(dir: &Path) -> Result<Vec<String>, NetError> {
 
 /// Whether `path` is a namespace file (a mount of nsfs, not through a
 /// symlink); false when absent or anything else.
-pub fn is_netns(path: &Path) -> Result<bool, NetError> {
+pub fn is_netns(path: &Path) -> Result<bool, CapError> {
     match super::open_netns(path) {
         Ok(_) => Ok(true),
-        Err(NetError::NotFound(_)) => Ok(false),
+        Err(CapError::NotFound(_)) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// Refuses a namespace name that is not a single plain path component.
-fn check_netns_name(name: &str) -> Result<(), NetError> {
+fn check_netns_name(name: &str) -> Result<(), CapError> {
     crate::capabilities::network::scope::netns_name_problem(name)
-        .map_or(Ok(()), |why| Err(NetError::InvalidArgument(why)))
+        .map_or(Ok(()), |why| Err(CapError::InvalidArgument(why)))
 }

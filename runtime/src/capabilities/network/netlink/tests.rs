@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    Call, IpNetwork, LinkSettings, LinkSpec, MacvlanMode, NetError, Netns, Route, delete_link,
-    delete_netns, ensure_address, ensure_link, ensure_netns, ensure_route, list_links, list_netns,
+    Call, IpNetwork, LinkSettings, LinkSpec, MacvlanMode, Netns, Route, delete_link, delete_netns,
+    ensure_address, ensure_link, ensure_netns, ensure_route, list_links, list_netns,
     remove_address, remove_route,
 };
+use crate::capabilities::CapError;
 use serde_json::Value;
 
 /// Network namespaces of one test, deleted when the test ends (pass or fail).
@@ -84,7 +85,7 @@ fn ensure(
     name: &str,
     spec: &LinkSpec,
     settings: &LinkSettings,
-) -> Result<bool, NetError> {
+) -> Result<bool, CapError> {
     ensure_link(call(path), name, spec, settings).map(|changes| !changes.is_empty())
 }
 
@@ -250,17 +251,17 @@ fn veth_peer_moves_into_another_netns_and_a_different_peer_conflicts() {
 
     let other_peer = veth("vc", Some(&b));
     let err = ensure(&a, "va", &other_peer, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     let same_ns = veth("vb", None);
     let err = ensure(&a, "va", &same_ns, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     // Nothing was replaced.
     assert!(observed_link(&b, "vb").is_some());
 
     // A peer name taken in the peer's namespace is a conflict, and no half pair is left.
     let taken = veth("vb", Some(&b));
     let err = ensure(&a, "vz", &taken, &none()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     assert!(observed_link(&a, "vz").is_none());
 
     // A veth pair inside one namespace: the peer is checked by name.
@@ -272,7 +273,7 @@ fn veth_peer_moves_into_another_netns_and_a_different_peer_conflicts() {
     assert!(!ensure(&a, "y0", &own, &none()).unwrap());
     assert!(observed_link(&a, "y1").is_some());
     let err = ensure(&a, "x0", &veth("x9", None), &none()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
 }
 
 #[test]
@@ -319,7 +320,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         device,
     };
     let err = ensure(&a, "vx0", &other_vni, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     assert_eq!(
         observed_link(&a, "vx0").unwrap()["linkinfo"]["info_data"]["id"],
         42
@@ -328,9 +329,9 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
     // Same name, other kind: conflict, and the bridge is left alone.
     assert!(ensure(&a, "br0", &LinkSpec::Bridge, &none()).unwrap());
     let err = ensure(&a, "br0", &spec, &none()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     let err = ensure(&a, "vx0", &LinkSpec::Bridge, &none()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     assert_eq!(
         observed_link(&a, "br0").unwrap()["linkinfo"]["info_kind"],
         "bridge"
@@ -346,7 +347,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         device: Some("nope0".into()),
     };
     let err = ensure(&a, "vx1", &missing, &none()).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
     assert!(observed_link(&a, "vx1").is_none());
     // So is a missing master.
     let orphan = LinkSettings {
@@ -354,7 +355,7 @@ fn vxlan_has_its_attributes_and_another_vni_or_kind_conflicts() {
         ..LinkSettings::default()
     };
     let err = ensure(&a, "br1", &LinkSpec::Bridge, &orphan).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
     assert!(observed_link(&a, "br1").is_none());
 }
 
@@ -379,13 +380,13 @@ fn macvlan_on_a_veth_parent_and_another_mode_conflicts() {
         mode: MacvlanMode::Private,
     };
     let err = ensure(&a, "mv0", &private, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     let other_parent = LinkSpec::Macvlan {
         parent: "p1".into(),
         mode: MacvlanMode::Bridge,
     };
     let err = ensure(&a, "mv0", &other_parent, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
 
     assert!(ensure(&a, "mv1", &private, &none()).unwrap());
     assert_eq!(
@@ -406,7 +407,7 @@ fn addresses_v4_and_v6_are_ensured_and_removed_once() {
     }
     // The same IPv6 address with another prefix is a conflict.
     let err = ensure_address(call(&a), "e0", net("2001:db8::1/48")).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     // Another prefix length is another address: removing it changes nothing.
     assert!(!remove_address(call(&a), "e0", net("10.1.0.1/16")).unwrap());
     for addr in ["10.1.0.1/24", "2001:db8::1/64"] {
@@ -415,7 +416,7 @@ fn addresses_v4_and_v6_are_ensured_and_removed_once() {
         assert!(!observed_addresses(&a, "e0").contains(&addr.to_string()));
     }
     let err = ensure_address(call(&a), "nope0", net("10.9.0.1/24")).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
 }
 
 #[test]
@@ -475,7 +476,7 @@ fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
         ..via.clone()
     };
     let err = ensure_route(call(&a), &other).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     assert!(!remove_route(call(&a), &other).unwrap());
 
     let host_bits = Route {
@@ -483,7 +484,7 @@ fn routes_are_ensured_once_conflict_on_another_gateway_and_are_removed() {
         ..dev_only.clone()
     };
     let err = ensure_route(call(&a), &host_bits).unwrap_err();
-    assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, CapError::InvalidArgument(_)), "{err:?}");
 
     for route in [&via, &dev_only, &default, &v6] {
         assert!(remove_route(call(&a), route).unwrap(), "{route:?}");
@@ -546,7 +547,7 @@ fn kinds_missing_from_the_kernel_are_unsupported_and_others_work() {
             assert_eq!(seen["linkinfo"]["info_kind"], spec.kind_name());
         } else {
             match result {
-                Err(NetError::Unsupported(msg)) => assert!(msg.contains(spec.kind_name()), "{msg}"),
+                Err(CapError::Unsupported(msg)) => assert!(msg.contains(spec.kind_name()), "{msg}"),
                 other => panic!("{spec:?}: expected Unsupported, got {other:?}"),
             }
             assert!(observed_link(&a, name).is_none());
@@ -596,12 +597,12 @@ fn netns_is_made_once_listed_and_deleted_once() {
     // A plain file is not a namespace to delete.
     std::fs::write(nested.join("plain"), b"").unwrap();
     let err = delete_netns(&nested, "plain").unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     assert!(nested.join("plain").exists());
     drop(stale_guard);
     std::os::unix::fs::symlink(dir.path(), nested.join("link")).unwrap();
     let err = ensure_netns(&nested, "link").unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
 
     assert!(delete_netns(&nested, &name).unwrap());
     assert!(!delete_netns(&nested, &name).unwrap());
@@ -612,7 +613,7 @@ fn netns_is_made_once_listed_and_deleted_once() {
     for bad in ["", ".", "..", "a/b"] {
         let err = ensure_netns(Path::new("/nonexistent-dir"), bad).unwrap_err();
         assert!(
-            matches!(err, NetError::InvalidArgument(_)),
+            matches!(err, CapError::InvalidArgument(_)),
             "{bad:?}: {err:?}"
         );
     }
@@ -647,20 +648,20 @@ fn a_missing_namespace_is_not_found_and_a_past_deadline_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let err = list_links(ns(&missing), deadline()).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
     let plain = dir.path().join("plain");
     std::fs::write(&plain, b"").unwrap();
     let err = list_links(ns(&plain), deadline()).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
 
     let mut nss = Namespaces::new();
     let a = nss.add();
     let past = Instant::now() - Duration::from_millis(1);
     let err = list_links(ns(&a), past).unwrap_err();
-    assert!(matches!(err, NetError::Timeout(_)), "{err:?}");
+    assert!(matches!(err, CapError::Timeout(_)), "{err:?}");
 
     let err = ensure(&a, "name-longer-than-15", &LinkSpec::Bridge, &none()).unwrap_err();
-    assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, CapError::InvalidArgument(_)), "{err:?}");
 }
 
 #[test]
@@ -701,7 +702,7 @@ fn a_dry_run_reports_changes_and_makes_none() {
     assert!(observed_link(&a, "br0").is_none());
     // A missing reference fails in a dry run as it would for real.
     let err = ensure_link(dry, "mv0", &macvlan("nope0"), &none()).unwrap_err();
-    assert!(matches!(err, NetError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, CapError::NotFound(_)), "{err:?}");
 
     assert!(ensure(&a, "br0", &LinkSpec::Bridge, &none()).unwrap());
     let changes = ensure_link(dry, "br0", &LinkSpec::Bridge, &settings).unwrap();
@@ -736,7 +737,7 @@ fn owned_only_refuses_to_change_links_hostaction_did_not_create() {
         ensure_address(owned, "theirs0", net("10.4.0.1/24")).unwrap_err(),
     ] {
         assert!(
-            matches!(&err, NetError::PermissionDenied(m) if m.contains("theirs0")),
+            matches!(&err, CapError::PermissionDenied(m) if m.contains("theirs0")),
             "{err:?}"
         );
     }
@@ -792,7 +793,7 @@ fn vxlan_with_a_multicast_group_converges_and_other_groups_are_refused() {
         device: device.clone(),
     };
     let err = ensure(&a, "vxg", &other, &up()).unwrap_err();
-    assert!(matches!(err, NetError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CapError::Conflict(_)), "{err:?}");
     let unicast = LinkSpec::Vxlan {
         vni: 100,
         local: None,
@@ -802,7 +803,7 @@ fn vxlan_with_a_multicast_group_converges_and_other_groups_are_refused() {
         device,
     };
     let err = ensure(&a, "vxh", &unicast, &up()).unwrap_err();
-    assert!(matches!(err, NetError::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, CapError::InvalidArgument(_)), "{err:?}");
 }
 
 /// A scope that lets every link be touched.
@@ -823,14 +824,14 @@ fn deleting_a_link_that_would_take_out_of_scope_links_with_it_is_refused() {
     let only_br = |n: &str| n.starts_with("br");
     let err = delete_link(call(&a), "br0", &only_br).unwrap_err();
     assert!(
-        matches!(&err, NetError::PermissionDenied(m) if m.contains("keep0")),
+        matches!(&err, CapError::PermissionDenied(m) if m.contains("keep0")),
         "{err:?}"
     );
     // A veth's peer in the same namespace goes with it.
     let only_keep0 = |n: &str| n == "keep0";
     let err = delete_link(call(&a), "keep0", &only_keep0).unwrap_err();
     assert!(
-        matches!(&err, NetError::PermissionDenied(m) if m.contains("keep1")),
+        matches!(&err, CapError::PermissionDenied(m) if m.contains("keep1")),
         "{err:?}"
     );
     assert!(observed_link(&a, "br0").is_some() && observed_link(&a, "keep1").is_some());
@@ -871,7 +872,7 @@ fn namespace_files_are_never_followed_or_blocked_on() {
         let start = Instant::now();
         let err = list_links(ns(path), deadline()).unwrap_err();
         assert!(
-            matches!(err, NetError::NotFound(_)),
+            matches!(err, CapError::NotFound(_)),
             "{}: {err:?}",
             path.display()
         );
