@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 host_root=${1:-$(mktemp -d -t hostaction-demo.XXXXXX)}
 
 scripts/build-guests.sh
-cargo build --locked --release -p hostaction-runtime
+cargo build --locked --release -p hostaction-cli
 
 for run in first second; do
     printf '\n== %s run: hostaction run cni-install --host-root %s\n' "$run" "$host_root"

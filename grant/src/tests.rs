@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::Grant;
-use crate::grant::{INTERFACE_FORBIDDEN, NAME_FORBIDDEN, PathError, UNIT_PATTERN, path_components};
+use crate::{INTERFACE_FORBIDDEN, NAME_FORBIDDEN, PathError, UNIT_PATTERN, path_components};
 
 fn grant(yaml: &str) -> Grant {
     serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
@@ -197,7 +197,7 @@ fn cel_character_classes_match_the_rust_checks() {
     for c in (0..=0x10FFFF).filter_map(char::from_u32) {
         let s = c.to_string();
         let netns = Grant {
-            network: Some(crate::grant::NetworkScope {
+            network: Some(crate::NetworkScope {
                 netns: vec![format!("a{c}b")],
                 interfaces: vec![format!("a{c}b")],
                 ..Default::default()
@@ -228,7 +228,7 @@ fn cel_character_classes_match_the_rust_checks() {
         };
         assert_eq!(err, expected, "{c:?} (U+{:04X})", c as u32);
         let units = Grant {
-            services: Some(crate::grant::ServicesScope {
+            services: Some(crate::ServicesScope {
                 units: vec![format!("a{c}b.service")],
                 ..Default::default()
             }),
