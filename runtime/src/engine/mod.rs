@@ -252,7 +252,7 @@ impl Runtime {
             .clone()
             .unwrap_or_else(|| unix_address(&config.host_root.join("run/dbus/system_bus_socket")));
         let host_root = HostRoot::open(&config.host_root)
-            .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
+            .map_err(|e| Error::io(format!("host root {}", config.host_root.display()), e))?;
         let cache = match config.cache_dir {
             Some(dir) => Some(DiskCache::open(&dir, &engine)?),
             None => None,
@@ -267,7 +267,7 @@ impl Runtime {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| Error::Host(format!("starting the deadline clock: {e}")))?;
+            .map_err(|e| Error::io("starting the deadline clock", e))?;
         Ok(Self {
             engine,
             linker,
@@ -289,7 +289,10 @@ impl Runtime {
 
     /// Reads and loads a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
-        let bad = |e: std::io::Error| Error::BadModule(format!("{}: {e}", path.display()));
+        let bad = |source| Error::ModuleFile {
+            path: path.to_owned(),
+            source,
+        };
         let size = std::fs::metadata(path).map_err(bad)?.len();
         self.check_size(&path.display(), size)?;
         let bytes = std::fs::read(path).map_err(bad)?;
@@ -310,7 +313,7 @@ impl Runtime {
         artifact
             .module_file
             .read_exact_at(&mut bytes, 0)
-            .map_err(|e| Error::Host(format!("module store: {path}: {e}")))?;
+            .map_err(|e| Error::io(format!("module store: {path}"), e))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if digest != artifact.module_digest {
             return Err(Error::Host(format!(
@@ -435,9 +438,10 @@ impl Runtime {
                     .prefix("hostaction-compile-")
                     .tempdir()
                     .map_err(|e| {
-                        Error::Host(format!(
-                            "compiling the module: a temporary directory for its code: {e}"
-                        ))
+                        Error::io(
+                            "compiling the module: a temporary directory for its code",
+                            e,
+                        )
                     })?;
                 scratch = (DiskCache::open(dir.path(), &self.engine)?, dir);
                 &scratch.0
