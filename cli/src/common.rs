@@ -280,8 +280,8 @@ struct ErrorBody {
     message: String,
 }
 
-impl From<&Error> for ErrorOutput {
-    fn from(e: &Error) -> Self {
+impl From<&hostaction_agent::Error> for ErrorOutput {
+    fn from(e: &hostaction_agent::Error) -> Self {
         Self {
             error: ErrorBody {
                 kind: e.label(),
