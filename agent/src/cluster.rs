@@ -48,9 +48,10 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
+use crate::{Error, RuntimeError};
 use crate::{Loader, RunInput, failed_status, finished_status, now, shrunk_status};
 use hostaction_distribution::{ModuleStore, Registry};
-use hostaction_runtime::{Error, Runtime};
+use hostaction_runtime::Runtime;
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_ATTEMPTS: i32 = 3;
@@ -149,7 +150,7 @@ impl ClusterAgent {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
         std::fs::create_dir_all(&self.journal)
-            .map_err(|e| Error::Host(format!("{}: {e}", self.journal.display())))?;
+            .map_err(|e| Error::io(self.journal.display().to_string(), e))?;
         let api = Api::<HostActionRun>::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
@@ -398,7 +399,7 @@ impl ClusterAgent {
             Ok(Ok(report)) => finished_status(&report, started, attempts),
             Ok(Err(error)) => failed_status(&error, started, attempts),
             Err(join) => failed_status(
-                &Error::Host(format!("the run's thread: {join}")),
+                &RuntimeError::Host(format!("the run's thread: {join}")),
                 started,
                 attempts,
             ),

@@ -6,6 +6,7 @@
 //! directory with them, as the kubelet runs static pods.
 
 pub mod cluster;
+mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
@@ -28,7 +29,9 @@ use hostaction_distribution::{self as oci, ModuleStore, Registry, StoredArtifact
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::Limits;
 use hostaction_runtime::grant::{EffectiveGrant, GrantDocument};
-use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime};
+use hostaction_runtime::{Error as RuntimeError, LoadedModule, RunReport, RunRequest, Runtime};
+
+pub use error::Error;
 
 /// What an agent logs when it runs with no policy bounding its grants.
 const UNBOUNDED: &str = "no node policy: every grant is taken as it is, unbounded \
@@ -38,9 +41,9 @@ const UNBOUNDED: &str = "no node policy: every grant is taken as it is, unbounde
 /// that grants nothing (fail closed), unless `unbounded` (the explicit
 /// opt-out, `--unbounded-grants`) says to take every grant as it is, which
 /// is logged loudly here and on every run. `None` is that unbounded case.
-pub fn node_policy(file: Option<&Path>, unbounded: bool) -> Result<Option<Grant>, Error> {
+pub fn node_policy(file: Option<&Path>, unbounded: bool) -> Result<Option<Grant>, RuntimeError> {
     match (file, unbounded) {
-        (Some(_), true) => Err(Error::Usage(
+        (Some(_), true) => Err(RuntimeError::Usage(
             "--policy and --unbounded-grants: one or the other".into(),
         )),
         (Some(file), false) => Grant::from_file(file, "policy").map(Some),
@@ -61,7 +64,7 @@ pub fn node_policy(file: Option<&Path>, unbounded: bool) -> Result<Option<Grant>
 /// pinned by digest (`registry/repository[:tag]@sha256:<64 hex>`), parsed
 /// by the OCI reference parser — never a file path, never a URL with a
 /// scheme, never a reference the parser would complete (a default registry).
-pub fn pinned_reference(module: &str) -> Result<(), Error> {
+pub fn pinned_reference(module: &str) -> Result<(), RuntimeError> {
     let refuse = |why: &str| {
         Err(oci::Error::registry(
             RegistryFault::BadReference,
@@ -134,7 +137,7 @@ impl Loader<'_> {
         &self,
         module: &str,
         run_timeout: Option<Duration>,
-    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), RuntimeError> {
         let path = module.strip_prefix("file://").unwrap_or(module);
         if !oci::is_reference(path) {
             return Ok((self.runtime.load_file(path.as_ref())?, None));
@@ -152,7 +155,7 @@ impl Loader<'_> {
         &self,
         module: &str,
         run_timeout: Duration,
-    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
+    ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), RuntimeError> {
         pinned_reference(module)?;
         let artifact = self
             .registry
@@ -167,7 +170,7 @@ impl Loader<'_> {
         &self,
         module: &str,
         input: RunInput<'_>,
-    ) -> Result<(RunReport, String), Error> {
+    ) -> Result<(RunReport, String), RuntimeError> {
         let loaded = self.load(module, Some(input.timeout))?;
         self.run_loaded(loaded, input)
     }
@@ -178,7 +181,7 @@ impl Loader<'_> {
         &self,
         module: &str,
         input: RunInput<'_>,
-    ) -> Result<(RunReport, String), Error> {
+    ) -> Result<(RunReport, String), RuntimeError> {
         let loaded = self.load_pinned(module, input.timeout)?;
         self.run_loaded(loaded, input)
     }
@@ -193,12 +196,12 @@ impl Loader<'_> {
             mode,
             timeout,
         }: RunInput<'_>,
-    ) -> Result<(RunReport, String), Error> {
+    ) -> Result<(RunReport, String), RuntimeError> {
         let digest = artifact
             .as_ref()
             .map_or_else(|| loaded.digest.clone(), |a| a.digest.clone());
         let params = serde_json::to_string(&params.cloned().unwrap_or_default())
-            .map_err(|e| Error::BadParams(e.to_string()))?;
+            .map_err(|e| RuntimeError::BadParams(e.to_string()))?;
         if policy.is_none() {
             tracing::warn!("{UNBOUNDED}");
         }
@@ -217,13 +220,15 @@ impl Loader<'_> {
         match self.runtime.run(&loaded, request) {
             Ok(report) => Ok((report, digest)),
             // Say why an agent without a policy refused it.
-            Err(Error::Refused(mut why)) if policy.is_some_and(|p| *p == Grant::default()) => {
+            Err(RuntimeError::Refused(mut why))
+                if policy.is_some_and(|p| *p == Grant::default()) =>
+            {
                 if let Some(last) = why.last_mut() {
                     last.push_str(
                         " (this node's agent runs without a node policy, --policy: it grants nothing)",
                     );
                 }
-                Err(Error::Refused(why))
+                Err(RuntimeError::Refused(why))
             }
             Err(e) => Err(e),
         }
@@ -337,7 +342,7 @@ fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
 }
 
 /// The status of a run that could not start (bad module, refused, registry).
-pub fn failed_status(error: &Error, started: Time, attempts: i32) -> HostActionRunStatus {
+pub fn failed_status(error: &RuntimeError, started: Time, attempts: i32) -> HostActionRunStatus {
     HostActionRunStatus {
         phase: RunPhase::Failed,
         started_at: Some(started),

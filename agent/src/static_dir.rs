@@ -29,8 +29,8 @@ use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Error;
 use crate::{Loader, RunInput, failed_status, finished_status, now};
-use hostaction_runtime::Error;
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_INTERRUPTED: i32 = 3;
@@ -214,8 +214,9 @@ impl StaticAgent<'_> {
         ),
         Error,
     > {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
-            Error::BadParams(format!("manifests directory {}: {e}", self.dir.display()))
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::ManifestsDir {
+            dir: self.dir.clone(),
+            source,
         })?;
         let mut files: Vec<PathBuf> = entries
             .flatten()
@@ -275,26 +276,26 @@ impl StaticAgent<'_> {
                     tracing::warn!(state = %self.state_path.display(), error = %e,
                         aside = %aside.display(), "unreadable state file moved aside; starting afresh");
                     std::fs::rename(&self.state_path, &aside).map_err(|e| {
-                        Error::Host(format!("state file {}: {e}", self.state_path.display()))
+                        Error::io(format!("state file {}", self.state_path.display()), e)
                     })?;
                     Ok(StaticState::default())
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaticState::default()),
-            Err(e) => Err(Error::Host(format!(
-                "state file {}: {e}",
-                self.state_path.display()
-            ))),
+            Err(e) => Err(Error::io(
+                format!("state file {}", self.state_path.display()),
+                e,
+            )),
         }
     }
 
     /// Writes the state atomically (temp file, fsync, rename, fsync of the
     /// directory).
     fn write_state(&self, state: &StaticState) -> Result<(), Error> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Host(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(Error::State)?;
         let tmp = suffixed(&self.state_path, ".tmp");
         hostaction_distribution::disk::write_atomically(&tmp, &self.state_path, &bytes)
-            .map_err(|e| Error::Host(format!("state file {}: {e}", self.state_path.display())))
+            .map_err(|e| Error::io(format!("state file {}", self.state_path.display()), e))
     }
 }
 

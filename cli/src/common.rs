@@ -208,7 +208,10 @@ impl RegistryArgs {
             let mut password = String::new();
             std::io::stdin()
                 .read_line(&mut password)
-                .map_err(|e| Error::BadParams(format!("--password-stdin: {e}")))?;
+                .map_err(|source| Error::Input {
+                    what: "--password-stdin".to_owned(),
+                    source,
+                })?;
             Credentials::Basic {
                 username: username.clone(),
                 password: password.trim_end_matches(['\r', '\n']).to_owned(),
@@ -277,8 +280,8 @@ struct ErrorBody {
     message: String,
 }
 
-impl From<&Error> for ErrorOutput {
-    fn from(e: &Error) -> Self {
+impl From<&hostaction_agent::Error> for ErrorOutput {
+    fn from(e: &hostaction_agent::Error) -> Self {
         Self {
             error: ErrorBody {
                 kind: e.label(),

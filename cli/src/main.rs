@@ -117,22 +117,23 @@ impl Command {
     }
 
     /// Runs the command; the exit code, or the error to report.
-    fn execute(self, cache: &CacheOptions) -> Result<u8, hostaction_runtime::Error> {
+    fn execute(self, cache: &CacheOptions) -> Result<u8, hostaction_agent::Error> {
         let max_module_bytes = match &self {
             Command::Agent(agent) => agent.max_module_bytes(),
             _ => hostaction_runtime::engine::MAX_MODULE_BYTES,
         };
         let node = cache.node_cache(max_module_bytes)?;
-        match self {
+        let done = match self {
             Command::Run(c) => c.execute(&node),
             Command::Inspect(c) => c.execute(&node),
             Command::Push(c) => c.execute(&node),
             Command::Pull(c) => c.execute(&node),
             Command::New(c) => c.execute(),
             Command::Crds(c) => c.execute(),
-            Command::Agent(c) => c.execute(&node),
+            Command::Agent(c) => return c.execute(&node),
             Command::Cache(c) => c.execute(&node),
             Command::Compile { .. } => Ok(0),
-        }
+        };
+        Ok(done?)
     }
 }

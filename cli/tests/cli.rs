@@ -193,6 +193,53 @@ fn exit_codes_tell_failure_bad_input_and_refusal_apart() {
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }
 
+/// `--output json` errors: `{"error": {"kind", "message"}}`, the kind and
+/// the exit code derived from the error's variant.
+#[test]
+fn json_errors_name_a_stable_kind_per_cause() {
+    let s = Scratch::new();
+    let error = |out: &Output| -> (Option<i32>, String, String) {
+        let json: serde_json::Value = serde_json::from_str(&stdout(out))
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)));
+        let field = |name: &str| json["error"][name].as_str().unwrap().to_owned();
+        (out.status.code(), field("kind"), field("message"))
+    };
+    // An unreadable CA file is the registry configuration's fault: its own
+    // kind (it was `bad-params`), still exit 2, naming the file.
+    let missing = s.dir.path().join("missing-ca.pem");
+    let out = s.hostaction(&[
+        &"pull",
+        &"127.0.0.1:1/hostaction/none:1",
+        &"--ca-file",
+        &missing,
+        &"--output",
+        &"json",
+    ]);
+    let (code, kind, message) = error(&out);
+    assert_eq!((code, kind.as_str()), (Some(2), "bad-config"), "{message}");
+    assert!(
+        message.starts_with(&format!("bad params: CA file {}: ", missing.display())),
+        "{message}"
+    );
+    // An unreadable params file is bad params; an unreadable grant file a
+    // bad grant; an unreadable module file a bad module.
+    let params = format!("@{}", s.dir.path().join("missing.json").display());
+    let grants = s.dir.path().join("missing.yaml");
+    let probe = guest("probe");
+    let with_params: [&dyn AsRef<std::ffi::OsStr>; 2] = [&"--params", &params];
+    let with_grants: [&dyn AsRef<std::ffi::OsStr>; 2] = [&"--grants", &grants];
+    for (extra, want) in [(with_params, "bad-params"), (with_grants, "bad-grant")] {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"run", &probe, &"--output", &"json"];
+        args.extend(extra);
+        let (code, kind, message) = error(&s.hostaction(&args));
+        assert_eq!((code, kind.as_str()), (Some(2), want), "{message}");
+        assert!(message.contains("missing."), "{message}");
+    }
+    let module = s.dir.path().join("missing.wasm");
+    let (code, kind, message) = error(&s.hostaction(&[&"run", &module, &"--output", &"json"]));
+    assert_eq!((code, kind.as_str()), (Some(2), "bad-module"), "{message}");
+}
+
 #[test]
 fn inspect_lists_capabilities_and_exports() {
     let s = Scratch::new();

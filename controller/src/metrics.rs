@@ -1,7 +1,7 @@
 //! The controller's Prometheus metrics (served by
 //! `hostaction_telemetry::serve_metrics`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,7 +16,8 @@ const RECONCILE_BUCKETS: [f64; 13] = [
 /// The controller's metrics. Clones share the same series.
 #[derive(Clone, Debug)]
 pub struct ControllerMetrics {
-    /// `hostaction_controller_reconciles_total{result="ok|error"}`.
+    /// `hostaction_controller_reconciles_total{result="ok"}` and
+    /// `{result="error",reason="kube|resolve|spec|finalizer"}`.
     pub reconciles: Family<ResultLabels, Counter>,
     /// `hostaction_controller_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
@@ -68,18 +69,42 @@ impl ControllerMetrics {
     }
 }
 
-/// The `result` label of a reconcile.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The `result` label of a reconcile, and for a failed one its `reason`
+/// ([`crate::reconcile::Error::metric_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ResultLabels {
     /// `ok` or `error`.
     pub result: &'static str,
+    /// Why it failed; none for `ok` (the series stays `{result="ok"}`).
+    pub reason: Option<&'static str>,
 }
 
 impl ResultLabels {
     /// A reconcile that succeeded.
-    pub const OK: Self = Self { result: "ok" };
-    /// A reconcile that failed.
-    pub const ERROR: Self = Self { result: "error" };
+    pub const OK: Self = Self {
+        result: "ok",
+        reason: None,
+    };
+
+    /// A reconcile that failed, for `reason`.
+    pub fn error(reason: &'static str) -> Self {
+        Self {
+            result: "error",
+            reason: Some(reason),
+        }
+    }
+}
+
+/// By hand, not derived: a derived set would write `reason=""` on every `ok`
+/// series, which would rename the series dashboards already use.
+impl EncodeLabelSet for ResultLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("result", self.result).encode(encoder.encode_label())?;
+        if let Some(reason) = self.reason {
+            ("reason", reason).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -96,8 +121,12 @@ mod tests {
             .inc_by(3);
         controller
             .reconciles
-            .get_or_create(&ResultLabels::ERROR)
+            .get_or_create(&ResultLabels::error("resolve"))
             .inc();
+        controller
+            .reconciles
+            .get_or_create(&ResultLabels::error("kube"))
+            .inc_by(2);
         controller.clone().runs_created.inc();
         controller.leader.set(1);
         controller.reconcile_duration.observe(0.02);
@@ -105,7 +134,8 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for line in [
             "hostaction_controller_reconciles_total{result=\"ok\"} 3",
-            "hostaction_controller_reconciles_total{result=\"error\"} 1",
+            "hostaction_controller_reconciles_total{result=\"error\",reason=\"resolve\"} 1",
+            "hostaction_controller_reconciles_total{result=\"error\",reason=\"kube\"} 2",
             "hostaction_controller_runs_created_total 1",
             "hostaction_controller_runs_deleted_total 0",
             "hostaction_controller_leader 1",

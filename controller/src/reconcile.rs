@@ -47,7 +47,20 @@ pub enum Error {
     Spec(String),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The `reason` label of a failed reconcile on
+    /// `hostaction_controller_reconciles_total` (the README lists them).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Resolve(_) => "resolve",
+            Error::Spec(_) => "spec",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -84,13 +97,13 @@ pub async fn reconcile(action: Arc<HostAction>, ctx: Arc<Context>) -> Result<Act
     .await
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     });
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ResultLabels { result: outcome })
-        .inc();
+    let labels = match &result {
+        Ok(_) => ResultLabels::OK,
+        Err(e) => ResultLabels::error(e.metric_label()),
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());

@@ -249,7 +249,10 @@ pub fn build(
             .collect::<Vec<_>>(),
         "component": { "imports": imports, "exports": exports },
     }))
-    .map_err(|e| Error::Host(format!("encoding the config: {e}")))?;
+    .map_err(|source| Error::Encode {
+        what: "config",
+        source,
+    })?;
     let layer = |media_type: &str, blob: &Blob, title: Option<&str>| {
         let mut layer = json!({
             "mediaType": media_type,
@@ -280,8 +283,10 @@ pub fn build(
     if !annotations.is_empty() {
         manifest["annotations"] = json!(annotations);
     }
-    let manifest = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::Host(format!("encoding the manifest: {e}")))?;
+    let manifest = serde_json::to_vec(&manifest).map_err(|source| Error::Encode {
+        what: "manifest",
+        source,
+    })?;
     Ok(Built { config, manifest })
 }
 

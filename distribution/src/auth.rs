@@ -55,7 +55,7 @@ impl Credentials {
             },
         };
         let file = std::fs::File::open(&path)
-            .map_err(|e| Error::BadParams(format!("registry config {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("registry config {}", path.display()), e))?;
         // Docker Hub's credentials are filed under its v1 index URL.
         let server = match registry {
             "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",

@@ -38,15 +38,15 @@ pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> 
         .read_timeout(options.timeout)
         .user_agent(concat!("hostaction/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &options.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::BadParams(format!("CA file {}: {e}", ca.display())))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| Error::config(format!("CA file {}", ca.display()), e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::BadParams(format!("CA file {}: {e}", ca.display())))?;
+            .map_err(|e| Error::config(format!("CA file {}", ca.display()), e))?;
         builder = builder.tls_certs_merge(certs);
     }
     builder
         .build()
-        .map_err(|e| Error::BadParams(format!("registry client: {}", describe(&e))))
+        .map_err(|e| Error::config("registry client", e))
 }
 
 /// One pull's view of a registry: where it is and how to authenticate.
@@ -344,7 +344,7 @@ impl Puller<'_> {
         let what = format!("{name} ({}) of {}", blob.digest, self.reference);
         let integrity =
             |message: String| Failure::fatal(Error::registry(RegistryFault::Integrity, message));
-        let host = |e: std::io::Error| Failure::fatal(Error::Host(format!("staging {what}: {e}")));
+        let host = |e: std::io::Error| Failure::fatal(Error::io(format!("staging {what}"), e));
         let fetching = format!("fetching {what}");
         let mut meter = Meter::start(self.options);
         let mut response = self

@@ -202,7 +202,7 @@ impl Registry {
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Host(format!("registry client runtime: {e}")))?;
+            .map_err(|e| Error::io("registry client runtime", e))?;
         Ok(Self {
             oci_tls: std::sync::OnceLock::new(),
             oci_plain: std::sync::OnceLock::new(),

@@ -46,8 +46,9 @@ impl Payload {
             if out.iter().any(|f: &PayloadFile| &f.name == name) {
                 return Err(Error::BadParams(format!("payload {name:?} is given twice")));
             }
-            let bad = |e: std::io::Error| {
-                Error::BadParams(format!("payload {name}: {}: {e}", path.display()))
+            let bad = |e: std::io::Error| Error::Input {
+                what: format!("payload {name}: {}", path.display()),
+                source: e,
             };
             let file = File::open(path).map_err(bad)?;
             let mut bytes = Vec::new();

@@ -90,8 +90,8 @@ pub struct ModuleStore {
 /// A held `flock` on the store's lock file; released on drop.
 pub(crate) struct StoreLock(#[allow(dead_code)] File);
 
-fn host(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::Host(format!("module store: {what}: {e}"))
+fn host(what: impl std::fmt::Display, e: impl Into<std::io::Error>) -> Error {
+    Error::io(format!("module store: {what}"), e.into())
 }
 
 impl ModuleStore {

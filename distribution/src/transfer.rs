@@ -41,15 +41,14 @@ pub(super) fn client(options: &RegistryOptions, plain: bool) -> Result<Client> {
         ..ClientConfig::default()
     };
     if let Some(ca) = &options.ca_file {
-        let data = std::fs::read(ca)
-            .map_err(|e| Error::BadParams(format!("CA file {}: {e}", ca.display())))?;
+        let data =
+            std::fs::read(ca).map_err(|e| Error::config(format!("CA file {}", ca.display()), e))?;
         config.extra_root_certificates.push(Certificate {
             encoding: CertificateEncoding::Pem,
             data,
         });
     }
-    Client::try_from(config)
-        .map_err(|e| Error::BadParams(format!("registry client: {}", describe(&e))))
+    Client::try_from(config).map_err(|e| Error::config("registry client", e))
 }
 
 /// A failure of one attempt: its error, and whether another attempt may
@@ -180,8 +179,10 @@ pub(super) async fn push(
     )];
     let mut payload = Vec::new();
     for (name, path) in &request.payload {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::BadParams(format!("payload {name}: {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Input {
+            what: format!("payload {name}: {}", path.display()),
+            source: e,
+        })?;
         if bytes.is_empty() {
             return Err(Error::BadParams(format!(
                 "payload {name}: {} is empty (registries and OCI clients refuse empty blobs)",

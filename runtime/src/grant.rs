@@ -68,8 +68,10 @@ impl GrantDocument for Grant {
     }
 
     fn from_file(path: &Path, what: &str) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::BadGrant(format!("{what} {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::GrantFile {
+            what: format!("{what} {}", path.display()),
+            source,
+        })?;
         Self::parse(&text, &format!("{what} {}", path.display()))
     }
 
@@ -218,7 +220,7 @@ impl EffectiveGrant {
     ///   symlink (`/var/run` → `/run`) changes nothing.
     pub fn check_host(&self, root: &HostRoot) -> Result<()> {
         let host_err = |path: &HostPath, e: rustix::io::Errno| {
-            Error::Host(format!("resolving {path} under the host root: {e}"))
+            Error::io(format!("resolving {path} under the host root"), e.into())
         };
         let mut anchors: Vec<&HostPath> = Vec::new();
         for dir in self

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hostaction_agent::Error;
 use hostaction_agent::cluster::ClusterAgent;
 use hostaction_agent::metrics::AgentMetrics;
 use hostaction_agent::static_dir::StaticAgent;
 use hostaction_agent::{Loader, node_policy};
 use hostaction_distribution::{ModuleStore, Registry};
+use hostaction_runtime::Runtime;
 use hostaction_runtime::engine::AGENT_MAX_MODULE_BYTES;
 use hostaction_runtime::grant::Grant;
-use hostaction_runtime::{Error, Runtime};
 use hostaction_telemetry::{LogFormat, serve_metrics, shutdown_signal};
 
 use crate::common::{HostArgs, NodeCache, RegistryArgs, key_and_value, seconds};
@@ -124,8 +125,7 @@ impl AgentCommand {
     fn serve_cluster(self, cache: &NodeCache, node: Node) -> Result<u8, Error> {
         let node_name = self.node_name.clone().unwrap_or_default();
         let mark_running_after = seconds("mark-running-after", self.mark_running_after)?;
-        let tokio =
-            tokio::runtime::Runtime::new().map_err(|e| Error::Host(format!("tokio: {e}")))?;
+        let tokio = tokio::runtime::Runtime::new().map_err(|e| Error::io("tokio", e))?;
         // Held here so that they are dropped last, outside the async runtime:
         // each owns a tokio runtime of its own, which must not be dropped inside
         // another (a panic, exit 101, on every SIGTERM).
@@ -139,10 +139,8 @@ impl AgentCommand {
             let metrics = AgentMetrics::register(&mut metrics_registry);
             serve_metrics(self.metrics_addr, metrics_registry)
                 .await
-                .map_err(Error::Host)?;
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| Error::Host(format!("kubernetes API: {e}")))?;
+                .map_err(hostaction_runtime::Error::Host)?;
+            let client = kube::Client::try_default().await?;
             let agent = Arc::new(ClusterAgent {
                 client,
                 node_name,

@@ -41,8 +41,10 @@ impl PushCommand {
         if let Some(why) = loaded.unrunnable() {
             return Err(Error::BadModule(why.to_owned()));
         }
-        let bytes = std::fs::read(&self.module)
-            .map_err(|e| Error::BadModule(format!("{}: {e}", self.module.display())))?;
+        let bytes = std::fs::read(&self.module).map_err(|source| Error::ModuleFile {
+            path: self.module.clone(),
+            source,
+        })?;
         let request = PushRequest {
             module: bytes,
             imports: loaded.imports.iter().map(|i| i.name.clone()).collect(),

@@ -67,8 +67,10 @@ impl RunCommand {
     /// Runs the action; the exit code is its status's.
     pub fn execute(self, node: &NodeCache) -> Result<u8, Error> {
         let params = match self.params.strip_prefix('@') {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|e| Error::BadParams(format!("{file}: {e}")))?,
+            Some(file) => std::fs::read_to_string(file).map_err(|source| Error::Input {
+                what: file.to_owned(),
+                source,
+            })?,
             None => self.params.clone(),
         };
         let grant = match &self.grants {

@@ -158,7 +158,7 @@ pub fn check_name(name: &str) -> Result<()> {
 pub fn create(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     check_name(name)?;
     let host = |what: &str, path: &Path, e: std::io::Error| {
-        Error::Host(format!("{what} {}: {e}", path.display()))
+        Error::io(format!("{what} {}", path.display()), e)
     };
     let empty = match std::fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_none(),

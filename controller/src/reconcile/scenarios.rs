@@ -206,12 +206,8 @@ impl Harness {
         }
     }
 
-    fn reconciles(&self, result: &'static str) -> u64 {
-        self.ctx
-            .metrics
-            .reconciles
-            .get_or_create(&ResultLabels { result })
-            .get()
+    fn reconciles(&self, labels: ResultLabels) -> u64 {
+        self.ctx.metrics.reconciles.get_or_create(&labels).get()
     }
 }
 
@@ -326,7 +322,7 @@ async fn the_finalizer_is_added_first() {
 
     // The patch triggers the next reconcile: nothing else now.
     assert_eq!(server.finish().await.unwrap(), Action::await_change());
-    assert_eq!(server.reconciles("ok"), 1);
+    assert_eq!(server.reconciles(ResultLabels::OK), 1);
 }
 
 #[tokio::test]
@@ -427,7 +423,7 @@ async fn a_new_action_gets_runs_at_its_pace_an_event_and_a_status() {
     );
     assert_eq!(server.ctx.metrics.runs_created.get(), 2);
     assert_eq!(server.ctx.metrics.runs_deleted.get(), 0);
-    assert_eq!(server.reconciles("ok"), 1);
+    assert_eq!(server.reconciles(ResultLabels::OK), 1);
 }
 
 #[tokio::test]
@@ -501,7 +497,7 @@ async fn a_deleted_action_deletes_its_runs_then_drops_its_finalizer() {
 
     assert_eq!(server.finish().await.unwrap(), Action::await_change());
     assert_eq!(server.ctx.metrics.runs_deleted.get(), 2);
-    assert_eq!(server.reconciles("ok"), 1);
+    assert_eq!(server.reconciles(ResultLabels::OK), 1);
 }
 
 #[tokio::test]
@@ -524,7 +520,7 @@ async fn a_failed_run_delete_keeps_the_finalizer() {
     // No finalizer removal: the error is returned for a retry.
     let error = server.finish().await.unwrap_err();
     assert!(matches!(error, reconcile::Error::Kube(_)), "{error:?}");
-    assert_eq!(server.reconciles("error"), 1);
+    assert_eq!(server.reconciles(ResultLabels::error("kube")), 1);
 }
 
 /// The status the API server holds after generation 1 completed.
@@ -657,6 +653,7 @@ async fn an_unresolvable_module_is_reported() {
 
     let error = server.finish().await.unwrap_err();
     assert!(matches!(error, reconcile::Error::Resolve(_)), "{error:?}");
+    assert_eq!(server.reconciles(ResultLabels::error("resolve")), 1);
     assert_eq!(server.ctx.metrics.runs_created.get(), 0);
 }
 

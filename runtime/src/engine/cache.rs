@@ -30,7 +30,7 @@ impl DiskCache {
     /// it runs unchecked.
     pub fn open(dir: &Path, engine: &Engine) -> Result<Self> {
         let host = |what: &str, e: std::io::Error| {
-            Error::Host(format!("cache directory {}: {what}: {e}", dir.display()))
+            Error::io(format!("cache directory {}: {what}", dir.display()), e)
         };
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -297,8 +297,10 @@ fn run_child(
     out: &Path,
     staging: &Path,
 ) -> Result<CompileStats> {
-    let host = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Host(format!("compiling the module: {what}: {e}"))
+    let host = |what: &str, e| Error::io(format!("compiling the module: {what}"), e);
+    let json = |what: &str, source| Error::Json {
+        what: format!("compiling the module: {what}"),
+        source,
     };
     let threads = limits.threads.max(1);
     // A backstop only: the wall clock below ends the child first.
@@ -319,7 +321,7 @@ fn run_child(
         max_module_bytes: bytes.len() as u64,
         parent: std::process::id(),
     })
-    .map_err(|e| host("its argument", &e))?;
+    .map_err(|e| json("its argument", e))?;
     let mut child = Command::new(program)
         .arg(CHILD_SUBCOMMAND)
         .arg(spec)
@@ -329,7 +331,7 @@ fn run_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| host(&format!("starting {}", program.display()), &e))?;
+        .map_err(|e| host(&format!("starting {}", program.display()), e))?;
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (waited, stdout, stderr) = std::thread::scope(|scope| {
         // A child that dies early closes the pipe: the write fails, and its
@@ -345,11 +347,11 @@ fn run_child(
     let status = match waited {
         Ok(Some(status)) => status,
         Ok(None) => return Err(time_limit(limits)),
-        Err(e) => return Err(host("waiting for the compiler process", &e)),
+        Err(e) => return Err(host("waiting for the compiler process", e)),
     };
     if status.success() {
         let stats: serde_json::Value = serde_json::from_str(stdout.trim())
-            .map_err(|e| host("the compiler process's report", &e))?;
+            .map_err(|e| json("the compiler process's report", e))?;
         return Ok(CompileStats {
             peak_rss_bytes: stats["peakRssBytes"].as_u64().unwrap_or(0),
             cpu_us: stats["cpuUs"].as_u64().unwrap_or(0),

@@ -231,7 +231,7 @@ impl Runtime {
         capabilities::add_to_linker(&mut linker)
             .map_err(|e| Error::Host(format!("linking capabilities: {e:#}")))?;
         let host = capabilities::Backends::open(&config.host_root, config.system_bus.clone())
-            .map_err(|e| Error::Host(format!("host root {}: {e}", config.host_root.display())))?;
+            .map_err(|e| Error::io(format!("host root {}", config.host_root.display()), e))?;
         let cache = match config.cache_dir {
             Some(dir) => Some(DiskCache::open(&dir, &engine)?),
             None => None,
@@ -246,7 +246,7 @@ impl Runtime {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| Error::Host(format!("starting the deadline clock: {e}")))?;
+            .map_err(|e| Error::io("starting the deadline clock", e))?;
         Ok(Self {
             engine,
             linker,
@@ -267,7 +267,10 @@ impl Runtime {
 
     /// Reads and loads a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
-        let bad = |e: std::io::Error| Error::BadModule(format!("{}: {e}", path.display()));
+        let bad = |source| Error::ModuleFile {
+            path: path.to_owned(),
+            source,
+        };
         let size = std::fs::metadata(path).map_err(bad)?.len();
         self.check_size(&path.display(), size)?;
         let bytes = std::fs::read(path).map_err(bad)?;
@@ -288,7 +291,7 @@ impl Runtime {
         artifact
             .module_file
             .read_exact_at(&mut bytes, 0)
-            .map_err(|e| Error::Host(format!("module store: {path}: {e}")))?;
+            .map_err(|e| Error::io(format!("module store: {path}"), e))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if digest != artifact.module_digest {
             return Err(Error::Host(format!(
@@ -413,9 +416,10 @@ impl Runtime {
                     .prefix("hostaction-compile-")
                     .tempdir()
                     .map_err(|e| {
-                        Error::Host(format!(
-                            "compiling the module: a temporary directory for its code: {e}"
-                        ))
+                        Error::io(
+                            "compiling the module: a temporary directory for its code",
+                            e,
+                        )
                     })?;
                 scratch = (DiskCache::open(dir.path(), &self.engine)?, dir);
                 &scratch.0
