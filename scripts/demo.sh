@@ -12,7 +12,7 @@ host_root=${1:-$(mktemp -d -t hostaction-demo.XXXXXX)}
 # Only what the demo runs: the one Rust guest, and the `hostaction` binary
 # (not the other guests, languages, tests or benchmarks).
 GUEST_LANGS=rust GUEST_CRATES=cni-install scripts/build-guests.sh
-cargo build --locked --release -p hostaction-runtime --bin hostaction
+cargo build --locked --release -p hostaction-cli --bin hostaction
 hostaction=${CARGO_TARGET_DIR:-target}/release/hostaction
 
 for run in first second; do

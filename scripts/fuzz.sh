@@ -9,7 +9,8 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60, all)
 #
 # Targets: grant static_manifest static_state oci_manifest oci_reference
-# network_args files_path files_ops unit_name (runtime/src/fuzzing.rs) and
+# network_args files_path files_ops unit_name (runtime/, distribution/ and
+# agent/src/fuzzing.rs) and
 # c_json (fuzz/c/json_fuzz.c).
 #
 # Installs what it needs: cargo-fuzz (pinned) and clang with libFuzzer (apt).

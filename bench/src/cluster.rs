@@ -38,13 +38,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
-use hostaction_controller::metrics::AgentMetrics;
+use hostaction_agent::Loader;
+use hostaction_agent::cluster::ClusterAgent;
+use hostaction_agent::metrics::AgentMetrics;
 use hostaction_crds::action::Mode as SpecMode;
 use hostaction_crds::run::RunPhase;
 use hostaction_crds::{Grant, HostAction, HostActionRun};
-use hostaction_runtime::agent::Loader;
-use hostaction_runtime::agent::cluster::ClusterAgent;
-use hostaction_runtime::oci::{ModuleStore, PushRequest, Registry, RegistryOptions};
+use hostaction_distribution::{ModuleStore, PushRequest, Registry, RegistryOptions};
 use hostaction_runtime::{Runtime, RuntimeConfig};
 use hostaction_tests::kube_control_plane::{
     ControlPlane, create_ready_node, service_account_token,

@@ -132,7 +132,7 @@ fn measure(language: &'static str, module: &Path, iterations: usize) -> BenchRes
     let program = std::env::current_exe()?.with_file_name("hostaction");
     if !program.exists() {
         return Err(format!(
-            "{} is missing: cargo build --release -p hostaction-runtime",
+            "{} is missing: cargo build --release -p hostaction-cli",
             program.display()
         )
         .into());

@@ -198,7 +198,7 @@ fn cli_path() -> BenchResult<PathBuf> {
     let cli = std::env::current_exe()?.with_file_name("hostaction");
     if !cli.exists() {
         return Err(format!(
-            "{} is missing: cargo build --release -p hostaction-runtime",
+            "{} is missing: cargo build --release -p hostaction-cli",
             cli.display()
         )
         .into());

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use hostaction_distribution::{ModuleStore, PushRequest, Registry, RegistryOptions};
 use hostaction_runtime::engine::LoadSource;
 use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
-use hostaction_runtime::oci::{ModuleStore, PushRequest, Registry, RegistryOptions};
 use hostaction_runtime::{RunRequest, Runtime, RuntimeConfig};
 use hostaction_tests::registry::Registry as DockerRegistry;
 

@@ -1,18 +1,16 @@
-//! The controller's command line, shared by `hostaction controller` and
-//! the `hostaction-controller` binary, and the process plumbing the node
-//! agent shares with it: logs, the metrics endpoint, shutdown on SIGTERM.
+//! The `hostaction-controller` command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
+use hostaction_telemetry::{LogFormat, seconds, serve_metrics, shutdown_signal};
 use prometheus_client::registry::Registry;
 
 use crate::lease::LeaseConfig;
 use crate::metrics::ControllerMetrics;
-use crate::resolve::{PlainHttp, Resolver};
 use crate::{Error, Options};
+use hostaction_distribution::resolve::{PlainHttp, Resolver};
 
 /// `hostaction controller` flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -65,30 +63,6 @@ pub struct ControllerArgs {
     pub log_format: LogFormat,
 }
 
-/// How logs are written (to stderr).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// For people.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-/// Logs to stderr, filtered by `HOSTACTION_LOG` (else `default`, like
-/// `info`).
-pub fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOSTACTION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests, the all-in-one CLI) keeps the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
 /// Runs the controller until SIGTERM or Ctrl-C; the exit code says how it
 /// ended (1: lost the lease or failed).
 pub fn main(args: ControllerArgs) -> ExitCode {
@@ -107,14 +81,18 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut registry = Registry::default();
     let metrics = ControllerMetrics::register(&mut registry);
-    serve_metrics(args.metrics_addr, registry).await?;
+    serve_metrics(args.metrics_addr, registry)
+        .await
+        .map_err(Error::Config)?;
     let lease = if args.no_leader_election {
         None
     } else {
         let config = LeaseConfig {
-            lease_duration: seconds("lease-duration", args.lease_duration)?,
-            renew_deadline: seconds("renew-deadline", args.renew_deadline)?,
-            retry_period: seconds("retry-period", args.retry_period)?,
+            lease_duration: seconds("lease-duration", args.lease_duration)
+                .map_err(Error::Config)?,
+            renew_deadline: seconds("renew-deadline", args.renew_deadline)
+                .map_err(Error::Config)?,
+            retry_period: seconds("retry-period", args.retry_period).map_err(Error::Config)?,
             ..LeaseConfig::new(
                 args.lease_name.clone(),
                 args.lease_namespace.clone(),
@@ -143,48 +121,6 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         "controller starting"
     );
     crate::run(client, options, shutdown_signal()).await
-}
-
-/// `value` seconds of `--flag`, refused unless positive and finite.
-fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, Error> {
-    std::time::Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "--{flag} {value}: not a positive number of seconds"
-            ))
-        })
-}
-
-/// Binds `addr` and serves `registry` there in the background.
-pub async fn serve_metrics(addr: SocketAddr, registry: Registry) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(error) = crate::metrics::serve(listener, Arc::new(registry)).await {
-            tracing::error!(%error, "the metrics endpoint stopped");
-        }
-    });
-    Ok(())
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
 
 /// Host name and process id: unique enough among replicas.

@@ -10,19 +10,19 @@
 //!
 //! - [`plan`]: the rollout rules, as a pure function;
 //! - [`reconcile`]: the kube-rs reconciler that carries a plan out;
-//! - [`resolve`]: tag → digest;
-//! - [`lease`]: leader election; [`metrics`]: the metrics endpoint;
-//! - [`backoff`]: the watches' back-off (shared with the node agent);
-//! - [`cli`]: `hostaction controller` and the `hostaction-controller` binary.
+//! - [`lease`]: leader election; [`metrics`]: its Prometheus metrics;
+//! - [`cli`]: the `hostaction-controller` command line.
+//!
+//! Tags are resolved to digests by `hostaction_distribution::resolve`; logs,
+//! the metrics endpoint and the watches' back-off are
+//! `hostaction_telemetry`'s, shared with the node agent.
 
-pub mod backoff;
 pub mod cli;
 pub mod lease;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod reconcile;
-pub mod resolve;
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -37,11 +37,11 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client};
 
-use crate::backoff::watch_backoff;
 use crate::lease::{LeaderElector, LeaseConfig};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::Context;
-use crate::resolve::Resolver;
+use hostaction_distribution::resolve::Resolver;
+use kube::runtime::watcher::ExponentialBackoff;
 
 /// The controller's name in Events and field managers.
 pub const NAME: &str = "hostaction-controller";
@@ -215,4 +215,9 @@ fn fingerprint(node: &Node) -> u64 {
     node.metadata.labels.hash(&mut hasher);
     plan::is_ready(node).hash(&mut hasher);
     hasher.finish()
+}
+
+/// The watches' back-off (`hostaction_telemetry::backoff`) as kube takes it.
+fn watch_backoff() -> ExponentialBackoff {
+    hostaction_telemetry::backoff::watch_backoff().into()
 }

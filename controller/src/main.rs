@@ -1,6 +1,5 @@
-//! `hostaction-controller`: the controller alone, without the runtime (the
-//! image the controller Deployment runs). `hostaction controller` is the
-//! same command in the all-in-one CLI.
+//! `hostaction-controller`: the controller (what the controller Deployment
+//! runs); it links no wasmtime.
 
 use clap::Parser;
 
@@ -14,6 +13,6 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    hostaction_controller::cli::init_logging(cli.args.log_format, "info");
+    hostaction_telemetry::init_logging(cli.args.log_format, "info");
     hostaction_controller::cli::main(cli.args)
 }

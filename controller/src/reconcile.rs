@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::metrics::{ControllerMetrics, ResultLabels};
 use crate::plan::{self, condition};
-use crate::resolve::{self, Resolver};
+use hostaction_distribution::resolve::{self, Resolver};
 
 /// The finalizer that lets the controller delete an action's runs first.
 pub const FINALIZER: &str = "hostaction.dev/runs";

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use hostaction_controller::metrics::{ControllerMetrics, ResultLabels};
 use hostaction_controller::reconcile::{self, Context, FINALIZER};
-use hostaction_controller::resolve::{PlainHttp, Resolver};
 use hostaction_crds::action::Rollout;
 use hostaction_crds::{
     HostAction, HostActionRun, HostActionRunSpec, HostActionRunStatus, HostActionSpec,
     HostActionStatus, RunPhase,
 };
+use hostaction_distribution::resolve::{PlainHttp, Resolver};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};

@@ -12,7 +12,7 @@
 //! from these types (`manifests/crds.yaml`).
 
 pub mod action;
-pub mod grant;
+pub use hostaction_grant as grant;
 pub mod run;
 
 pub use action::{HostAction, HostActionSpec, HostActionStatus};

@@ -1,6 +1,6 @@
 //! The generated CustomResourceDefinitions: `manifests/crds.yaml` is what
 //! `hostaction crds` prints (regenerate with
-//! `cargo run -p hostaction-runtime -- crds > manifests/crds.yaml`), and the
+//! `cargo run -p hostaction-cli -- crds > manifests/crds.yaml`), and the
 //! example HostActions under `manifests/examples/` are valid for these types.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,7 +20,7 @@ fn manifests_crds_yaml_is_up_to_date() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "{} is stale: regenerate it with `cargo run -p hostaction-runtime -- crds > manifests/crds.yaml`",
+        "{} is stale: regenerate it with `cargo run -p hostaction-cli -- crds > manifests/crds.yaml`",
         path.display()
     );
 }

@@ -1,4 +1,4 @@
-//! `hostaction_runtime::fuzzing::oci_manifest` under libFuzzer.
+//! `hostaction_distribution::fuzzing::oci_manifest` under libFuzzer.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_runtime::fuzzing::oci_manifest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_distribution::fuzzing::oci_manifest(data));

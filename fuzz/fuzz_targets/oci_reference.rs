@@ -1,4 +1,4 @@
-//! `hostaction_runtime::fuzzing::oci_reference` under libFuzzer.
+//! `hostaction_distribution::fuzzing::oci_reference` under libFuzzer.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_runtime::fuzzing::oci_reference(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_distribution::fuzzing::oci_reference(data));

@@ -1,4 +1,4 @@
-//! `hostaction_runtime::fuzzing::static_manifest` under libFuzzer.
+//! `hostaction_agent::fuzzing::static_manifest` under libFuzzer.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_runtime::fuzzing::static_manifest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostaction_agent::fuzzing::static_manifest(data));

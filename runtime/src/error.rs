@@ -29,62 +29,12 @@ pub enum Error {
     /// A fault of the host (cache directory, engine setup, host root).
     #[error("host error: {0}")]
     Host(String),
-    /// Fetching or pushing an artifact failed; nothing of it was cached.
-    #[error("registry: {kind}: {message}")]
-    Registry {
-        /// What kind of failure, for callers that act on it.
-        kind: RegistryFault,
-        /// What failed, naming the reference, blob or registry.
-        message: String,
-    },
-}
-
-/// How a registry transfer failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RegistryFault {
-    /// 401/403: no or wrong credentials.
-    Unauthorized,
-    /// 404: no such repository, tag, manifest or blob.
-    NotFound,
-    /// The registry could not be reached, timed out or answered 5xx/429,
-    /// also after the retries.
-    Unavailable,
-    /// Content does not match its digest or declared size (tampered,
-    /// truncated), or exceeds a size cap.
-    Integrity,
-    /// The artifact is not a hostaction module (layout, media types).
-    BadArtifact,
-    /// The reference itself is malformed, or names a tag where only a
-    /// cached digest can be used.
-    BadReference,
-    /// Anything else the registry or the client reported.
-    Protocol,
-}
-
-impl std::fmt::Display for RegistryFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RegistryFault::Unauthorized => "unauthorized",
-            RegistryFault::NotFound => "not found",
-            RegistryFault::Unavailable => "unavailable",
-            RegistryFault::Integrity => "integrity",
-            RegistryFault::BadArtifact => "not a hostaction artifact",
-            RegistryFault::BadReference => "bad reference",
-            RegistryFault::Protocol => "protocol error",
-        })
-    }
+    /// Fetching, pushing or storing an artifact failed.
+    #[error(transparent)]
+    Distribution(#[from] hostaction_distribution::Error),
 }
 
 impl Error {
-    /// A registry error of `kind`.
-    pub fn registry(kind: RegistryFault, message: impl Into<String>) -> Self {
-        Error::Registry {
-            kind,
-            message: message.into(),
-        }
-    }
-
     /// A short stable label, for metrics and JSON output.
     pub fn label(&self) -> &'static str {
         match self {
@@ -94,7 +44,7 @@ impl Error {
             Error::Refused(_) => "refused",
             Error::Usage(_) => "usage",
             Error::Host(_) => "host",
-            Error::Registry { .. } => "registry",
+            Error::Distribution(e) => e.label(),
         }
     }
 
@@ -104,7 +54,7 @@ impl Error {
             Error::BadModule(_) | Error::BadParams(_) | Error::BadGrant(_) | Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::Host(_) => 4,
-            Error::Registry { .. } => 5,
+            Error::Distribution(e) => e.exit_code(),
         }
     }
 }

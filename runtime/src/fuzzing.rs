@@ -3,21 +3,19 @@
 //! functions production calls, and asserts what must hold for any input. A
 //! panic, here or in the parser, is a finding. Not a public API.
 //!
-//! The targets live here, not in `fuzz/`, because several parsers are private
+//! These are the runtime's (distribution and the agent have their own). The
+//! targets live here, not in `fuzz/`, because several parsers are private
 //! to the runtime; and so that `cargo test` replays every committed corpus
 //! input (crash regressions included) without a fuzzing toolchain.
 //!
 //! Inputs of the argument checks are text, one field per line, so that corpus
 //! files are readable and the fuzzer mutates values, not an encoding.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hostaction_crds::HostAction;
-use hostaction_crds::run::RunPhase;
+use hostaction_distribution::fuzzing::Target;
 use ipnet::IpNet;
 
-use crate::agent::static_dir::{ActionState, StaticState, due, parse_file};
 use crate::bindings::hostaction::host::network::{
     LinkKind, MacvlanSpec, Route, VethSpec, VlanSpec, VxlanSpec,
 };
@@ -26,20 +24,11 @@ use crate::capabilities::network::scope::{self, HOST_NETNS, Scopes};
 use crate::capabilities::network::{cidr, link_spec, netlink, route};
 use crate::capabilities::services::{MAX_UNIT_NAME_BYTES, unit_name_problem};
 use crate::grant::{Capability, EffectiveGrant, Grant, GrantDocument, NetworkScope, glob};
-use crate::oci::artifact::{self, Layout, SizeLimits};
-use crate::oci::{is_reference, parse_reference};
-
-/// A target: any bytes in, a panic when something that must hold does not.
-pub type Target = fn(&[u8]);
 
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories).
 pub const TARGETS: &[(&str, Target)] = &[
     ("grant", grant),
-    ("static_manifest", static_manifest),
-    ("static_state", static_state),
-    ("oci_manifest", oci_manifest),
-    ("oci_reference", oci_reference),
     ("network_args", network_args),
     ("files_path", files_path),
     ("files_ops", files_ops),
@@ -163,137 +152,6 @@ pub fn grant(data: &[u8]) {
         eff.capability(Capability::Services).is_ok(),
         has(|g| g.services.is_some())
     );
-}
-
-/// A static-mode manifest file (YAML or JSON, several documents), parsed
-/// as each pass parses the manifests directory, then the spec's node
-/// selector, rollout and rerun logic.
-pub fn static_manifest(data: &[u8]) {
-    let path = scratch_file("manifest.yaml");
-    if std::fs::write(&path, data).is_err() {
-        return;
-    }
-    let Ok(actions) = parse_file(&path) else {
-        return;
-    };
-    let labels = BTreeMap::from([
-        ("kubernetes.io/hostname".to_owned(), "node-1".to_owned()),
-        ("node-role.kubernetes.io/worker".to_owned(), String::new()),
-    ]);
-    for action in &actions {
-        assert!(action.metadata.name.as_ref().is_some_and(|n| !n.is_empty()));
-        assert!((1..=3600).contains(&action.spec.timeout_seconds));
-        let _ = action.spec.selects(&labels);
-        let _ = action.spec.selects(&BTreeMap::new());
-        for nodes in [0, 1, 7, 5000] {
-            if let Ok(n) = action.spec.max_concurrent(nodes) {
-                assert!(n >= 1, "max_concurrent({nodes}) = 0");
-            }
-        }
-        let _ = is_reference(&action.spec.module);
-        let _ = EffectiveGrant::new(&action.spec.grants, None);
-        let previous = ActionState {
-            status: hostaction_crds::HostActionRunStatus {
-                phase: RunPhase::Succeeded,
-                finished_at: Some(crate::agent::now()),
-                attempts: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let _ = due(action, Some(&previous), "sha256:0");
-        let _ = due(action, None, "sha256:0");
-    }
-}
-
-/// A static-mode state file, read back as each pass reads it and checked
-/// against a HostAction that reruns on an interval.
-pub fn static_state(data: &[u8]) {
-    let Ok(state) = serde_json::from_slice::<StaticState>(data) else {
-        return;
-    };
-    // What a pass writes, it reads back unchanged.
-    if let Ok(written) = serde_json::to_vec_pretty(&state) {
-        let back = serde_json::from_slice::<StaticState>(&written);
-        assert!(back.is_ok(), "the state written does not read back");
-        if let Ok(back) = back {
-            let again = serde_json::to_vec_pretty(&back).unwrap_or_default();
-            assert_eq!(written, again, "the state changes on each write");
-        }
-    }
-    let Ok(action) = serde_json::from_value::<HostAction>(serde_json::json!({
-        "apiVersion": "hostaction.dev/v1alpha1",
-        "kind": "HostAction",
-        "metadata": {"name": "fuzz"},
-        "spec": {"module": "/fuzz.wasm", "rerun": {"intervalSeconds": 3600}},
-    })) else {
-        return;
-    };
-    for previous in state.actions.values() {
-        let _ = due(&action, Some(previous), &previous.spec_hash);
-        let _ = due(&action, Some(previous), "sha256:other");
-    }
-}
-
-/// An OCI image manifest from a registry (or the store), checked as a pull
-/// checks it; what passes rebuilds into the same layout.
-pub fn oci_manifest(data: &[u8]) {
-    let unbounded = SizeLimits {
-        manifest_bytes: u64::MAX,
-        module_bytes: u64::MAX,
-        payload_file_bytes: u64::MAX,
-        artifact_bytes: u64::MAX,
-        payload_files: usize::MAX,
-    };
-    let limits = SizeLimits::default();
-    let checked = Layout::parse(data, &limits);
-    let stored = Layout::parse(data, &unbounded);
-    let Ok(layout) = checked else {
-        return;
-    };
-    assert!(
-        stored.as_ref().is_ok_and(|s| *s == layout),
-        "passes the pull's limits but not the store's"
-    );
-    assert!(layout.payload.len() <= limits.payload_files);
-    assert!(layout.module.size <= limits.module_bytes);
-    for (name, blob) in layout.blobs() {
-        assert!(artifact::check_digest(&blob.digest).is_ok(), "{name}");
-    }
-    for (name, blob) in &layout.payload {
-        assert!(artifact::check_payload_name(name).is_ok(), "{name:?}");
-        assert!(blob.size <= limits.payload_file_bytes);
-    }
-    let payload: Vec<_> = layout
-        .payload
-        .iter()
-        .map(|(n, b)| (n.clone(), b.clone()))
-        .collect();
-    let built = artifact::build(&layout.module, &[], &[], &payload, &layout.annotations);
-    assert!(built.is_ok(), "a checked layout does not rebuild");
-    if let Ok(built) = built {
-        let rebuilt = Layout::parse(&built.manifest, &unbounded);
-        assert!(
-            rebuilt.is_ok_and(|r| r == layout),
-            "a rebuilt manifest reads differently"
-        );
-    }
-}
-
-/// A module argument: an OCI reference or a `.wasm` file.
-pub fn oci_reference(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if is_reference(text) {
-        assert!(!text.ends_with(".wasm"));
-        assert!(text.contains('/'));
-    }
-    if let Ok(reference) = parse_reference(text)
-        && let Some(digest) = reference.digest()
-    {
-        assert!(artifact::check_digest(digest).is_ok(), "{digest:?}");
-    }
 }
 
 /// The network capability's argument and scope checks, in the order its calls
@@ -743,39 +601,22 @@ pub fn unit_name(data: &[u8]) {
     }
 }
 
-/// A file of this process for one input at a time (fuzzers may run several
-/// processes at once).
-fn scratch_file(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("hostaction-fuzz-{}-{name}", std::process::id()))
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
+    use hostaction_distribution::fuzzing::replay_corpus;
+
     use super::*;
 
-    /// Every committed corpus input, crash regressions included, runs
-    /// through its target.
     #[test]
-    fn the_fuzz_corpus_passes_every_target() {
-        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let mut inputs = 0;
-        for (name, target) in TARGETS {
-            if *name == "files_ops" && !probe_path().exists() {
+    fn the_fuzz_corpus_passes_every_runtime_target() {
+        let skip = |name: &str| {
+            let skip = name == "files_ops" && !probe_path().exists();
+            if skip {
                 eprintln!("files_ops corpus skipped: no {}", probe_path().display());
-                continue;
             }
-            let dir = corpus.join(name);
-            let entries =
-                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            for entry in entries {
-                let path = entry.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                let run = std::panic::catch_unwind(|| target(&data));
-                assert!(run.is_ok(), "{name}: {} panics", path.display());
-                inputs += 1;
-            }
-        }
+            skip
+        };
+        let inputs = replay_corpus(TARGETS, skip);
         assert!(inputs >= TARGETS.len() * 3, "{inputs} corpus inputs");
     }
 }

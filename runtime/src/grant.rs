@@ -31,7 +31,7 @@ use std::path::Path;
 use crate::capabilities::files::{HostPath, HostRoot};
 use crate::error::{Error, Result};
 
-pub use hostaction_crds::grant::{FilesScope, Grant, NetworkScope, ServicesScope};
+pub use hostaction_grant::{FilesScope, Grant, NetworkScope, ServicesScope};
 
 /// Where systemd loads unit files, drop-ins and generators from, and the
 /// SysV init scripts its generator turns into units (a script written to

@@ -9,6 +9,10 @@
 //!   every call and sending every mutation through [`effects`];
 //! - host backends inside each capability (directory fds and `openat2` for files).
 //!
+//! It has no Kubernetes client and no command line: the node agent
+//! (`hostaction-agent`) and the CLI (`hostaction-cli`) drive it, and
+//! modules come from files or from `hostaction-distribution`'s store.
+//!
 //! ```no_run
 //! use hostaction_runtime::{Runtime, RuntimeConfig, RunRequest, grant::{EffectiveGrant, Grant}};
 //! let runtime = Runtime::new(RuntimeConfig::default())?;
@@ -19,7 +23,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod agent;
 pub mod capabilities;
 pub mod effects;
 pub mod engine;
@@ -27,12 +30,10 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grant;
-pub mod oci;
 pub mod report;
-pub mod scaffold;
 
 pub use engine::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
-pub use error::{Error, RegistryFault, Result};
+pub use error::{Error, Result};
 pub use report::{RunReport, RunStatus};
 
 /// Host bindings of the `hostaction:host` WIT package, generated from `wit/`.

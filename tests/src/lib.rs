@@ -26,12 +26,22 @@ pub fn workspace() -> PathBuf {
 
 /// The `hostaction` binary `cargo test --workspace` built beside the tests.
 pub fn hostaction_bin() -> PathBuf {
+    built_binary("hostaction")
+}
+
+/// Path of the `hostaction-controller` binary (what the controller
+/// Deployment runs), built by the same `cargo test --workspace`.
+pub fn controller_bin() -> PathBuf {
+    built_binary("hostaction-controller")
+}
+
+fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let path = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("hostaction");
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: `cargo test --workspace` builds it",

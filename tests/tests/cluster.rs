@@ -445,8 +445,8 @@ impl Cluster {
 
     fn start_controller(&mut self) {
         let child = self
-            .command("controller.log")
-            .args(["controller", "--plain-http", "--log-format", "text"])
+            .command_of(&hostaction_tests::controller_bin(), "controller.log")
+            .args(["--plain-http", "--log-format", "text"])
             .args([
                 "--metrics-addr",
                 "127.0.0.1:0",
@@ -463,7 +463,7 @@ impl Cluster {
     /// user `identity` (in `system:masters`) so the audit log tells the
     /// replicas' writes apart, with the election's timings of [`LEASE`].
     fn start_replica(&mut self, identity: &str) {
-        let binary = hostaction_bin().with_file_name("hostaction-controller");
+        let binary = hostaction_tests::controller_bin();
         let config = self.api.plane.user_config(identity, Some("system:masters"));
         let kubeconfig = self.dir.path().join(format!("{identity}.kubeconfig"));
         let ca = self.api.plane.dir().join("serving-ca.crt");

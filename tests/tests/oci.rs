@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hostaction_runtime::oci::ModuleStore;
+use hostaction_distribution::ModuleStore;
 use hostaction_tests::registry::{Fault, FaultProxy, Registry};
 use hostaction_tests::{guest, hostaction_bin, peak_rss, peak_rss_of};
 use serde_json::{Value, json};
@@ -450,7 +450,7 @@ fn skopeo(args: &[&str]) {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    hostaction_runtime::oci::artifact::sha256(bytes)
+    hostaction_distribution::artifact::sha256(bytes)
 }
 
 #[test]
@@ -829,7 +829,7 @@ fn plain_http_is_scoped_to_the_registries_named() {
 
 #[test]
 fn concurrent_pulls_into_one_store_all_succeed_and_store_it_once() {
-    use hostaction_runtime::oci::{Registry as Client, RegistryOptions};
+    use hostaction_distribution::{Registry as Client, RegistryOptions};
     let registry = Registry::plain();
     let node = Node::new();
     let (pinned, digest) = push(
@@ -863,7 +863,7 @@ fn concurrent_pulls_into_one_store_all_succeed_and_store_it_once() {
 
 #[test]
 fn the_store_is_bounded_and_collects_the_least_recently_used_with_their_compiled_code() {
-    use hostaction_runtime::oci::{Registry as Client, RegistryOptions};
+    use hostaction_distribution::{Registry as Client, RegistryOptions};
     let registry = Registry::plain();
     let node = Node::new();
     let mib = |n: u8| {
@@ -1130,7 +1130,7 @@ fn an_unprivileged_pull_retries_a_cut_blob_and_fetches_shared_content_once() {
 
 #[test]
 fn a_manifest_over_the_cap_is_refused_while_it_is_read() {
-    use hostaction_runtime::oci::{Registry as Client, RegistryOptions, SizeLimits};
+    use hostaction_distribution::{Registry as Client, RegistryOptions, SizeLimits};
     let registry = Registry::plain();
     let node = Node::new();
     let (pinned, _) = push(
@@ -1318,7 +1318,7 @@ fn a_registry_cannot_redirect_a_pull_to_plain_http_elsewhere() {
 /// answered after a redirect, or any error body, is not shown.
 #[test]
 fn the_controller_reads_a_bounded_answer_when_it_resolves_a_tag() {
-    use hostaction_controller::resolve::{PlainHttp, Resolver};
+    use hostaction_distribution::resolve::{PlainHttp, Resolver};
     const HUGE: u64 = 1 << 30;
     let registry = Responder::start(|request| {
         let head = if request.starts_with("HEAD ") {
@@ -1375,7 +1375,7 @@ fn the_controller_reads_a_bounded_answer_when_it_resolves_a_tag() {
 /// challenge names, and resolves the tag with it.
 #[test]
 fn the_controller_resolves_a_tag_with_an_anonymous_token() {
-    use hostaction_controller::resolve::{PlainHttp, Resolver};
+    use hostaction_distribution::resolve::{PlainHttp, Resolver};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let digest = format!("sha256:{}", "cd".repeat(32));
     let tokens = Responder::start(|_| {

@@ -373,9 +373,8 @@ async fn the_controller_marks_a_grant_the_api_server_let_through_and_runs_nothin
     let log_path = plane.dir().join("controller.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let _controller = Child(
-        std::process::Command::new(hostaction_tests::hostaction_bin())
+        std::process::Command::new(hostaction_tests::controller_bin())
             .args([
-                "controller",
                 "--no-leader-election",
                 "--plain-http",
                 "--metrics-addr",

@@ -226,9 +226,8 @@ async fn unreadable_times_do_not_stop_the_controller() {
     write_token_kubeconfig(&plane, &config, &token);
     let log = plane.dir().join("controller.log");
     let _controller = Killed(
-        std::process::Command::new(hostaction_tests::hostaction_bin())
+        std::process::Command::new(hostaction_tests::controller_bin())
             .args([
-                "controller",
                 "--lease-namespace",
                 NAMESPACE,
                 "--identity",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hostaction_crds::{HostAction, HostActionRun};
 use hostaction_tests::kube_control_plane::{ControlPlane, create_ready_node};
-use hostaction_tests::{hostaction_bin, workspace};
+use hostaction_tests::workspace;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -68,11 +68,11 @@ async fn wait_until<F: Future<Output = bool>>(what: &str, mut done: impl FnMut()
     }
 }
 
-/// The real controller (`hostaction controller`), as the admin.
+/// The real controller (`hostaction-controller`), as the admin.
 fn controller(plane: &ControlPlane) -> Child {
     let log = std::fs::File::create(plane.dir().join("controller.log")).unwrap();
-    Command::new(hostaction_bin())
-        .args(["controller", "--no-leader-election", "--log-format", "text"])
+    Command::new(hostaction_tests::controller_bin())
+        .args(["--no-leader-election", "--log-format", "text"])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env("KUBECONFIG", plane.kubeconfig())
         .stdin(Stdio::null())

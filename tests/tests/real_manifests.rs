@@ -890,7 +890,7 @@ fn token_kubeconfig(plane: &ControlPlane, name: &str, token: &str) -> std::path:
     path
 }
 
-/// The real `hostaction controller` and `hostaction agent`, each with its
+/// The real `hostaction-controller` and `hostaction agent`, each with its
 /// manifests' ServiceAccount token only (the agent's bound to a Pod on its
 /// node), on a cluster of their own: the controller takes its Lease, adds
 /// its finalizer, creates the node's run, and reports; the agent watches
@@ -922,7 +922,12 @@ async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts
     std::fs::create_dir_all(work.join("root")).unwrap();
     let start = |args: &[&str], kubeconfig: &std::path::Path, log: &str| {
         let log = std::fs::File::create(work.join(log)).unwrap();
-        std::process::Command::new(hostaction_tests::hostaction_bin())
+        // The controller is its own binary, as its Deployment runs it.
+        let (program, args) = match args.split_first() {
+            Some((&"controller", rest)) => (hostaction_tests::controller_bin(), rest),
+            _ => (hostaction_tests::hostaction_bin(), args),
+        };
+        std::process::Command::new(program)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("HOSTACTION_LOG", "info,kube=warn,hyper=warn")

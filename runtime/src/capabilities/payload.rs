@@ -2,85 +2,23 @@
 //! shipped with the action — the payload layers of its artifact, or the
 //! files given with `hostaction run --payload`.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::Arc;
+
+pub use hostaction_distribution::payload::{Payload, PayloadFile};
 
 use super::{CapError, RunState};
 use crate::bindings::hostaction::host::payload;
-use crate::error::{Error, Result};
-use crate::oci::artifact::{check_payload_name, sha256};
 
 /// Bytes one `read` or `read-at` returns at most.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
 
-/// One payload file.
-#[derive(Debug, Clone)]
-pub struct PayloadFile {
-    /// Its name, a plain file name.
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// `sha256:<hex>` of its bytes.
-    pub digest: String,
-    /// Where its bytes are (a verified blob of the module store).
-    pub path: PathBuf,
-    /// The file, opened when the payload was made: it stays readable if the
-    /// store collects the blob meanwhile.
-    pub file: Arc<File>,
-}
-
-/// The files shipped with an action, sorted by name.
-#[derive(Debug, Clone, Default)]
-pub struct Payload {
-    files: Vec<PayloadFile>,
-}
-
-impl Payload {
-    /// A payload of these files.
-    pub fn new(mut files: Vec<PayloadFile>) -> Self {
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        Self { files }
-    }
-
-    /// A payload of local files (`NAME=FILE` of `hostaction run`), hashed now.
-    pub fn from_files(files: &[(String, PathBuf)]) -> Result<Self> {
-        let mut out = Vec::new();
-        for (name, path) in files {
-            check_payload_name(name)
-                .map_err(|why| Error::BadParams(format!("payload name {name:?}: {why}")))?;
-            if out.iter().any(|f: &PayloadFile| &f.name == name) {
-                return Err(Error::BadParams(format!("payload {name:?} is given twice")));
-            }
-            let bad = |e: std::io::Error| {
-                Error::BadParams(format!("payload {name}: {}: {e}", path.display()))
-            };
-            let file = File::open(path).map_err(bad)?;
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(bad)?;
-            out.push(PayloadFile {
-                name: name.clone(),
-                size: bytes.len() as u64,
-                digest: sha256(&bytes),
-                path: path.clone(),
-                file: Arc::new(file),
-            });
-        }
-        Ok(Self::new(out))
-    }
-
-    /// The files, sorted by name.
-    pub fn files(&self) -> &[PayloadFile] {
-        &self.files
-    }
-
-    fn get(&self, name: &str) -> Result<&PayloadFile, CapError> {
-        self.files
-            .binary_search_by(|f| f.name.as_str().cmp(name))
-            .map(|i| &self.files[i])
-            .map_err(|_| CapError::NotFound(format!("no payload file named {name:?}")))
-    }
+/// The payload file named `name`.
+fn find<'a>(payload: &'a Payload, name: &str) -> Result<&'a PayloadFile, CapError> {
+    let files = payload.files();
+    files
+        .binary_search_by(|f| f.name.as_str().cmp(name))
+        .map(|i| &files[i])
+        .map_err(|_| CapError::NotFound(format!("no payload file named {name:?}")))
 }
 
 fn read_range(file: &PayloadFile, offset: u64, len: u64) -> Result<Vec<u8>, CapError> {
@@ -107,7 +45,7 @@ impl payload::Host for RunState {
 
     fn read(&mut self, name: String) -> Result<Vec<u8>, CapError> {
         self.check_deadline()?;
-        let file = self.payload.get(&name)?;
+        let file = find(&self.payload, &name)?;
         if file.size > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "payload {name:?} is {} bytes; read returns at most {MAX_READ_BYTES}: use read-at",
@@ -119,7 +57,7 @@ impl payload::Host for RunState {
 
     fn read_at(&mut self, name: String, offset: u64, len: u32) -> Result<Vec<u8>, CapError> {
         self.check_deadline()?;
-        let file = self.payload.get(&name)?;
+        let file = find(&self.payload, &name)?;
         if u64::from(len) > MAX_READ_BYTES {
             return Err(CapError::InvalidArgument(format!(
                 "read-at of {len} bytes; at most {MAX_READ_BYTES} per call"

@@ -39,7 +39,7 @@ impl DiskCache {
             .map_err(|e| host("create", e))?;
         // Resolved once: later loads go through no symlink an ancestor's
         // owner could swap, and no ancestor is another user's.
-        let dir = &crate::capabilities::files::trusted_directory(dir)
+        let dir = &hostaction_distribution::disk::trusted_directory(dir)
             .map_err(|why| Error::Host(format!("cache directory {}: {why}", dir.display())))?;
         let meta = std::fs::metadata(dir).map_err(|e| host("stat", e))?;
         if meta.uid() != rustix::process::geteuid().as_raw()
@@ -93,42 +93,26 @@ impl DiskCache {
         let written = component
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))
-            .and_then(|bytes| write_atomically(&tmp, &path, &bytes));
+            .and_then(|bytes| hostaction_distribution::disk::write_atomically(&tmp, &path, &bytes));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "could not cache precompiled module");
         }
     }
 }
 
-/// Writes `bytes` to `staging` (a new file), fsyncs it and renames it to
-/// `path` (in the same directory): readers see the whole file or none. On
-/// failure `staging` is removed.
-pub fn write_atomically(staging: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let written = write_synced(staging, bytes).and_then(|()| std::fs::rename(staging, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(staging);
-    }
-    written
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create_new(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::oci::ModuleStore;
+    use hostaction_distribution::ModuleStore;
 
     fn opens(dir: &Path) -> (Result<()>, Result<()>) {
         let engine = Engine::default();
         (
             DiskCache::open(&dir.join("compiled"), &engine).map(|_| ()),
-            ModuleStore::open(&dir.join("modules"), None, u64::MAX).map(|_| ()),
+            ModuleStore::open(&dir.join("modules"), None, u64::MAX)
+                .map(|_| ())
+                .map_err(Error::from),
         )
     }
 

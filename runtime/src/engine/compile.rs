@@ -94,33 +94,27 @@ pub struct CompileStats {
     pub wall_us: u64,
 }
 
-/// The arguments of the hidden `__compile` subcommand (the module comes on
-/// stdin).
-#[derive(Debug, clap::Args)]
+/// What the child is told: the JSON argument of the hidden `__compile`
+/// subcommand (the module comes on stdin). The parent writes it and the
+/// child reads it, both here, so the CLI only hands it over.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChildArgs {
     /// `sha256:<hex>` the module's bytes must hash to.
-    #[arg(long)]
     digest: String,
     /// Where the code goes (in the disk cache).
-    #[arg(long)]
     out: PathBuf,
     /// The file the code is written to first, then renamed to `out`.
-    #[arg(long)]
     staging: PathBuf,
     /// `RLIMIT_DATA`, in bytes.
-    #[arg(long)]
     memory_bytes: u64,
     /// `RLIMIT_CPU`, in seconds: a backstop to the parent's wall clock.
-    #[arg(long)]
     cpu_seconds: u64,
     /// Compiler threads.
-    #[arg(long)]
     threads: u32,
     /// Largest module read from stdin.
-    #[arg(long)]
     max_module_bytes: u64,
     /// The parent's pid: the child ends if it is no longer its parent.
-    #[arg(long)]
     parent: u32,
 }
 
@@ -133,10 +127,18 @@ const EXIT_FAILED: u8 = 4;
 /// What the child's stdout and stderr may be; more is dropped.
 const OUTPUT_CAP: usize = 64 << 10;
 
-/// The child: `hostaction __compile ...`. Returns its exit code; the
-/// message of a failure is on stderr, the [`CompileStats`] on stdout.
-pub fn child_main(args: &ChildArgs) -> u8 {
-    match child(args) {
+/// The child: `hostaction __compile <ChildArgs as JSON>`. Returns its exit
+/// code; the message of a failure is on stderr, the [`CompileStats`] on
+/// stdout.
+pub fn child_main(spec: &str) -> u8 {
+    let args = match serde_json::from_str::<ChildArgs>(spec) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{CHILD_SUBCOMMAND}: its argument: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match child(&args) {
         Ok(peak_rss_bytes) => {
             let stats = serde_json::json!({
                 "peakRssBytes": peak_rss_bytes,
@@ -220,13 +222,15 @@ fn child(args: &ChildArgs) -> std::result::Result<u64, (u8, String)> {
         }
     })?;
     drop(bytes);
-    super::cache::write_atomically(&args.staging, &args.out, &code).map_err(|e| {
-        no_memory_or(
-            EXIT_FAILED,
-            format!("writing {}: {e}", args.out.display()),
-            &e,
-        )
-    })?;
+    hostaction_distribution::disk::write_atomically(&args.staging, &args.out, &code).map_err(
+        |e| {
+            no_memory_or(
+                EXIT_FAILED,
+                format!("writing {}: {e}", args.out.display()),
+                &e,
+            )
+        },
+    )?;
     Ok(peak_rss_bytes().unwrap_or(0))
 }
 
@@ -305,24 +309,20 @@ fn run_child(
         .saturating_mul(u64::from(threads))
         .saturating_add(1);
     let start = Instant::now();
+    let spec = serde_json::to_string(&ChildArgs {
+        digest: digest.to_owned(),
+        out: out.to_owned(),
+        staging: staging.to_owned(),
+        memory_bytes: limits.memory_bytes,
+        cpu_seconds,
+        threads,
+        max_module_bytes: bytes.len() as u64,
+        parent: std::process::id(),
+    })
+    .map_err(|e| host("its argument", &e))?;
     let mut child = Command::new(program)
         .arg(CHILD_SUBCOMMAND)
-        .arg("--digest")
-        .arg(digest)
-        .arg("--out")
-        .arg(out)
-        .arg("--staging")
-        .arg(staging)
-        .arg("--memory-bytes")
-        .arg(limits.memory_bytes.to_string())
-        .arg("--cpu-seconds")
-        .arg(cpu_seconds.to_string())
-        .arg("--threads")
-        .arg(threads.to_string())
-        .arg("--max-module-bytes")
-        .arg(bytes.len().to_string())
-        .arg("--parent")
-        .arg(std::process::id().to_string())
+        .arg(spec)
         .env_clear()
         .env("RAYON_NUM_THREADS", threads.to_string())
         .stdin(Stdio::piped())

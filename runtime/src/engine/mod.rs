@@ -40,13 +40,13 @@ use crate::capabilities::{self, RunEnd, RunState, StoreLimits};
 use crate::effects::{Effects, Mode};
 use crate::error::{Error, Result};
 use crate::grant::EffectiveGrant;
-use crate::oci::StoredArtifact;
 use crate::report::{Outcome, RunReport, RunStatus, Timing};
 use cache::DiskCache;
+use hostaction_distribution::StoredArtifact;
 
 /// Largest module file the runtime reads, by default (the agent's default is
 /// [`AGENT_MAX_MODULE_BYTES`]).
-pub const MAX_MODULE_BYTES: u64 = 128 << 20;
+pub use hostaction_distribution::MAX_MODULE_BYTES;
 /// Largest module an agent loads, by default (`--max-module-mib`): the
 /// Python and JavaScript components built here are 12–18 MB.
 pub const AGENT_MAX_MODULE_BYTES: u64 = 32 << 20;

@@ -20,8 +20,6 @@
 mod path;
 mod walk;
 
-pub(crate) use walk::trusted_directory;
-
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -385,7 +383,7 @@ impl RunState {
         if mode & 0o111 == 0 || !self.grant.files_payload_executables_only {
             return Ok(());
         }
-        let digest = crate::oci::artifact::sha256(contents);
+        let digest = hostaction_distribution::artifact::sha256(contents);
         if self.payload.files().iter().any(|f| f.digest == digest) {
             return Ok(());
         }

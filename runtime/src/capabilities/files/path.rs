@@ -5,11 +5,9 @@ use std::fmt;
 /// Longest path an action may pass (Linux's `PATH_MAX`), longest single
 /// path component (Linux's `NAME_MAX`), and why a path is refused: the
 /// lexical rules of paths live beside the grant document's
-/// ([`hostaction_crds::grant::path_components`]), so a granted directory and
+/// ([`hostaction_grant::path_components`]), so a granted directory and
 /// a path an action names are judged alike.
-pub use hostaction_crds::grant::{
-    NAME_BYTES as MAX_NAME_BYTES, PATH_BYTES as MAX_PATH_BYTES, PathError,
-};
+pub use hostaction_grant::{NAME_BYTES as MAX_NAME_BYTES, PATH_BYTES as MAX_PATH_BYTES, PathError};
 
 /// A normalized host-absolute path: `/`-separated components, none empty, `.`
 /// or `..`. Parsing is a lexical check of hostile input; containment is
@@ -23,7 +21,7 @@ pub struct HostPath {
 impl HostPath {
     /// Parses and normalizes `path` (repeated and trailing slashes are folded).
     pub fn parse(path: &str) -> Result<Self, PathError> {
-        let parts = hostaction_crds::grant::path_components(path)?
+        let parts = hostaction_grant::path_components(path)?
             .into_iter()
             .map(str::to_owned)
             .collect();

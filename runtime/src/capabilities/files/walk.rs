@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use hostaction_distribution::disk::untrusted_dir;
+
 use super::{HostPath, HostRoot};
 
 /// Symlinks followed in one walk at most (the kernel's own limit).
@@ -48,55 +50,6 @@ pub struct Walk {
     pub rest: Vec<String>,
     /// Every lookup made, in order, symlink targets included.
     pub lookups: Vec<Lookup>,
-}
-
-/// Why a directory (owner `dir_uid`, mode `dir_mode`) holding an entry
-/// owned by `entry_uid` lets someone other than root or this process's user
-/// replace that entry; `None` when it does not.
-fn untrusted_dir(dir_uid: u32, dir_mode: u32, entry_uid: Option<u32>) -> Option<String> {
-    let me = rustix::process::geteuid().as_raw();
-    let trusted = |uid: u32| uid == 0 || uid == me;
-    if !trusted(dir_uid) {
-        Some(format!("is owned by uid {dir_uid}"))
-    } else if dir_mode & 0o022 != 0 && !(dir_mode & 0o1000 != 0 && entry_uid.is_some_and(trusted)) {
-        Some(format!(
-            "is writable by {} (mode {dir_mode:04o})",
-            if dir_mode & 0o002 != 0 {
-                "others"
-            } else {
-                "its group"
-            },
-        ))
-    } else {
-        None
-    }
-}
-
-/// `dir` resolved (symlinks followed), after checking that every directory
-/// above it passes the rule grants' directories do ([`Walk::untrusted`]):
-/// code or artifacts kept there are trusted, so no other user may be able
-/// to swap a directory on the way for their own. The directory itself is
-/// its opener's to check.
-pub(crate) fn trusted_directory(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::MetadataExt;
-    let resolved = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut entry_uid = None;
-    for ancestor in resolved.ancestors() {
-        let meta = std::fs::symlink_metadata(ancestor)
-            .map_err(|e| format!("{}: {e}", ancestor.display()))?;
-        if ancestor != resolved
-            && let Some(why) = untrusted_dir(meta.uid(), meta.mode() & 0o7777, entry_uid)
-        {
-            return Err(format!(
-                "{} {why}: whoever can write there can replace {} (only root or this user \
-                 may, or a sticky directory whose entry is theirs)",
-                ancestor.display(),
-                resolved.display()
-            ));
-        }
-        entry_uid = Some(meta.uid());
-    }
-    Ok(resolved)
 }
 
 impl Walk {

@@ -6,6 +6,9 @@
 //! directory with them, as the kubelet runs static pods.
 
 pub mod cluster;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod metrics;
 pub mod static_dir;
 
 use std::path::Path;
@@ -20,12 +23,12 @@ use hostaction_crds::run::{
 use hostaction_crds::{Grant, HostActionRunStatus, RunPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::effects::Mode;
-use crate::engine::Limits;
-use crate::error::RegistryFault;
-use crate::grant::{EffectiveGrant, GrantDocument};
-use crate::oci::{self, ModuleStore, Registry, StoredArtifact};
-use crate::{Error, LoadedModule, RunReport, RunRequest, Runtime};
+use hostaction_distribution::RegistryFault;
+use hostaction_distribution::{self as oci, ModuleStore, Registry, StoredArtifact};
+use hostaction_runtime::effects::Mode;
+use hostaction_runtime::engine::Limits;
+use hostaction_runtime::grant::{EffectiveGrant, GrantDocument};
+use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest, Runtime};
 
 /// What an agent logs when it runs with no policy bounding its grants.
 const UNBOUNDED: &str = "no node policy: every grant is taken as it is, unbounded \
@@ -60,13 +63,14 @@ pub fn node_policy(file: Option<&Path>, unbounded: bool) -> Result<Option<Grant>
 /// scheme, never a reference the parser would complete (a default registry).
 pub fn pinned_reference(module: &str) -> Result<(), Error> {
     let refuse = |why: &str| {
-        Err(Error::registry(
+        Err(oci::Error::registry(
             RegistryFault::BadReference,
             format!(
                 "spec.module {module:?}: {why}; a node runs a registry reference pinned by \
                  digest (registry.example/repository@sha256:<64 hex>) only"
             ),
-        ))
+        )
+        .into())
     };
     if module.contains("://") || module.starts_with("file:") {
         return refuse("a URL, not a registry reference");

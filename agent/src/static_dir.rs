@@ -29,8 +29,8 @@ use hostaction_crds::{Grant, HostAction, HostActionRunStatus, RunPhase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Loader, failed_status, finished_status, now};
-use crate::Error;
+use crate::{Loader, failed_status, finished_status, now};
+use hostaction_runtime::Error;
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_INTERRUPTED: i32 = 3;
@@ -288,18 +288,13 @@ impl StaticAgent<'_> {
         }
     }
 
-    /// Writes the state atomically (temp file, fsync, rename).
+    /// Writes the state atomically (temp file, fsync, rename, fsync of the
+    /// directory).
     fn write_state(&self, state: &StaticState) -> Result<(), Error> {
-        use std::io::Write;
-        let host = |e: std::io::Error| {
-            Error::Host(format!("state file {}: {e}", self.state_path.display()))
-        };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Host(e.to_string()))?;
         let tmp = suffixed(&self.state_path, ".tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(host)?;
-        file.write_all(&bytes).map_err(host)?;
-        file.sync_all().map_err(host)?;
-        std::fs::rename(&tmp, &self.state_path).map_err(host)
+        hostaction_distribution::disk::write_atomically(&tmp, &self.state_path, &bytes)
+            .map_err(|e| Error::Host(format!("state file {}: {e}", self.state_path.display())))
     }
 }
 
@@ -420,7 +415,8 @@ fn check(action: &HostAction) -> Result<(), String> {
     if spec.rerun.interval_seconds.is_some_and(|s| s < 60) {
         return Err("spec.rerun.intervalSeconds: at least 60".into());
     }
-    crate::grant::GrantDocument::check(&spec.grants, "spec.grants").map_err(|e| e.to_string())
+    hostaction_runtime::grant::GrantDocument::check(&spec.grants, "spec.grants")
+        .map_err(|e| e.to_string())
 }
 
 /// Whether `action` must run now.

@@ -24,8 +24,8 @@ use std::time::SystemTime;
 use rustix::fs::{FlockOperation, flock};
 
 use super::artifact::{Blob, Layout, SizeLimits, check_digest};
-use crate::capabilities::payload::{Payload, PayloadFile};
 use crate::error::{Error, RegistryFault, Result};
+use crate::payload::{Payload, PayloadFile};
 
 /// Default bound of a store: 2 GiB of blobs and precompiled code.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
@@ -107,7 +107,7 @@ impl ModuleStore {
                 .map_err(|e| host(format_args!("creating {}", root.display()), e))?;
         }
         // Resolved once, its ancestors checked: see `DiskCache::open`.
-        let root = &crate::capabilities::files::trusted_directory(root)
+        let root = &crate::disk::trusted_directory(root)
             .map_err(|why| Error::Host(format!("module store {}: {why}", root.display())))?;
         let meta = fs::metadata(root).map_err(|e| host(root.display(), e))?;
         if meta.uid() != rustix::process::geteuid().as_raw()
@@ -209,14 +209,9 @@ impl ModuleStore {
                 )));
             }
         }
-        let tmp = staging.dir.join("manifest");
-        write_synced(&tmp, manifest).map_err(|e| host(tmp.display(), e))?;
         let target = self.manifest_path(digest);
-        fs::rename(&tmp, &target).map_err(|e| host(target.display(), e))?;
-        if let Ok(dir) = File::open(target.parent().unwrap_or(&self.root)) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        crate::disk::write_atomically(&staging.dir.join("manifest"), &target, manifest)
+            .map_err(|e| host(target.display(), e))
     }
 
     /// The artifact of this manifest digest, if the store holds all of it;
@@ -470,13 +465,6 @@ impl Drop for Staging {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = File::create_new(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 fn tree_bytes(path: &Path) -> u64 {

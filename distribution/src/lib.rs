@@ -3,7 +3,10 @@
 //!
 //! - [`artifact`]: the layout (a Wasm OCI artifact whose extra titled layers
 //!   are the action's payload files), checked field by field on pull;
-//! - [`store`]: the node's content-addressed module store;
+//! - [`store`]: the node's content-addressed module store ([`disk`]: the
+//!   trust rule of its directory, files replaced whole);
+//! - [`payload`]: the files shipped with an action;
+//! - [`resolve`]: tag → digest for the controller, which pulls nothing;
 //! - [`Registry`]: push and pull over `oci-client`, with credentials
 //!   ([`auth`]), a custom CA, bounded retries with backoff and per-request
 //!   time-outs. A pull resolves a tag to a digest once, fetches the manifest
@@ -14,10 +17,19 @@
 //!   requests a minimum rate, so a registry that trickles bytes cannot hold
 //!   a node (per-read time-outs alone let one byte every few seconds live
 //!   for days).
+//!
+//! It links no wasmtime: the controller uses it to resolve tags, the node
+//! agent and the CLI to pull and push.
 
 pub mod artifact;
 pub mod auth;
+pub mod disk;
+pub mod error;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod payload;
+pub mod resolve;
 pub mod store;
 mod transfer;
 
@@ -27,12 +39,12 @@ use std::time::Duration;
 
 use oci_client::Reference;
 
-pub use artifact::SizeLimits;
+pub use artifact::{MAX_MODULE_BYTES, SizeLimits};
 pub use auth::Credentials;
-pub use hostaction_controller::resolve::PlainHttp;
+pub use error::{Error, RegistryFault, Result};
+pub use payload::{Payload, PayloadFile};
+pub use resolve::PlainHttp;
 pub use store::{ModuleStore, StoredArtifact};
-
-use crate::error::{Error, RegistryFault, Result};
 
 /// A pull on its own (`hostaction pull`, `inspect`): its default deadline.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(600);

@@ -10,8 +10,11 @@ use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::engine::MAX_MODULE_BYTES;
 use crate::error::{Error, RegistryFault, Result};
+
+/// Largest module file the runtime reads, by default (agents have a lower
+/// default of their own).
+pub const MAX_MODULE_BYTES: u64 = 128 << 20;
 
 /// Media type of the artifact's config (the CNCF Wasm OCI artifact layout).
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";

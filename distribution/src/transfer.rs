@@ -113,7 +113,7 @@ pub(super) fn classify(what: &str, e: &OciDistributionError) -> Failure {
     }
 }
 
-pub(super) use hostaction_controller::resolve::describe;
+pub(super) use crate::resolve::describe;
 
 /// Runs `attempt` until it succeeds, fails for good, or has been retried
 /// `options.retries` times. The waits are backon's jittered exponential

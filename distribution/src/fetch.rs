@@ -19,7 +19,7 @@ use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest, Sha256};
 
-use hostaction_controller::resolve;
+use crate::resolve;
 
 use super::RegistryOptions;
 use super::artifact::{self, Blob, Layout};
@@ -33,9 +33,7 @@ const ERROR_BODY_BYTES: usize = 4096;
 /// The HTTP client pulls use: the options' CA and time-outs.
 pub(super) fn http_client(options: &RegistryOptions) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
-        .redirect(hostaction_controller::resolve::redirect_policy(
-            options.plain(),
-        ))
+        .redirect(resolve::redirect_policy(options.plain()))
         .connect_timeout(options.timeout)
         .read_timeout(options.timeout)
         .user_agent(concat!("hostaction/", env!("CARGO_PKG_VERSION")));

@@ -37,20 +37,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::metrics::{AgentMetrics, PhaseLabels};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
-use hostaction_controller::backoff::watch_backoff;
-use hostaction_controller::metrics::{AgentMetrics, PhaseLabels};
 use hostaction_crds::{Grant, HostActionRun, HostActionRunStatus, RunPhase};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Loader, failed_status, finished_status, now, shrunk_status};
-use crate::oci::{ModuleStore, Registry};
-use crate::{Error, Runtime};
+use crate::{Loader, failed_status, finished_status, now, shrunk_status};
+use hostaction_distribution::{ModuleStore, Registry};
+use hostaction_runtime::{Error, Runtime};
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_ATTEMPTS: i32 = 3;
@@ -488,17 +488,12 @@ impl ClusterAgent {
             }
         };
         let target = path.clone();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = target.with_extension("tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &target)?;
-            match target.parent() {
-                Some(dir) => std::fs::File::open(dir)?.sync_all(),
-                None => Ok(()),
-            }
+        let written = tokio::task::spawn_blocking(move || {
+            hostaction_distribution::disk::write_atomically(
+                &target.with_extension("tmp"),
+                &target,
+                &bytes,
+            )
         })
         .await
         .unwrap_or_else(|join| Err(std::io::Error::other(join)));
@@ -551,6 +546,11 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The watches' back-off (`hostaction_telemetry::backoff`) as kube takes it.
+fn watch_backoff() -> ExponentialBackoff {
+    hostaction_telemetry::backoff::watch_backoff().into()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use kube::runtime::watcher::ExponentialBackoff;
+use backon::ExponentialBuilder;
 
 /// The first step after a failure (a wait of 0.25–0.5 s).
 pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -20,27 +20,27 @@ pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// the API server is back.
 pub const WATCH_BACKOFF_MAX: Duration = Duration::from_millis(2500);
 
-/// The watches' back-off, for `WatchStreamExt::backoff` and
-/// `Controller::trigger_backoff`.
-pub fn watch_backoff() -> ExponentialBackoff {
-    backon::ExponentialBuilder::default()
+/// The watches' back-off: `kube::runtime::watcher::ExponentialBackoff` is
+/// made from it (`.into()`) for `WatchStreamExt::backoff` and
+/// `Controller::trigger_backoff`; it starts over from a fresh build.
+pub fn watch_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
         .with_min_delay(WATCH_BACKOFF_MIN)
         .with_max_delay(WATCH_BACKOFF_MAX)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
-        .into()
 }
 
 #[cfg(test)]
 mod tests {
-    use kube::runtime::utils::Backoff;
+    use backon::BackoffBuilder;
 
     use super::*;
 
     #[test]
-    fn grows_to_the_bound_and_resets() {
-        let mut backoff = watch_backoff();
+    fn grows_to_the_bound_and_starts_over_when_built_again() {
+        let mut backoff = watch_backoff().build();
         let waits: Vec<Duration> = backoff.by_ref().take(12).collect();
         assert!(waits[0] >= WATCH_BACKOFF_MIN && waits[0] <= 2 * WATCH_BACKOFF_MIN);
         assert!(
@@ -52,8 +52,7 @@ mod tests {
             waits[5..].iter().all(|w| *w >= WATCH_BACKOFF_MAX),
             "{waits:?}"
         );
-        backoff.reset();
-        let first = backoff.next().unwrap_or_default();
+        let first = watch_backoff().build().next().unwrap_or_default();
         assert!(first <= 2 * WATCH_BACKOFF_MIN, "{first:?}");
     }
 }

@@ -1,0 +1,274 @@
+//! `hostaction run`: one action on this host.
+
+use std::fmt::{self, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hostaction_distribution::{Payload, StoredArtifact};
+use hostaction_runtime::effects::Mode;
+use hostaction_runtime::engine::{CompileStats, Limits, LoadSource};
+use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
+use hostaction_runtime::report::printable;
+use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest};
+use serde::Serialize;
+
+use crate::common::{
+    self, ArtifactOutput, HostArgs, NodeCache, Output, RegistryArgs, name_and_path, seconds,
+};
+
+/// `hostaction run` flags.
+#[derive(clap::Args)]
+pub struct RunCommand {
+    /// The module: a component .wasm file, or an OCI reference
+    /// (registry/repository:tag or @sha256:...), pulled into the node's
+    /// module store and run by digest.
+    module: String,
+    /// A payload file for a module run from a file (repeatable); an
+    /// artifact brings its own.
+    #[arg(long, value_name = "NAME=FILE", value_parser = name_and_path)]
+    payload: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Params: a JSON document, or @FILE to read one.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Grant document (YAML or JSON). Without it the action gets no capability.
+    #[arg(long, value_name = "FILE")]
+    grants: Option<PathBuf>,
+    /// Node policy bounding the grant (YAML or JSON); effective grant = grant ∩ policy.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Wall-clock deadline of the run, in seconds (host calls included).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Linear memory limit, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    memory: usize,
+    /// Log limit, in KiB; lines past it are dropped and counted.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    log_limit: usize,
+    /// Limit of the effects listed, in KiB; effects past it are counted.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    effects_limit: usize,
+    /// Outcome limit (its message and facts), in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 64)]
+    outcome_limit: usize,
+    /// Plan: reads are real, changes are only reported.
+    #[arg(long)]
+    plan: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl RunCommand {
+    /// Runs the action; the exit code is its status's.
+    pub fn execute(self, node: &NodeCache) -> Result<u8, Error> {
+        let params = match self.params.strip_prefix('@') {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| Error::BadParams(format!("{file}: {e}")))?,
+            None => self.params.clone(),
+        };
+        let grant = match &self.grants {
+            Some(path) => Grant::from_file(path, "grant")?,
+            None => Grant::default(),
+        };
+        let policy = self
+            .policy
+            .as_deref()
+            .map(|p| Grant::from_file(p, "policy"))
+            .transpose()?;
+        let timeout = seconds("timeout", self.timeout)?;
+        let bytes = |flag: &str, n: usize, unit: usize| {
+            n.checked_mul(unit)
+                .ok_or_else(|| Error::BadParams(format!("--{flag} {n}: too large")))
+        };
+        let limits = Limits {
+            memory_bytes: bytes("memory", self.memory, 1 << 20)?,
+            timeout,
+            log_bytes: bytes("log-limit", self.log_limit, 1 << 10)?,
+            effects_bytes: bytes("effects-limit", self.effects_limit, 1 << 10)?,
+            output_bytes: bytes("outcome-limit", self.outcome_limit, 1 << 10)?,
+        };
+        let effective = EffectiveGrant::new(&grant, policy.as_ref())?;
+        let runtime = node.runtime(&self.host)?;
+        let (module, artifact) =
+            node.load(&runtime, &self.module, &self.registry, Some(timeout))?;
+        let payload = match &artifact {
+            Some(_) if !self.payload.is_empty() => {
+                return Err(Error::BadParams(
+                    "--payload is for a module run from a file; an artifact brings its own".into(),
+                ));
+            }
+            Some(artifact) => artifact.payload.clone(),
+            None => Payload::from_files(&self.payload)?,
+        };
+        let mut request = RunRequest::new(params, effective);
+        request.mode = if self.plan { Mode::Plan } else { Mode::Apply };
+        request.limits = limits;
+        request.payload = Arc::new(payload);
+        let report = runtime.run(&module, request)?;
+        let code = report.status.exit_code();
+        let output = RunOutput::new(
+            &self.module,
+            artifact.as_ref(),
+            &module,
+            self.host.host_root,
+            report,
+        );
+        common::print(self.output, &output);
+        Ok(code)
+    }
+}
+
+/// What `run` reports: the module, where the host was, and the run's report.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunOutput {
+    module: ModuleOutput,
+    host_root: PathBuf,
+    report: RunReport,
+}
+
+/// The module run: its digest, how it was loaded, and where it came from
+/// (`artifact` for a reference, `path` for a file).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModuleOutput {
+    digest: String,
+    source: LoadSource,
+    load_us: u64,
+    compile: Option<CompileStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact: Option<ArtifactOutput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+impl RunOutput {
+    fn new(
+        name: &str,
+        artifact: Option<&StoredArtifact>,
+        module: &LoadedModule,
+        host_root: PathBuf,
+        report: RunReport,
+    ) -> Self {
+        Self {
+            module: ModuleOutput {
+                digest: module.digest.clone(),
+                source: module.source,
+                load_us: module.load_us,
+                compile: module.compile,
+                artifact: artifact.map(|a| ArtifactOutput::new(name, a)),
+                path: artifact.is_none().then(|| name.to_owned()),
+            },
+            host_root,
+            report,
+        }
+    }
+}
+
+/// The report as text. Every string from the guest (or made from what it
+/// passed) goes through [`printable`]: its escape sequences are shown, not
+/// obeyed.
+impl fmt::Display for RunOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (module, report) = (&self.module, &self.report);
+        match &module.artifact {
+            Some(a) => writeln!(
+                f,
+                "action   {} ({}, module {})",
+                printable(&a.reference),
+                a.digest,
+                module.digest
+            )?,
+            None => writeln!(
+                f,
+                "action   {} ({})",
+                printable(module.path.as_deref().unwrap_or_default()),
+                module.digest
+            )?,
+        }
+        let mode = if report.mode == Mode::Plan {
+            " (plan)"
+        } else {
+            ""
+        };
+        writeln!(
+            f,
+            "status   {}{mode}",
+            printable(&report.status.to_string())
+        )?;
+        if let Some(outcome) = &report.outcome {
+            writeln!(
+                f,
+                "outcome  changed={} {}",
+                outcome.changed,
+                printable(&outcome.message)
+            )?;
+            for (k, v) in &outcome.facts {
+                writeln!(f, "  fact   {} = {}", printable(k), printable(v))?;
+            }
+        }
+        if report.effect_count() == 0 {
+            writeln!(f, "changes  none")?;
+        } else {
+            writeln!(f, "changes  {}", report.effect_count())?;
+            for e in &report.effects {
+                let planned = if e.applied { "" } else { " [planned]" };
+                writeln!(
+                    f,
+                    "  {} {} {} ({}){planned}",
+                    e.capability,
+                    e.action,
+                    printable(&e.target),
+                    printable(&e.detail)
+                )?;
+            }
+            if report.effects_dropped > 0 {
+                writeln!(
+                    f,
+                    "  [{} more not listed: past the effects limit]",
+                    report.effects_dropped
+                )?;
+            }
+        }
+        if !report.log.is_empty() {
+            writeln!(f, "log")?;
+            for line in &report.log {
+                writeln!(f, "  {:<5} {}", line.level, printable(&line.message))?;
+            }
+        }
+        if report.log_dropped_bytes > 0 {
+            writeln!(
+                f,
+                "  [log truncated: {} bytes dropped]",
+                report.log_dropped_bytes
+            )?;
+        }
+        writeln!(
+            f,
+            "memory   {:.1} MiB of linear memory",
+            report.memory_bytes as f64 / f64::from(1 << 20)
+        )?;
+        let mut loaded = String::new();
+        let _ = match (module.source, module.compile) {
+            (LoadSource::Compiled, Some(c)) => write!(
+                loaded,
+                "compiled by a process that peaked at {:.0} MiB",
+                c.peak_rss_bytes as f64 / f64::from(1 << 20)
+            ),
+            (LoadSource::Compiled, None) => write!(loaded, "compiled"),
+            (LoadSource::DiskCache, _) => write!(loaded, "precompiled, from the disk cache"),
+            (LoadSource::Memory, _) => write!(loaded, "in memory"),
+        };
+        let t = &report.timing;
+        writeln!(
+            f,
+            "timing   load {} µs ({loaded}), instantiate {} µs, run {} µs, total {} µs",
+            module.load_us, t.instantiate_us, t.run_us, t.total_us
+        )
+    }
+}
