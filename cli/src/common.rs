@@ -291,12 +291,6 @@ impl From<&hostaction_agent::Error> for ErrorOutput {
     }
 }
 
-impl fmt::Display for ErrorOutput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "hostaction: {}", self.error.message)
-    }
-}
-
 /// A stored artifact, as `pull` and `run` report it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

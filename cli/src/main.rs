@@ -93,7 +93,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             match output {
-                Output::Json => common::print(Output::Json, &ErrorOutput::from(&e)),
+                // One line, as before: `| head -1 | jq` keeps working.
+                Output::Json => common::emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(&ErrorOutput::from(&e)).unwrap_or_default()
+                )),
                 Output::Text => eprintln!("hostaction: {e}"),
             }
             ExitCode::from(e.exit_code())

@@ -53,10 +53,17 @@ pub fn trusted_directory(dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Replaces `path` with a file of `bytes`, all or nothing, also across a
-/// crash: written to `staging` (in the same directory; replaced if a crash
-/// left one, never followed if it is a symlink), synced, renamed over
+/// crash: written to `staging` (in the same directory), synced, renamed over
 /// `path`, then the directory synced so the rename itself is durable. On
 /// failure `staging` is removed and `path` is as it was.
+///
+/// `staging` is always a new file: whatever is there (a crash's leftover, a
+/// symlink or a hard link someone planted, another writer's half-written
+/// file) is unlinked first and the file made with `O_EXCL`, so no other
+/// file is ever written through it, and of two writers using the same
+/// staging name only one renames a whole file into place. A directory that
+/// cannot be synced after the rename is logged, not returned: the file is
+/// in place.
 ///
 /// The one way hostaction replaces a file whole: the module store's
 /// manifests, precompiled code, the agent's run journal and static state.
@@ -67,19 +74,26 @@ pub fn write_atomically(staging: &Path, path: &Path, bytes: &[u8]) -> std::io::R
         let _ = std::fs::remove_file(staging);
         return written;
     }
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => std::fs::File::open(".")?.sync_all(),
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), %error, "could not sync the directory after a rename");
     }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o644)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)?;
@@ -105,14 +119,17 @@ mod tests {
     }
 
     #[test]
-    fn write_atomically_does_not_follow_a_symlinked_staging_file() {
+    fn write_atomically_writes_neither_through_a_symlink_nor_a_hard_link_at_staging() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
         let (staging, path) = (dir.path().join("f.tmp"), dir.path().join("f"));
         std::os::unix::fs::symlink(&victim, &staging).unwrap();
-        assert!(write_atomically(&staging, &path, b"new").is_err());
+        write_atomically(&staging, &path, b"new").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        assert!(!path.exists());
+        std::fs::hard_link(&victim, &staging).unwrap();
+        write_atomically(&staging, &path, b"newer").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&path).unwrap(), b"newer");
     }
 }

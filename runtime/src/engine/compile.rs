@@ -103,8 +103,10 @@ pub struct ChildArgs {
     /// `sha256:<hex>` the module's bytes must hash to.
     digest: String,
     /// Where the code goes (in the disk cache).
+    #[serde(with = "path_bytes")]
     out: PathBuf,
     /// The file the code is written to first, then renamed to `out`.
+    #[serde(with = "path_bytes")]
     staging: PathBuf,
     /// `RLIMIT_DATA`, in bytes.
     memory_bytes: u64,
@@ -116,6 +118,23 @@ pub struct ChildArgs {
     max_module_bytes: u64,
     /// The parent's pid: the child ends if it is no longer its parent.
     parent: u32,
+}
+
+/// Paths as their bytes (a JSON array of numbers): a Linux path need not be
+/// UTF-8, and a cache directory whose name is not must still work.
+mod path_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    pub fn serialize<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(path.as_os_str().as_bytes())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes)))
+    }
 }
 
 /// Exit code of a child whose module is not a valid component.
@@ -448,5 +467,35 @@ fn failure(status: ExitStatus, stderr: &str, limits: &CompileLimits) -> Error {
         Error::Host(format!(
             "compiling the module: the compiler process failed ({status}): {last}"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    use super::*;
+
+    #[test]
+    fn child_args_carry_paths_that_are_not_utf8() {
+        let odd = PathBuf::from(OsString::from_vec(b"/var/cache/\xffhostaction/x".to_vec()));
+        let args = ChildArgs {
+            digest: "sha256:0".into(),
+            out: odd.clone(),
+            staging: odd.with_extension("tmp"),
+            memory_bytes: 1,
+            cpu_seconds: 1,
+            threads: 1,
+            max_module_bytes: 1,
+            parent: 1,
+        };
+        let json = serde_json::to_string(&args).unwrap();
+        let back: ChildArgs = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (back.out, back.staging),
+            (odd.clone(), odd.with_extension("tmp"))
+        );
     }
 }
