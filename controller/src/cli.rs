@@ -12,7 +12,7 @@ use crate::metrics::ControllerMetrics;
 use crate::{Error, Options};
 use hostaction_distribution::resolve::{PlainHttp, Resolver};
 
-/// `hostaction controller` flags.
+/// `hostaction-controller` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
     /// Serve Prometheus metrics (`/metrics`) and `/healthz` here.

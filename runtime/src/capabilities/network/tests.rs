@@ -3,7 +3,7 @@
 //! refused by its argument and scope checks, or answered from plan mode's
 //! record, before a request could reach the kernel (the host root is an
 //! empty temporary directory: there is no namespace to enter). What needs
-//! netlink runs end to end in `tests/tests/network.rs`.
+//! netlink runs end to end in `tests/tests/all/network.rs`.
 
 use std::sync::Arc;
 
