@@ -98,7 +98,14 @@ fn main() -> ExitCode {
                     "{}\n",
                     serde_json::to_string(&ErrorOutput::from(&e)).unwrap_or_default()
                 )),
-                Output::Text => eprintln!("hostaction: {e}"),
+                // A registry's answer or a file name can be in the message:
+                // its escape sequences are shown, not obeyed.
+                Output::Text => {
+                    use std::io::Write as _;
+                    let message =
+                        hostaction_runtime::report::printable(&e.to_string()).into_owned();
+                    let _ = writeln!(std::io::stderr(), "hostaction: {message}");
+                }
             }
             ExitCode::from(e.exit_code())
         }

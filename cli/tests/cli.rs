@@ -241,6 +241,16 @@ fn json_errors_name_a_stable_kind_per_cause() {
 }
 
 #[test]
+fn an_error_naming_a_file_with_escape_sequences_shows_them_escaped() {
+    let s = Scratch::new();
+    let out = s.run_cni(&[&"--params", &"@/nonexistent/\x1b]0;pwned\x07\x1b[2J"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("\\x1b]0;pwned"), "{err:?}");
+}
+
+#[test]
 fn inspect_lists_capabilities_and_exports() {
     let s = Scratch::new();
     let out = s.hostaction(&[&"inspect", &guest("cni-install")]);
