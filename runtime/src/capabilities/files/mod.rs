@@ -95,10 +95,12 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 }
 
 /// Plan mode's directories recorded as created but not made, charged
-/// against [`super::PLAN_BYTES`].
+/// against [`super::PLAN_BYTES`]: each `ensure-dir` planned is a chain, the
+/// deepest directory and the depth of its first missing ancestor (every
+/// directory between them is planned too).
 #[derive(Debug, Default)]
 pub(crate) struct PlannedDirs {
-    dirs: Vec<HostPath>,
+    chains: Vec<(HostPath, usize)>,
     bytes: usize,
 }
 
@@ -108,8 +110,9 @@ const PLANNED_DIR_OVERHEAD: usize = 64;
 const PLANNED_PART_OVERHEAD: usize = 32;
 
 impl PlannedDirs {
-    /// Remembers `dir`, or ends the run when the budget is used up.
-    pub(crate) fn push(&mut self, dir: HostPath) -> Result<(), CapError> {
+    /// Remembers the directories of `dir` from depth `first_missing` down,
+    /// or ends the run when the budget is used up.
+    pub(crate) fn push(&mut self, dir: HostPath, first_missing: usize) -> Result<(), CapError> {
         let cost = PLANNED_DIR_OVERHEAD
             + dir
                 .components()
@@ -118,13 +121,23 @@ impl PlannedDirs {
                 .sum::<usize>();
         super::check_plan("planned directories", self.bytes + cost)?;
         self.bytes += cost;
-        self.dirs.push(dir);
+        self.chains.push((dir, first_missing));
         Ok(())
     }
 
-    /// The planned directories, in the order they were planned.
-    pub(crate) fn iter(&self) -> std::slice::Iter<'_, HostPath> {
-        self.dirs.iter()
+    /// Whether `path` is a planned directory or lies beneath one.
+    fn beneath(&self, path: &HostPath) -> bool {
+        self.chains
+            .iter()
+            .any(|(dir, first)| path.starts_with(&dir.ancestor(*first)))
+    }
+
+    /// Whether `dir` is itself planned: it would exist once the plan is
+    /// applied.
+    fn contains(&self, dir: &HostPath) -> bool {
+        self.chains
+            .iter()
+            .any(|(deepest, first)| deepest.starts_with(dir) && dir.components().len() >= *first)
     }
 }
 
@@ -418,13 +431,14 @@ impl FilesView<'_> {
                 || Ok::<(), CapError>(()),
             )?;
         }
-        self.ctx.planned_dirs.push(missing.clone())
+        self.ctx
+            .planned_dirs
+            .push(path.clone(), missing.components().len())
     }
 
     /// Plan mode: whether `path` lies beneath a directory planned, not made.
     fn planned(&self, path: &HostPath) -> bool {
-        self.shared.effects.mode() == Plan
-            && self.ctx.planned_dirs.iter().any(|d| path.starts_with(d))
+        self.shared.effects.mode() == Plan && self.ctx.planned_dirs.beneath(path)
     }
 }
 
@@ -658,7 +672,23 @@ impl files::Host for FilesView<'_> {
         let scoped = self.scope(&path, Access::Write)?;
         self.check_mode(mode, &scoped.path)?;
         if self.planned(&scoped.path) {
-            return Ok(true);
+            // Beneath a directory planned, not made: a planned directory
+            // is there already (as apply mode would find it); below the
+            // deepest planned one, the rest is planned now.
+            let depth = scoped.path.components().len();
+            let planned = &self.ctx.planned_dirs;
+            return match (0..=depth)
+                .rev()
+                .find(|&d| planned.contains(&scoped.path.ancestor(d)))
+            {
+                Some(d) if d == depth => Ok(false),
+                Some(d) => {
+                    let missing = scoped.path.ancestor(d + 1);
+                    self.plan_dirs(&missing, &scoped.path, mode)?;
+                    Ok(true)
+                }
+                None => Ok(true),
+            };
         }
         let mut changed = false;
         let granted = match self.ctx.host_root.open_dir(&scoped.anchor, &scoped.granted) {

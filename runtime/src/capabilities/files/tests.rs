@@ -651,6 +651,29 @@ fn plan_mode_file_beneath_a_planned_directory_is_planned_not_written() {
 }
 
 #[test]
+fn plan_mode_ensure_dir_beneath_a_planned_directory_plans_only_what_is_new() {
+    let mut f = Fixture::new(WRITE_DATA, RunMode::Plan);
+    let mut view = f.view();
+    assert!(files::Host::ensure_dir(&mut view, "/data/a".into(), 0o755).expect("plan"));
+    // Planned already: no change, as apply mode would find it there.
+    assert!(!files::Host::ensure_dir(&mut view, "/data/a".into(), 0o755).expect("again"));
+    assert!(files::Host::ensure_dir(&mut view, "/data/a/b/c".into(), 0o700).expect("below"));
+    assert!(!f.at("/data/a").exists());
+    let seen: Vec<_> = effects(&mut f.shared)
+        .into_iter()
+        .map(|e| (e.target, e.detail))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/data/a".to_owned(), "mode 0755".to_owned()),
+            ("/data/a/b".to_owned(), "mode 0755".to_owned()),
+            ("/data/a/b/c".to_owned(), "mode 0700".to_owned()),
+        ]
+    );
+}
+
+#[test]
 fn plan_mode_missing_granted_directory_is_planned_from_its_first_missing_ancestor() {
     let mut f = Fixture::new("files: {write: [/opt/cni/bin]}", RunMode::Plan);
     assert!(files::Host::ensure_dir(&mut f.view(), "/opt/cni/bin/x".into(), 0o755).expect("plan"));
@@ -696,7 +719,7 @@ fn planned_directories_past_the_plan_budget_end_the_run() {
     let mut planned = PlannedDirs::default();
     let dir = HostPath::parse(&format!("/{}", "d".repeat(200))).expect("path");
     let err = (0..PLAN_BYTES)
-        .find_map(|_| planned.push(dir.clone()).err())
+        .find_map(|_| planned.push(dir.clone(), 1).err())
         .expect("the budget ends");
     assert!(testing::is_limit(&err), "{err:?}");
     assert!(planned.bytes <= PLAN_BYTES);
