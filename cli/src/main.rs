@@ -143,6 +143,7 @@ impl Command {
             Command::Crds(c) => c.execute(),
             Command::Agent(c) => return c.execute(&node),
             Command::Cache(c) => c.execute(&node),
+            // Handled in `main`, before logging starts.
             Command::Compile { .. } => Ok(0),
         };
         Ok(done?)

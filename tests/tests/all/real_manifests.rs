@@ -922,29 +922,26 @@ async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts
 
     let work = plane.dir().join("e2e");
     std::fs::create_dir_all(work.join("root")).unwrap();
-    let start = |args: &[&str], kubeconfig: &std::path::Path, log: &str| {
-        let log = std::fs::File::create(work.join(log)).unwrap();
-        // The controller is its own binary, as its Deployment runs it.
-        let (program, args) = match args.split_first() {
-            Some((&"controller", rest)) => (hostaction_tests::controller_bin(), rest),
-            _ => (hostaction_tests::hostaction_bin(), args),
+    let start =
+        |program: std::path::PathBuf, args: &[&str], kubeconfig: &std::path::Path, log: &str| {
+            let log = std::fs::File::create(work.join(log)).unwrap();
+            std::process::Command::new(program)
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .env("HOSTACTION_LOG", "info,kube=warn,hyper=warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
         };
-        std::process::Command::new(program)
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOSTACTION_LOG", "info,kube=warn,hyper=warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
     let root = work.join("root").display().to_string();
     let cache = work.join("cache").display().to_string();
     let _children = Children(vec![
+        // The controller is its own binary, as its Deployment runs it.
         start(
+            hostaction_tests::controller_bin(),
             &[
-                "controller",
                 "--lease-namespace",
                 NAMESPACE,
                 "--identity",
@@ -959,6 +956,7 @@ async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts
             "controller.log",
         ),
         start(
+            hostaction_tests::hostaction_bin(),
             &[
                 "agent",
                 "--node-name",

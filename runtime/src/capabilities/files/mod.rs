@@ -127,17 +127,26 @@ impl PlannedDirs {
 
     /// Whether `path` is a planned directory or lies beneath one.
     fn beneath(&self, path: &HostPath) -> bool {
-        self.chains
-            .iter()
-            .any(|(dir, first)| path.starts_with(&dir.ancestor(*first)))
+        self.planned_depth(path).is_some()
     }
 
-    /// Whether `dir` is itself planned: it would exist once the plan is
-    /// applied.
-    fn contains(&self, dir: &HostPath) -> bool {
+    /// The depth of `path`'s deepest ancestor (or itself) that is planned:
+    /// it would exist once the plan is applied. One pass over the chains,
+    /// comparing components, so a guest's deep paths and many plans cost
+    /// no more than the plan budget allows.
+    fn planned_depth(&self, path: &HostPath) -> Option<usize> {
         self.chains
             .iter()
-            .any(|(deepest, first)| deepest.starts_with(dir) && dir.components().len() >= *first)
+            .filter_map(|(deepest, first)| {
+                let common = path
+                    .components()
+                    .iter()
+                    .zip(deepest.components())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (common >= *first).then_some(common)
+            })
+            .max()
     }
 }
 
@@ -676,11 +685,7 @@ impl files::Host for FilesView<'_> {
             // is there already (as apply mode would find it); below the
             // deepest planned one, the rest is planned now.
             let depth = scoped.path.components().len();
-            let planned = &self.ctx.planned_dirs;
-            return match (0..=depth)
-                .rev()
-                .find(|&d| planned.contains(&scoped.path.ancestor(d)))
-            {
+            return match self.ctx.planned_dirs.planned_depth(&scoped.path) {
                 Some(d) if d == depth => Ok(false),
                 Some(d) => {
                     let missing = scoped.path.ancestor(d + 1);
