@@ -18,6 +18,7 @@ mod escapes;
 mod files;
 mod grants;
 mod hostile;
+mod images;
 mod js;
 mod languages;
 mod network;
