@@ -105,9 +105,13 @@ done
 VERSION="$(awk '/^\[workspace.package\]/{p=1;next} /^\[/{p=0} p && /^version *=/{gsub(/[" ]/,"",$0); sub(/^version=/,"",$0); print; exit}' "$ROOT/Cargo.toml")"
 [[ -n "$VERSION" ]] || die "no [workspace.package] version in $ROOT/Cargo.toml"
 
+# --all-targets, as the test suite builds: the features of the dependencies
+# are unified with the tests' (dev-dependencies), so the images hold the
+# binaries the tests ran, and no dependency is built a second time with
+# other features (`--bins` alone would).
 if ((BUILD)); then
-    say "cargo build --release --workspace --bins"
-    (cd "$ROOT" && cargo build --release --workspace --bins)
+    say "cargo build --release --workspace --all-targets"
+    (cd "$ROOT" && cargo build --release --workspace --all-targets)
 fi
 
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
@@ -181,7 +185,7 @@ SIZES="{}"
 failed=0
 for name in "${IMAGES[@]}"; do
     binary="$TARGET_DIR/release/$name"
-    [[ -x "$binary" ]] || die "$binary is missing: build it (cargo build --release --workspace --bins) or drop --no-build"
+    [[ -x "$binary" ]] || die "$binary is missing: build it (cargo build --release --workspace --all-targets) or drop --no-build"
     containerfile="$ROOT/images/$name.Containerfile"
     [[ -f "$containerfile" ]] || die "$containerfile is missing"
     if [[ "$name" == hostaction-controller ]]; then
