@@ -5,9 +5,10 @@
 //! a registry see them: OCI layouts tagged with the workspace version, the
 //! entrypoint the manifests rely on, the sizes within budget, a root
 //! filesystem holding the stripped binary, exactly the libraries `ldd` names
-//! and the CA bundle (and the binary runs from it), no wasmtime in the
-//! controller; pushed to a real registry (Debian's docker-registry on
-//! 127.0.0.1, plain HTTP) and read back with skopeo.
+//! and the CA bundle (the binary runs from it, and the agent pulls a module
+//! with it — not without the bundle), no wasmtime in the controller; pushed
+//! to a real registry (Debian's docker-registry on 127.0.0.1, plain HTTP)
+//! and read back with skopeo.
 //!
 //! Needs root (buildah's chroot isolation; `chroot` to run the binaries)
 //! and buildah, skopeo and umoci (scripts/install-test-deps.sh).
@@ -259,6 +260,9 @@ fn both_images_build_from_scratch_within_budget_and_push_to_a_registry() {
             String::from_utf8_lossy(&ran.stdout).trim(),
             format!("{name} {VERSION}")
         );
+        if name == "hostaction" {
+            agent_pulls_from_its_root(&rootfs, registry.addr());
+        }
         // The controller carries no wasmtime; the agent does (the check
         // looks for the right thing).
         assert_eq!(
@@ -290,6 +294,59 @@ fn both_images_build_from_scratch_within_budget_and_push_to_a_registry() {
             VERSION
         );
     }
+}
+
+/// The agent, run from its image's root (a chroot on the host's loopback),
+/// pulls a module from the registry: its registry client needs the CA bundle
+/// the image ships even for plain HTTP (rustls' platform verifier is built
+/// first), and without it fails before any request.
+fn agent_pulls_from_its_root(rootfs: &Path, registry: &str) {
+    let reference = format!("{registry}/actions/probe:v1");
+    let push = Command::new(hostaction_bin())
+        .args(["push"])
+        .arg(hostaction_tests::guest("probe"))
+        .args([&reference, "--plain-http"])
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", rootfs)
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "push:\n{}", text(&push));
+    let pull = || {
+        Command::new("chroot")
+            .arg(rootfs)
+            .args([
+                "/hostaction",
+                "--cache-dir",
+                "/cache",
+                "pull",
+                &reference,
+                "--plain-http",
+            ])
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .env("HOME", "/")
+            .output()
+            .unwrap()
+    };
+    let bundle = rootfs.join(&CA_BUNDLE[1..]);
+    let aside = rootfs.join("ca-bundle-aside");
+    std::fs::rename(&bundle, &aside).unwrap();
+    let without = pull();
+    std::fs::rename(&aside, &bundle).unwrap();
+    assert!(!without.status.success(), "{}", text(&without));
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("No CA certificates"),
+        "{}",
+        text(&without)
+    );
+    let with = pull();
+    assert!(
+        with.status.success(),
+        "pull in the image's root:\n{}",
+        text(&with)
+    );
+    assert!(rootfs.join("cache").is_dir());
 }
 
 /// A controller binary that carries wasmtime is refused, and no image is
