@@ -96,7 +96,7 @@ budget_of() {
     esac
 }
 
-for tool in buildah skopeo objcopy ldd jq gzip; do
+for tool in buildah skopeo objcopy readelf ldd jq gzip; do
     command -v "$tool" >/dev/null || die "$tool is missing (scripts/install-test-deps.sh installs it)"
 done
 (($(id -u) == 0)) || die "needs root (buildah's chroot isolation)"
