@@ -394,6 +394,24 @@ async fn the_example_overlay_installs_with_its_namespace_images_and_policy() {
     }
     let namespaces = plane.kubectl_ok(&["get", "namespaces", "-o", "name"]);
     assert!(!namespaces.contains(BASE_NAMESPACE), "{namespaces}");
+    // The renamed namespace keeps the base's Pod Security level (the agent
+    // needs `privileged`), and only the generated policy ConfigMap exists.
+    let namespace = get(&plane, &["namespace", OVERLAY_NAMESPACE]);
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let configmaps =
+        plane.kubectl_ok(&["get", "configmaps", "-n", OVERLAY_NAMESPACE, "-o", "name"]);
+    assert!(
+        configmaps
+            .lines()
+            .any(|l| l == format!("configmap/{configmap}"))
+            && !configmaps
+                .lines()
+                .any(|l| l == format!("configmap/{POLICY_CONFIGMAP}")),
+        "{configmaps}"
+    );
     // The accounts' rights follow them to the overlay's namespace.
     let account = |name: &str| format!("system:serviceaccount:{OVERLAY_NAMESPACE}:{name}");
     let agent = account("hostaction-agent");
