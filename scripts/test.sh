@@ -45,6 +45,16 @@ cargo deny --offline check bans licenses sources
 step "kubernetes-validate manifests/*.yaml (Kubernetes 1.33)"
 kubernetes-validate --quiet --strict -k 1.33.0 manifests/*.yaml
 
+# The kustomize base and the example overlay, rendered by the control plane's
+# kubectl (kustomize is built in); the real API server checks them too
+# (tests/tests/all/real_kustomize.rs).
+step "kubectl kustomize manifests/ and deploy/overlays/example/, kubernetes-validate"
+rendered=$(mktemp -d)
+"$HOSTACTION_CONTROL_PLANE_BIN/kubectl" kustomize manifests >"$rendered/base.yaml"
+"$HOSTACTION_CONTROL_PLANE_BIN/kubectl" kustomize deploy/overlays/example >"$rendered/example.yaml"
+kubernetes-validate --quiet --strict -k 1.33.0 "$rendered/base.yaml" "$rendered/example.yaml"
+rm -rf "$rendered"
+
 step "cargo build --release --workspace --all-targets (tests, the CLI, the benchmarks)"
 cargo build --locked --release --workspace --all-targets
 

@@ -27,6 +27,7 @@ mod overlay;
 mod python;
 mod real_apiserver;
 mod real_hostile;
+mod real_kustomize;
 mod real_lifecycle;
 mod real_manifests;
 mod scaffold;
