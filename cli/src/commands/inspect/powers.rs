@@ -817,7 +817,7 @@ impl fmt::Display for Powers {
                     "    host netns  {}",
                     if n.host_netns { "yes" } else { "no" }
                 )?;
-                writeln!(f, "    netns       {}", n.netns)?;
+                writeln!(f, "    named netns {}", n.netns)?;
                 writeln!(f, "    interfaces  {}", n.interfaces)?;
                 writeln!(f, "    kinds       {}", list(&n.kinds))?;
                 writeln!(f, "    addresses   within {}", list(&n.addresses))?;
