@@ -380,6 +380,24 @@ fn bad_documents_fail_as_run_fails() {
             stderr(&inspect)
         );
     }
+    // The engine's check of the pair itself: writing where systemd loads
+    // units, with services (no policy to narrow the write).
+    let units = s.file(
+        "units.yaml",
+        "files: {write: [/etc/systemd/system]}\nservices: {units: [x.service]}",
+    );
+    let args = |cmd: &'static &'static str| -> Vec<&dyn AsRef<std::ffi::OsStr>> {
+        vec![cmd, &module, &"--grants", &units]
+    };
+    let inspect = s.hostaction(&args(&"inspect"));
+    let run = s.hostaction(&args(&"run"));
+    assert_eq!(inspect.status.code(), Some(2), "{}", stderr(&inspect));
+    assert_eq!(stderr(&inspect), stderr(&run));
+    assert!(
+        stderr(&inspect).contains("systemd loads units"),
+        "{}",
+        stderr(&inspect)
+    );
 }
 
 #[test]
