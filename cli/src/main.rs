@@ -45,7 +45,8 @@ struct Cli {
 enum Command {
     /// Run an action on this host and print its outcome, log, changes and timing.
     Run(RunCommand),
-    /// List the capabilities a module imports and what it exports.
+    /// List the capabilities a module imports and what it exports; with
+    /// --grants/--policy, what it may do under them and what the policy takes away.
     Inspect(InspectCommand),
     /// Push a module, with payload files, as an OCI artifact; prints its
     /// reference by digest.

@@ -1,11 +1,20 @@
-//! `hostaction inspect`: what a module imports and exports.
+//! `hostaction inspect`: what a module imports and exports, and with
+//! `--grants`/`--policy`, what it may do under them ([`powers`]).
+
+mod patterns;
+mod powers;
+mod ranges;
 
 use std::fmt;
+use std::path::PathBuf;
 
 use hostaction_runtime::engine::{Import, Provided};
+use hostaction_runtime::grant::{Grant, GrantDocument};
 use hostaction_runtime::report::printable;
 use hostaction_runtime::{Error, LoadedModule};
 use serde::Serialize;
+
+use powers::Powers;
 
 use crate::common::{self, HostArgs, NodeCache, Output, RegistryArgs};
 
@@ -16,17 +25,64 @@ pub struct InspectCommand {
     module: String,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Grant document (YAML or JSON), as `hostaction run --grants` takes:
+    /// print the module's effective powers under it.
+    #[arg(long, value_name = "FILE")]
+    grants: Option<PathBuf>,
+    /// Node policy (YAML or JSON), as `hostaction run --policy` takes: print
+    /// the effective powers under grant ∩ policy, and what the policy takes
+    /// away.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
 
 impl InspectCommand {
-    /// Loads the module (pulling a reference) and prints what it imports.
+    /// Loads the module (pulling a reference) and prints what it imports;
+    /// with a grant or a policy, its effective powers. The documents are
+    /// read and checked first, as `hostaction run` does (same errors, same
+    /// exit codes).
     pub fn execute(self, node: &NodeCache) -> Result<u8, Error> {
+        let documents = if self.grants.is_some() || self.policy.is_some() {
+            let grant = match &self.grants {
+                Some(path) => Grant::from_file(path, "grant")?,
+                None => Grant::default(),
+            };
+            let policy = self
+                .policy
+                .as_deref()
+                .map(|p| Grant::from_file(p, "policy"))
+                .transpose()?;
+            // The engine's own checks of the pair (as `run` makes them).
+            hostaction_runtime::grant::EffectiveGrant::new(&grant, policy.as_ref())?;
+            Some((grant, policy))
+        } else {
+            None
+        };
         let runtime = node.runtime(&HostArgs::none())?;
         let (module, _) = node.load(&runtime, &self.module, &self.registry, None)?;
-        common::print(self.output, &InspectOutput::new(&module));
+        let mut output = InspectOutput::new(&module);
+        if let Some((grant, policy)) = documents {
+            let imported: Vec<_> = module
+                .imports
+                .iter()
+                .filter_map(|i| match i.provided {
+                    Provided::Capability(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let name = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            output.powers = Some(Powers::new(
+                &imported,
+                &grant,
+                name(&self.grants),
+                policy.as_ref(),
+                name(&self.policy),
+            )?);
+        }
+        common::print(self.output, &output);
         Ok(0)
     }
 }
@@ -40,6 +96,9 @@ struct InspectOutput {
     exports: Vec<String>,
     runnable: bool,
     unrunnable_reason: Option<String>,
+    /// With `--grants` or `--policy`: what the module may do under them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    powers: Option<Powers>,
 }
 
 impl InspectOutput {
@@ -50,6 +109,7 @@ impl InspectOutput {
             exports: module.exports.clone(),
             runnable: module.unrunnable().is_none(),
             unrunnable_reason: module.unrunnable().map(str::to_owned),
+            powers: None,
         }
     }
 }
@@ -85,6 +145,9 @@ impl fmt::Display for InspectOutput {
         }
         if let Some(why) = &self.unrunnable_reason {
             writeln!(f, "not runnable: {}", printable(why))?;
+        }
+        if let Some(powers) = &self.powers {
+            write!(f, "{powers}")?;
         }
         Ok(())
     }
