@@ -326,6 +326,37 @@ fn a_policy_without_the_section_refuses_the_run_as_the_engine_does() {
     );
 }
 
+/// A module without the `run` export: `run` fails with a bad module (exit 2)
+/// once the grant checks pass, so inspect does not say it starts.
+#[test]
+fn a_module_run_cannot_call_does_not_start() {
+    let s = Scratch::new();
+    let (grant, policy) = ("files: {read: [/etc]}", "files: {read: [/etc]}");
+    let json = s.inspect_json("wrong-export", grant, Some(policy));
+    let run = &json["powers"]["run"];
+    assert_eq!(
+        (run["starts"].clone(), run["exitCode"].clone()),
+        (json!(false), json!(2)),
+        "{json}"
+    );
+    let grants = s.file("grants.yaml", grant);
+    let policy = s.file("policy.yaml", policy);
+    let out = s.hostaction(&[
+        &"run",
+        &guest("wrong-export"),
+        &"--grants",
+        &grants,
+        &"--policy",
+        &policy,
+        &"--plan",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("hostaction: {}", run["error"].as_str().unwrap())
+    );
+}
+
 #[test]
 fn a_granted_capability_the_module_does_not_import_is_unused() {
     let s = Scratch::new();

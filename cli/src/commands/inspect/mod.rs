@@ -74,13 +74,24 @@ impl InspectCommand {
                 })
                 .collect();
             let name = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-            output.powers = Some(Powers::new(
+            let mut powers = Powers::new(
                 &imported,
                 &grant,
                 name(&self.grants),
                 policy.as_ref(),
                 name(&self.policy),
-            )?);
+            )?;
+            // The engine refuses a module it cannot call after the grant
+            // checks pass (bad module, exit 2): say so rather than `starts`.
+            if let (true, Some(why)) = (powers.run.starts, module.unrunnable()) {
+                let error = Error::BadModule(why.to_owned());
+                powers.run = powers::RunVerdict {
+                    starts: false,
+                    exit_code: Some(error.exit_code()),
+                    error: Some(error.to_string()),
+                };
+            }
+            output.powers = Some(powers);
         }
         common::print(self.output, &output);
         Ok(0)

@@ -49,8 +49,8 @@ pub struct Powers {
 pub struct RunVerdict {
     /// Whether the module starts (every capability it imports is granted).
     pub starts: bool,
-    /// The exit code when it does not: 3, the run refused before the module
-    /// starts.
+    /// The exit code when it does not: 3, a capability it imports is not
+    /// granted; 2, a module the engine cannot call (no `run` export).
     pub exit_code: Option<u8>,
     /// The engine's error when it does not.
     pub error: Option<String>,
