@@ -151,8 +151,14 @@ check_no_wasmtime() {
     if grep -aq wasmtime "$binary"; then
         die "$binary carries wasmtime (its symbols or strings name it): the controller must not link it"
     fi
-    if command -v cargo >/dev/null && cargo tree --manifest-path "$ROOT/Cargo.toml" --offline \
-        -p hostaction-controller -e normal --prefix none 2>/dev/null | grep -q '^wasmtime '; then
+    # The tree is read whole before grep looks at it: `cargo tree | grep -q`
+    # under pipefail fails open when grep's early exit breaks cargo's pipe.
+    local tree=""
+    if command -v cargo >/dev/null; then
+        tree="$(cargo tree --manifest-path "$ROOT/Cargo.toml" --offline \
+            -p hostaction-controller -e normal --prefix none 2>/dev/null || true)"
+    fi
+    if grep -q '^wasmtime ' <<<"$tree"; then
         die "hostaction-controller depends on wasmtime (cargo tree -p hostaction-controller -e normal)"
     fi
 }
@@ -228,13 +234,18 @@ for name in "${IMAGES[@]}"; do
         '.[$name] = {version: $version, unpacked: $unpacked, compressed: $compressed, budget: $budget}' \
         <<<"$SIZES")"
 
-    if [[ -n "$REGISTRY" ]]; then
+done
+
+# Pushed only when every image built is within its budget: an image over it
+# never reaches the registry.
+if [[ -n "$REGISTRY" ]] && ((failed == 0)); then
+    for name in "${IMAGES[@]}"; do
         tls=()
         ((PLAIN_HTTP)) && tls=(--dest-tls-verify=false)
         say "pushing $REGISTRY/$name:$VERSION"
         skopeo copy --quiet "${tls[@]}" "oci:$OUT/$name:$VERSION" "docker://$REGISTRY/$name:$VERSION"
-    fi
-done
+    done
+fi
 
 # Merge with the sizes of an image --only left alone.
 if [[ -f "$OUT/sizes.json" ]] && [[ -n "$ONLY" ]]; then

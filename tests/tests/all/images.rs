@@ -376,3 +376,46 @@ fn a_controller_binary_carrying_wasmtime_is_refused() {
     );
     assert!(!out_dir.join("hostaction-controller").exists());
 }
+
+/// An image over its budget is never pushed: the controller's binary with
+/// 30 MiB more in it (an allocated section `strip` keeps) fails the build,
+/// and the registry is left without it.
+#[test]
+fn an_image_over_its_budget_is_not_pushed() {
+    let registry = Registry::plain();
+    let target = tempfile::tempdir().unwrap();
+    let release = target.path().join("release");
+    std::fs::create_dir(&release).unwrap();
+    let pad = target.path().join("pad");
+    std::fs::write(&pad, vec![0x5a_u8; 30 * MIB as usize]).unwrap();
+    run(Command::new("objcopy")
+        .arg("--add-section")
+        .arg(format!(".pad={}", pad.display()))
+        .args(["--set-section-flags", ".pad=alloc,load,contents,readonly"])
+        .arg(target_dir().join("release/hostaction-controller"))
+        .arg(release.join("hostaction-controller")));
+    let prefix = format!("{}/hostaction", registry.addr());
+    let out_dir = target.path().join("images");
+    let out = build_images(
+        target.path(),
+        &[
+            "--only",
+            "hostaction-controller",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--registry",
+            &prefix,
+            "--plain-http",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("over its budget"), "{}", text(&out));
+    assert!(!stderr.contains("pushing"), "{}", text(&out));
+    let reference = format!("docker://{prefix}/hostaction-controller:{VERSION}");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", &reference])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "pushed:\n{}", text(&inspect));
+}
