@@ -357,6 +357,28 @@ fn a_module_run_cannot_call_does_not_start() {
     );
 }
 
+/// Hostile documents: 64 grant patterns against policy patterns whose
+/// comparison explodes (`*a` then 200 `?`: a name whose 201st character from
+/// the end is `a`). Each comparison is bounded, and all of them together too:
+/// once the budget is spent, the remaining entries say they were not
+/// compared (each call is still checked by the engine against both).
+#[test]
+fn hostile_patterns_spend_one_bounded_budget() {
+    let s = Scratch::new();
+    let hostile: Vec<String> = (1..=12)
+        .map(|i| format!("\"*a{}{}\"", "?".repeat(200), "b".repeat(i)))
+        .collect();
+    let grant = format!("network: {{netns: [{}]}}", vec!["\"*\""; 64].join(", "));
+    let policy = format!("network: {{netns: [z, {}]}}", hostile.join(", "));
+    let json = s.inspect_json("netprobe", &grant, Some(&policy));
+    let taken = capability(&json, "network")["takenAway"]
+        .as_array()
+        .unwrap();
+    assert_eq!(taken.len(), 64, "{json}");
+    let last = taken.last().unwrap()["why"].as_str().unwrap();
+    assert!(last.starts_with("not compared"), "{last}");
+}
+
 #[test]
 fn a_granted_capability_the_module_does_not_import_is_unused() {
     let s = Scratch::new();

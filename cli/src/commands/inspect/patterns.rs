@@ -10,6 +10,7 @@
 //! [`glob`]; if one ever disagreed, the answer would be [`Coverage::Undecided`]
 //! rather than a wrong claim.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 
 use hostaction_runtime::grant::glob;
@@ -18,6 +19,38 @@ use hostaction_runtime::grant::glob;
 /// more than real patterns need (a few hundred), and a bound on what 64
 /// patterns of 256 bytes could make it cost.
 pub const MAX_STEPS: usize = 2_000_000;
+
+/// Work allowed for all the comparisons of one inspect together (a few
+/// seconds): a grant and a policy of 64 hostile patterns each ask for
+/// thousands of comparisons (each of the grant's against each of the
+/// policy's), which at [`MAX_STEPS`] each would take an hour.
+pub const MAX_TOTAL_STEPS: usize = 20_000_000;
+
+thread_local! {
+    /// Steps left to the comparisons run inside [`with_budget`] on this
+    /// thread (outside it, each comparison has [`MAX_STEPS`]).
+    static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Runs `f` with at most `steps` steps for all its comparisons; the ones
+/// left when they are spent are [`Coverage::Undecided`].
+pub fn with_budget<R>(steps: usize, f: impl FnOnce() -> R) -> R {
+    let before = LEFT.with(|l| l.replace(steps));
+    let out = f();
+    LEFT.with(|l| l.set(before));
+    out
+}
+
+/// How much of `pattern` the `others` allow: a name (never empty) is allowed
+/// when one of `others` matches it too. Spends the steps it took from the
+/// budget of [`with_budget`].
+pub fn coverage(pattern: &str, others: &[&str]) -> Coverage {
+    let left = LEFT.with(Cell::get);
+    let mut steps = 0;
+    let answer = explore(pattern, others, MAX_STEPS.min(left), &mut steps);
+    LEFT.with(|l| l.set(left.saturating_sub(steps)));
+    answer
+}
 
 /// What the other patterns leave of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,9 +122,8 @@ impl Pattern {
 /// pattern's positions, and each other pattern's (by index).
 type State = (bool, Vec<usize>, Vec<(usize, usize)>);
 
-/// How much of `pattern` the `others` allow: a name (never empty) is allowed
-/// when one of `others` matches it too.
-pub fn coverage(pattern: &str, others: &[&str]) -> Coverage {
+/// [`coverage`] within `limit` steps, counted in `steps`.
+fn explore(pattern: &str, others: &[&str], limit: usize, steps: &mut usize) -> Coverage {
     let me = Pattern::new(pattern);
     let them: Vec<Pattern> = others.iter().map(|o| Pattern::new(o)).collect();
     let alphabet = alphabet(std::iter::once(pattern).chain(others.iter().copied()));
@@ -111,7 +143,6 @@ pub fn coverage(pattern: &str, others: &[&str]) -> Coverage {
     seen.insert(start.clone(), None);
     queue.push_back(start);
     let (mut kept, mut refused) = (None, None);
-    let mut steps = 0usize;
     while let Some(state) = queue.pop_front() {
         if state.0 && me.accepts(&state.1) {
             let allowed = state.2.iter().any(|&(k, j)| j == them[k].chars.len());
@@ -124,8 +155,8 @@ pub fn coverage(pattern: &str, others: &[&str]) -> Coverage {
             }
         }
         for &c in &alphabet {
-            steps += state.1.len() + state.2.len() + 1;
-            if steps > MAX_STEPS {
+            *steps += state.1.len() + state.2.len() + 1;
+            if *steps > limit {
                 return Coverage::Undecided;
             }
             let mut next_me = Vec::new();
@@ -252,6 +283,18 @@ mod tests {
                 refused: Some("x".into())
             }
         );
+    }
+
+    #[test]
+    fn comparisons_share_one_budget() {
+        let hostile = format!("*a{}", "?".repeat(200));
+        // Alone, a comparison is still decided; once the budget is spent,
+        // every later one is undecided, however easy.
+        with_budget(1_000, || {
+            assert_eq!(coverage(&hostile, &["*"]), Coverage::Undecided);
+            assert_eq!(coverage("a", &["*"]), Coverage::Undecided);
+        });
+        assert_eq!(coverage("a", &["*"]), Coverage::Covered);
     }
 
     #[test]

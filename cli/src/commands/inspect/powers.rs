@@ -217,6 +217,18 @@ impl Powers {
         policy: Option<&Grant>,
         policy_file: Option<String>,
     ) -> Result<Self, Error> {
+        patterns::with_budget(patterns::MAX_TOTAL_STEPS, || {
+            Self::within_budget(imported, grant, grant_file, policy, policy_file)
+        })
+    }
+
+    fn within_budget(
+        imported: &[Capability],
+        grant: &Grant,
+        grant_file: Option<String>,
+        policy: Option<&Grant>,
+        policy_file: Option<String>,
+    ) -> Result<Self, Error> {
         let effective = EffectiveGrant::new(grant, policy)?;
         let mut capabilities = Vec::new();
         let mut refused = Vec::new();
@@ -512,9 +524,11 @@ pub fn patterns_taken(field: &str, grant: &[String], policy: &[String]) -> Vec<T
                 policy.to_vec(),
                 None,
                 format!(
-                    "not compared (more than {} steps): each call is allowed only when its name \
-                     also matches one of the node policy's {field} ({})",
+                    "not compared (more than {} steps, or the {} of all comparisons spent): each \
+                     call is allowed only when its name also matches one of the node policy's \
+                     {field} ({})",
                     patterns::MAX_STEPS,
+                    patterns::MAX_TOTAL_STEPS,
                     joined(policy)
                 ),
             ),
