@@ -865,7 +865,7 @@ impl fmt::Display for Powers {
                         printable(&t.why)
                     )?;
                     match &t.example {
-                        Some(e) => writeln!(f, " (e.g. {:?} is refused)", printable(e))?,
+                        Some(e) => writeln!(f, " (e.g. \"{}\" is refused)", printable(e))?,
                         None => writeln!(f)?,
                     }
                 }
