@@ -9,8 +9,10 @@
 //! documented variant; and the container is shown to be refused what its
 //! mounts and capabilities do not give, the host unchanged after each.
 //!
-//! Needs root, runc (Debian's 1.1.5), umoci, util-linux (`unshare`,
-//! `nsenter`, `mount`) and iproute2. Test-only additions to the generated
+//! Needs root, runc (Debian's 1.1.5), umoci and what
+//! `scripts/build-images.sh` needs (the agent image), util-linux (`unshare`, `nsenter`,
+//! `mount`), iproute2, systemd-container (the services test) and the
+//! control plane of `scripts/build-control-plane.sh` (the cluster test). Test-only additions to the generated
 //! spec, each named where it is made: the static manifests directory
 //! (`/etc/hostaction-manifests`), the built guests (`/guests`) and the probe
 //! binary (`/probe`), all bind-mounted read-only.
@@ -39,12 +41,44 @@ fn rootfs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        stand_in_rootfs(&dir.path().join("rootfs"));
+        let script = workspace().join("scripts/build-images.sh");
+        if script.exists() {
+            image_rootfs(&script, dir.path());
+        } else {
+            stand_in_rootfs(&dir.path().join("rootfs"));
+        }
         dir
     })
     .path()
     .join("rootfs")
     .leak()
+}
+
+/// The agent image itself: built from the release binary by
+/// `scripts/build-images.sh --no-build` into `dir/images`, unpacked with
+/// umoci into `dir/rootfs`.
+fn image_rootfs(script: &Path, dir: &Path) {
+    let images = dir.join("images");
+    sh(
+        script.to_str().unwrap(),
+        &[
+            "--no-build",
+            "--only",
+            "hostaction",
+            "--out",
+            images.to_str().unwrap(),
+        ],
+    );
+    let image = format!(
+        "{}:{}",
+        images.join("hostaction").display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let rootfs = dir.join("rootfs");
+    sh(
+        "umoci",
+        &["raw", "unpack", "--image", &image, rootfs.to_str().unwrap()],
+    );
 }
 
 /// A stand-in for the agent image until scripts/build-images.sh lands:
@@ -929,4 +963,68 @@ async fn the_daemonsets_container_is_a_cluster_agent_against_the_real_api_server
     let _ = controller.wait();
     drop(pod); // runc delete --force
     let _ = agent.wait();
+}
+
+/// `services` in the shipped container: the D-Bus directory mount and uid 0
+/// are all it takes (no capability: systemd lets a bus peer of its own uid
+/// manage units). The node's D-Bus is a systemd booted by the test
+/// (`hostaction_tests::systemd`): its bus directory is the hostPath
+/// `/run/dbus` here.
+#[test]
+fn the_shipped_container_restarts_a_unit_over_the_mounted_bus() {
+    use hostaction_tests::systemd::{Systemd, Unit};
+    let systemd = Systemd::boot(
+        &[Unit {
+            name: "containerd.service",
+            contents: "[Service]\nExecStart=/bin/sh -c 'echo $$$$ >> /run/ha-state/starts; exec sleep infinity'\n",
+            enabled: true,
+        }],
+        &[],
+    );
+    let starts = |n: usize| {
+        let started = std::time::Instant::now();
+        loop {
+            let count = systemd.trace("starts").lines().count();
+            if count >= n || started.elapsed() > Duration::from_secs(30) {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(starts(1), 1);
+
+    let mut pod = Pod::new(&[]);
+    let address = systemd.address();
+    let bus_dir = Path::new(address.trim_start_matches("unix:path="))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let dbus = pod.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["destination"] == "/host/run/dbus")
+        .unwrap();
+    dbus["source"] = json!(bus_dir);
+    pod.static_mode();
+    pod.manifest(
+        "svc.yaml",
+        r#"apiVersion: hostaction.dev/v1alpha1
+kind: HostAction
+metadata:
+  name: svc
+spec:
+  module: /guests/svcprobe.wasm
+  params:
+    ops: [{op: restart, unit: containerd.service, timeout_ms: 10000}]
+  grants:
+    services:
+      units: [containerd.service]
+"#,
+    );
+    let out = pod.run();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = pod.state();
+    assert_eq!(status(&state, "svc")["phase"], "Succeeded", "{state:#}");
+    assert_eq!(starts(2), 2, "restarted: {state:#}");
 }
