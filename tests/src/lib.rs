@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 pub mod kube_control_plane;
+pub mod oci_spec;
 pub mod registry;
 pub mod systemd;
 

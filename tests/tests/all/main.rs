@@ -13,6 +13,7 @@
 mod c;
 mod cluster;
 mod compile;
+mod container;
 mod engine;
 mod escapes;
 mod files;

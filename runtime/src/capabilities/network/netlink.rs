@@ -357,8 +357,9 @@ fn enter_netns(path: &Path) -> Result<(), CapError> {
             CapError::NotFound(format!("{} is not a network namespace", path.display()))
         } else {
             CapError::Io(format!(
-                "cannot enter network namespace {}: {e}",
-                path.display()
+                "cannot enter network namespace {}: {e}{}",
+                path.display(),
+                netns::needs_sys_admin(e)
             ))
         }
     })

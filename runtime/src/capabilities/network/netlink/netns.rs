@@ -92,8 +92,9 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, CapError> {
             let _ = fs::remove_file(&path);
         }
         return Err(CapError::Io(format!(
-            "cannot make network namespace {}: {e}",
-            path.display()
+            "cannot make network namespace {}: {e}{}",
+            path.display(),
+            needs_sys_admin(e)
         )));
     }
     drop(lock);
@@ -117,14 +118,33 @@ fn make_shared(dir: &Path) -> Result<(), CapError> {
         Err(e) if e == Errno::INVAL => {}
         Err(e) => {
             return Err(CapError::Io(format!(
-                "cannot make {} a shared mount: {e}",
-                dir.display()
+                "cannot make {} a shared mount: {e}{}",
+                dir.display(),
+                needs_sys_admin(e)
             )));
         }
     }
     rustix::mount::mount_bind_recursive(dir, dir)
         .and_then(|()| shared())
-        .map_err(|e| CapError::Io(format!("cannot make {} a shared mount: {e}", dir.display())))
+        .map_err(|e| {
+            CapError::Io(format!(
+                "cannot make {} a shared mount: {e}{}",
+                dir.display(),
+                needs_sys_admin(e)
+            ))
+        })
+}
+
+/// What an agent lacking the privilege hears on EPERM: making and entering
+/// a named namespace take CAP_SYS_ADMIN (unshare, mount, setns), which the
+/// shipped DaemonSet does not give.
+pub(crate) fn needs_sys_admin(e: Errno) -> &'static str {
+    if e == Errno::PERM {
+        " (named network namespaces need CAP_SYS_ADMIN, and /var/run/netns shared with \
+         the host: see manifests/patches/agent-named-netns.yaml)"
+    } else {
+        ""
+    }
 }
 
 /// Deletes the network namespace `dir/name`; returns false when it did not
