@@ -759,6 +759,21 @@ fn push(registry: &hostaction_tests::registry::Registry, guest: &str, cache: &Pa
 /// workload namespace is a named one).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemonsets_container_is_a_cluster_agent_against_the_real_api_server() {
+    cluster_agent(&[]).await;
+}
+
+/// The same with the documented named-netns variant
+/// (manifests/patches/agent-named-netns.yaml): both actions succeed, and
+/// the machine sees the workload namespace the cluster agent made.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_named_netns_variant_is_a_cluster_agent_running_vxlan_overlay() {
+    cluster_agent(&["manifests/patches/agent-named-netns.yaml"]).await;
+}
+
+/// The DaemonSet's container, `patches` applied, as a cluster agent: runs
+/// cni-install and vxlan-overlay from HostActions the real controller rolls
+/// out; vxlan-overlay succeeds only where the patches give named namespaces.
+async fn cluster_agent(patches: &[&str]) {
     use hostaction_crds::HostAction;
     use hostaction_tests::kube_control_plane::{
         ControlPlane, create_ready_node, service_account_token,
@@ -803,7 +818,8 @@ async fn the_daemonsets_container_is_a_cluster_agent_against_the_real_api_server
 
     // The container: the manifest's args, plus --plain-http (test-only: the
     // test's registry is plain HTTP), and what a kubelet gives a pod.
-    let mut pod = Pod::new(&[]);
+    let mut pod = Pod::new(patches);
+    let named = !patches.is_empty();
     let api_port: u16 = plane.url().rsplit(':').next().unwrap().parse().unwrap();
     let registry_port: u16 = registry.addr().rsplit(':').next().unwrap().parse().unwrap();
     let sa = work.path().join("serviceaccount");
@@ -896,7 +912,8 @@ async fn the_daemonsets_container_is_a_cluster_agent_against_the_real_api_server
         };
         let cni_counts = counts(actions.get("cni").await.unwrap());
         let overlay_counts = counts(actions.get("overlay").await.unwrap());
-        if cni_counts == (1, 0) && overlay_counts == (0, 1) {
+        let overlay_expected = if named { (1, 0) } else { (0, 1) };
+        if cni_counts == (1, 0) && overlay_counts == overlay_expected {
             break;
         }
         assert!(
@@ -907,13 +924,17 @@ async fn the_daemonsets_container_is_a_cluster_agent_against_the_real_api_server
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(pod.host.path("/etc/cni/net.d/10-podnet.conflist").is_file());
-    let runs: Api<hostaction_crds::HostActionRun> = Api::all(admin.clone());
-    let failed = runs.get("overlay.node-a.g1").await.unwrap();
-    let message = failed.status.unwrap().message.unwrap_or_default();
-    assert!(
-        message.contains("netns ovl-work") && message.contains("permission denied"),
-        "{message}"
-    );
+    if named {
+        assert_workload_side(&pod);
+    } else {
+        let runs: Api<hostaction_crds::HostActionRun> = Api::all(admin.clone());
+        let failed = runs.get("overlay.node-a.g1").await.unwrap();
+        let message = failed.status.unwrap().message.unwrap_or_default();
+        assert!(
+            message.contains("netns ovl-work") && message.contains("permission denied"),
+            "{message}"
+        );
+    }
     assert_eq!(
         pod.node.links()["vx-ovl"]["linkinfo"]["info_data"]["id"],
         42
