@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use hostaction_distribution::{
     self as oci, Credentials, ModuleStore, Registry, RegistryOptions, SizeLimits, StoredArtifact,
 };
 use hostaction_runtime::engine::{CompileLimits, Compiler};
+use hostaction_runtime::grant::{Grant, GrantDocument};
 use hostaction_runtime::{Error, LoadedModule, Runtime, RuntimeConfig};
 use serde::Serialize;
 
@@ -340,6 +341,20 @@ impl fmt::Display for ArtifactOutput {
 }
 
 /// A flag's positive number of seconds.
+/// The grant (none: the empty grant) and the node policy, read and
+/// validated as `run` and `inspect` both take them.
+pub fn read_grants(
+    grants: Option<&Path>,
+    policy: Option<&Path>,
+) -> Result<(Grant, Option<Grant>), Error> {
+    let grant = match grants {
+        Some(path) => Grant::from_file(path, "grant")?,
+        None => Grant::default(),
+    };
+    let policy = policy.map(|p| Grant::from_file(p, "policy")).transpose()?;
+    Ok((grant, policy))
+}
+
 pub fn seconds(flag: &str, value: f64) -> Result<Duration, Error> {
     hostaction_telemetry::seconds(flag, value).map_err(Error::BadParams)
 }

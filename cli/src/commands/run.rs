@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hostaction_distribution::{Payload, StoredArtifact};
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{CompileStats, Limits, LoadSource};
-use hostaction_runtime::grant::{EffectiveGrant, Grant, GrantDocument};
+use hostaction_runtime::grant::EffectiveGrant;
 use hostaction_runtime::report::printable;
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest};
 use serde::Serialize;
@@ -73,15 +73,7 @@ impl RunCommand {
             })?,
             None => self.params.clone(),
         };
-        let grant = match &self.grants {
-            Some(path) => Grant::from_file(path, "grant")?,
-            None => Grant::default(),
-        };
-        let policy = self
-            .policy
-            .as_deref()
-            .map(|p| Grant::from_file(p, "policy"))
-            .transpose()?;
+        let (grant, policy) = common::read_grants(self.grants.as_deref(), self.policy.as_deref())?;
         let timeout = seconds("timeout", self.timeout)?;
         let bytes = |flag: &str, n: usize, unit: usize| {
             n.checked_mul(unit)

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use hostaction_runtime::engine::{Import, Provided};
-use hostaction_runtime::grant::{Grant, GrantDocument};
+
 use hostaction_runtime::report::printable;
 use hostaction_runtime::{Error, LoadedModule};
 use serde::Serialize;
@@ -46,15 +46,8 @@ impl InspectCommand {
     /// exit codes).
     pub fn execute(self, node: &NodeCache) -> Result<u8, Error> {
         let documents = if self.grants.is_some() || self.policy.is_some() {
-            let grant = match &self.grants {
-                Some(path) => Grant::from_file(path, "grant")?,
-                None => Grant::default(),
-            };
-            let policy = self
-                .policy
-                .as_deref()
-                .map(|p| Grant::from_file(p, "policy"))
-                .transpose()?;
+            let (grant, policy) =
+                common::read_grants(self.grants.as_deref(), self.policy.as_deref())?;
             // The engine's own checks of the pair (as `run` makes them).
             hostaction_runtime::grant::EffectiveGrant::new(&grant, policy.as_ref())?;
             Some((grant, policy))

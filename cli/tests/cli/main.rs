@@ -3,6 +3,8 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod inspect;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

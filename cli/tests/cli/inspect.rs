@@ -3,53 +3,13 @@
 //! policy takes away, and — run through `hostaction run` with the same
 //! documents — the engine refusing exactly what inspect says it refuses.
 
-// Test code: a failed unwrap is a failed test, with its message.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use std::process::Output;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use super::{Scratch, guest, stderr, stdout};
 
 use serde_json::{Value, json};
 
-fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guests")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
-
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
 impl Scratch {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    /// Runs `hostaction` with a cache directory of its own.
-    fn hostaction(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hostaction"))
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args.iter().map(|a| a.as_ref()))
-            .output()
-            .unwrap()
-    }
-
     /// `hostaction inspect GUEST --grants G --policy P [--output json]`.
     fn inspect(&self, guest_name: &str, grant: &str, policy: Option<&str>, json: bool) -> Output {
         let module = guest(guest_name);
@@ -73,15 +33,6 @@ impl Scratch {
     }
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The powers of one capability (files, network, services).
 fn capability<'a>(json: &'a Value, name: &str) -> &'a Value {
     json["powers"]["capabilities"]
         .as_array()
