@@ -36,17 +36,30 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the test mounts its static-mode manifests in the container.
 const MANIFESTS_IN_CONTAINER: &str = "/etc/hostaction-manifests";
 
-/// The agent image's rootfs, unpacked once per test process.
+/// The agent image's rootfs, unpacked once per test process into
+/// `target/tmp/agent-rootfs/PID` (a static is never dropped: a temporary
+/// directory would be left behind by every run); a dead process's is
+/// removed here.
 fn rootfs() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        image_rootfs(&workspace().join("scripts/build-images.sh"), dir.path());
-        dir
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-rootfs");
+        std::fs::create_dir_all(&base).unwrap();
+        for entry in std::fs::read_dir(&base).unwrap().flatten() {
+            let pid = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        image_rootfs(&workspace().join("scripts/build-images.sh"), &dir);
+        dir.join("rootfs")
     })
-    .path()
-    .join("rootfs")
-    .leak()
 }
 
 /// The agent image itself: built from the release binary by
@@ -122,10 +135,13 @@ impl Drop for Netns {
 /// A scratch node and the agent's container on it: the bundle, the scratch
 /// host root (its /var/run/netns a shared mount, as `ip netns` leaves it),
 /// and the scratch namespace standing in for the node's.
+/// Fields drop in this order: the node's namespace is unmounted before its
+/// file's directory is removed (else the removal stops at the mount point
+/// and leaves the whole directory behind).
 struct Pod {
-    dir: tempfile::TempDir,
-    host: Host,
     node: Netns,
+    host: Host,
+    dir: tempfile::TempDir,
     spec: Value,
     id: String,
 }
@@ -190,9 +206,9 @@ impl Pod {
         std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
         // Test-only: the static manifests and the built guests.
         let mut pod = Self {
-            dir,
-            host,
             node,
+            host,
+            dir,
             spec,
             id,
         };
