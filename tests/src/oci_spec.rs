@@ -729,7 +729,11 @@ mod tests {
         assert!(host.join("opt/cni").is_dir(), "DirectoryOrCreate");
         assert_eq!(
             mount(&spec, "/host/var/run/netns")["options"],
-            json!(["rbind", "rslave"])
+            json!(["rbind", "rslave", "ro"])
+        );
+        assert_eq!(
+            mount(&spec, "/host/run/dbus")["options"],
+            json!(["rbind", "rprivate", "ro"])
         );
         assert_eq!(spec["linux"]["rootfsPropagation"], "rslave");
         let policy = mount(&spec, "/etc/hostaction");
@@ -856,7 +860,7 @@ mod tests {
         mount(&spec, "/host/run/netns");
         assert_eq!(
             mount(&spec, "/host/var/run/netns")["options"],
-            json!(["rbind", "rslave"])
+            json!(["rbind", "rslave", "ro"])
         );
     }
 
