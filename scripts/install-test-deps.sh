@@ -3,7 +3,8 @@
 # a fresh Debian 12 machine; a machine that has everything is left as it is):
 # the real peers the tests run (docker-registry, skopeo, systemd-nspawn, dbus,
 # iproute2, the CNI plugins, openssl/htpasswd for the TLS registry), the image
-# tools (buildah, umoci, jq, binutils, the CA bundle: scripts/build-images.sh), and the
+# tools (buildah, umoci, jq, binutils, the CA bundle: scripts/build-images.sh), runc and
+# containers-common's seccomp profile (the agent's container, tests/tests/all/container.rs), and the
 # checking tools (cargo-deny, kubernetes-validate). The guest toolchains are
 # installed by scripts/build-guests.sh itself.
 set -euo pipefail
@@ -11,7 +12,8 @@ set -euo pipefail
 say() { printf '[install-test-deps] %s\n' "$*" >&2; }
 
 APT_PACKAGES=(iproute2 util-linux iputils-ping systemd-container dbus docker-registry skopeo
-    containernetworking-plugins openssl apache2-utils buildah umoci jq binutils ca-certificates)
+    containernetworking-plugins openssl apache2-utils buildah umoci jq binutils ca-certificates
+    runc golang-github-containers-common)
 CARGO_DENY_VERSION=0.20.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
 
