@@ -39,7 +39,7 @@ const MANIFESTS_IN_CONTAINER: &str = "/etc/hostaction-manifests";
 /// The agent image's rootfs, unpacked once per test process into
 /// `target/tmp/agent-rootfs/PID` (a static is never dropped: a temporary
 /// directory would be left behind by every run); a dead process's is
-/// removed here.
+/// removed here, and its containers deleted.
 fn rootfs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -54,12 +54,34 @@ fn rootfs() -> &'static Path {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        delete_orphaned_containers();
         let dir = base.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         image_rootfs(&workspace().join("scripts/build-images.sh"), &dir);
         dir.join("rootfs")
     })
+}
+
+/// The prefix of this module's runc container ids: `PREFIX<test pid>-<dir>`.
+const CONTAINER_PREFIX: &str = "hostaction-test-";
+
+/// Deletes (killing them) the containers of test processes that are gone:
+/// a test killed midway (SIGKILL) leaves its container running, and the
+/// named-netns variant's is a privileged agent.
+fn delete_orphaned_containers() {
+    let list = sh("runc", &["list", "--quiet"]);
+    for id in list.lines() {
+        let pid = id
+            .strip_prefix(CONTAINER_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = Command::new("runc")
+                .args(["delete", "--force", id])
+                .status();
+        }
+    }
 }
 
 /// The agent image itself: built from the release binary by
@@ -195,7 +217,8 @@ impl Pod {
         .unwrap();
         spec["root"]["path"] = json!(rootfs());
         let id = format!(
-            "hostaction-test-{}",
+            "{CONTAINER_PREFIX}{}-{}",
+            std::process::id(),
             dir.path()
                 .file_name()
                 .unwrap()
