@@ -26,6 +26,24 @@ impl Scratch {
         self.hostaction(&args)
     }
 
+    /// `hostaction run GUEST --grants G --policy P EXTRA...`: the same
+    /// documents through the engine.
+    fn run_with(
+        &self,
+        guest_name: &str,
+        grant: &str,
+        policy: &str,
+        extra: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> Output {
+        let module = guest(guest_name);
+        let grants = self.file("grants.yaml", grant);
+        let policy = self.file("policy.yaml", policy);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"run", &module, &"--grants", &grants, &"--policy", &policy];
+        args.extend_from_slice(extra);
+        self.hostaction(&args)
+    }
+
     fn inspect_json(&self, guest_name: &str, grant: &str, policy: Option<&str>) -> Value {
         let out = self.inspect(guest_name, grant, policy, true);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -260,16 +278,7 @@ fn a_policy_without_the_section_refuses_the_run_as_the_engine_does() {
         (json!(false), json!(3))
     );
     // `hostaction run` with the same documents: refused, exit 3, the same error.
-    let grants = s.file("grants.yaml", grant);
-    let policy = s.file("policy.yaml", policy);
-    let out = s.hostaction(&[
-        &"run",
-        &guest("netprobe"),
-        &"--grants",
-        &grants,
-        &"--policy",
-        &policy,
-    ]);
+    let out = s.run_with("netprobe", grant, policy, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim_end(),
@@ -290,17 +299,7 @@ fn a_module_run_cannot_call_does_not_start() {
         (json!(false), json!(2)),
         "{json}"
     );
-    let grants = s.file("grants.yaml", grant);
-    let policy = s.file("policy.yaml", policy);
-    let out = s.hostaction(&[
-        &"run",
-        &guest("wrong-export"),
-        &"--grants",
-        &grants,
-        &"--policy",
-        &policy,
-        &"--plan",
-    ]);
+    let out = s.run_with("wrong-export", grant, policy, &[&"--plan"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim_end(),
@@ -461,22 +460,19 @@ fn run_refuses_files_calls_exactly_where_inspect_says() {
         {"op": "ensure-file", "path": "/opt/cni/bin/g", "contents": "g", "mode": 0o664},
     ]})
     .to_string();
-    let grants = s.file("grants.yaml", FILES_GRANT);
-    let policy = s.file("policy.yaml", FILES_POLICY);
-    let out = s.hostaction(&[
-        &"run",
-        &guest("probe"),
-        &"--grants",
-        &grants,
-        &"--policy",
-        &policy,
-        &"--host-root",
-        &root,
-        &"--params",
-        &params,
-        &"--output",
-        &"json",
-    ]);
+    let out = s.run_with(
+        "probe",
+        FILES_GRANT,
+        FILES_POLICY,
+        &[
+            &"--host-root",
+            &root,
+            &"--params",
+            &params,
+            &"--output",
+            &"json",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let fact = |i: usize| fact(&report, i);
@@ -517,23 +513,20 @@ fn run_refuses_network_calls_exactly_where_inspect_says() {
         {"op": "list-links"},
     ]})
     .to_string();
-    let grants = s.file("grants.yaml", NET_GRANT);
-    let policy = s.file("policy.yaml", NET_POLICY);
-    let out = s.hostaction(&[
-        &"run",
-        &guest("netprobe"),
-        &"--grants",
-        &grants,
-        &"--policy",
-        &policy,
-        &"--host-root",
-        &root,
-        &"--params",
-        &params,
-        &"--plan",
-        &"--output",
-        &"json",
-    ]);
+    let out = s.run_with(
+        "netprobe",
+        NET_GRANT,
+        NET_POLICY,
+        &[
+            &"--host-root",
+            &root,
+            &"--params",
+            &params,
+            &"--plan",
+            &"--output",
+            &"json",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let fact = |i: usize| fact(&report, i);
