@@ -373,10 +373,7 @@ async fn fan_out(
 
     // The controller: its own process, with its ServiceAccount's token.
     let token = service_account_token(&admin, NAMESPACE, CONTROLLER_ACCOUNT, None).await?;
-    let kubeconfig = shared
-        .scratch
-        .join(format!("controller-{nodes}.kubeconfig"));
-    write_token_kubeconfig(plane, &kubeconfig, &token)?;
+    let kubeconfig = plane.token_kubeconfig("controller", &token);
     let log = std::fs::File::create(shared.scratch.join(format!("controller-{nodes}.log")))?;
     let child = Command::new(&shared.controller_bin)
         .args([
@@ -502,23 +499,6 @@ async fn setup_nodes(admin: &kube::Client, nodes: usize) -> BenchResult<Vec<Stri
     let mut made = made;
     made.sort_by_key(|(i, _)| *i);
     Ok(made.into_iter().map(|(_, token)| token).collect())
-}
-
-/// A kubeconfig that authenticates with `token` only.
-fn write_token_kubeconfig(plane: &ControlPlane, path: &Path, token: &str) -> BenchResult<()> {
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "bench", "cluster": {
-            "server": plane.url(),
-            "certificate-authority": plane.dir().join("serving-ca.crt"),
-        }}],
-        "users": [{"name": "bench", "user": {"token": token}}],
-        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-        "current-context": "bench",
-    });
-    std::fs::write(path, config.to_string())?;
-    Ok(())
 }
 
 /// Waits until the controller holds its Lease and kube-apiserver serves a

@@ -356,6 +356,25 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// Writes `DIR/NAME.kubeconfig`, which authenticates with the bearer
+    /// `token` only (a ServiceAccount's, as a pod has it), and returns its path.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir().join(format!("{name}.kubeconfig"));
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.url(),
+                "certificate-authority": self.dir().join("serving-ca.crt"),
+            }}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
+            "current-context": "test",
+        });
+        std::fs::write(&path, config.to_string()).expect("write a token kubeconfig");
+        path
+    }
+
     /// A client configuration for the admin.
     pub fn config(&self) -> kube::Config {
         self.config_with(&self.admin)

@@ -893,18 +893,7 @@ async fn cluster_agent(patches: &[&str]) {
     let mut agent = pod.start(&agent_log);
 
     // The real controller, with its own account's token.
-    let kubeconfig = work.path().join("controller.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
-             users: [{{name: u, user: {{token: \"{controller_token}\"}}}}]\n\
-             contexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n",
-            plane.url(),
-            plane.dir().join("serving-ca.crt").display()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = plane.token_kubeconfig("controller", &controller_token);
     let controller_log = work.path().join("controller.log");
     let mut controller = Command::new(hostaction_tests::controller_bin())
         .args([

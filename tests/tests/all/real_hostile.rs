@@ -223,9 +223,8 @@ async fn unreadable_times_do_not_stop_the_controller() {
             }
         }
     }
-    let config = plane.dir().join("controller.kubeconfig");
     let token = token(&plane, NAMESPACE, CONTROLLER, None).await;
-    write_token_kubeconfig(&plane, &config, &token);
+    let config = plane.token_kubeconfig("controller", &token);
     let log = plane.dir().join("controller.log");
     let _controller = Killed(
         std::process::Command::new(hostaction_tests::controller_bin())
@@ -349,18 +348,4 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn write_token_kubeconfig(plane: &ControlPlane, path: &std::path::Path, token: &str) {
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": plane.url(),
-            "certificate-authority": plane.dir().join("serving-ca.crt"),
-        }}],
-        "users": [{"name": "controller", "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "controller"}}],
-        "current-context": "test",
-    });
-    std::fs::write(path, config.to_string()).unwrap();
 }

@@ -205,24 +205,6 @@ fn the_base_renders_the_plain_manifests_object_for_object() {
     }
 }
 
-/// A kubeconfig that authenticates with `token` only.
-fn token_kubeconfig(plane: &ControlPlane, name: &str, token: &str) -> PathBuf {
-    let path = plane.dir().join(format!("{name}.kubeconfig"));
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": plane.url(),
-            "certificate-authority": plane.dir().join("serving-ca.crt"),
-        }}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
-        "current-context": "test",
-    });
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// Kills the process by pid when dropped.
 struct Killed(std::process::Child);
 
@@ -446,7 +428,7 @@ async fn the_example_overlay_installs_with_its_namespace_images_and_policy() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = token_kubeconfig(&plane, "controller", &token);
+    let kubeconfig = plane.token_kubeconfig("controller", &token);
     let log_path = plane.dir().join("controller.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let stored_deployment = get(

@@ -874,24 +874,6 @@ impl Drop for Children {
     }
 }
 
-/// A kubeconfig that authenticates with `token` only.
-fn token_kubeconfig(plane: &ControlPlane, name: &str, token: &str) -> std::path::PathBuf {
-    let path = plane.dir().join(format!("{name}.kubeconfig"));
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": plane.url(),
-            "certificate-authority": plane.dir().join("serving-ca.crt"),
-        }}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
-        "current-context": "test",
-    });
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// The real `hostaction-controller` and `hostaction agent`, each with its
 /// manifests' ServiceAccount token only (the agent's bound to a Pod on its
 /// node), on a cluster of their own: the controller takes its Lease, adds
@@ -905,9 +887,9 @@ async fn the_real_controller_and_agent_do_their_jobs_with_the_manifests_accounts
     plane.apply_and_wait_for_crds(&workspace().join("manifests"));
     node(&plane, "e2e-node").await;
     let pod = agent_pod(&plane, "e2e-agent", "e2e-node").await;
-    let agent_config = token_kubeconfig(&plane, "agent", &token(&plane, AGENT, Some(&pod)).await);
+    let agent_config = plane.token_kubeconfig("agent", &token(&plane, AGENT, Some(&pod)).await);
     let controller_config =
-        token_kubeconfig(&plane, "controller", &token(&plane, CONTROLLER, None).await);
+        plane.token_kubeconfig("controller", &token(&plane, CONTROLLER, None).await);
 
     // A module on a registry that refuses connections: the agent's run
     // fails fast, and says why in the run's status.
