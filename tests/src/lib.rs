@@ -51,6 +51,17 @@ fn built_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A finished command's exit code, stdout and stderr, for an assertion's
+/// message.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Path of a guest component built by `scripts/build-guests.sh`.
 ///
 /// # Panics

@@ -19,6 +19,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use hostaction_tests::output_text as text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -279,9 +280,8 @@ impl Pod {
         std::fs::write(self.dir.path().join("manifests").join(file), text).unwrap();
     }
 
-    /// Runs the container to its end (`runc run`), killed after
-    /// [`RUN_TIMEOUT`].
-    fn run(&self) -> Output {
+    /// `runc run` of the spec, written into the pod's bundle, stdin closed.
+    fn runc_run(&self) -> Command {
         let bundle = self.dir.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::write(
@@ -289,11 +289,20 @@ impl Pod {
             serde_json::to_vec_pretty(&self.spec).unwrap(),
         )
         .unwrap();
-        let child = Command::new("runc")
+        let mut command = Command::new("runc");
+        command
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg(&self.id)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the container to its end (`runc run`), killed after
+    /// [`RUN_TIMEOUT`].
+    fn run(&self) -> Output {
+        let child = self
+            .runc_run()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -314,19 +323,8 @@ impl Pod {
     /// Starts the container (`runc run`) without waiting; the Pod's drop
     /// kills it.
     fn start(&self, log: &Path) -> std::process::Child {
-        let bundle = self.dir.path().join("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&self.spec).unwrap(),
-        )
-        .unwrap();
         let log = std::fs::File::create(log).unwrap();
-        Command::new("runc")
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(&self.id)
-            .stdin(Stdio::null())
+        self.runc_run()
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -350,14 +348,6 @@ impl Drop for Pod {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn cni_install() -> String {

@@ -15,6 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use hostaction_tests::output_text as text;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,15 +27,6 @@ use serde_json::Value;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MIB: u64 = 1024 * 1024;
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn run(command: &mut Command) -> Output {
     let out = command.output().unwrap();
