@@ -65,6 +65,7 @@ impl CacheOptions {
         Ok(NodeCache {
             compiled: (!self.no_cache).then(|| root.join("compiled")),
             store: root.join("modules"),
+            journals: root.join("undo"),
             max_bytes: self.cache_max_mib.saturating_mul(1 << 20),
             compiler,
             max_module_bytes,
@@ -79,6 +80,8 @@ pub struct NodeCache {
     pub store: PathBuf,
     /// The module store's bound, in bytes.
     pub max_bytes: u64,
+    /// The runs' undo journals.
+    pub journals: PathBuf,
     compiler: Compiler,
     max_module_bytes: u64,
 }
@@ -105,6 +108,8 @@ impl NodeCache {
             system_bus: host.system_bus.clone(),
             compiler: self.compiler.clone(),
             max_module_bytes: self.max_module_bytes,
+            journal_dir: Some(self.journals.clone()),
+            ..RuntimeConfig::default()
         })
     }
 

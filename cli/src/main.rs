@@ -24,7 +24,7 @@ use hostaction_telemetry::LogFormat;
 
 use commands::{
     AgentCommand, CacheCommand, CrdsCommand, InspectCommand, NewCommand, PullCommand, PushCommand,
-    RunCommand,
+    RecoverCommand, RunCommand, UndoCommand,
 };
 use common::{CacheOptions, ErrorOutput, Output};
 
@@ -45,6 +45,12 @@ struct Cli {
 enum Command {
     /// Run an action on this host and print its outcome, log, changes and timing.
     Run(RunCommand),
+    /// Undo a finished run on this host (by its runId): each change it made,
+    /// newest first, where the host is still as the run left it; --list
+    /// shows the runs this node keeps journals of.
+    Undo(UndoCommand),
+    /// Roll back the runs a crash cut short (every `run` does this first).
+    Recover(RecoverCommand),
     /// List the capabilities a module imports and what it exports; with
     /// --grants/--policy, what it may do under them and what the policy takes away.
     Inspect(InspectCommand),
@@ -118,6 +124,8 @@ impl Command {
     fn output(&self) -> Output {
         match self {
             Command::Run(c) => c.output,
+            Command::Undo(c) => c.output,
+            Command::Recover(c) => c.output,
             Command::Inspect(c) => c.output,
             Command::Push(c) => c.output,
             Command::Pull(c) => c.output,
@@ -137,6 +145,8 @@ impl Command {
         let node = cache.node_cache(max_module_bytes)?;
         let done = match self {
             Command::Run(c) => c.execute(&node),
+            Command::Undo(c) => c.execute(&node),
+            Command::Recover(c) => c.execute(&node),
             Command::Inspect(c) => c.execute(&node),
             Command::Push(c) => c.execute(&node),
             Command::Pull(c) => c.execute(&node),

@@ -3,7 +3,9 @@
 //! A capability first works out, with real reads, whether a call would change
 //! the host; then it hands the mutation to [`Effects::apply`], which carries it
 //! out in apply mode or only records it in plan mode. Either way the effect is
-//! recorded, so the report lists exactly what changed (or would have).
+//! recorded, so the report lists exactly what changed (or would have). In
+//! apply mode, what undoes the mutation is journaled first, durably
+//! ([`crate::undo`]): no mutation is made that the run could not roll back.
 //!
 //! The record is bounded: each effect costs its target and detail plus
 //! [`EFFECT_OVERHEAD`] bytes against the run's effects budget; past it,
@@ -12,6 +14,10 @@
 //! host's memory with it.
 
 use serde::Serialize;
+
+use crate::capabilities::{CapError, RunEnd};
+use crate::undo::Undo;
+use crate::undo::journal::{JournalRefusal, JournalWriter};
 
 /// Whether mutations are carried out or only recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -35,12 +41,17 @@ pub struct Effect {
     pub target: String,
     /// A short human detail (`412 bytes, mode 0644`).
     pub detail: String,
+    /// What changed: a unified diff for text, sizes and digests for binary
+    /// contents, `before → after` for attributes (capped, see
+    /// [`crate::undo::diff::MAX_DIFF_BYTES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
     /// False in plan mode: the effect was recorded, not applied.
     pub applied: bool,
 }
 
 /// What each recorded effect costs against the effects budget besides its
-/// target and detail: the record itself and its two allocations, so that
+/// target, detail and diff: the record itself and its allocations, so that
 /// effects with empty strings are not free.
 pub const EFFECT_OVERHEAD: usize = 128;
 
@@ -54,25 +65,61 @@ pub struct Recorded {
     pub dropped: usize,
 }
 
-/// The effects of one run.
-#[derive(Debug)]
+/// The effects of one run, and (apply mode) its undo journal.
 pub struct Effects {
     mode: Mode,
     recorded: Recorded,
     /// Bytes charged so far, and the budget.
     bytes: usize,
     limit: usize,
+    /// What undoes each mutation, written before it is made; none in plan
+    /// mode.
+    journal: Option<JournalWriter>,
+    /// Mutations made so far, and the test hook's crash point.
+    mutations: usize,
+    crash: Option<Crash>,
+}
+
+/// The test hook `HOSTACTION_TEST_CRASH=before:N|after:N`: the process
+/// kills itself (SIGKILL) once the Nth mutation of a run is journaled but
+/// not made (`before`), or made (`after`) — how the crash-recovery tests
+/// stop a run at every point. Unset, nothing happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    Before(usize),
+    After(usize),
+}
+
+impl Crash {
+    fn from_env() -> Option<Self> {
+        let v = std::env::var("HOSTACTION_TEST_CRASH").ok()?;
+        let (when, n) = v.split_once(':')?;
+        let n = n.parse().ok()?;
+        match when {
+            "before" => Some(Crash::Before(n)),
+            "after" => Some(Crash::After(n)),
+            _ => None,
+        }
+    }
+}
+
+fn crash_now() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
 }
 
 impl Effects {
     /// Effects in the given mode, keeping at most `limit` bytes of records
-    /// (each costs its strings plus [`EFFECT_OVERHEAD`]).
-    pub fn new(mode: Mode, limit: usize) -> Self {
+    /// (each costs its strings plus [`EFFECT_OVERHEAD`]), journaling to
+    /// `journal` in apply mode.
+    pub(crate) fn new(mode: Mode, limit: usize, journal: Option<JournalWriter>) -> Self {
         Self {
             mode,
             recorded: Recorded::default(),
             bytes: 0,
             limit,
+            journal: journal.filter(|_| mode == Mode::Apply),
+            mutations: 0,
+            crash: Crash::from_env(),
         }
     }
 
@@ -81,34 +128,80 @@ impl Effects {
         self.mode
     }
 
-    /// Applies a mutation (apply mode) or skips it (plan mode), and records it.
-    /// A mutation that fails is not recorded.
-    pub fn apply<E>(
+    /// Journals what undoes the mutation about to be made, durably (apply
+    /// mode; plan mode makes nothing). A mutation whose undo cannot be
+    /// journaled must not be made: the error says why (past the journal's
+    /// budget, the run ends as `limit exceeded`).
+    pub(crate) fn journal(
+        &mut self,
+        capability: &'static str,
+        action: &'static str,
+        target: &str,
+        undo: Undo,
+        blob: &[u8],
+    ) -> Result<(), CapError> {
+        if self.mode == Mode::Plan {
+            return Ok(());
+        }
+        if let Some(journal) = &mut self.journal {
+            journal
+                .write(capability, action, target, undo, blob)
+                .map_err(|refused| match refused {
+                    JournalRefusal::Budget(why) => {
+                        CapError::Trap(wasmtime::Error::new(RunEnd::Limit(why)))
+                    }
+                    JournalRefusal::Io(why) => CapError::Io(format!(
+                        "the undo journal cannot be written ({why}); {target} was not changed"
+                    )),
+                })?;
+        }
+        if self.crash == Some(Crash::Before(self.mutations + 1)) {
+            crash_now();
+        }
+        Ok(())
+    }
+
+    /// Journals the mutation's undo, applies it (apply mode) or skips it
+    /// (plan mode), and records it. A mutation that fails is not recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply<E: From<CapError>>(
         &mut self,
         capability: &'static str,
         action: &'static str,
         target: &str,
         detail: String,
+        diff: Option<String>,
+        undo: (Undo, &[u8]),
         mutate: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
         if self.mode == Mode::Apply {
+            self.journal(capability, action, target, undo.0, undo.1)?;
             mutate()?;
         }
-        self.record(capability, action, target, detail);
+        self.record(capability, action, target, detail, diff);
         Ok(())
     }
 
-    /// Records a mutation that a backend carried out itself, or in plan mode
-    /// only worked out: backends whose check and change are one kernel
-    /// conversation (netlink) take the mode and report what they changed.
+    /// Records a mutation that a backend carried out itself (after
+    /// [`Self::journal`]), or in plan mode only worked out: backends whose
+    /// check and change are one kernel conversation (netlink) take the mode
+    /// and report what they changed.
     pub fn record(
         &mut self,
         capability: &'static str,
         action: &'static str,
         target: &str,
         detail: String,
+        diff: Option<String>,
     ) {
-        let cost = target.len() + detail.len() + EFFECT_OVERHEAD;
+        if self.mode == Mode::Apply {
+            self.mutations += 1;
+            if self.crash == Some(Crash::After(self.mutations)) {
+                crash_now();
+            }
+        }
+        let cost =
+            target.len() + detail.len() + diff.as_ref().map_or(0, String::len) + EFFECT_OVERHEAD;
         if self.bytes + cost > self.limit {
             self.recorded.dropped += 1;
             return;
@@ -119,13 +212,15 @@ impl Effects {
             action,
             target: target.to_owned(),
             detail,
+            diff,
             applied: self.mode == Mode::Apply,
         });
     }
 
-    /// What was recorded, in order, and how many effects were dropped.
-    pub fn into_recorded(self) -> Recorded {
-        self.recorded
+    /// What was recorded, in order, how many effects were dropped, and the
+    /// run's journal.
+    pub(crate) fn finish(self) -> (Recorded, Option<JournalWriter>) {
+        (self.recorded, self.journal)
     }
 }
 
@@ -136,17 +231,26 @@ mod tests {
     #[test]
     fn effects_past_the_budget_are_applied_and_counted_not_kept() {
         // Room for two: "/a" and "0644" plus the overhead each.
-        let mut effects = Effects::new(Mode::Apply, 2 * (EFFECT_OVERHEAD + 6));
+        let mut effects = Effects::new(Mode::Apply, 2 * (EFFECT_OVERHEAD + 6), None);
         let mut applied = 0;
         for _ in 0..5 {
+            let undo = Undo::Irreversible { why: String::new() };
             effects
-                .apply("files", "chmod", "/a", "0644".into(), || {
-                    applied += 1;
-                    Ok::<(), ()>(())
-                })
+                .apply(
+                    "files",
+                    "chmod",
+                    "/a",
+                    "0644".into(),
+                    None,
+                    (undo, &[]),
+                    || {
+                        applied += 1;
+                        Ok::<(), CapError>(())
+                    },
+                )
                 .ok();
         }
-        let recorded = effects.into_recorded();
+        let recorded = effects.finish().0;
         assert_eq!(applied, 5);
         assert_eq!(recorded.kept.len(), 2);
         assert_eq!(recorded.dropped, 3);
@@ -154,11 +258,11 @@ mod tests {
 
     #[test]
     fn empty_effects_are_not_free() {
-        let mut effects = Effects::new(Mode::Plan, 10 * EFFECT_OVERHEAD);
+        let mut effects = Effects::new(Mode::Plan, 10 * EFFECT_OVERHEAD, None);
         for _ in 0..1000 {
-            effects.record("files", "chmod", "", String::new());
+            effects.record("files", "chmod", "", String::new(), None);
         }
-        let recorded = effects.into_recorded();
+        let recorded = effects.finish().0;
         assert_eq!((recorded.kept.len(), recorded.dropped), (10, 990));
     }
 }

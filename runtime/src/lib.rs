@@ -32,6 +32,7 @@ pub mod fuzzing;
 pub mod grant;
 pub mod host;
 pub mod report;
+pub mod undo;
 
 pub use engine::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
 pub use error::{Error, Result};

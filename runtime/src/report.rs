@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::capabilities::log::LogLine;
 use crate::effects::{Effect, Mode};
+use crate::undo::UndoReport;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +75,9 @@ pub struct Timing {
 /// Everything one run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The run's id: its journal's name, what `hostaction undo` takes.
+    #[serde(rename = "runId")]
+    pub run_id: String,
     /// The module's digest (`sha256:...`): what ran.
     pub digest: String,
     /// Apply or plan.
@@ -81,6 +85,12 @@ pub struct RunReport {
     /// How the run ended.
     #[serde(flatten)]
     pub status: RunStatus,
+    /// Whether the run can be undone later (`hostaction undo`): its changes
+    /// are journaled in full in the node's journal directory.
+    pub undoable: bool,
+    /// A failed run rolled back: what came of each effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<UndoReport>,
     /// The outcome, when `run` returned one.
     pub outcome: Option<Outcome>,
     /// The host changes made (or, in plan mode, that would be made), as many

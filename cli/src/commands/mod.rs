@@ -9,6 +9,7 @@ mod new;
 mod pull;
 mod push;
 mod run;
+mod undo;
 
 pub use agent::AgentCommand;
 pub use cache::CacheCommand;
@@ -18,3 +19,4 @@ pub use new::NewCommand;
 pub use pull::PullCommand;
 pub use push::PushCommand;
 pub use run::RunCommand;
+pub use undo::{RecoverCommand, UndoCommand};

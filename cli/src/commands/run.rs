@@ -9,6 +9,7 @@ use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{CompileStats, Limits, LoadSource};
 use hostaction_runtime::grant::EffectiveGrant;
 use hostaction_runtime::report::printable;
+use hostaction_runtime::undo::{JournalMode, OnFailure, UndoReport};
 use hostaction_runtime::{Error, LoadedModule, RunReport, RunRequest};
 use serde::Serialize;
 
@@ -55,9 +56,20 @@ pub struct RunCommand {
     /// Outcome limit (its message and facts), in KiB.
     #[arg(long, value_name = "KIB", default_value_t = 64)]
     outcome_limit: usize,
-    /// Plan: reads are real, changes are only reported.
+    /// Plan: reads are real, changes are only reported (with their diffs).
     #[arg(long)]
     plan: bool,
+    /// What a failed run (failed, trapped, past its deadline or a limit)
+    /// does with the changes it made: roll them back, or keep them
+    /// (`hostaction undo RUN` later).
+    #[arg(long, value_enum, default_value_t = OnFailureArg::Rollback)]
+    on_failure: OnFailureArg,
+    /// The undo journal: `required` (a change whose undo data would pass
+    /// the journal's budget ends the run before it is made),
+    /// `best-effort` (past the budget the run goes on and cannot be
+    /// undone), or `off` (no rollback, no undo).
+    #[arg(long, value_enum, default_value_t = JournalArg::Required)]
+    journal: JournalArg,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -99,30 +111,79 @@ impl RunCommand {
             Some(artifact) => artifact.payload.clone(),
             None => Payload::from_files(&self.payload)?,
         };
+        // Runs a crash cut short are rolled back before anything else.
+        let recovered = runtime.recover()?;
         let mut request = RunRequest::new(params, effective);
         request.mode = if self.plan { Mode::Plan } else { Mode::Apply };
         request.limits = limits;
         request.payload = Arc::new(payload);
+        request.on_failure = self.on_failure.into();
+        request.journal = self.journal.into();
         let report = runtime.run(&module, request)?;
+        if let Some(dir) = runtime.journals() {
+            dir.collect(KEEP_JOURNALS)?;
+        }
         let code = report.status.exit_code();
-        let output = RunOutput::new(
+        let mut output = RunOutput::new(
             &self.module,
             artifact.as_ref(),
             &module,
             self.host.host_root,
             report,
         );
+        output.recovered = recovered;
         common::print(self.output, &output);
         Ok(code)
     }
 }
 
-/// What `run` reports: the module, where the host was, and the run's report.
+/// Finished runs' journals kept on a node by the CLI (the newest; older
+/// ones are collected at each run).
+pub const KEEP_JOURNALS: usize = 64;
+
+/// `--on-failure`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnFailureArg {
+    Rollback,
+    Keep,
+}
+
+impl From<OnFailureArg> for OnFailure {
+    fn from(arg: OnFailureArg) -> Self {
+        match arg {
+            OnFailureArg::Rollback => OnFailure::Rollback,
+            OnFailureArg::Keep => OnFailure::Keep,
+        }
+    }
+}
+
+/// `--journal`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum JournalArg {
+    Required,
+    BestEffort,
+    Off,
+}
+
+impl From<JournalArg> for JournalMode {
+    fn from(arg: JournalArg) -> Self {
+        match arg {
+            JournalArg::Required => JournalMode::Required,
+            JournalArg::BestEffort => JournalMode::BestEffort,
+            JournalArg::Off => JournalMode::Off,
+        }
+    }
+}
+
+/// What `run` reports: the module, where the host was, runs a crash had
+/// cut short (rolled back first), and the run's report.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RunOutput {
     module: ModuleOutput,
     host_root: PathBuf,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    recovered: Vec<UndoReport>,
     report: RunReport,
 }
 
@@ -159,6 +220,7 @@ impl RunOutput {
                 path: artifact.is_none().then(|| name.to_owned()),
             },
             host_root,
+            recovered: Vec::new(),
             report,
         }
     }
@@ -170,6 +232,15 @@ impl RunOutput {
 impl fmt::Display for RunOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (module, report) = (&self.module, &self.report);
+        for r in &self.recovered {
+            writeln!(
+                f,
+                "recovered run {} (cut short by a crash), rolled back: {}",
+                r.run_id,
+                r.summary()
+            )?;
+            super::undo::write_entries(f, r)?;
+        }
         match &module.artifact {
             Some(a) => writeln!(
                 f,
@@ -194,6 +265,16 @@ impl fmt::Display for RunOutput {
             f,
             "status   {}{mode}",
             printable(&report.status.to_string())
+        )?;
+        writeln!(
+            f,
+            "run      {}{}",
+            report.run_id,
+            if report.undoable {
+                " (undoable: hostaction undo RUN)"
+            } else {
+                ""
+            }
         )?;
         if let Some(outcome) = &report.outcome {
             writeln!(
@@ -220,6 +301,11 @@ impl fmt::Display for RunOutput {
                     printable(&e.target),
                     printable(&e.detail)
                 )?;
+                if report.mode == Mode::Plan {
+                    for line in e.diff.as_deref().unwrap_or_default().lines() {
+                        writeln!(f, "      {}", printable(line))?;
+                    }
+                }
             }
             if report.effects_dropped > 0 {
                 writeln!(
@@ -228,6 +314,10 @@ impl fmt::Display for RunOutput {
                     report.effects_dropped
                 )?;
             }
+        }
+        if let Some(r) = &report.rollback {
+            writeln!(f, "rollback {}", r.summary())?;
+            super::undo::write_entries(f, r)?;
         }
         if !report.log.is_empty() {
             writeln!(f, "log")?;

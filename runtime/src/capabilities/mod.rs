@@ -23,6 +23,7 @@ use crate::bindings::hostaction::host::types;
 use crate::effects::{Effects, Mode, Recorded};
 use crate::grant::EffectiveGrant;
 use crate::host::HostRoot;
+use crate::undo::journal::JournalWriter;
 use log::LogLine;
 
 /// An expected failure of a capability call, or a trap.
@@ -96,9 +97,10 @@ impl Shared {
         effects_bytes: usize,
         deadline: Instant,
         memory_bytes: usize,
+        journal: Option<JournalWriter>,
     ) -> Self {
         Self {
-            effects: Effects::new(mode, effects_bytes),
+            effects: Effects::new(mode, effects_bytes, journal),
             deadline,
             limits: StoreLimits {
                 memory_bytes,
@@ -152,12 +154,15 @@ pub(crate) struct RunSetup {
     pub(crate) memory_bytes: usize,
     pub(crate) log_bytes: usize,
     pub(crate) effects_bytes: usize,
+    /// Apply mode: the run's undo journal.
+    pub(crate) journal: Option<JournalWriter>,
 }
 
-/// What a finished run leaves: its effects and its log (with the bytes it
-/// dropped).
+/// What a finished run leaves: its effects, its journal and its log (with
+/// the bytes it dropped).
 pub(crate) struct RunRecord {
     pub(crate) effects: Recorded,
+    pub(crate) journal: Option<JournalWriter>,
     pub(crate) log: Vec<LogLine>,
     pub(crate) log_dropped_bytes: usize,
 }
@@ -178,7 +183,13 @@ impl RunState {
             ),
             network: network::NetworkCtx::new(Arc::clone(&run.grant), Arc::clone(&host.host_root)),
             services: services::ServicesCtx::new(run.grant, Arc::clone(&host.systemd) as _),
-            shared: Shared::new(run.mode, run.effects_bytes, run.deadline, run.memory_bytes),
+            shared: Shared::new(
+                run.mode,
+                run.effects_bytes,
+                run.deadline,
+                run.memory_bytes,
+                run.journal,
+            ),
         }
     }
 
@@ -200,8 +211,10 @@ impl RunState {
         } = self;
         drop(wasi);
         let (log, log_dropped_bytes) = log.finish();
+        let (effects, journal) = shared.effects.finish();
         RunRecord {
-            effects: shared.effects.into_recorded(),
+            effects,
+            journal,
             log,
             log_dropped_bytes,
         }
@@ -425,12 +438,13 @@ pub(crate) mod testing {
             1 << 20,
             Instant::now() + Duration::from_secs(60),
             64 << 20,
+            None,
         )
     }
 
     /// A run's shared part whose deadline has passed.
     pub(crate) fn past_deadline(mode: Mode) -> Shared {
-        Shared::new(mode, 1 << 20, Instant::now(), 64 << 20)
+        Shared::new(mode, 1 << 20, Instant::now(), 64 << 20, None)
     }
 
     /// The effective grant of a grant document under a node policy document.
@@ -443,9 +457,13 @@ pub(crate) mod testing {
     /// The effects the run recorded.
     pub(crate) fn effects(shared: &mut Shared) -> Vec<Effect> {
         let mode = shared.effects.mode();
-        std::mem::replace(&mut shared.effects, crate::effects::Effects::new(mode, 0))
-            .into_recorded()
-            .kept
+        std::mem::replace(
+            &mut shared.effects,
+            crate::effects::Effects::new(mode, 0, None),
+        )
+        .finish()
+        .0
+        .kept
     }
 
     /// Whether `err` ends the run at its deadline.

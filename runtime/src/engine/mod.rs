@@ -15,6 +15,7 @@ mod cache;
 pub mod compile;
 mod imports;
 mod pool;
+mod undo;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ use crate::effects::Mode;
 use crate::error::{Error, Result};
 use crate::grant::EffectiveGrant;
 use crate::report::{Outcome, RunReport, RunStatus, Timing};
+use crate::undo::journal::{JournalDir, JournalLimits, JournalWriter, RunInfo};
+use crate::undo::{JournalMode, OnFailure};
 use cache::DiskCache;
 use hostaction_distribution::StoredArtifact;
 
@@ -106,6 +109,11 @@ pub struct RuntimeConfig {
     pub compiler: Compiler,
     /// Largest module loaded, in bytes.
     pub max_module_bytes: u64,
+    /// Directory of the runs' undo journals; none keeps each run's in a
+    /// temporary file (rollback works, `undo` and crash recovery do not).
+    pub journal_dir: Option<PathBuf>,
+    /// How much the journals may hold.
+    pub journal_limits: JournalLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -116,6 +124,8 @@ impl Default for RuntimeConfig {
             system_bus: None,
             compiler: Compiler::InProcess,
             max_module_bytes: MAX_MODULE_BYTES,
+            journal_dir: None,
+            journal_limits: JournalLimits::default(),
         }
     }
 }
@@ -191,6 +201,14 @@ pub struct RunRequest {
     pub limits: Limits,
     /// The files shipped with the action (its artifact's payload).
     pub payload: Arc<Payload>,
+    /// The run's id (none: a new one); its journal's name.
+    pub run_id: Option<String>,
+    /// Who starts it (the agent: its HostAction's uid), kept in its journal.
+    pub owner: Option<String>,
+    /// Whether it keeps an undo journal.
+    pub journal: JournalMode,
+    /// What a failure does with the changes made.
+    pub on_failure: OnFailure,
 }
 
 impl RunRequest {
@@ -202,6 +220,10 @@ impl RunRequest {
             mode: Mode::Apply,
             limits: Limits::default(),
             payload: Arc::default(),
+            run_id: None,
+            owner: None,
+            journal: JournalMode::default(),
+            on_failure: OnFailure::default(),
         }
     }
 }
@@ -218,6 +240,7 @@ pub struct Runtime {
     slots: pool::RunSlots,
     compiler: Compiler,
     max_module_bytes: u64,
+    journals: Option<JournalDir>,
 }
 
 impl Runtime {
@@ -234,6 +257,10 @@ impl Runtime {
             .map_err(|e| Error::io(format!("host root {}", config.host_root.display()), e))?;
         let cache = match config.cache_dir {
             Some(dir) => Some(DiskCache::open(&dir, &engine)?),
+            None => None,
+        };
+        let journals = match &config.journal_dir {
+            Some(dir) => Some(JournalDir::open(dir, config.journal_limits)?),
             None => None,
         };
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -257,6 +284,7 @@ impl Runtime {
             slots: pool::RunSlots::default(),
             compiler: config.compiler,
             max_module_bytes: config.max_module_bytes,
+            journals,
         })
     }
 
@@ -471,6 +499,26 @@ impl Runtime {
         let deadline = start.checked_add(limits.timeout).ok_or_else(|| {
             Error::BadParams(format!("timeout {:?} is too large", limits.timeout))
         })?;
+        let run_id = match request.run_id {
+            Some(id) => {
+                crate::undo::journal::check_run_id(&id)?;
+                id
+            }
+            None => crate::undo::journal::new_run_id(),
+        };
+        let journal =
+            (request.mode == Mode::Apply && request.journal != JournalMode::Off).then(|| {
+                JournalWriter::new(
+                    self.journals.clone(),
+                    RunInfo {
+                        run_id: run_id.clone(),
+                        digest: module.digest.clone(),
+                        owner: request.owner.clone(),
+                        started_ms: crate::undo::journal::now_ms(),
+                    },
+                    request.journal,
+                )
+            });
         let state = RunState::new(
             &self.host,
             RunSetup {
@@ -481,6 +529,7 @@ impl Runtime {
                 memory_bytes: limits.memory_bytes,
                 log_bytes: limits.log_bytes,
                 effects_bytes: limits.effects_bytes,
+                journal,
             },
         );
         let slot = self.slots.take()?;
@@ -545,6 +594,8 @@ impl Runtime {
         drop(slot);
         let (effects, log, log_dropped_bytes) =
             (record.effects, record.log, record.log_dropped_bytes);
+        let (undoable, rollback) =
+            self.end_journal(record.journal, &status, request.on_failure, request.journal)?;
         let status = match status {
             RunStatus::Trapped(trap) => {
                 RunStatus::Trapped(with_last_words(trap, &log, limits.output_bytes))
@@ -552,9 +603,12 @@ impl Runtime {
             other => other,
         };
         Ok(RunReport {
+            run_id,
             digest: module.digest.clone(),
             mode: request.mode,
             status,
+            undoable,
+            rollback,
             outcome,
             effects: effects.kept,
             effects_dropped: effects.dropped,

@@ -34,6 +34,8 @@ use crate::bindings::hostaction::host::files::{self, DirEntry, FileKind, FileSta
 use crate::capabilities::payload::Payload;
 use crate::effects::Mode::Plan;
 use crate::grant::{EffectiveGrant, GrantedDir};
+use crate::undo::files::{After, Before, FileUndo, Place, before_at, digest};
+use crate::undo::{Undo, diff};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
@@ -166,6 +168,24 @@ struct Scoped {
 }
 
 impl Scoped {
+    /// Where `path` (this path or one of its ancestors) is, for the journal.
+    fn place(&self, path: &HostPath) -> Place {
+        Place {
+            anchor: self.anchor.to_string(),
+            granted: self.granted.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    /// What undoes making the directory `dir` with `mode`: it did not exist.
+    fn dir_made(&self, dir: &HostPath, mode: u32) -> Undo {
+        Undo::Files(FileUndo {
+            place: self.place(dir),
+            before: None,
+            after: Some(After::Dir { mode }),
+        })
+    }
+
     /// The path below the granted directory (`.` for the directory itself).
     fn rel(&self) -> String {
         self.path.relative_to(&self.granted)
@@ -410,6 +430,8 @@ impl FilesView<'_> {
                 "create-dir",
                 &dir.to_string(),
                 format!("mode {dir_mode:04o}"),
+                None,
+                (scoped.dir_made(&dir, dir_mode), &[]),
                 || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
         }
@@ -432,13 +454,13 @@ impl FilesView<'_> {
                 0o755
             };
             let target = path.ancestor(depth).to_string();
-            self.shared.effects.apply(
+            self.shared.effects.record(
                 "files",
                 "create-dir",
                 &target,
                 format!("mode {dir_mode:04o}"),
-                || Ok::<(), CapError>(()),
-            )?;
+                Some(format!("directory created, mode {dir_mode:04o}")),
+            );
         }
         self.ctx
             .planned_dirs
@@ -487,7 +509,7 @@ fn check_single_file(stat: &rustix::fs::Stat, path: &HostPath) -> Result<(), Cap
 }
 
 /// Reads a whole regular file from an open fd, refusing files over the cap.
-fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
+pub(crate) fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
     let stat = rustix::fs::fstat(fd).map_err(|e| CapError::Io(format!("{what}: {e}")))?;
     check_single_file(&stat, what)?;
     let too_big = |size: usize| {
@@ -515,7 +537,12 @@ fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapError> {
 
 /// Replaces `name` in `dir` atomically: a temp file in the same directory,
 /// written, chmod'ed and fsync'ed, then renamed over the old one.
-fn write_atomically(dir: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> Result<(), Errno> {
+pub(crate) fn write_atomically(
+    dir: &OwnedFd,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), Errno> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (tmp, fd) = loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -592,38 +619,64 @@ impl files::Host for FilesView<'_> {
         if self.planned(&scoped.path) {
             let detail = format!("{} bytes, mode {mode:04o}", contents.len());
             let target = scoped.path.to_string();
+            let diff = diff::contents(&target, None, Some((&contents, mode)));
             self.shared
                 .effects
-                .apply("files", "write-file", &target, detail, || {
-                    Ok::<(), CapError>(())
-                })?;
+                .record("files", "write-file", &target, detail, Some(diff));
             return Ok(true);
         }
         let (dir, name) = self.open_parent(&scoped)?;
         self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
-        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOENT) => {}
+        // What is there now: refused unless a single regular file, read
+        // whole (it is the journal's record of what to restore, and the
+        // diff's left side).
+        let before = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => None,
             Err(e) => return Err(scoped.err(e)),
             Ok(st) => {
                 check_single_file(&st, &scoped.path)?;
-                if st.st_mode & 0o7777 == mode && usize::try_from(st.st_size) == Ok(contents.len())
-                {
-                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
-                    let fd = open_beneath(&dir, &name, flags | OFlags::NOCTTY)
-                        .map_err(|e| scoped.err(e))?;
-                    if read_all(&fd, &scoped.path)? == contents {
-                        return Ok(false);
-                    }
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+                let fd =
+                    open_beneath(&dir, &name, flags | OFlags::NOCTTY).map_err(|e| scoped.err(e))?;
+                let old = read_all(&fd, &scoped.path)?;
+                if st.st_mode & 0o7777 == mode && old == contents {
+                    return Ok(false);
                 }
+                Some((st, old))
             }
-        }
+        };
         let detail = format!("{} bytes, mode {mode:04o}", contents.len());
         let target = scoped.path.to_string();
-        self.shared
-            .effects
-            .apply("files", "write-file", &target, detail, || {
-                write_atomically(&dir, &name, &contents, mode).map_err(|e| scoped.err(e))
-            })?;
+        let diff = diff::contents(
+            &target,
+            before
+                .as_ref()
+                .map(|(st, old)| (&old[..], st.st_mode & 0o7777)),
+            Some((&contents, mode)),
+        );
+        let undo = Undo::Files(FileUndo {
+            place: scoped.place(&scoped.path),
+            before: before.as_ref().map(|(st, old)| Before::File {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                sha256: digest(old),
+            }),
+            after: Some(After::File {
+                mode,
+                sha256: digest(&contents),
+            }),
+        });
+        let blob = before.as_ref().map_or(&[][..], |(_, old)| &old[..]);
+        self.shared.effects.apply(
+            "files",
+            "write-file",
+            &target,
+            detail,
+            Some(diff),
+            (undo, blob),
+            || write_atomically(&dir, &name, &contents, mode).map_err(|e| scoped.err(e)),
+        )?;
         Ok(true)
     }
 
@@ -660,20 +713,33 @@ impl files::Host for FilesView<'_> {
             other => other?,
         };
         self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
-        let flags = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(scoped.err(e)),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                AtFlags::REMOVEDIR
-            }
-            Ok(_) => AtFlags::empty(),
+        let (before, blob) = before_at(&dir, &name).map_err(|e| scoped.err(e))?;
+        let flags = match &before {
+            None => return Ok(false),
+            Some(Before::Dir { .. }) => AtFlags::REMOVEDIR,
+            Some(_) => AtFlags::empty(),
         };
         let target = scoped.path.to_string();
-        self.shared
-            .effects
-            .apply("files", "remove", &target, String::new(), || {
-                rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e))
-            })?;
+        let diff = match &before {
+            Some(Before::File { mode, .. }) => diff::contents(&target, Some((&blob, *mode)), None),
+            Some(Before::Dir { mode, .. }) => format!("directory removed, mode {mode:04o}"),
+            Some(Before::Symlink { target }) => format!("symlink to {target} removed"),
+            _ => "removed".to_owned(),
+        };
+        let undo = Undo::Files(FileUndo {
+            place: scoped.place(&scoped.path),
+            before,
+            after: None,
+        });
+        self.shared.effects.apply(
+            "files",
+            "remove",
+            &target,
+            String::new(),
+            Some(diff),
+            (undo, &blob),
+            || rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e)),
+        )?;
         Ok(true)
     }
 
@@ -728,12 +794,15 @@ impl files::Host for FilesView<'_> {
                 return Ok(true);
             }
             let dir_mode = if last { mode } else { 0o755 };
-            let target = scoped.path.ancestor(depth).to_string();
+            let made = scoped.path.ancestor(depth);
+            let target = made.to_string();
             self.shared.effects.apply(
                 "files",
                 "create-dir",
                 &target,
                 format!("mode {dir_mode:04o}"),
+                Some(format!("directory created, mode {dir_mode:04o}")),
+                (scoped.dir_made(&made, dir_mode), &[]),
                 || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
             changed = true;
@@ -753,11 +822,27 @@ impl files::Host for FilesView<'_> {
         }
         if st.st_mode & 0o7777 != mode {
             let target = scoped.path.to_string();
+            let old = st.st_mode & 0o7777;
+            let undo = Undo::Files(FileUndo {
+                place: scoped.place(&scoped.path),
+                before: Some(Before::Dir {
+                    mode: old,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                }),
+                after: Some(After::Dir { mode }),
+            });
             self.shared.effects.apply(
                 "files",
                 "chmod",
                 &target,
                 format!("mode {mode:04o}"),
+                Some(diff::attribute(
+                    "mode",
+                    format!("{old:04o}"),
+                    format!("{mode:04o}"),
+                )),
+                (undo, &[]),
                 || rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e)),
             )?;
             changed = true;

@@ -15,6 +15,7 @@ mod planned;
 pub mod scope;
 #[cfg(test)]
 mod tests;
+pub mod undo;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -243,7 +244,7 @@ impl NetworkView<'_> {
     fn record(&mut self, action: &'static str, target: String, detail: String) {
         self.shared
             .effects
-            .record("network", action, &target, detail);
+            .record("network", action, &target, detail, None);
     }
 
     /// The mark of a namespace hostaction made (for `ownedOnly`).

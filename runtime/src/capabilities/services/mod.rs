@@ -10,6 +10,7 @@
 pub mod systemd;
 #[cfg(test)]
 mod tests;
+pub mod undo;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,9 +206,13 @@ impl ServicesView<'_> {
         }
         let resolved = self.scoped_unit(&unit)?;
         if self.shared.effects.mode() == Mode::Plan {
-            self.shared
-                .effects
-                .record("services", kind.name(), &resolved.id, "planned".into());
+            self.shared.effects.record(
+                "services",
+                kind.name(),
+                &resolved.id,
+                "planned".into(),
+                None,
+            );
             return Ok(JobResult::Done);
         }
         let wait = Duration::from_millis(u64::from(timeout_ms));
@@ -256,7 +261,7 @@ impl ServicesView<'_> {
         };
         self.shared
             .effects
-            .record("services", kind.name(), &resolved.id, detail);
+            .record("services", kind.name(), &resolved.id, detail, None);
         self.shared.check_deadline()?;
         outcome
     }
@@ -340,7 +345,7 @@ impl services::Host for ServicesView<'_> {
         if matches!(done, Ok(()) | Err(CapError::Timeout(_))) {
             self.shared
                 .effects
-                .record("services", "daemon-reload", "systemd", String::new());
+                .record("services", "daemon-reload", "systemd", String::new(), None);
         }
         done
     }

@@ -1,0 +1,143 @@
+//! The runtime's side of undo: ending a run's journal (rolling a failed run
+//! back), undoing a finished run, and recovering runs a crash cut short.
+
+use std::time::{Duration, Instant};
+
+use super::Runtime;
+use crate::error::{Error, Result};
+use crate::report::RunStatus;
+use crate::undo::journal::{EndState, JournalDir, JournalInfo, JournalWriter, ReadJournal, reopen};
+use crate::undo::{JournalMode, OnFailure, Record, UndoCtx, UndoEntry, UndoReport, Undone};
+
+/// How long undoing one run may wait on the host's backends in all
+/// (netlink answers, systemd jobs).
+pub const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Runtime {
+    /// The node's journal directory, if this runtime has one.
+    pub fn journals(&self) -> Option<&JournalDir> {
+        self.journals.as_ref()
+    }
+
+    /// Ends a run's journal: a run that succeeded (or fails with `keep`)
+    /// keeps its changes and its journal; one that failed is rolled back.
+    /// Returns whether the run can be undone later, and the rollback.
+    pub(super) fn end_journal(
+        &self,
+        journal: Option<JournalWriter>,
+        status: &RunStatus,
+        on_failure: OnFailure,
+        mode: JournalMode,
+    ) -> Result<(bool, Option<UndoReport>)> {
+        let Some(writer) = journal else {
+            return Ok((false, None));
+        };
+        let undoable = writer.undoable() && mode != JournalMode::Off;
+        let run_id = writer.run_id().to_owned();
+        let Some((dir, _run, file)) = writer.finish() else {
+            // Nothing journaled: nothing changed, nothing to undo.
+            return Ok((undoable && self.journals.is_some(), None));
+        };
+        let mut read = reopen(file, &run_id)?;
+        if status.is_success() || on_failure == OnFailure::Keep || !undoable {
+            read.end(EndState::Applied)?;
+            return Ok((undoable && dir.is_some(), None));
+        }
+        let report = self.undo_journal(&mut read)?;
+        read.end(EndState::RolledBack)?;
+        Ok((false, Some(report)))
+    }
+
+    /// Undoes a finished run by its id: each effect journaled, newest first,
+    /// as far as the host is still as the run left it.
+    pub fn undo(&self, run_id: &str) -> Result<UndoReport> {
+        let dir = self.journal_dir()?;
+        let mut read = dir.read(run_id, true)?;
+        if read.info.overflowed {
+            return Err(Error::BadParams(format!(
+                "run {run_id} is not undoable: its undo data passed the journal's budget \
+                 (journal: best-effort), so only part of it was journaled"
+            )));
+        }
+        let report = self.undo_journal(&mut read)?;
+        read.end(EndState::Undone)?;
+        Ok(report)
+    }
+
+    /// Rolls back every run a crash cut short (a journal with no end record
+    /// that no live process holds), oldest first. What to call first on a
+    /// start, before any run.
+    pub fn recover(&self) -> Result<Vec<UndoReport>> {
+        let Some(dir) = &self.journals else {
+            return Ok(Vec::new());
+        };
+        let mut reports = Vec::new();
+        for info in dir.list()?.into_iter().flatten() {
+            if info.end.is_some() {
+                continue;
+            }
+            // Held by a live process: a run still going.
+            let Ok(mut read) = dir.read(&info.run.run_id, true) else {
+                continue;
+            };
+            if read.info.end.is_some() {
+                continue;
+            }
+            let report = self.undo_journal(&mut read)?;
+            tracing::warn!(run = %info.run.run_id, result = %report.summary(),
+                "rolled back a run that did not finish (the process running it was killed)");
+            read.end(EndState::RolledBack)?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// The journals on this node, oldest first (unreadable ones left out).
+    pub fn journal_list(&self) -> Result<Vec<JournalInfo>> {
+        Ok(self.journal_dir()?.list()?.into_iter().flatten().collect())
+    }
+
+    fn journal_dir(&self) -> Result<&JournalDir> {
+        self.journals.as_ref().ok_or_else(|| {
+            Error::BadParams("this runtime keeps no journal directory (no cache directory)".into())
+        })
+    }
+
+    /// Undoes a journal's effects, newest first.
+    fn undo_journal(&self, read: &mut ReadJournal) -> Result<UndoReport> {
+        let start = Instant::now();
+        let ctx = UndoCtx {
+            host: &self.host,
+            deadline: start + UNDO_TIMEOUT,
+        };
+        let mut entries = Vec::with_capacity(read.effects.len());
+        let effects = std::mem::take(&mut read.effects);
+        for (record, blob_at, blob_len) in effects.iter().rev() {
+            let Record::Effect {
+                capability,
+                action,
+                target,
+                undo,
+            } = record
+            else {
+                continue;
+            };
+            let undone = match read.blob(*blob_at, *blob_len) {
+                Ok(blob) => undo.undo(&ctx, &blob),
+                Err(e) => Undone::Failed(e.to_string()),
+            };
+            entries.push(UndoEntry {
+                capability: capability.clone(),
+                action: action.clone(),
+                target: target.clone(),
+                undone,
+            });
+        }
+        read.effects = effects;
+        Ok(UndoReport {
+            run_id: read.info.run.run_id.clone(),
+            entries,
+            undo_us: start.elapsed().as_micros() as u64,
+        })
+    }
+}

@@ -1,0 +1,577 @@
+//! The journal file: one per run, `<run-id>.undo` in the node's journal
+//! directory, append-only.
+//!
+//! Each record is framed `[json length u32][blob length u32][crc32 u32]`
+//! (little endian), then the JSON, then the blob (a file's previous bytes).
+//! A record is fsync'ed before the mutation it describes is made, so a
+//! record that is torn or fails its checksum was never followed by its
+//! mutation: reading stops there. The first record says which run it is,
+//! the last (once the run is over) how it ended.
+//!
+//! The process writing a journal holds an exclusive `flock` on it; the
+//! kernel drops it when the process dies, which is how a later start tells
+//! a run killed midway (unlocked, no end record) from one still going.
+//!
+//! Limits: [`MAX_RECORD_JSON`] per record's JSON; each run's journal up to
+//! its run budget ([`JournalLimits::run_bytes`], 64 MiB by default) and all
+//! journals of a node together up to [`JournalLimits::node_bytes`] (512 MiB).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::FlockOperation;
+use serde::{Deserialize, Serialize};
+
+use super::{JournalMode, Undo};
+use crate::error::{Error, Result};
+
+/// Largest JSON part of one record (the blob is counted apart).
+pub const MAX_RECORD_JSON: usize = 1 << 20;
+/// Bytes of framing per record.
+const FRAME: usize = 12;
+/// The file name suffix of a journal.
+const SUFFIX: &str = ".undo";
+/// Longest run id.
+pub const MAX_RUN_ID: usize = 128;
+
+/// How much undo data journals may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalLimits {
+    /// One run's journal, in bytes.
+    pub run_bytes: u64,
+    /// Every journal in the directory together, in bytes.
+    pub node_bytes: u64,
+}
+
+impl Default for JournalLimits {
+    fn default() -> Self {
+        Self {
+            run_bytes: 64 << 20,
+            node_bytes: 512 << 20,
+        }
+    }
+}
+
+/// One record of a journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "kebab-case")]
+pub(crate) enum Record {
+    /// The first: which run.
+    Begin(RunInfo),
+    /// What undoes the mutation that follows it.
+    Effect {
+        capability: String,
+        action: String,
+        target: String,
+        undo: Undo,
+    },
+    /// The run went past its budget in `best-effort` mode: what follows
+    /// was not journaled, so the run cannot be undone.
+    Overflow { why: String },
+    /// How the run (or its undo) ended.
+    End { state: EndState },
+}
+
+/// Which run a journal is of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    /// The run's id.
+    pub run_id: String,
+    /// The module's digest.
+    pub digest: String,
+    /// Who started it (the agent: its HostAction's uid), for finding a
+    /// HostAction's runs to undo.
+    pub owner: Option<String>,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// How a journaled run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndState {
+    /// The run finished and its changes stay (undoable later).
+    Applied,
+    /// The run failed and was rolled back (or recovered after a crash).
+    RolledBack,
+    /// The run was undone later.
+    Undone,
+}
+
+/// What a journal on disk says: its run, how far it got, how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalInfo {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunInfo,
+    /// Effects journaled.
+    pub effects: usize,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its last end record; none: the run did not finish (or is running).
+    pub end: Option<EndState>,
+    /// Whether it overflowed its budget (`best-effort`): not undoable.
+    pub overflowed: bool,
+}
+
+/// A journal read back: its records (blobs left on disk), for undoing.
+pub(crate) struct ReadJournal {
+    pub(crate) file: File,
+    pub(crate) info: JournalInfo,
+    /// Each effect with where its blob is (offset, length).
+    pub(crate) effects: Vec<(Record, u64, u32)>,
+}
+
+impl ReadJournal {
+    /// The blob of an effect, verified against nothing more than the
+    /// record's checksum (already checked when it was read).
+    pub(crate) fn blob(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let mut buf = vec![0; len as usize];
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(&mut buf))
+            .map_err(|e| Error::io(format!("journal of run {}", self.info.run.run_id), e))?;
+        Ok(buf)
+    }
+
+    /// Appends the end record, durably.
+    pub(crate) fn end(&mut self, state: EndState) -> Result<()> {
+        let run = self.info.run.run_id.clone();
+        self.file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
+        append(&mut self.file, &Record::End { state }, &[])
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
+        self.info.end = Some(state);
+        Ok(())
+    }
+}
+
+/// The node's journal directory and its limits.
+#[derive(Debug, Clone)]
+pub struct JournalDir {
+    dir: PathBuf,
+    limits: JournalLimits,
+}
+
+impl JournalDir {
+    /// The directory `dir` (made if missing, mode 0700: a journal holds
+    /// files' previous contents) with `limits`.
+    pub fn open(dir: &Path, limits: JournalLimits) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("journal directory {}", dir.display()), e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            limits,
+        })
+    }
+
+    /// Where the journals are.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> JournalLimits {
+        self.limits
+    }
+
+    fn file(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}{SUFFIX}"))
+    }
+
+    /// Every journal in the directory, oldest first; one that cannot be read
+    /// is listed by the error that names it.
+    pub fn list(&self) -> Result<Vec<std::result::Result<JournalInfo, Error>>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("journal directory {}", self.dir.display()), e))?
+        {
+            let entry = entry
+                .map_err(|e| Error::io(format!("journal directory {}", self.dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(run_id) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+                continue;
+            };
+            if check_run_id(run_id).is_err() {
+                continue;
+            }
+            out.push(self.read(run_id, false).map(|j| j.info));
+        }
+        out.sort_by_key(|j| match j {
+            Ok(info) => (info.run.started_ms, info.run.run_id.clone()),
+            Err(_) => (0, String::new()),
+        });
+        Ok(out)
+    }
+
+    /// Bytes all journals hold.
+    fn used_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(SUFFIX))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Reads a run's journal; with `lock`, holds its lock (refusing one that
+    /// another process holds: a run still going, or an undo under way).
+    pub(crate) fn read(&self, run_id: &str, lock: bool) -> Result<ReadJournal> {
+        check_run_id(run_id)?;
+        let path = self.file(run_id);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(lock)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::BadParams(format!(
+                    "no journal of run {run_id} in {}: the run changed nothing, \
+                     or its journal was collected",
+                    self.dir.display()
+                )),
+                _ => Error::io(path.display().to_string(), e),
+            })?;
+        if lock {
+            rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive).map_err(
+                |_| {
+                    Error::Host(format!(
+                        "run {run_id} is in use by another process (still running, or being undone)"
+                    ))
+                },
+            )?;
+        }
+        read_records(&mut file, run_id).map(|(info, effects)| ReadJournal {
+            file,
+            info,
+            effects,
+        })
+    }
+
+    /// Deletes a run's journal (collecting it with its run's record).
+    pub fn remove(&self, run_id: &str) -> Result<()> {
+        check_run_id(run_id)?;
+        match std::fs::remove_file(self.file(run_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(self.file(run_id).display().to_string(), e)),
+        }
+    }
+
+    /// Deletes the oldest finished journals past the newest `keep`.
+    pub fn collect(&self, keep: usize) -> Result<usize> {
+        let finished: Vec<JournalInfo> = self
+            .list()?
+            .into_iter()
+            .flatten()
+            .filter(|j| j.end.is_some())
+            .collect();
+        let extra = finished.len().saturating_sub(keep);
+        for j in &finished[..extra] {
+            self.remove(&j.run.run_id)?;
+        }
+        Ok(extra)
+    }
+}
+
+/// Refuses a run id that is not a plain file name: `[A-Za-z0-9._-]`, not
+/// starting with `.`, up to [`MAX_RUN_ID`] bytes.
+pub fn check_run_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_RUN_ID
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadParams(format!(
+            "run id {:?}: use 1 to {MAX_RUN_ID} of A-Z a-z 0-9 . _ - (not starting with .)",
+            crate::report::printable(id)
+        )))
+    }
+}
+
+/// A new run id: the time in milliseconds, the process and a counter, so
+/// ids sort by start and never repeat on a node.
+pub fn new_run_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        now_ms(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes one framed record.
+fn append(file: &mut File, record: &Record, blob: &[u8]) -> std::io::Result<u64> {
+    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    if json.len() > MAX_RECORD_JSON {
+        return Err(std::io::Error::other(format!(
+            "a journal record of {} bytes (the limit is {MAX_RECORD_JSON})",
+            json.len()
+        )));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&json);
+    crc.update(blob);
+    let mut buf = Vec::with_capacity(FRAME + json.len() + blob.len());
+    buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(&json);
+    buf.extend_from_slice(blob);
+    file.write_all(&buf)?;
+    Ok(buf.len() as u64)
+}
+
+/// Reads every whole record; stops at the first torn or corrupt one.
+type Effects = Vec<(Record, u64, u32)>;
+
+fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)> {
+    let what = || format!("journal of run {run_id}");
+    let len = file.metadata().map_err(|e| Error::io(what(), e))?.len();
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(what(), e))?;
+    let mut reader = std::io::BufReader::new(&*file);
+    let mut at = 0u64;
+    let mut info: Option<JournalInfo> = None;
+    let mut effects = Vec::new();
+    loop {
+        let mut frame = [0u8; FRAME];
+        if len - at < FRAME as u64 || reader.read_exact(&mut frame).is_err() {
+            break;
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+        let (json_len, blob_len, crc) = (word(0), word(4), word(8));
+        let rest = u64::from(json_len) + u64::from(blob_len);
+        if json_len as usize > MAX_RECORD_JSON || len - at - (FRAME as u64) < rest {
+            break;
+        }
+        let mut json = vec![0; json_len as usize];
+        if reader.read_exact(&mut json).is_err() {
+            break;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&json);
+        // The blob is checksummed as it is read past, not kept.
+        let mut left = blob_len as usize;
+        let mut chunk = vec![0u8; left.min(64 << 10)];
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if reader.read_exact(&mut chunk[..n]).is_err() {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+            left -= n;
+        }
+        if left > 0 || hasher.finalize() != crc {
+            break;
+        }
+        let blob_at = at + FRAME as u64 + u64::from(json_len);
+        at += FRAME as u64 + rest;
+        let Ok(record) = serde_json::from_slice::<Record>(&json) else {
+            break;
+        };
+        match (&mut info, record) {
+            (None, Record::Begin(run)) => {
+                info = Some(JournalInfo {
+                    run,
+                    effects: 0,
+                    bytes: len,
+                    end: None,
+                    overflowed: false,
+                })
+            }
+            (None, _) => break,
+            (Some(_), Record::Begin(_)) => break,
+            (Some(i), Record::End { state }) => i.end = Some(state),
+            (Some(i), Record::Overflow { .. }) => i.overflowed = true,
+            (Some(i), effect @ Record::Effect { .. }) => {
+                i.effects += 1;
+                effects.push((effect, blob_at, blob_len));
+            }
+        }
+    }
+    let info = info.ok_or_else(|| {
+        Error::Host(format!(
+            "the journal of run {run_id} has no readable first record"
+        ))
+    })?;
+    Ok((info, effects))
+}
+
+/// The journal of a run in progress, made at its first mutation (a run
+/// that changes nothing writes nothing).
+pub(crate) struct JournalWriter {
+    /// Where, or none: an unnamed temporary file (rollback only).
+    dir: Option<JournalDir>,
+    run: RunInfo,
+    mode: JournalMode,
+    file: Option<File>,
+    /// Bytes written and the budget for this run.
+    written: u64,
+    budget: u64,
+    overflowed: bool,
+}
+
+/// Why a record could not be journaled.
+pub(crate) enum JournalRefusal {
+    /// Past the budget (in `required` mode): the mutation must not be made.
+    Budget(String),
+    /// The journal could not be written.
+    Io(String),
+}
+
+impl JournalWriter {
+    /// A journal for `run`, in `dir` (or a temporary file), not yet made.
+    pub(crate) fn new(dir: Option<JournalDir>, run: RunInfo, mode: JournalMode) -> Self {
+        let budget = dir
+            .as_ref()
+            .map_or(JournalLimits::default().run_bytes, |d| d.limits.run_bytes);
+        Self {
+            dir,
+            run,
+            mode,
+            file: None,
+            written: 0,
+            budget,
+            overflowed: false,
+        }
+    }
+
+    /// The run's id.
+    pub(crate) fn run_id(&self) -> &str {
+        &self.run.run_id
+    }
+
+    /// Whether the run can be undone: journaled in full.
+    pub(crate) fn undoable(&self) -> bool {
+        self.mode != JournalMode::Off && !self.overflowed
+    }
+
+    /// Creates the journal file (locked) and writes its first record.
+    fn start(&mut self) -> std::result::Result<&mut File, JournalRefusal> {
+        let io = |e: std::io::Error| JournalRefusal::Io(e.to_string());
+        if self.file.is_none() {
+            let mut file = match &self.dir {
+                Some(dir) => {
+                    let used = dir.used_bytes();
+                    let left = dir.limits.node_bytes.saturating_sub(used);
+                    if left < self.budget {
+                        self.budget = left;
+                    }
+                    let path = dir.file(&self.run.run_id);
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .append(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(|e| JournalRefusal::Io(format!("{}: {e}", path.display())))?;
+                    rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive)
+                        .map_err(|e| JournalRefusal::Io(format!("{}: {e}", path.display())))?;
+                    file
+                }
+                None => tempfile::tempfile().map_err(io)?,
+            };
+            self.written += append(&mut file, &Record::Begin(self.run.clone()), &[]).map_err(io)?;
+            if let Some(dir) = &self.dir {
+                // The new name must survive a crash as much as its records.
+                File::open(&dir.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| JournalRefusal::Io("no journal".into()))
+    }
+
+    /// Journals what undoes the next mutation, durably. Past the budget:
+    /// `required` refuses (the mutation must not be made), `best-effort`
+    /// marks the run not undoable and lets it go on; `off` journals nothing.
+    pub(crate) fn write(
+        &mut self,
+        capability: &str,
+        action: &str,
+        target: &str,
+        undo: Undo,
+        blob: &[u8],
+    ) -> std::result::Result<(), JournalRefusal> {
+        if self.mode == JournalMode::Off || self.overflowed {
+            return Ok(());
+        }
+        let cost = (FRAME + blob.len() + target.len() + 256) as u64;
+        if self.written + cost > self.budget {
+            let why = format!(
+                "the undo journal of this run would pass its budget of {} bytes ({} written, \
+                 this change needs ~{cost}; per run {} MiB, per node {} MiB of journals)",
+                self.budget,
+                self.written,
+                self.dir.as_ref().map_or(64, |d| d.limits.run_bytes >> 20),
+                self.dir.as_ref().map_or(512, |d| d.limits.node_bytes >> 20),
+            );
+            if self.mode == JournalMode::Required {
+                return Err(JournalRefusal::Budget(why));
+            }
+            self.overflowed = true;
+            let file = self.start()?;
+            append(file, &Record::Overflow { why }, &[])
+                .and_then(|_| file.sync_data())
+                .map_err(|e| JournalRefusal::Io(e.to_string()))?;
+            return Ok(());
+        }
+        let record = Record::Effect {
+            capability: capability.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            undo,
+        };
+        let file = self.start()?;
+        let n = append(file, &record, blob)
+            .and_then(|n| file.sync_data().map(|()| n))
+            .map_err(|e| JournalRefusal::Io(e.to_string()))?;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Ends the run's journal: `Applied` when its changes stay, or hands it
+    /// back for a rollback. A run that journaled nothing has no journal.
+    pub(crate) fn finish(self) -> Option<(Option<JournalDir>, RunInfo, File)> {
+        let file = self.file?;
+        Some((self.dir, self.run, file))
+    }
+}
+
+/// Reads back a journal still open (a run's own, to roll it back).
+pub(crate) fn reopen(mut file: File, run_id: &str) -> Result<ReadJournal> {
+    read_records(&mut file, run_id).map(|(info, effects)| ReadJournal {
+        file,
+        info,
+        effects,
+    })
+}
