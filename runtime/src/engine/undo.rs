@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::Runtime;
 use crate::error::{Error, Result};
 use crate::report::RunStatus;
-use crate::undo::journal::{EndState, JournalDir, JournalInfo, JournalWriter, ReadJournal, reopen};
+use crate::undo::journal::{EndState, JournalDir, JournalInfo, JournalWriter, ReadJournal};
 use crate::undo::{JournalMode, OnFailure, Record, UndoCtx, UndoEntry, UndoReport, Undone};
 
 /// How long undoing one run may wait on the host's backends in all
@@ -33,16 +33,14 @@ impl Runtime {
             return Ok((false, None));
         };
         let undoable = writer.undoable() && mode != JournalMode::Off;
-        let run_id = writer.run_id().to_owned();
-        let Some((dir, _run, file)) = writer.finish() else {
-            // Nothing journaled: nothing changed, nothing to undo.
-            return Ok((undoable && self.journals.is_some(), None));
-        };
-        let mut read = reopen(file, &run_id)?;
         if status.is_success() || on_failure == OnFailure::Keep || !undoable {
-            read.end(EndState::Applied)?;
-            return Ok((undoable && dir.is_some(), None));
+            writer.end_applied()?;
+            return Ok((undoable && self.journals.is_some(), None));
         }
+        let Some(mut read) = writer.into_read()? else {
+            // Nothing journaled: nothing changed, nothing to roll back.
+            return Ok((false, None));
+        };
         let report = self.undo_journal(&mut read)?;
         read.end(EndState::RolledBack)?;
         Ok((false, Some(report)))
@@ -72,19 +70,18 @@ impl Runtime {
             return Ok(Vec::new());
         };
         let mut reports = Vec::new();
-        for info in dir.list()?.into_iter().flatten() {
-            if info.end.is_some() {
-                continue;
-            }
+        for run_id in dir.open_runs()? {
             // Held by a live process: a run still going.
-            let Ok(mut read) = dir.read(&info.run.run_id, true) else {
+            let Ok(mut read) = dir.read(&run_id, true) else {
                 continue;
             };
-            if read.info.end.is_some() {
+            if let Some(state) = read.info.end {
+                // Ended, but the rename was lost to a crash: redo it.
+                read.end(state)?;
                 continue;
             }
             let report = self.undo_journal(&mut read)?;
-            tracing::warn!(run = %info.run.run_id, result = %report.summary(),
+            tracing::warn!(run = %run_id, result = %report.summary(),
                 "rolled back a run that did not finish (the process running it was killed)");
             read.end(EndState::RolledBack)?;
             reports.push(report);

@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,8 +33,13 @@ use crate::error::{Error, Result};
 pub const MAX_RECORD_JSON: usize = 1 << 20;
 /// Bytes of framing per record.
 const FRAME: usize = 12;
-/// The file name suffix of a journal.
+/// The file name suffix of a journal whose run (or undo) has ended.
 const SUFFIX: &str = ".undo";
+/// The suffix while it has not: a run in progress, or cut short. Renamed
+/// once the end record is written (the record, not the name, is what
+/// counts: a rename lost to a crash is redone by the next recovery), so a
+/// start finds the runs to recover by name alone.
+const OPEN_SUFFIX: &str = ".undo.open";
 /// Longest run id.
 pub const MAX_RUN_ID: usize = 128;
 
@@ -122,6 +128,8 @@ pub struct JournalInfo {
 /// A journal read back: its records (blobs left on disk), for undoing.
 pub(crate) struct ReadJournal {
     pub(crate) file: File,
+    /// Its path while open (renamed when it ends); none for a temporary one.
+    open_path: Option<PathBuf>,
     pub(crate) info: JournalInfo,
     /// Each effect with where its blob is (offset, length).
     pub(crate) effects: Vec<(Record, u64, u32)>,
@@ -149,8 +157,23 @@ impl ReadJournal {
             .and_then(|_| self.file.sync_data())
             .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
         self.info.end = Some(state);
-        Ok(())
+        close(self.open_path.take())
     }
+}
+
+/// Renames an open journal to its ended name.
+fn close(open_path: Option<PathBuf>) -> Result<()> {
+    let Some(open) = open_path else {
+        return Ok(());
+    };
+    let Some(ended) = open
+        .to_str()
+        .and_then(|p| p.strip_suffix(".open"))
+        .map(PathBuf::from)
+    else {
+        return Ok(());
+    };
+    std::fs::rename(&open, &ended).map_err(|e| Error::io(open.display().to_string(), e))
 }
 
 /// The node's journal directory and its limits.
@@ -190,24 +213,45 @@ impl JournalDir {
         self.dir.join(format!("{run_id}{SUFFIX}"))
     }
 
-    /// Every journal in the directory, oldest first; one that cannot be read
-    /// is listed by the error that names it.
-    pub fn list(&self) -> Result<Vec<std::result::Result<JournalInfo, Error>>> {
+    fn open_file(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}{OPEN_SUFFIX}"))
+    }
+
+    /// The journals in the directory by name: each run id, whether it is
+    /// still open, and its file's metadata. Names that are not a journal's
+    /// are left alone.
+    fn entries(&self) -> Result<Vec<(String, bool, std::fs::Metadata)>> {
+        let what = || format!("journal directory {}", self.dir.display());
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(format!("journal directory {}", self.dir.display()), e))?
-        {
-            let entry = entry
-                .map_err(|e| Error::io(format!("journal directory {}", self.dir.display()), e))?;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(what(), e))? {
+            let entry = entry.map_err(|e| Error::io(what(), e))?;
             let name = entry.file_name();
-            let Some(run_id) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-                continue;
+            let Some(name) = name.to_str() else { continue };
+            let (run_id, open) = match name.strip_suffix(OPEN_SUFFIX) {
+                Some(id) => (id, true),
+                None => match name.strip_suffix(SUFFIX) {
+                    Some(id) => (id, false),
+                    None => continue,
+                },
             };
             if check_run_id(run_id).is_err() {
                 continue;
             }
-            out.push(self.read(run_id, false).map(|j| j.info));
+            if let Ok(meta) = entry.metadata() {
+                out.push((run_id.to_owned(), open, meta));
+            }
         }
+        Ok(out)
+    }
+
+    /// Every journal in the directory, oldest first; one that cannot be read
+    /// is listed by the error that names it.
+    pub fn list(&self) -> Result<Vec<std::result::Result<JournalInfo, Error>>> {
+        let mut out: Vec<_> = self
+            .entries()?
+            .into_iter()
+            .map(|(run_id, _, _)| self.read(&run_id, false).map(|j| j.info))
+            .collect();
         out.sort_by_key(|j| match j {
             Ok(info) => (info.run.started_ms, info.run.run_id.clone()),
             Err(_) => (0, String::new()),
@@ -215,15 +259,24 @@ impl JournalDir {
         Ok(out)
     }
 
+    /// The runs whose journals are still open: in progress, or cut short.
+    pub(crate) fn open_runs(&self) -> Result<Vec<String>> {
+        let mut open: Vec<(std::time::SystemTime, String)> = self
+            .entries()?
+            .into_iter()
+            .filter(|(_, open, _)| *open)
+            .map(|(id, _, meta)| (meta.modified().unwrap_or(UNIX_EPOCH), id))
+            .collect();
+        open.sort();
+        Ok(open.into_iter().map(|(_, id)| id).collect())
+    }
+
     /// Bytes all journals hold.
     fn used_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
+        self.entries()
             .into_iter()
             .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(SUFFIX))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
+            .map(|(_, _, meta)| meta.len())
             .sum()
     }
 
@@ -231,19 +284,28 @@ impl JournalDir {
     /// another process holds: a run still going, or an undo under way).
     pub(crate) fn read(&self, run_id: &str, lock: bool) -> Result<ReadJournal> {
         check_run_id(run_id)?;
-        let path = self.file(run_id);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(lock)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::BadParams(format!(
-                    "no journal of run {run_id} in {}: the run changed nothing, \
-                     or its journal was collected",
-                    self.dir.display()
-                )),
-                _ => Error::io(path.display().to_string(), e),
-            })?;
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(lock)
+                .open(path)
+        };
+        let (path, open_path, file) = match open(&self.file(run_id)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let path = self.open_file(run_id);
+                let file = open(&path);
+                (path.clone(), Some(path), file)
+            }
+            file => (self.file(run_id), None, file),
+        };
+        let mut file = file.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::BadParams(format!(
+                "no journal of run {run_id} in {}: the run changed nothing, \
+                 or its journal was collected",
+                self.dir.display()
+            )),
+            _ => Error::io(path.display().to_string(), e),
+        })?;
         if lock {
             rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive).map_err(
                 |_| {
@@ -255,12 +317,14 @@ impl JournalDir {
         }
         read_records(&mut file, run_id).map(|(info, effects)| ReadJournal {
             file,
+            open_path,
             info,
             effects,
         })
     }
 
-    /// Deletes a run's journal (collecting it with its run's record).
+    /// Deletes a run's ended journal (collecting it with its run's record).
+    /// An open one is left: its run may still be going, or need recovery.
     pub fn remove(&self, run_id: &str) -> Result<()> {
         check_run_id(run_id)?;
         match std::fs::remove_file(self.file(run_id)) {
@@ -270,17 +334,19 @@ impl JournalDir {
         }
     }
 
-    /// Deletes the oldest finished journals past the newest `keep`.
+    /// Deletes the oldest ended journals (by modification time) past the
+    /// newest `keep`. Reads no journal: the names say which have ended.
     pub fn collect(&self, keep: usize) -> Result<usize> {
-        let finished: Vec<JournalInfo> = self
-            .list()?
+        let mut ended: Vec<(std::time::SystemTime, String)> = self
+            .entries()?
             .into_iter()
-            .flatten()
-            .filter(|j| j.end.is_some())
+            .filter(|(_, open, _)| !*open)
+            .map(|(id, _, meta)| (meta.modified().unwrap_or(UNIX_EPOCH), id))
             .collect();
-        let extra = finished.len().saturating_sub(keep);
-        for j in &finished[..extra] {
-            self.remove(&j.run.run_id)?;
+        ended.sort();
+        let extra = ended.len().saturating_sub(keep);
+        for (_, id) in &ended[..extra] {
+            self.remove(id)?;
         }
         Ok(extra)
     }
@@ -328,6 +394,11 @@ pub(crate) fn now_ms() -> u64 {
 /// Writes one framed record.
 fn append(file: &mut File, record: &Record, blob: &[u8]) -> std::io::Result<u64> {
     let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    append_json(file, &json, blob)
+}
+
+/// Writes one framed record from its JSON.
+fn append_json(file: &mut File, json: &[u8], blob: &[u8]) -> std::io::Result<u64> {
     if json.len() > MAX_RECORD_JSON {
         return Err(std::io::Error::other(format!(
             "a journal record of {} bytes (the limit is {MAX_RECORD_JSON})",
@@ -335,13 +406,13 @@ fn append(file: &mut File, record: &Record, blob: &[u8]) -> std::io::Result<u64>
         )));
     }
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&json);
+    crc.update(json);
     crc.update(blob);
     let mut buf = Vec::with_capacity(FRAME + json.len() + blob.len());
     buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
     buf.extend_from_slice(&(blob.len() as u32).to_le_bytes());
     buf.extend_from_slice(&crc.finalize().to_le_bytes());
-    buf.extend_from_slice(&json);
+    buf.extend_from_slice(json);
     buf.extend_from_slice(blob);
     file.write_all(&buf)?;
     Ok(buf.len() as u64)
@@ -463,11 +534,6 @@ impl JournalWriter {
         }
     }
 
-    /// The run's id.
-    pub(crate) fn run_id(&self) -> &str {
-        &self.run.run_id
-    }
-
     /// Whether the run can be undone: journaled in full.
     pub(crate) fn undoable(&self) -> bool {
         self.mode != JournalMode::Off && !self.overflowed
@@ -484,11 +550,19 @@ impl JournalWriter {
                     if left < self.budget {
                         self.budget = left;
                     }
-                    let path = dir.file(&self.run.run_id);
+                    if dir.file(&self.run.run_id).exists() {
+                        return Err(JournalRefusal::Io(format!(
+                            "a journal of run {} exists already (run ids are unique per node)",
+                            self.run.run_id
+                        )));
+                    }
+                    let path = dir.open_file(&self.run.run_id);
+                    // 0600: a journal holds files' previous bytes.
                     let file = std::fs::OpenOptions::new()
                         .read(true)
                         .append(true)
                         .create_new(true)
+                        .mode(0o600)
                         .open(&path)
                         .map_err(|e| JournalRefusal::Io(format!("{}: {e}", path.display())))?;
                     rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive)
@@ -525,11 +599,18 @@ impl JournalWriter {
         if self.mode == JournalMode::Off || self.overflowed {
             return Ok(());
         }
-        let cost = (FRAME + blob.len() + target.len() + 256) as u64;
+        let record = Record::Effect {
+            capability: capability.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            undo,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| JournalRefusal::Io(e.to_string()))?;
+        let cost = (FRAME + json.len() + blob.len()) as u64;
         if self.written + cost > self.budget {
             let why = format!(
                 "the undo journal of this run would pass its budget of {} bytes ({} written, \
-                 this change needs ~{cost}; per run {} MiB, per node {} MiB of journals)",
+                 this change needs {cost}; per run {} MiB, per node {} MiB of journals)",
                 self.budget,
                 self.written,
                 self.dir.as_ref().map_or(64, |d| d.limits.run_bytes >> 20),
@@ -545,33 +626,46 @@ impl JournalWriter {
                 .map_err(|e| JournalRefusal::Io(e.to_string()))?;
             return Ok(());
         }
-        let record = Record::Effect {
-            capability: capability.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            undo,
-        };
         let file = self.start()?;
-        let n = append(file, &record, blob)
+        let n = append_json(file, &json, blob)
             .and_then(|n| file.sync_data().map(|()| n))
             .map_err(|e| JournalRefusal::Io(e.to_string()))?;
         self.written += n;
         Ok(())
     }
 
-    /// Ends the run's journal: `Applied` when its changes stay, or hands it
-    /// back for a rollback. A run that journaled nothing has no journal.
-    pub(crate) fn finish(self) -> Option<(Option<JournalDir>, RunInfo, File)> {
-        let file = self.file?;
-        Some((self.dir, self.run, file))
+    /// Ends the journal of a run whose changes stay: one end record, nothing
+    /// read back. A temporary journal (no directory) is just dropped.
+    pub(crate) fn end_applied(self) -> Result<()> {
+        let (Some(mut file), Some(dir)) = (self.file, &self.dir) else {
+            return Ok(());
+        };
+        let run = &self.run.run_id;
+        append(
+            &mut file,
+            &Record::End {
+                state: EndState::Applied,
+            },
+            &[],
+        )
+        .and_then(|_| file.sync_data())
+        .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
+        close(Some(dir.open_file(run)))
     }
-}
 
-/// Reads back a journal still open (a run's own, to roll it back).
-pub(crate) fn reopen(mut file: File, run_id: &str) -> Result<ReadJournal> {
-    read_records(&mut file, run_id).map(|(info, effects)| ReadJournal {
-        file,
-        info,
-        effects,
-    })
+    /// The journal read back, to roll its run back; none if nothing was
+    /// journaled.
+    pub(crate) fn into_read(self) -> Result<Option<ReadJournal>> {
+        let Some(mut file) = self.file else {
+            return Ok(None);
+        };
+        let open_path = self.dir.as_ref().map(|d| d.open_file(&self.run.run_id));
+        let (info, effects) = read_records(&mut file, &self.run.run_id)?;
+        Ok(Some(ReadJournal {
+            file,
+            open_path,
+            info,
+            effects,
+        }))
+    }
 }
