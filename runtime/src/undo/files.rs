@@ -118,36 +118,39 @@ impl FileUndo {
         let p = &self.place;
         let parse = |s: &str| HostPath::parse(s).map_err(|_| Errno::INVAL);
         let (anchor, granted, path) = (parse(&p.anchor)?, parse(&p.granted)?, parse(&p.path)?);
-        let granted_fd = match root.open_dir(&anchor, &granted) {
-            Ok(fd) => fd,
-            // The granted directory itself is gone: only a run that made it
-            // (and everything in it) is as before.
-            Err(Errno::NOENT) if self.before.is_none() => return Ok(Undone::Unchanged),
-            Err(Errno::NOENT) => {
-                return Ok(Undone::Conflict(format!(
-                    "{}: its granted directory {} is gone",
-                    p.path, p.granted
-                )));
+        let (dir, name) = if granted.starts_with(&path) {
+            // The granted directory or one of its ancestors (made by the
+            // run): reached as the run reached it, from its parent.
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(Errno::INVAL);
+            };
+            match root.open_dir(&anchor, &parent) {
+                Ok(fd) => (fd, name.to_owned()),
+                Err(Errno::NOENT) if self.before.is_none() => return Ok(Undone::Unchanged),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        };
-        let (dir, name) = match (path.parent(), path.file_name()) {
-            (Some(parent), Some(name)) if path != granted => {
-                let rel = parent.relative_to(&granted);
-                match open_beneath(&granted_fd, &rel, OFlags::RDONLY | OFlags::DIRECTORY) {
-                    Ok(fd) => (fd, name.to_owned()),
-                    Err(Errno::NOENT) if self.before.is_none() => return Ok(Undone::Unchanged),
-                    Err(e) => return Err(e),
+        } else {
+            let granted_fd = match root.open_dir(&anchor, &granted) {
+                Ok(fd) => fd,
+                // The granted directory is gone: only a path the run made
+                // (and everything in it) is as before.
+                Err(Errno::NOENT) if self.before.is_none() => return Ok(Undone::Unchanged),
+                Err(Errno::NOENT) => {
+                    return Ok(Undone::Conflict(format!(
+                        "{}: its granted directory {} is gone",
+                        p.path, p.granted
+                    )));
                 }
-            }
-            // The granted directory itself (made by the run): its parent is
-            // outside the grant, reached as the run reached it.
-            _ => {
-                let Some(parent) = granted.parent() else {
-                    return Err(Errno::INVAL);
-                };
-                let name = granted.file_name().ok_or(Errno::INVAL)?.to_owned();
-                (root.open_dir(&anchor, &parent)?, name)
+                Err(e) => return Err(e),
+            };
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(Errno::INVAL);
+            };
+            let rel = parent.relative_to(&granted);
+            match open_beneath(&granted_fd, &rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => (fd, name.to_owned()),
+                Err(Errno::NOENT) if self.before.is_none() => return Ok(Undone::Unchanged),
+                Err(e) => return Err(e),
             }
         };
         let now = now_at(&dir, &name)?;
