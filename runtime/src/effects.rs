@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::capabilities::{CapError, RunEnd};
 use crate::undo::Undo;
-use crate::undo::journal::{JournalRefusal, JournalWriter};
+use crate::undo::journal::{Barrier, JournalRefusal, JournalWriter};
 
 /// Whether mutations are carried out or only recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -128,8 +128,8 @@ impl Effects {
         self.mode
     }
 
-    /// Journals what undoes the mutation about to be made, durably (apply
-    /// mode; plan mode makes nothing). A mutation whose undo cannot be
+    /// Journals what undoes the mutation about to be made (apply mode;
+    /// plan mode makes nothing), before it is made. A mutation whose undo cannot be
     /// journaled must not be made: the error says why (past the journal's
     /// budget, the run ends as `limit exceeded`).
     pub(crate) fn journal(
@@ -163,6 +163,14 @@ impl Effects {
 
     /// Journals the mutation's undo, applies it (apply mode) or skips it
     /// (plan mode), and records it. A mutation that fails is not recorded.
+    ///
+    /// `mutate` gets the journal's [`Barrier`]: a mutation that makes
+    /// itself durable (a file's fsync before its rename) or destroys what
+    /// only the journal keeps (a file removed) syncs the journal first
+    /// with it. Records of other mutations (a directory made, a mode
+    /// changed, netlink, systemd: state a reboot resets) are written
+    /// before the mutation — a killed process always leaves them — and
+    /// synced at the next barrier or the run's end.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply<E: From<CapError>>(
         &mut self,
@@ -172,11 +180,14 @@ impl Effects {
         detail: String,
         diff: Option<String>,
         undo: (Undo, &[u8]),
-        mutate: impl FnOnce() -> Result<(), E>,
+        mutate: impl FnOnce(&Barrier<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.mode == Mode::Apply {
             self.journal(capability, action, target, undo.0, undo.1)?;
-            mutate()?;
+            match self.journal.as_mut() {
+                Some(journal) => mutate(&journal.barrier())?,
+                None => mutate(&Barrier::none())?,
+            }
         }
         self.record(capability, action, target, detail, diff);
         Ok(())

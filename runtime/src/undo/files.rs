@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Undone;
 use crate::capabilities::files::{read_all, write_atomically};
 use crate::host::{HostPath, HostRoot, make_dir, open_beneath};
+use crate::undo::journal::Barrier;
 
 /// A path as the run reached it: beneath `granted`, itself resolved under
 /// the host root up to `anchor`.
@@ -195,7 +196,7 @@ impl FileUndo {
                         p.path
                     )));
                 }
-                write_atomically(&dir, &name, blob, *mode)?;
+                write_atomically(&dir, &name, blob, *mode, &Barrier::none())?;
                 chown(&dir, &name, *uid, *gid)?;
             }
             Some(Before::Dir { mode, uid, gid }) => {

@@ -507,6 +507,10 @@ pub(crate) struct JournalWriter {
     written: u64,
     budget: u64,
     overflowed: bool,
+    /// Records written since the journal was last synced, and whether its
+    /// name (the directory entry) has been synced.
+    unsynced: bool,
+    name_synced: bool,
 }
 
 /// Why a record could not be journaled.
@@ -531,6 +535,8 @@ impl JournalWriter {
             written: 0,
             budget,
             overflowed: false,
+            unsynced: false,
+            name_synced: false,
         }
     }
 
@@ -572,12 +578,6 @@ impl JournalWriter {
                 None => tempfile::tempfile().map_err(io)?,
             };
             self.written += append(&mut file, &Record::Begin(self.run.clone()), &[]).map_err(io)?;
-            if let Some(dir) = &self.dir {
-                // The new name must survive a crash as much as its records.
-                File::open(&dir.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
             self.file = Some(file);
         }
         self.file
@@ -622,35 +622,61 @@ impl JournalWriter {
             self.overflowed = true;
             let file = self.start()?;
             append(file, &Record::Overflow { why }, &[])
-                .and_then(|_| file.sync_data())
                 .map_err(|e| JournalRefusal::Io(e.to_string()))?;
+            self.unsynced = true;
             return Ok(());
         }
         let file = self.start()?;
-        let n = append_json(file, &json, blob)
-            .and_then(|n| file.sync_data().map(|()| n))
-            .map_err(|e| JournalRefusal::Io(e.to_string()))?;
+        let n = append_json(file, &json, blob).map_err(|e| JournalRefusal::Io(e.to_string()))?;
         self.written += n;
+        self.unsynced = true;
         Ok(())
+    }
+
+    /// What makes the journal durable, for the next [`Barrier`]: nothing
+    /// if every record is synced already (or the journal is a temporary
+    /// file, which no crash leaves behind).
+    pub(crate) fn barrier(&mut self) -> Barrier<'_> {
+        let pending = self.unsynced && self.dir.is_some();
+        Barrier {
+            file: self.file.as_ref().filter(|_| pending),
+            dir: self
+                .dir
+                .as_ref()
+                .filter(|_| pending && !self.name_synced)
+                .map(|d| d.dir.as_path()),
+            synced: std::cell::Cell::new(false),
+            marks: Some((&mut self.unsynced, &mut self.name_synced)),
+        }
     }
 
     /// Ends the journal of a run whose changes stay: one end record, nothing
     /// read back. A temporary journal (no directory) is just dropped.
-    pub(crate) fn end_applied(self) -> Result<()> {
-        let (Some(mut file), Some(dir)) = (self.file, &self.dir) else {
+    pub(crate) fn end_applied(mut self) -> Result<()> {
+        let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
-        let run = &self.run.run_id;
+        let run = self.run.run_id.clone();
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         append(
-            &mut file,
+            file,
             &Record::End {
                 state: EndState::Applied,
             },
             &[],
         )
-        .and_then(|_| file.sync_data())
         .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
-        close(Some(dir.open_file(run)))
+        // Records of changes made since the last barrier (a directory made
+        // after the last file written) become durable with the end record.
+        // With none, the end record is left to the kernel's writeback: lost
+        // to a power cut, the run is rolled back at the next start — as
+        // before it, never in between.
+        self.barrier()
+            .sync()
+            .map_err(|e| Error::io(format!("journal of run {run}"), e.into()))?;
+        close(Some(dir.open_file(&run)))
     }
 
     /// The journal read back, to roll its run back; none if nothing was
@@ -668,4 +694,89 @@ impl JournalWriter {
             effects,
         }))
     }
+}
+
+/// Makes the journal durable before a change is: synced (its name too,
+/// the first time) alone, or on a second thread while the change's own
+/// fsync runs, so a file write pays for one flush, not two.
+pub(crate) struct Barrier<'a> {
+    file: Option<&'a File>,
+    dir: Option<&'a Path>,
+    synced: std::cell::Cell<bool>,
+    /// The writer's marks, updated once the barrier synced.
+    marks: Option<(&'a mut bool, &'a mut bool)>,
+}
+
+impl Barrier<'_> {
+    /// A barrier with nothing to sync (plan mode, no journal).
+    pub(crate) fn none() -> Self {
+        Barrier {
+            file: None,
+            dir: None,
+            synced: std::cell::Cell::new(false),
+            marks: None,
+        }
+    }
+
+    fn sync_journal(file: Option<&File>, dir: Option<&Path>) -> std::io::Result<()> {
+        if let Some(dir) = dir {
+            File::open(dir)?.sync_all()?;
+        }
+        match file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs the journal now.
+    pub(crate) fn sync(&self) -> std::result::Result<(), rustix::io::Errno> {
+        if self.file.is_some() && !self.synced.get() {
+            Self::sync_journal(self.file, self.dir).map_err(io_errno)?;
+            self.synced.set(true);
+        }
+        Ok(())
+    }
+
+    /// Runs `durable` (the fsync that makes a change durable, done before
+    /// the change is visible: a temporary file before its rename) while the
+    /// journal is synced; both must succeed before the caller goes on.
+    pub(crate) fn sync_with<T>(
+        &self,
+        durable: impl FnOnce() -> std::result::Result<T, rustix::io::Errno>,
+    ) -> std::result::Result<T, rustix::io::Errno> {
+        if self.file.is_none() || self.synced.get() {
+            return durable();
+        }
+        let (file, dir) = (self.file, self.dir);
+        let (journal, done) = std::thread::scope(|scope| {
+            let journal = std::thread::Builder::new()
+                .name("hostaction-journal-sync".into())
+                .spawn_scoped(scope, move || Self::sync_journal(file, dir));
+            let done = durable();
+            let journal = match journal {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("journal sync thread"))),
+                // No thread: sync here, after.
+                Err(_) => Self::sync_journal(file, dir),
+            };
+            (journal, done)
+        });
+        journal.map_err(io_errno)?;
+        self.synced.set(true);
+        done
+    }
+}
+
+impl Drop for Barrier<'_> {
+    fn drop(&mut self) {
+        if let (true, Some((unsynced, name_synced))) = (self.synced.get(), self.marks.as_mut()) {
+            **unsynced = false;
+            **name_synced = true;
+        }
+    }
+}
+
+fn io_errno(e: std::io::Error) -> rustix::io::Errno {
+    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)
 }

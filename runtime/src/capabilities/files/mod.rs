@@ -35,6 +35,7 @@ use crate::capabilities::payload::Payload;
 use crate::effects::Mode::Plan;
 use crate::grant::{EffectiveGrant, GrantedDir};
 use crate::undo::files::{After, Before, FileUndo, Place, before_at, digest};
+use crate::undo::journal::Barrier;
 use crate::undo::{Undo, diff};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
@@ -432,7 +433,7 @@ impl FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 None,
                 (scoped.dir_made(&dir, dir_mode), &[]),
-                || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
+                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
         }
         Ok(true)
@@ -536,12 +537,14 @@ pub(crate) fn read_all(fd: &OwnedFd, what: &HostPath) -> Result<Vec<u8>, CapErro
 }
 
 /// Replaces `name` in `dir` atomically: a temp file in the same directory,
-/// written, chmod'ed and fsync'ed, then renamed over the old one.
+/// written, chmod'ed and fsync'ed (while `journal` syncs the run's undo
+/// journal), then renamed over the old one.
 pub(crate) fn write_atomically(
     dir: &OwnedFd,
     name: &str,
     contents: &[u8],
     mode: u32,
+    journal: &Barrier<'_>,
 ) -> Result<(), Errno> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (tmp, fd) = loop {
@@ -568,7 +571,7 @@ pub(crate) fn write_atomically(
             }
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-        rustix::fs::fsync(&fd)?;
+        journal.sync_with(|| rustix::fs::fsync(&fd))?;
         rustix::fs::renameat(dir, &tmp, dir, name)
     })();
     if let Err(e) = written {
@@ -675,7 +678,9 @@ impl files::Host for FilesView<'_> {
             detail,
             Some(diff),
             (undo, blob),
-            || write_atomically(&dir, &name, &contents, mode).map_err(|e| scoped.err(e)),
+            |journal| {
+                write_atomically(&dir, &name, &contents, mode, journal).map_err(|e| scoped.err(e))
+            },
         )?;
         Ok(true)
     }
@@ -738,7 +743,11 @@ impl files::Host for FilesView<'_> {
             String::new(),
             Some(diff),
             (undo, &blob),
-            || rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e)),
+            |journal| {
+                // Only the journal keeps what is removed: durable first.
+                journal.sync().map_err(|e| scoped.err(e))?;
+                rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e))
+            },
         )?;
         Ok(true)
     }
@@ -803,7 +812,7 @@ impl files::Host for FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&made, dir_mode), &[]),
-                || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
+                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
             changed = true;
         }
@@ -843,7 +852,7 @@ impl files::Host for FilesView<'_> {
                     format!("{mode:04o}"),
                 )),
                 (undo, &[]),
-                || rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e)),
+                |_| rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e)),
             )?;
             changed = true;
         }
