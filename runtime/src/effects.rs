@@ -254,7 +254,7 @@ mod tests {
                     "0644".into(),
                     None,
                     (undo, &[]),
-                    || {
+                    |_| {
                         applied += 1;
                         Ok::<(), CapError>(())
                     },

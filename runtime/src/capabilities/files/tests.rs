@@ -469,7 +469,14 @@ fn failed_replace_keeps_the_old_entry_and_leaves_no_temporary_file() {
     )
     .expect("data");
     // Renaming a file over a non-empty directory fails at the last step.
-    write_atomically(&dir, "d", b"x", 0o644).expect_err("rename over a directory");
+    write_atomically(
+        &dir,
+        "d",
+        b"x",
+        0o644,
+        &crate::undo::journal::Barrier::none(),
+    )
+    .expect_err("rename over a directory");
     assert_eq!(std::fs::read(f.at("/data/d/keep")).expect("keep"), b"k");
     let names: Vec<_> = std::fs::read_dir(f.at("/data"))
         .expect("list")
