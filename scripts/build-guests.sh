@@ -38,6 +38,7 @@ ALL_GUEST_CRATES=(
     vxlan-overlay
     probe
     netprobe
+    txprobe
     svcprobe
     restart-on-change
     wrong-export
