@@ -134,8 +134,12 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
     let rt = runtime(&root, &cache, &scratch.path().join("undo"))?;
 
     // cni-install, fresh and in shape, journal on and off in turns.
-    let bytes = std::fs::read(&cfg.module)
-        .map_err(|e| format!("{}: {e} (run scripts/build-guests.sh)", cfg.module.display()))?;
+    let bytes = std::fs::read(&cfg.module).map_err(|e| {
+        format!(
+            "{}: {e} (run scripts/build-guests.sh)",
+            cfg.module.display()
+        )
+    })?;
     let grant = EffectiveGrant::new(&Grant::parse(CNI_GRANT, "grant")?, None)?;
     let cni = |mode: JournalMode, fresh: bool| -> BenchResult<f64> {
         if fresh {
@@ -148,7 +152,12 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         let report = rt.run(&module, request)?;
         let us = micros(start);
         if !report.status.is_success() || report.changed() != fresh {
-            return Err(format!("cni-install: {} changed={}", report.status, report.changed()).into());
+            return Err(format!(
+                "cni-install: {} changed={}",
+                report.status,
+                report.changed()
+            )
+            .into());
         }
         if mode == JournalMode::Required && fresh && !report.undoable {
             return Err("cni-install with a journal is not undoable".into());
@@ -189,7 +198,8 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
     // The 100-file action: rolled back against kept.
     let probe = std::fs::read(&cfg.probe)
         .map_err(|e| format!("{}: {e} (run scripts/build-guests.sh)", cfg.probe.display()))?;
-    let probe_grant = EffectiveGrant::new(&Grant::parse("files: {write: [/opt/many]}", "grant")?, None)?;
+    let probe_grant =
+        EffectiveGrant::new(&Grant::parse("files: {write: [/opt/many]}", "grant")?, None)?;
     let mut ops: Vec<_> = (0..ROLLBACK_FILES)
         .map(|i| {
             json!({"op": "ensure-file", "path": format!("/opt/many/f{i}"),
@@ -197,7 +207,10 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         })
         .collect();
     // Makes /opt and /opt/many: 102 effects in all.
-    ops.insert(0, json!({"op": "ensure-dir", "path": "/opt/many", "mode": 0o755}));
+    ops.insert(
+        0,
+        json!({"op": "ensure-dir", "path": "/opt/many", "mode": 0o755}),
+    );
     ops.push(json!({"op": "fail", "message": "fails after writing 100 files"}));
     let params = json!({ "ops": ops }).to_string();
     let hundred = |on_failure: OnFailure| -> BenchResult<(f64, f64)> {
@@ -208,7 +221,9 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         let report = rt.run(&*rt.load(&probe)?, request)?;
         let us = micros(start);
         let rollback_us = match (&report.rollback, on_failure) {
-            (Some(r), OnFailure::Rollback) if r.complete() && r.entries.len() == ROLLBACK_FILES + 2 => {
+            (Some(r), OnFailure::Rollback)
+                if r.complete() && r.entries.len() == ROLLBACK_FILES + 2 =>
+            {
                 r.undo_us as f64
             }
             (None, OnFailure::Keep) => 0.0,
@@ -319,7 +334,10 @@ fn overlay(cfg: &Config, scratch_dir: &Path) -> BenchResult<[Pair; 2]> {
     use crate::network::{grant, params};
     let iterations = cfg.iterations.min(MAX_NETWORK_ITERATIONS);
     let bytes = std::fs::read(&cfg.overlay_module).map_err(|e| {
-        format!("{}: {e} (run scripts/build-guests.sh)", cfg.overlay_module.display())
+        format!(
+            "{}: {e} (run scripts/build-guests.sh)",
+            cfg.overlay_module.display()
+        )
     })?;
     // Host root `/`, as the network suite: named namespaces in /var/run/netns.
     let rt = runtime(
@@ -337,7 +355,12 @@ fn overlay(cfg: &Config, scratch_dir: &Path) -> BenchResult<[Pair; 2]> {
         let report = rt.run(&*rt.load(&bytes)?, request)?;
         let us = micros(start);
         if !report.status.is_success() || report.changed() != fresh {
-            return Err(format!("vxlan-overlay: {} changed={}", report.status, report.changed()).into());
+            return Err(format!(
+                "vxlan-overlay: {} changed={}",
+                report.status,
+                report.changed()
+            )
+            .into());
         }
         clear_journals(&rt)?;
         Ok(us)
