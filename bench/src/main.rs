@@ -28,7 +28,7 @@
 //!   `target/bench/memory.json`.
 //! - `undo` ([`undo`]): cni-install (and, as root, vxlan-overlay) with the
 //!   undo journal against without it, fresh and in shape, and the rollback
-//!   of a 100-file action; fails past its budget (≤ 1.3× and ≤ 1 ms added
+//!   of a 100-file action, against its budget (≤ 1.3× and ≤ 1 ms added
 //!   on cni-install); writes `target/bench/undo.json`.
 
 mod cluster;

@@ -304,11 +304,9 @@ pub fn run(cfg: &Config) -> BenchResult<()> {
         "  budgets: {budgets} (≤ 1.3× and ≤ 1 ms added on cni-install): within budget: {}",
         if ok { "yes" } else { "NO" }
     );
-    write_json(&cfg.out, &result)?;
-    if !ok {
-        return Err("undo: the journal passes its budget on cni-install (see above)".into());
-    }
-    Ok(())
+    // Like the other suites: the budget is reported (JSON and "within
+    // budget: NO"), not an error that would stop the suites after this one.
+    write_json(&cfg.out, &result)
 }
 
 /// p50 of one 4 KiB append + fdatasync in `dir`: what each journaled
