@@ -26,6 +26,10 @@
 //!   against the agent DaemonSet's memory limit, and the RSS each
 //!   concurrent run adds beside its linear memory; writes
 //!   `target/bench/memory.json`.
+//! - `undo` ([`undo`]): cni-install (and, as root, vxlan-overlay) with the
+//!   undo journal against without it, fresh and in shape, and the rollback
+//!   of a 100-file action, against its budget (≤ 1.3× and ≤ 1 ms added
+//!   on cni-install); writes `target/bench/undo.json`.
 
 mod cluster;
 mod files;
@@ -34,6 +38,7 @@ mod memory;
 mod network;
 mod oci;
 mod services;
+mod undo;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -103,6 +108,8 @@ enum Suite {
     Languages,
     /// RSS of the idle agent and of each concurrent run.
     Memory,
+    /// The undo journal's cost, and a 100-file rollback.
+    Undo,
     /// All; the root-only suites are skipped with a note when not root.
     All,
 }
@@ -185,6 +192,15 @@ fn main() -> BenchResult<()> {
             guests: args.guests.clone(),
             concurrent: args.concurrent,
             out: args.out_dir.join("memory.json"),
+        })?;
+    }
+    if matches!(args.suite, Suite::Undo | Suite::All) {
+        undo::run(&undo::Config {
+            iterations: args.iterations,
+            module: args.module.clone(),
+            overlay_module: args.overlay_module.clone(),
+            probe: args.cluster_module.clone(),
+            out: args.out_dir.join("undo.json"),
         })?;
     }
     if matches!(args.suite, Suite::Network | Suite::Services | Suite::All)

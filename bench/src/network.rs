@@ -18,7 +18,7 @@
 //! link by link. Writes `target/bench/network.json`.
 
 mod native;
-mod scratch;
+pub(crate) mod scratch;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -213,7 +213,7 @@ impl Bench {
 }
 
 /// The action's params for `place`.
-fn params(place: &Place) -> serde_json::Value {
+pub(crate) fn params(place: &Place) -> serde_json::Value {
     json!({
         "netns": place.host,
         "bridge": BRIDGE,
@@ -249,7 +249,7 @@ fn script_env(place: &Place) -> Vec<(&'static str, String)> {
 }
 
 /// The action's grant: this process's namespaces, the overlay's links.
-fn grant(netns_pattern: &str) -> String {
+pub(crate) fn grant(netns_pattern: &str) -> String {
     format!(
         "network:\n  netns: [\"{netns_pattern}\"]\n  \
          interfaces: [{BRIDGE}, {VXLAN}, {DEVICE}, \"{HOST_END}*\"]\n  \

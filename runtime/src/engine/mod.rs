@@ -515,6 +515,7 @@ impl Runtime {
                         digest: module.digest.clone(),
                         owner: request.owner.clone(),
                         started_ms: crate::undo::journal::now_ms(),
+                        host: crate::undo::journal::HostId::of(self.host.root().path()),
                     },
                     request.journal,
                 )

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::Runtime;
 use crate::error::{Error, Result};
 use crate::report::RunStatus;
-use crate::undo::journal::{EndState, JournalDir, JournalInfo, JournalWriter, ReadJournal};
+use crate::undo::journal::{EndState, HostId, JournalDir, JournalInfo, JournalWriter, ReadJournal};
 use crate::undo::{JournalMode, OnFailure, Record, UndoCtx, UndoEntry, UndoReport, Undone};
 
 /// How long undoing one run may wait on the host's backends in all
@@ -51,6 +51,13 @@ impl Runtime {
     pub fn undo(&self, run_id: &str) -> Result<UndoReport> {
         let dir = self.journal_dir()?;
         let mut read = dir.read(run_id, true)?;
+        if let Some(theirs) = self.other_host(&read.info) {
+            return Err(Error::BadParams(format!(
+                "run {run_id} changed the host root {theirs}, not {}: undo it with \
+                 --host-root {theirs}",
+                self.host.root().path().display()
+            )));
+        }
         if read.info.overflowed {
             return Err(Error::BadParams(format!(
                 "run {run_id} is not undoable: its undo data passed the journal's budget \
@@ -75,9 +82,32 @@ impl Runtime {
             let Ok(mut read) = dir.read(&run_id, true) else {
                 continue;
             };
+            // Another host root's run: recovered by a start on that root.
+            if self.other_host(&read.info).is_some() {
+                continue;
+            }
             if let Some(state) = read.info.end {
                 // Ended, but the rename was lost to a crash: redo it.
                 read.end(state)?;
+                continue;
+            }
+            if read.info.overflowed {
+                // Only part of it was journaled: undoing that part would
+                // leave the host between before and after. Its changes stay.
+                let why = "the run passed its journal's budget (journal: best-effort): only \
+                           part of it was journaled, so none of it is undone; its changes stay";
+                tracing::warn!(run = %run_id, "{why}");
+                read.end(EndState::Applied)?;
+                reports.push(UndoReport {
+                    run_id: run_id.clone(),
+                    entries: vec![UndoEntry {
+                        capability: "journal".into(),
+                        action: "recover".into(),
+                        target: run_id.clone(),
+                        undone: Undone::Irreversible(why.into()),
+                    }],
+                    undo_us: 0,
+                });
                 continue;
             }
             let report = self.undo_journal(&mut read)?;
@@ -94,6 +124,16 @@ impl Runtime {
         Ok(self.journal_dir()?.list()?.into_iter().flatten().collect())
     }
 
+    /// The host root a journaled run changed, when it is not this
+    /// runtime's (a journal that does not say is taken as ours).
+    fn other_host(&self, info: &JournalInfo) -> Option<String> {
+        let theirs = info.run.host.as_ref()?;
+        match HostId::of(self.host.root().path()) {
+            Some(ours) if ours.same(theirs) => None,
+            _ => Some(theirs.path.clone()),
+        }
+    }
+
     fn journal_dir(&self) -> Result<&JournalDir> {
         self.journals.as_ref().ok_or_else(|| {
             Error::BadParams("this runtime keeps no journal directory (no cache directory)".into())
@@ -107,7 +147,17 @@ impl Runtime {
             host: &self.host,
             deadline: start + UNDO_TIMEOUT,
         };
-        let mut entries = Vec::with_capacity(read.effects.len());
+        let mut entries = Vec::with_capacity(read.effects.len() + 1);
+        if let Some(why) = &read.info.damaged {
+            // What was journaled past the damage is newer than every effect
+            // read: first in the report, and not undone.
+            entries.push(UndoEntry {
+                capability: "journal".into(),
+                action: "read".into(),
+                target: read.info.run.run_id.clone(),
+                undone: Undone::Failed(format!("the journal is damaged: {why}; not undone")),
+            });
+        }
         let effects = std::mem::take(&mut read.effects);
         for (record, blob_at, blob_len) in effects.iter().rev() {
             let Record::Effect {

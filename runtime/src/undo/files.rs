@@ -119,7 +119,16 @@ impl FileUndo {
         let p = &self.place;
         let parse = |s: &str| HostPath::parse(s).map_err(|_| Errno::INVAL);
         let (anchor, granted, path) = (parse(&p.anchor)?, parse(&p.granted)?, parse(&p.path)?);
-        let (dir, name) = if granted.starts_with(&path) {
+        // The path is beneath its granted directory, or is that directory
+        // or an ancestor the run made (it never changes one that was there).
+        let made_above = granted.starts_with(&path);
+        if (!made_above && !path.starts_with(&granted)) || (made_above && self.before.is_some()) {
+            return Ok(Undone::Failed(format!(
+                "{}: not a path a run under the grant {} could have changed; not undone",
+                p.path, p.granted
+            )));
+        }
+        let (dir, name) = if made_above {
             // The granted directory or one of its ancestors (made by the
             // run): reached as the run reached it, from its parent.
             let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -198,6 +207,15 @@ impl FileUndo {
                 }
                 write_atomically(&dir, &name, blob, *mode, &Barrier::none())?;
                 chown(&dir, &name, *uid, *gid)?;
+                if *mode & 0o6000 != 0 {
+                    // chown clears setuid and setgid on a file: set them again.
+                    let fd = open_beneath(
+                        &dir,
+                        &name,
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+                    )?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
+                }
             }
             Some(Before::Dir { mode, uid, gid }) => {
                 match now {

@@ -40,6 +40,12 @@ const SUFFIX: &str = ".undo";
 /// counts: a rename lost to a crash is redone by the next recovery), so a
 /// start finds the runs to recover by name alone.
 const OPEN_SUFFIX: &str = ".undo.open";
+/// The suffix of a journal being made: not yet a run's (a crash leaves one
+/// before its run changed anything; collection removes it).
+const NEW_SUFFIX: &str = ".undo.new";
+/// What a run's first record may take, counted against the node's budget
+/// with its first effect.
+const BEGIN_ALLOWANCE: u64 = 1024;
 /// Longest run id.
 pub const MAX_RUN_ID: usize = 128;
 
@@ -94,6 +100,41 @@ pub struct RunInfo {
     pub owner: Option<String>,
     /// When it started, in milliseconds since the Unix epoch.
     pub started_ms: u64,
+    /// The host root it changed: its undo and recovery act on that root
+    /// only (journals are kept per cache directory, not per host root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
+}
+
+/// A host root, told apart by its directory's device and inode (two
+/// spellings of one path are one root), with its path for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostId {
+    /// The host root's path when the run started.
+    pub path: String,
+    /// Its directory's device.
+    pub dev: u64,
+    /// Its directory's inode.
+    pub ino: u64,
+}
+
+impl HostId {
+    /// The identity of the host root at `path` (none if it cannot be
+    /// stat'ed, which opening it would have refused already).
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            path: path.display().to_string(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether `other` is the same directory.
+    pub fn same(&self, other: &HostId) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
 }
 
 /// How a journaled run ended.
@@ -123,6 +164,11 @@ pub struct JournalInfo {
     pub end: Option<EndState>,
     /// Whether it overflowed its budget (`best-effort`): not undoable.
     pub overflowed: bool,
+    /// A record that fails its checksum (or does not parse) with more bytes
+    /// after it: not a write torn by a crash but damage. What was journaled
+    /// after it is unknown, and cannot be undone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// A journal read back: its records (blobs left on disk), for undoing.
@@ -131,6 +177,10 @@ pub(crate) struct ReadJournal {
     /// Its path while open (renamed when it ends); none for a temporary one.
     open_path: Option<PathBuf>,
     pub(crate) info: JournalInfo,
+    /// Where the last whole record ends: what follows (a record torn by a
+    /// crash, or damage) is cut off before the end record is appended,
+    /// which would be unreadable behind it.
+    good_len: u64,
     /// Each effect with where its blob is (offset, length).
     pub(crate) effects: Vec<(Record, u64, u32)>,
 }
@@ -147,11 +197,17 @@ impl ReadJournal {
         Ok(buf)
     }
 
-    /// Appends the end record, durably.
+    /// Appends the end record, durably, right after the last whole record.
     pub(crate) fn end(&mut self, state: EndState) -> Result<()> {
         let run = self.info.run.run_id.clone();
+        let good = self.good_len;
         self.file
-            .seek(SeekFrom::End(0))
+            .metadata()
+            .and_then(|m| match m.len() == good {
+                true => Ok(()),
+                false => self.file.set_len(good),
+            })
+            .and_then(|()| self.file.seek(SeekFrom::End(0)))
             .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
         append(&mut self.file, &Record::End { state }, &[])
             .and_then(|_| self.file.sync_data())
@@ -193,6 +249,29 @@ impl JournalDir {
             .mode(0o700)
             .create(dir)
             .map_err(|e| Error::io(format!("journal directory {}", dir.display()), e))?;
+        // Made earlier, or by something else, with a wider mode: journals
+        // hold files' previous bytes (a key, a password), so only their
+        // owner may list or read them.
+        use rustix::fs::{Mode, OFlags};
+        let what = || format!("journal directory {}", dir.display());
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(what(), e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(what(), e.into()))?;
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(Error::Host(format!(
+                "{} is owned by uid {}, not by this process's user: it cannot hold undo journals",
+                what(),
+                st.st_uid
+            )));
+        }
+        if st.st_mode & 0o077 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io(what(), e.into()))?;
+        }
         Ok(Self {
             dir: dir.to_owned(),
             limits,
@@ -315,10 +394,11 @@ impl JournalDir {
                 },
             )?;
         }
-        read_records(&mut file, run_id).map(|(info, effects)| ReadJournal {
+        read_records(&mut file, run_id).map(|(info, effects, good_len)| ReadJournal {
             file,
             open_path,
             info,
+            good_len,
             effects,
         })
     }
@@ -347,6 +427,19 @@ impl JournalDir {
         let extra = ended.len().saturating_sub(keep);
         for (_, id) in &ended[..extra] {
             self.remove(id)?;
+        }
+        // Journals a crash left while being made (before their run changed
+        // anything), unless a live process still holds one.
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if !entry.file_name().to_string_lossy().ends_with(NEW_SUFFIX) {
+                continue;
+            }
+            let held = File::open(entry.path()).map(|f| {
+                rustix::fs::flock(f.as_fd(), FlockOperation::NonBlockingLockExclusive).is_err()
+            });
+            if held.is_ok_and(|held| !held) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(extra)
     }
@@ -421,7 +514,7 @@ fn append_json(file: &mut File, json: &[u8], blob: &[u8]) -> std::io::Result<u64
 /// Reads every whole record; stops at the first torn or corrupt one.
 type Effects = Vec<(Record, u64, u32)>;
 
-fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)> {
+fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects, u64)> {
     let what = || format!("journal of run {run_id}");
     let len = file.metadata().map_err(|e| Error::io(what(), e))?.len();
     file.seek(SeekFrom::Start(0))
@@ -430,6 +523,17 @@ fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)>
     let mut at = 0u64;
     let mut info: Option<JournalInfo> = None;
     let mut effects = Vec::new();
+    // A bad record that ends before the file does: damage, not a torn tail.
+    let mut damaged = None;
+    let damage = |at: u64, end: u64, why: &str| {
+        (end < len).then(|| {
+            format!(
+                "the record at byte {at} {why}, and {} bytes follow it: what was journaled \
+                 after it is unknown",
+                len - end
+            )
+        })
+    };
     loop {
         let mut frame = [0u8; FRAME];
         if len - at < FRAME as u64 || reader.read_exact(&mut frame).is_err() {
@@ -459,14 +563,16 @@ fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)>
             hasher.update(&chunk[..n]);
             left -= n;
         }
+        let record_end = at + FRAME as u64 + rest;
         if left > 0 || hasher.finalize() != crc {
+            damaged = damage(at, record_end, "fails its checksum");
             break;
         }
-        let blob_at = at + FRAME as u64 + u64::from(json_len);
-        at += FRAME as u64 + rest;
         let Ok(record) = serde_json::from_slice::<Record>(&json) else {
+            damaged = damage(at, record_end, "does not parse");
             break;
         };
+        let blob_at = at + FRAME as u64 + u64::from(json_len);
         match (&mut info, record) {
             (None, Record::Begin(run)) => {
                 info = Some(JournalInfo {
@@ -475,10 +581,14 @@ fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)>
                     bytes: len,
                     end: None,
                     overflowed: false,
+                    damaged: None,
                 })
             }
             (None, _) => break,
-            (Some(_), Record::Begin(_)) => break,
+            (Some(_), Record::Begin(_)) => {
+                damaged = damage(at, record_end, "is a second first record");
+                break;
+            }
             (Some(i), Record::End { state }) => i.end = Some(state),
             (Some(i), Record::Overflow { .. }) => i.overflowed = true,
             (Some(i), effect @ Record::Effect { .. }) => {
@@ -486,13 +596,15 @@ fn read_records(file: &mut File, run_id: &str) -> Result<(JournalInfo, Effects)>
                 effects.push((effect, blob_at, blob_len));
             }
         }
+        at = record_end;
     }
-    let info = info.ok_or_else(|| {
+    let mut info = info.ok_or_else(|| {
         Error::Host(format!(
             "the journal of run {run_id} has no readable first record"
         ))
     })?;
-    Ok((info, effects))
+    info.damaged = damaged;
+    Ok((info, effects, at))
 }
 
 /// The journal of a run in progress, made at its first mutation (a run
@@ -549,35 +661,42 @@ impl JournalWriter {
     fn start(&mut self) -> std::result::Result<&mut File, JournalRefusal> {
         let io = |e: std::io::Error| JournalRefusal::Io(e.to_string());
         if self.file.is_none() {
-            let mut file = match &self.dir {
+            let file = match &self.dir {
                 Some(dir) => {
-                    let used = dir.used_bytes();
-                    let left = dir.limits.node_bytes.saturating_sub(used);
-                    if left < self.budget {
-                        self.budget = left;
-                    }
                     if dir.file(&self.run.run_id).exists() {
                         return Err(JournalRefusal::Io(format!(
                             "a journal of run {} exists already (run ids are unique per node)",
                             self.run.run_id
                         )));
                     }
-                    let path = dir.open_file(&self.run.run_id);
-                    // 0600: a journal holds files' previous bytes.
-                    let file = std::fs::OpenOptions::new()
+                    // Made under a name recovery does not look at, locked and
+                    // given its first record, then renamed to `.undo.open`:
+                    // another process's recovery never finds it unlocked or
+                    // empty. 0600: a journal holds files' previous bytes.
+                    let new = dir.dir.join(format!("{}{NEW_SUFFIX}", self.run.run_id));
+                    let mut file = std::fs::OpenOptions::new()
                         .read(true)
                         .append(true)
                         .create_new(true)
                         .mode(0o600)
-                        .open(&path)
-                        .map_err(|e| JournalRefusal::Io(format!("{}: {e}", path.display())))?;
+                        .open(&new)
+                        .map_err(|e| JournalRefusal::Io(format!("{}: {e}", new.display())))?;
                     rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive)
+                        .map_err(|e| JournalRefusal::Io(format!("{}: {e}", new.display())))?;
+                    self.written +=
+                        append(&mut file, &Record::Begin(self.run.clone()), &[]).map_err(io)?;
+                    let path = dir.open_file(&self.run.run_id);
+                    std::fs::rename(&new, &path)
                         .map_err(|e| JournalRefusal::Io(format!("{}: {e}", path.display())))?;
                     file
                 }
-                None => tempfile::tempfile().map_err(io)?,
+                None => {
+                    let mut file = tempfile::tempfile().map_err(io)?;
+                    self.written +=
+                        append(&mut file, &Record::Begin(self.run.clone()), &[]).map_err(io)?;
+                    file
+                }
             };
-            self.written += append(&mut file, &Record::Begin(self.run.clone()), &[]).map_err(io)?;
             self.file = Some(file);
         }
         self.file
@@ -607,6 +726,14 @@ impl JournalWriter {
         };
         let json = serde_json::to_vec(&record).map_err(|e| JournalRefusal::Io(e.to_string()))?;
         let cost = (FRAME + json.len() + blob.len()) as u64;
+        if self.file.is_none()
+            && let Some(dir) = &self.dir
+        {
+            // What the node's journals leave, before the first record is
+            // weighed (and its first record with it).
+            let left = dir.limits.node_bytes.saturating_sub(dir.used_bytes());
+            self.budget = self.budget.min(left.saturating_sub(BEGIN_ALLOWANCE));
+        }
         if self.written + cost > self.budget {
             let why = format!(
                 "the undo journal of this run would pass its budget of {} bytes ({} written, \
@@ -620,17 +747,34 @@ impl JournalWriter {
                 return Err(JournalRefusal::Budget(why));
             }
             self.overflowed = true;
-            let file = self.start()?;
-            append(file, &Record::Overflow { why }, &[])
+            let json = serde_json::to_vec(&Record::Overflow { why })
                 .map_err(|e| JournalRefusal::Io(e.to_string()))?;
-            self.unsynced = true;
-            return Ok(());
+            return self.append(&json, &[]);
         }
-        let file = self.start()?;
-        let n = append_json(file, &json, blob).map_err(|e| JournalRefusal::Io(e.to_string()))?;
-        self.written += n;
-        self.unsynced = true;
-        Ok(())
+        self.append(&json, blob)
+    }
+
+    /// Appends a record (synced at the next [`Barrier`]); a write that
+    /// fails midway (a full disk) is cut off, so the end record after it
+    /// stays readable.
+    fn append(&mut self, json: &[u8], blob: &[u8]) -> std::result::Result<(), JournalRefusal> {
+        self.start()?;
+        let good = self.written;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| JournalRefusal::Io("no journal".into()))?;
+        match append_json(file, json, blob) {
+            Ok(n) => {
+                self.written = good + n;
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = file.set_len(good);
+                Err(JournalRefusal::Io(e.to_string()))
+            }
+        }
     }
 
     /// What makes the journal durable, for the next [`Barrier`]: nothing
@@ -686,11 +830,12 @@ impl JournalWriter {
             return Ok(None);
         };
         let open_path = self.dir.as_ref().map(|d| d.open_file(&self.run.run_id));
-        let (info, effects) = read_records(&mut file, &self.run.run_id)?;
+        let (info, effects, good_len) = read_records(&mut file, &self.run.run_id)?;
         Ok(Some(ReadJournal {
             file,
             open_path,
             info,
+            good_len,
             effects,
         }))
     }

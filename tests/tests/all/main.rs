@@ -34,3 +34,4 @@ mod real_manifests;
 mod scaffold;
 mod services;
 mod static_mode;
+mod undo;
