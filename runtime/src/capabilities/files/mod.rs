@@ -567,7 +567,7 @@ impl FilesView<'_> {
                 "create-dir",
                 &dir.to_string(),
                 format!("mode {dir_mode:04o}"),
-                None,
+                Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&dir, dir_mode), &[]),
                 || make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
