@@ -25,6 +25,7 @@ mod languages;
 mod network;
 mod oci;
 mod overlay;
+mod plan;
 mod python;
 mod real_apiserver;
 mod real_hostile;

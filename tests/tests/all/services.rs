@@ -8,7 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hostaction_runtime::Error;
+use hostaction_runtime::capabilities::services::undo::WINDOW_SLACK;
 use hostaction_runtime::effects::Mode;
+use hostaction_runtime::undo::{UndoReport, Undone};
 use hostaction_tests::systemd::{Systemd, Unit};
 use hostaction_tests::{Host, err_kind, probe_results, request};
 use serde_json::{Value, json};
@@ -17,6 +19,10 @@ use serde_json::{Value, json};
 const TEST_UNIT: &str = "[Service]
 ExecStart=/bin/sh -c 'echo $$$$ >> /run/ha-state/starts; exec sleep infinity'
 ExecReload=/bin/sh -c 'echo reload >> /run/ha-state/reloads'
+";
+/// A long-running service not started at boot, tracing its starts.
+const IDLE_UNIT: &str = "[Service]
+ExecStart=/bin/sh -c 'echo $$$$ >> /run/ha-state/idle; exec sleep infinity'
 ";
 /// A service whose start fails.
 const FAILING_UNIT: &str = "[Service]
@@ -36,7 +42,7 @@ ExecStart=/bin/sh -c 'echo %i >> /run/ha-state/instances; exec sleep infinity'
 /// The grant the tests use (`ha-other.service` stays out of it).
 const GRANT: &str = r#"
 services:
-  units: [ha-test.service, ha-fail.service, ha-slow.service, "ha-tpl@*.service", ha-sneaky.service, ha-gone.service]
+  units: [ha-test.service, ha-idle.service, ha-fail.service, ha-slow.service, "ha-tpl@*.service", ha-sneaky.service, ha-gone.service]
 "#;
 
 /// The lines of a unit's trace file once it has `n` (a started process writes
@@ -59,6 +65,11 @@ fn boot() -> Systemd {
                 name: "ha-test.service",
                 contents: TEST_UNIT,
                 enabled: true,
+            },
+            Unit {
+                name: "ha-idle.service",
+                contents: IDLE_UNIT,
+                enabled: false,
             },
             Unit {
                 name: "ha-other.service",
@@ -354,4 +365,193 @@ fn restart_on_change_restarts_once_then_not_again() {
     assert!(fourth.changed(), "{:#?}", fourth.log);
     assert_eq!(lines(&systemd, "starts", 4), 4, "the owed restart");
     assert!(!run("level = 3\n").changed(), "and then not again");
+}
+
+/// A host whose runtime keeps its journals in a directory of its own, so
+/// finished runs can be undone (the shared `Host` journals each run to a
+/// temporary file: rollback only).
+fn journaled_host(systemd: &Systemd) -> (Host, tempfile::TempDir) {
+    let journals = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let runtime = hostaction_runtime::Runtime::new(hostaction_runtime::RuntimeConfig {
+        host_root: root.path().to_owned(),
+        cache_dir: None,
+        system_bus: Some(systemd.address()),
+        journal_dir: Some(journals.path().to_owned()),
+        ..hostaction_runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    (Host { root, runtime }, journals)
+}
+
+fn active_state(systemd: &Systemd, unit: &str) -> String {
+    systemd
+        .property(unit, "Unit", "ActiveState")
+        .trim_start_matches("s ")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// What undoing each effect came to, newest first: (action, target, result).
+fn undone(report: &UndoReport) -> Vec<(String, String, Undone)> {
+    report
+        .entries
+        .iter()
+        .map(|e| (e.action.clone(), e.target.clone(), e.undone.clone()))
+        .collect()
+}
+
+#[test]
+fn a_run_that_starts_units_and_then_fails_is_rolled_back_and_they_stop_again() {
+    let systemd = boot();
+    let host = Host::with_bus(Some(systemd.address()));
+    assert_eq!(active_state(&systemd, "ha-idle.service"), "inactive");
+    let mut req = request(
+        &json!({"ops": [
+            {"op": "start", "unit": "ha-idle.service", "timeout_ms": 10000},
+            // Takes 5 s: the run's 2 s deadline passes first.
+            {"op": "start", "unit": "ha-slow.service", "timeout_ms": 10000},
+        ]}),
+        GRANT,
+    );
+    req.limits.timeout = std::time::Duration::from_secs(2);
+    let report = host.runtime.run(&host.load("svcprobe"), req).unwrap();
+    assert!(!report.status.is_success(), "{report:#?}");
+    let idle = report
+        .effects
+        .iter()
+        .find(|e| e.target == "ha-idle.service")
+        .unwrap();
+    assert_eq!(idle.diff.as_deref(), Some("active-state inactive → active"));
+    let rollback = report.rollback.as_ref().expect("rolled back");
+    assert_eq!(
+        undone(rollback),
+        [
+            ("start".into(), "ha-slow.service".into(), Undone::Restored),
+            ("start".into(), "ha-idle.service".into(), Undone::Restored),
+        ],
+        "{rollback:#?}"
+    );
+    // The independent observer: both stopped again; ha-idle did run.
+    assert_eq!(active_state(&systemd, "ha-idle.service"), "inactive");
+    // A oneshot stopped mid-start ends `failed` (its process was killed).
+    let slow = active_state(&systemd, "ha-slow.service");
+    assert!(slow == "inactive" || slow == "failed", "{slow}");
+    assert_eq!(lines(&systemd, "idle", 1), 1);
+}
+
+#[test]
+fn undo_of_a_stop_starts_the_unit_again() {
+    let systemd = boot();
+    let (host, _journals) = journaled_host(&systemd);
+    let before = systemd.main_pid("ha-test.service");
+    assert_ne!(before, 0);
+    let report = host
+        .run(
+            "svcprobe",
+            &json!({"ops": [{"op": "stop", "unit": "ha-test.service", "timeout_ms": 10000}]}),
+            GRANT,
+        )
+        .unwrap();
+    assert!(report.status.is_success() && report.undoable, "{report:#?}");
+    assert_eq!(
+        report.effects[0].diff.as_deref(),
+        Some("active-state active → inactive")
+    );
+    assert_eq!(systemd.main_pid("ha-test.service"), 0);
+    let undo = host.runtime.undo(&report.run_id).unwrap();
+    assert_eq!(
+        undone(&undo),
+        [("stop".into(), "ha-test.service".into(), Undone::Restored)]
+    );
+    assert_eq!(active_state(&systemd, "ha-test.service"), "active");
+    let after = systemd.main_pid("ha-test.service");
+    assert!(after != 0 && after != before, "{before} -> {after}");
+    // A second undo finds it as before: nothing to do.
+    let again = host.runtime.undo(&report.run_id).unwrap();
+    assert_eq!(
+        undone(&again),
+        [("stop".into(), "ha-test.service".into(), Undone::Unchanged)]
+    );
+}
+
+#[test]
+fn undo_leaves_a_unit_someone_restarted_since_and_says_conflict() {
+    let systemd = boot();
+    let (host, _journals) = journaled_host(&systemd);
+    // The run's start: its job's window is its 1 s wait plus the slack.
+    let first = host
+        .run(
+            "svcprobe",
+            &json!({"ops": [{"op": "start", "unit": "ha-idle.service", "timeout_ms": 1000}]}),
+            GRANT,
+        )
+        .unwrap();
+    assert!(first.status.is_success(), "{first:#?}");
+    assert_eq!(lines(&systemd, "idle", 1), 1);
+    // Someone else stops and starts it again, after that window.
+    std::thread::sleep(
+        std::time::Duration::from_millis(1000)
+            + WINDOW_SLACK
+            + std::time::Duration::from_millis(500),
+    );
+    probe(
+        &host,
+        json!([
+            {"op": "stop", "unit": "ha-idle.service", "timeout_ms": 10000},
+            {"op": "start", "unit": "ha-idle.service", "timeout_ms": 10000},
+        ]),
+        GRANT,
+    );
+    assert_eq!(lines(&systemd, "idle", 2), 2);
+    let pid = systemd.main_pid("ha-idle.service");
+    let undo = host.runtime.undo(&first.run_id).unwrap();
+    match &undone(&undo)[..] {
+        [(action, target, Undone::Conflict(why))] => {
+            assert_eq!(
+                (action.as_str(), target.as_str()),
+                ("start", "ha-idle.service")
+            );
+            assert!(why.contains("after the run's"), "{why}");
+        }
+        other => panic!("expected one conflict, got {other:?}"),
+    }
+    // Left running: the same process.
+    assert_eq!(systemd.main_pid("ha-idle.service"), pid);
+    assert!(!undo.complete());
+}
+
+#[test]
+fn a_restart_is_reported_irreversible_and_undo_restarts_nothing() {
+    let systemd = boot();
+    let (host, _journals) = journaled_host(&systemd);
+    let report = host
+        .run(
+            "svcprobe",
+            &json!({"ops": [{"op": "restart", "unit": "ha-test.service", "timeout_ms": 10000}]}),
+            GRANT,
+        )
+        .unwrap();
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(
+        report.effects[0].diff.as_deref(),
+        Some("active-state active → active")
+    );
+    assert_eq!(lines(&systemd, "starts", 2), 2);
+    let pid = systemd.main_pid("ha-test.service");
+    let undo = host.runtime.undo(&report.run_id).unwrap();
+    match &undone(&undo)[..] {
+        [(action, _, Undone::Irreversible(why))] => {
+            assert_eq!(action, "restart");
+            assert!(
+                why.contains("cannot be un-restarted") && why.contains("state before"),
+                "{why}"
+            );
+        }
+        other => panic!("expected one irreversible, got {other:?}"),
+    }
+    assert_eq!(undo.counts().irreversible, 1);
+    assert_eq!(systemd.main_pid("ha-test.service"), pid);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(systemd.trace("starts").lines().count(), 2, "not restarted");
 }

@@ -14,8 +14,16 @@
 //! filesystem's magic number of the opened file, never by its path) are
 //! refused unless `kernelPaths` lists them: `/proc/self` is the agent.
 //!
+//! Plan mode sees its own planned writes: a planned directory exists for the
+//! calls after it, a planned file reads back its planned bytes (and `stat`,
+//! `list-dir` and a second identical `ensure-file` see it), a planned
+//! removal hides the path — so a plan lists what the following apply does.
+//! Planned contents are host memory a guest grows: they are charged to
+//! [`PLAN_FILE_BYTES`], past which the run ends as `limit exceeded`.
+//!
 //! Limits: paths up to [`MAX_PATH_BYTES`], files up to [`MAX_FILE_BYTES`],
-//! listings up to [`MAX_DIR_ENTRIES`] entries.
+//! listings up to [`MAX_DIR_ENTRIES`] entries, planned contents up to
+//! [`PLAN_FILE_BYTES`] in all.
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +52,12 @@ use wasmtime::component::{HasData, Linker};
 pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// Most entries `list-dir` returns.
 pub const MAX_DIR_ENTRIES: usize = 10_000;
+/// Most bytes plan mode keeps of the files it plans to write (their
+/// contents, paths and [`PLANNED_FILE_OVERHEAD`] each), all together: what a
+/// plan that writes files and reads them back costs the host. Past it the
+/// run ends as `limit exceeded` (a plan cannot forget what later calls
+/// read): room for three files at [`MAX_FILE_BYTES`] and many small ones.
+pub const PLAN_FILE_BYTES: usize = 64 << 20;
 /// Permission bits an action may set: no setuid, setgid or sticky bits.
 const ALLOWED_MODE_BITS: u32 = 0o777;
 
@@ -56,6 +70,8 @@ pub struct FilesCtx {
     payload: Arc<Payload>,
     /// Plan mode: directories recorded as created but not made.
     planned_dirs: PlannedDirs,
+    /// Plan mode: files recorded as written or removed, not touched.
+    planned_files: PlannedFiles,
 }
 
 impl FilesCtx {
@@ -70,6 +86,7 @@ impl FilesCtx {
             host_root,
             payload,
             planned_dirs: PlannedDirs::default(),
+            planned_files: PlannedFiles::default(),
         }
     }
 }
@@ -103,7 +120,7 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 /// directory between them is planned too).
 #[derive(Debug, Default)]
 pub(crate) struct PlannedDirs {
-    chains: Vec<(HostPath, usize)>,
+    chains: Vec<(HostPath, usize, u32)>,
     bytes: usize,
 }
 
@@ -113,9 +130,15 @@ const PLANNED_DIR_OVERHEAD: usize = 64;
 const PLANNED_PART_OVERHEAD: usize = 32;
 
 impl PlannedDirs {
-    /// Remembers the directories of `dir` from depth `first_missing` down,
-    /// or ends the run when the budget is used up.
-    pub(crate) fn push(&mut self, dir: HostPath, first_missing: usize) -> Result<(), CapError> {
+    /// Remembers the directories of `dir` from depth `first_missing` down
+    /// (`dir` itself with `mode`, the others 0755), or ends the run when the
+    /// budget is used up.
+    pub(crate) fn push(
+        &mut self,
+        dir: HostPath,
+        first_missing: usize,
+        mode: u32,
+    ) -> Result<(), CapError> {
         let cost = PLANNED_DIR_OVERHEAD
             + dir
                 .components()
@@ -124,8 +147,37 @@ impl PlannedDirs {
                 .sum::<usize>();
         super::check_plan("planned directories", self.bytes + cost)?;
         self.bytes += cost;
-        self.chains.push((dir, first_missing));
+        self.chains.push((dir, first_missing, mode));
         Ok(())
+    }
+
+    /// The mode of `path` if it is a planned directory itself.
+    fn mode_of(&self, path: &HostPath) -> Option<u32> {
+        let depth = path.components().len();
+        (self.planned_depth(path)? == depth).then(|| {
+            self.chains
+                .iter()
+                .find(|(deepest, _, _)| deepest == path)
+                .map_or(0o755, |(_, _, mode)| *mode)
+        })
+    }
+
+    /// The names of the planned directories directly in `dir`.
+    fn children(&self, dir: &HostPath) -> Vec<String> {
+        let depth = dir.components().len();
+        let mut names: Vec<String> = self
+            .chains
+            .iter()
+            .filter(|(deepest, first, _)| {
+                deepest.components().len() > depth
+                    && *first <= depth + 1
+                    && deepest.starts_with(dir)
+            })
+            .map(|(deepest, _, _)| deepest.components()[depth].clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Whether `path` is a planned directory or lies beneath one.
@@ -140,7 +192,7 @@ impl PlannedDirs {
     fn planned_depth(&self, path: &HostPath) -> Option<usize> {
         self.chains
             .iter()
-            .filter_map(|(deepest, first)| {
+            .filter_map(|(deepest, first, _)| {
                 let common = path
                     .components()
                     .iter()
@@ -151,6 +203,91 @@ impl PlannedDirs {
             })
             .max()
     }
+}
+
+/// Plan mode's files recorded as written (their planned bytes and mode) or
+/// removed, but not touched: what later calls of the run see at those
+/// paths instead of the host. Charged against [`PLAN_FILE_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct PlannedFiles {
+    paths: std::collections::HashMap<HostPath, PlannedFile>,
+    bytes: usize,
+}
+
+/// A path as plan mode left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PlannedFile {
+    /// Written with these bytes and mode, at this time (ns since the epoch).
+    Written {
+        contents: Vec<u8>,
+        mode: u32,
+        at_ns: u64,
+    },
+    /// Removed.
+    Removed,
+}
+
+/// What each planned path costs besides its bytes and contents.
+const PLANNED_FILE_OVERHEAD: usize = 128;
+
+impl PlannedFiles {
+    fn cost(path: &HostPath, planned: &PlannedFile) -> usize {
+        PLANNED_FILE_OVERHEAD
+            + path.components().iter().map(String::len).sum::<usize>()
+            + match planned {
+                PlannedFile::Written { contents, .. } => contents.len(),
+                PlannedFile::Removed => 0,
+            }
+    }
+
+    /// Remembers `path` as `planned` (replacing what was planned there), or
+    /// ends the run when [`PLAN_FILE_BYTES`] would be passed.
+    pub(crate) fn set(&mut self, path: HostPath, planned: PlannedFile) -> Result<(), CapError> {
+        let old = self.paths.get(&path).map_or(0, |p| Self::cost(&path, p));
+        let bytes = self.bytes - old + Self::cost(&path, &planned);
+        if bytes > PLAN_FILE_BYTES {
+            return Err(CapError::Trap(wasmtime::Error::new(super::RunEnd::Limit(
+                format!(
+                    "plan mode's record of planned files reached its limit of {} MiB \
+                     (files.PLAN_FILE_BYTES)",
+                    PLAN_FILE_BYTES >> 20
+                ),
+            ))));
+        }
+        self.bytes = bytes;
+        self.paths.insert(path, planned);
+        Ok(())
+    }
+
+    /// Forgets `path`.
+    fn forget(&mut self, path: &HostPath) {
+        if let Some(p) = self.paths.remove(path) {
+            self.bytes -= Self::cost(path, &p);
+        }
+    }
+
+    fn get(&self, path: &HostPath) -> Option<&PlannedFile> {
+        self.paths.get(path)
+    }
+
+    /// The planned paths directly in `dir`.
+    fn children<'a>(
+        &'a self,
+        dir: &'a HostPath,
+    ) -> impl Iterator<Item = (&'a str, &'a PlannedFile)> + 'a {
+        let depth = dir.components().len();
+        self.paths
+            .iter()
+            .filter(move |(path, _)| path.components().len() == depth + 1 && path.starts_with(dir))
+            .map(move |(path, planned)| (path.components()[depth].as_str(), planned))
+    }
+}
+
+/// Nanoseconds since the epoch now: a planned file's modification time.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Read or write access, for scope checks and messages.
@@ -431,7 +568,7 @@ impl FilesView<'_> {
                 "create-dir",
                 &dir.to_string(),
                 format!("mode {dir_mode:04o}"),
-                None,
+                Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&dir, dir_mode), &[]),
                 |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
@@ -465,12 +602,187 @@ impl FilesView<'_> {
         }
         self.ctx
             .planned_dirs
-            .push(path.clone(), missing.components().len())
+            .push(path.clone(), missing.components().len(), mode)
     }
 
     /// Plan mode: whether `path` lies beneath a directory planned, not made.
     fn planned(&self, path: &HostPath) -> bool {
         self.shared.effects.mode() == Plan && self.ctx.planned_dirs.beneath(path)
+    }
+
+    /// Plan mode: `ensure-file` of a path the plan wrote or removed, or
+    /// beneath a planned directory — worked out from the plan alone, as
+    /// apply mode would find it. None: the host decides (apply mode, or a
+    /// path the plan has not touched).
+    fn plan_file(
+        &mut self,
+        scoped: &Scoped,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<Option<bool>, CapError> {
+        if self.shared.effects.mode() != Plan {
+            return Ok(None);
+        }
+        let before = match self.ctx.planned_files.get(&scoped.path) {
+            Some(PlannedFile::Written {
+                contents: old,
+                mode: old_mode,
+                ..
+            }) => {
+                if *old == contents && *old_mode == mode {
+                    return Ok(Some(false));
+                }
+                Some((old.clone(), *old_mode))
+            }
+            Some(PlannedFile::Removed) => None,
+            None if self.planned(&scoped.path) => {
+                // Beneath a planned directory: its parent must be one too
+                // (apply mode would find no parent otherwise).
+                let depth = scoped.path.components().len();
+                if self.ctx.planned_dirs.planned_depth(&scoped.path) < Some(depth - 1) {
+                    return Err(scoped.err(Errno::NOENT));
+                }
+                None
+            }
+            None => return Ok(None),
+        };
+        let target = scoped.path.to_string();
+        let diff = diff::contents(
+            &target,
+            before.as_ref().map(|(old, m)| (&old[..], *m)),
+            Some((contents, mode)),
+        );
+        self.shared.effects.record(
+            "files",
+            "write-file",
+            &target,
+            format!("{} bytes, mode {mode:04o}", contents.len()),
+            Some(diff),
+        );
+        self.remember_written(&scoped.path, contents.to_vec(), mode)?;
+        Ok(Some(true))
+    }
+
+    /// Plan mode: remembers the bytes and mode planned for `path`.
+    fn remember_written(
+        &mut self,
+        path: &HostPath,
+        contents: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), CapError> {
+        if self.shared.effects.mode() != Plan {
+            return Ok(());
+        }
+        self.ctx.planned_files.set(
+            path.clone(),
+            PlannedFile::Written {
+                contents,
+                mode,
+                at_ns: now_ns(),
+            },
+        )
+    }
+
+    /// Plan mode: `remove` of a path the plan wrote or removed. A planned
+    /// file is removed as apply mode would remove the file it wrote (the
+    /// effect is recorded); it is then forgotten, or hidden when the host
+    /// has a file there. None: the host decides.
+    fn plan_remove(&mut self, scoped: &Scoped) -> Result<Option<bool>, CapError> {
+        if self.shared.effects.mode() != Plan {
+            return Ok(None);
+        }
+        let (contents, mode) = match self.ctx.planned_files.get(&scoped.path) {
+            None => return Ok(None),
+            Some(PlannedFile::Removed) => return Ok(Some(false)),
+            Some(PlannedFile::Written { contents, mode, .. }) => (contents.clone(), *mode),
+        };
+        let target = scoped.path.to_string();
+        self.shared.effects.record(
+            "files",
+            "remove",
+            &target,
+            String::new(),
+            Some(diff::contents(&target, Some((&contents, mode)), None)),
+        );
+        let on_host = !self.planned(&scoped.path)
+            && self
+                .open_parent(scoped)
+                .ok()
+                .is_some_and(|(dir, name)| matches!(before_at(&dir, &name), Ok((Some(_), _))));
+        if on_host {
+            self.ctx
+                .planned_files
+                .set(scoped.path.clone(), PlannedFile::Removed)?;
+        } else {
+            self.ctx.planned_files.forget(&scoped.path);
+        }
+        Ok(Some(true))
+    }
+
+    /// Plan mode: what `stat` sees at a planned file or directory (`Some(None)`:
+    /// a planned removal). None: the host decides.
+    fn plan_stat(&self, scoped: &Scoped) -> Option<Option<FileStat>> {
+        if self.shared.effects.mode() != Plan {
+            return None;
+        }
+        match self.ctx.planned_files.get(&scoped.path) {
+            Some(PlannedFile::Written {
+                contents,
+                mode,
+                at_ns,
+            }) => {
+                return Some(Some(FileStat {
+                    kind: FileKind::File,
+                    size: contents.len() as u64,
+                    mode: *mode,
+                    modified_ns: *at_ns,
+                }));
+            }
+            Some(PlannedFile::Removed) => return Some(None),
+            None => {}
+        }
+        let mode = self.ctx.planned_dirs.mode_of(&scoped.path)?;
+        Some(Some(FileStat {
+            kind: FileKind::Directory,
+            size: 0,
+            mode,
+            modified_ns: 0,
+        }))
+    }
+
+    /// Plan mode: a listing of `scoped` with what the plan made or removed
+    /// in it, sorted, within [`MAX_DIR_ENTRIES`].
+    fn with_planned(
+        &self,
+        scoped: &Scoped,
+        mut entries: Vec<DirEntry>,
+    ) -> Result<Vec<DirEntry>, CapError> {
+        let files = &self.ctx.planned_files;
+        entries.retain(|e| files.children(&scoped.path).all(|(name, _)| name != e.name));
+        for (name, planned) in files.children(&scoped.path) {
+            if matches!(planned, PlannedFile::Written { .. }) {
+                entries.push(DirEntry {
+                    name: name.to_owned(),
+                    kind: FileKind::File,
+                });
+            }
+        }
+        for name in self.ctx.planned_dirs.children(&scoped.path) {
+            if entries.iter().all(|e| e.name != name) {
+                entries.push(DirEntry {
+                    name,
+                    kind: FileKind::Directory,
+                });
+            }
+        }
+        if entries.len() > MAX_DIR_ENTRIES {
+            return Err(CapError::InvalidArgument(format!(
+                "{} has more than {MAX_DIR_ENTRIES} entries",
+                scoped.path
+            )));
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 }
 
@@ -619,14 +931,8 @@ impl files::Host for FilesView<'_> {
             )));
         }
         self.check_executable(mode, &contents, &scoped.path)?;
-        if self.planned(&scoped.path) {
-            let detail = format!("{} bytes, mode {mode:04o}", contents.len());
-            let target = scoped.path.to_string();
-            let diff = diff::contents(&target, None, Some((&contents, mode)));
-            self.shared
-                .effects
-                .record("files", "write-file", &target, detail, Some(diff));
-            return Ok(true);
+        if let Some(changed) = self.plan_file(&scoped, &contents, mode)? {
+            return Ok(changed);
         }
         let (dir, name) = self.open_parent(&scoped)?;
         self.check_kernel_fs(&scoped, &dir, &parent_of(&scoped.path), true)?;
@@ -682,11 +988,19 @@ impl files::Host for FilesView<'_> {
                 write_atomically(&dir, &name, &contents, mode, journal).map_err(|e| scoped.err(e))
             },
         )?;
+        self.remember_written(&scoped.path, contents, mode)?;
         Ok(true)
     }
 
     fn read_file(&mut self, path: String) -> Result<Vec<u8>, CapError> {
         let scoped = self.scope(&path, Access::Read)?;
+        if self.shared.effects.mode() == Plan {
+            match self.ctx.planned_files.get(&scoped.path) {
+                Some(PlannedFile::Written { contents, .. }) => return Ok(contents.clone()),
+                Some(PlannedFile::Removed) => return Err(scoped.err(Errno::NOENT)),
+                None => {}
+            }
+        }
         let granted = self.open_granted(&scoped)?;
         // Look before opening for reading: opening a device or a FIFO can have
         // effects of its own, and a hard link could name a file outside.
@@ -713,6 +1027,9 @@ impl files::Host for FilesView<'_> {
 
     fn remove(&mut self, path: String) -> Result<bool, CapError> {
         let scoped = self.scope(&path, Access::Write)?;
+        if let Some(removed) = self.plan_remove(&scoped)? {
+            return Ok(removed);
+        }
         let (dir, name) = match self.open_parent(&scoped) {
             Err(CapError::NotFound(_)) => return Ok(false),
             other => other?,
@@ -749,6 +1066,11 @@ impl files::Host for FilesView<'_> {
                 rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| scoped.err(e))
             },
         )?;
+        if self.shared.effects.mode() == Plan {
+            self.ctx
+                .planned_files
+                .set(scoped.path.clone(), PlannedFile::Removed)?;
+        }
         Ok(true)
     }
 
@@ -861,6 +1183,12 @@ impl files::Host for FilesView<'_> {
 
     fn list_dir(&mut self, path: String) -> Result<Vec<DirEntry>, CapError> {
         let scoped = self.scope(&path, Access::Read)?;
+        if self.shared.effects.mode() == Plan
+            && self.ctx.planned_dirs.mode_of(&scoped.path).is_some()
+        {
+            // A planned directory: only what the plan put in it.
+            return self.with_planned(&scoped, Vec::new());
+        }
         let granted = self.open_granted(&scoped)?;
         let fd = open_beneath(&granted, &scoped.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| scoped.err(e))?;
@@ -884,12 +1212,18 @@ impl files::Host for FilesView<'_> {
                 kind: kind_of(entry.file_type()),
             });
         }
+        if self.shared.effects.mode() == Plan {
+            return self.with_planned(&scoped, entries);
+        }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
 
     fn stat(&mut self, path: String) -> Result<Option<FileStat>, CapError> {
         let scoped = self.scope(&path, Access::Read)?;
+        if let Some(planned) = self.plan_stat(&scoped) {
+            return Ok(planned);
+        }
         let granted = match self.open_granted(&scoped) {
             Err(CapError::NotFound(_)) => return Ok(None),
             other => other?,

@@ -726,8 +726,136 @@ fn planned_directories_past_the_plan_budget_end_the_run() {
     let mut planned = PlannedDirs::default();
     let dir = HostPath::parse(&format!("/{}", "d".repeat(200))).expect("path");
     let err = (0..PLAN_BYTES)
-        .find_map(|_| planned.push(dir.clone(), 1).err())
+        .find_map(|_| planned.push(dir.clone(), 1, 0o755).err())
         .expect("the budget ends");
     assert!(testing::is_limit(&err), "{err:?}");
     assert!(planned.bytes <= PLAN_BYTES);
+}
+
+const READ_WRITE_DATA: &str = "files: {read: [/data], write: [/data]}";
+
+fn names(entries: &[DirEntry]) -> Vec<(String, FileKind)> {
+    entries.iter().map(|e| (e.name.clone(), e.kind)).collect()
+}
+
+#[test]
+fn plan_mode_reads_back_its_planned_files_and_directories() {
+    let mut f = Fixture::new(READ_WRITE_DATA, RunMode::Plan);
+    std::fs::write(f.at("/data/host"), b"on the host").expect("host file");
+    let mut v = f.view();
+    assert!(
+        files::Host::ensure_file(&mut v, "/data/x".into(), b"one\n".to_vec(), 0o640).expect("x")
+    );
+    assert_eq!(
+        files::Host::read_file(&mut v, "/data/x".into()).expect("read"),
+        b"one\n"
+    );
+    let st = files::Host::stat(&mut v, "/data/x".into())
+        .expect("stat")
+        .expect("planned");
+    assert_eq!((st.kind, st.size, st.mode), (FileKind::File, 4, 0o640));
+    // The same again: nothing new to plan.
+    assert!(
+        !files::Host::ensure_file(&mut v, "/data/x".into(), b"one\n".to_vec(), 0o640)
+            .expect("same")
+    );
+    // Changed: diffed against the planned bytes.
+    assert!(
+        files::Host::ensure_file(&mut v, "/data/x".into(), b"two\n".to_vec(), 0o640).expect("two")
+    );
+    assert!(files::Host::ensure_dir(&mut v, "/data/d".into(), 0o700).expect("dir"));
+    assert!(files::Host::ensure_file(&mut v, "/data/d/y".into(), b"y".to_vec(), 0o644).expect("y"));
+    // A file beneath a planned directory's missing child: no parent.
+    assert!(matches!(
+        files::Host::ensure_file(&mut v, "/data/d/e/z".into(), b"z".to_vec(), 0o644),
+        Err(CapError::NotFound(_))
+    ));
+    let st = files::Host::stat(&mut v, "/data/d".into())
+        .expect("stat")
+        .expect("planned dir");
+    assert_eq!((st.kind, st.mode), (FileKind::Directory, 0o700));
+    assert_eq!(
+        names(&files::Host::list_dir(&mut v, "/data".into()).expect("list")),
+        [
+            ("d".to_owned(), FileKind::Directory),
+            ("host".to_owned(), FileKind::File),
+            ("x".to_owned(), FileKind::File)
+        ]
+    );
+    assert_eq!(
+        names(&files::Host::list_dir(&mut v, "/data/d".into()).expect("list d")),
+        [("y".to_owned(), FileKind::File)]
+    );
+    // Removing a planned file: recorded as apply records it, then gone.
+    assert!(files::Host::remove(&mut v, "/data/x".into()).expect("remove"));
+    assert!(matches!(
+        files::Host::read_file(&mut v, "/data/x".into()),
+        Err(CapError::NotFound(_))
+    ));
+    assert!(
+        files::Host::stat(&mut v, "/data/x".into())
+            .expect("stat")
+            .is_none()
+    );
+    assert!(!files::Host::remove(&mut v, "/data/x".into()).expect("again"));
+    // Removing a host file: hidden from the calls after.
+    assert!(files::Host::remove(&mut v, "/data/host".into()).expect("remove host"));
+    assert!(
+        files::Host::stat(&mut v, "/data/host".into())
+            .expect("stat")
+            .is_none()
+    );
+    assert!(!files::Host::remove(&mut v, "/data/host".into()).expect("again"));
+    assert_eq!(
+        names(&files::Host::list_dir(&mut v, "/data".into()).expect("list")),
+        [("d".to_owned(), FileKind::Directory)]
+    );
+    // Nothing touched on the host.
+    assert!(!f.at("/data/x").exists() && !f.at("/data/d").exists());
+    assert_eq!(
+        std::fs::read(f.at("/data/host")).expect("host"),
+        b"on the host"
+    );
+    let seen: Vec<_> = effects(&mut f.shared)
+        .into_iter()
+        .map(|e| (e.action, e.target, e.diff.unwrap_or_default()))
+        .collect();
+    let actions: Vec<_> = seen.iter().map(|(a, t, _)| (*a, t.as_str())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("write-file", "/data/x"),
+            ("write-file", "/data/x"),
+            ("create-dir", "/data/d"),
+            ("write-file", "/data/d/y"),
+            ("remove", "/data/x"),
+            ("remove", "/data/host"),
+        ]
+    );
+    assert!(
+        seen[1].2.contains("-one") && seen[1].2.contains("+two"),
+        "{}",
+        seen[1].2
+    );
+}
+
+#[test]
+fn planned_file_contents_past_their_budget_end_the_run() {
+    let mut planned = PlannedFiles::default();
+    let big = || PlannedFile::Written {
+        contents: vec![0; MAX_FILE_BYTES],
+        mode: 0o644,
+        at_ns: 0,
+    };
+    let path = |i: usize| HostPath::parse(&format!("/data/{i}")).expect("path");
+    for i in 0..3 {
+        planned.set(path(i), big()).expect("within the budget");
+    }
+    // Replacing one costs only the difference.
+    planned.set(path(0), big()).expect("replaced");
+    let err = planned.set(path(3), big()).expect_err("past the budget");
+    assert!(testing::is_limit(&err), "{err:?}");
+    assert!(planned.bytes <= PLAN_FILE_BYTES);
+    planned.forget(&path(0));
+    planned.set(path(3), big()).expect("room again");
 }

@@ -21,7 +21,9 @@ use super::{CapError, Shared};
 use crate::bindings::hostaction::host::services::{self, JobResult, UnitStatus};
 use crate::effects::Mode;
 use crate::grant::{EffectiveGrant, ServicesScope, glob};
+use crate::undo::{Undo, diff};
 use systemd::{JobEnd, JobKind, ResolvedUnit, Status, Systemd};
+use undo::{ServiceUndo, UnitState, Window};
 
 /// Longest unit name systemd takes.
 pub const MAX_UNIT_NAME_BYTES: usize = 255;
@@ -205,17 +207,58 @@ impl ServicesView<'_> {
             ));
         }
         let resolved = self.scoped_unit(&unit)?;
+        // The state before: the diff's left side and the journal's record.
+        let before = self.ctx.units.status(&resolved, self.shared.deadline)?;
         if self.shared.effects.mode() == Mode::Plan {
+            let after = planned_state(kind, &before.active_state);
             self.shared.effects.record(
                 "services",
                 kind.name(),
                 &resolved.id,
                 "planned".into(),
-                None,
+                Some(state_diff(&before.active_state, after)),
             );
             return Ok(JobResult::Done);
         }
-        let wait = Duration::from_millis(u64::from(timeout_ms));
+        let wait = Duration::from_millis(u64::from(timeout_ms)).min(
+            self.shared
+                .deadline
+                .saturating_duration_since(Instant::now()),
+        );
+        let state = UnitState::of(&before);
+        let undo = match kind {
+            JobKind::Start => Undo::Services(ServiceUndo::Started {
+                unit: resolved.id.clone(),
+                before: state,
+                window: Window::starting_now(wait),
+            }),
+            JobKind::Stop => Undo::Services(ServiceUndo::Stopped {
+                unit: resolved.id.clone(),
+                before: state,
+                window: Window::starting_now(wait),
+            }),
+            JobKind::Restart | JobKind::TryRestart | JobKind::Reload => Undo::Irreversible {
+                why: format!(
+                    "{}; recorded: the state before ({} ({}), invocation {}) and after (the \
+                     effect's diff)",
+                    match kind {
+                        JobKind::Reload => "a reload cannot be un-reloaded",
+                        _ => "a restart cannot be un-restarted",
+                    },
+                    state.active_state,
+                    state.sub_state,
+                    if state.invocation_id.is_empty() {
+                        "none"
+                    } else {
+                        &state.invocation_id
+                    }
+                ),
+            },
+        };
+        // Write-ahead: journaled before systemd gets the job.
+        self.shared
+            .effects
+            .journal("services", kind.name(), &resolved.id, undo, &[])?;
         let end = self
             .ctx
             .units
@@ -259,13 +302,40 @@ impl ServicesView<'_> {
             ),
             Err(e) => return Err(e),
         };
+        // The state after, read live (none once the deadline has passed).
+        let diff = self
+            .ctx
+            .units
+            .status(&resolved, self.shared.deadline)
+            .ok()
+            .map(|after| state_diff(&before.active_state, &after.active_state));
         self.shared
             .effects
-            .record("services", kind.name(), &resolved.id, detail, None);
+            .record("services", kind.name(), &resolved.id, detail, diff);
         self.shared.check_deadline()?;
         outcome
     }
 }
+
+/// What a job leaves a unit's `ActiveState` at, as far as plan mode can
+/// tell from the state before: a start or restart runs it, a stop stops
+/// it, a try-restart leaves a stopped unit stopped, a reload changes none.
+fn planned_state(kind: JobKind, before: &str) -> &str {
+    match kind {
+        JobKind::Start | JobKind::Restart => "active",
+        JobKind::Stop => "inactive",
+        JobKind::TryRestart if undo::running(before) => "active",
+        JobKind::TryRestart | JobKind::Reload => before,
+    }
+}
+
+/// A services effect's diff: `active-state inactive → active`.
+fn state_diff(before: &str, after: &str) -> String {
+    diff::attribute("active-state", before, after)
+}
+
+/// What a daemon-reload's effect says changed.
+const DAEMON_RELOAD_DIFF: &str = "unit files reread";
 
 /// Maps `JobRemoved`'s result string.
 fn job_result(result: &str) -> Result<JobResult, CapError> {
@@ -339,13 +409,30 @@ impl services::Host for ServicesView<'_> {
         }
         let done = match self.shared.effects.mode() {
             Mode::Plan => Ok(()),
-            Mode::Apply => self.ctx.units.daemon_reload(self.shared.deadline),
+            Mode::Apply => {
+                self.shared.effects.journal(
+                    "services",
+                    "daemon-reload",
+                    "systemd",
+                    Undo::Irreversible {
+                        why: "a daemon-reload cannot be undone (systemd rereads its unit files \
+                              as they are); recorded: that it ran"
+                            .into(),
+                    },
+                    &[],
+                )?;
+                self.ctx.units.daemon_reload(self.shared.deadline)
+            }
         };
         // A reload that did not answer in time may still have happened.
         if matches!(done, Ok(()) | Err(CapError::Timeout(_))) {
-            self.shared
-                .effects
-                .record("services", "daemon-reload", "systemd", String::new(), None);
+            self.shared.effects.record(
+                "services",
+                "daemon-reload",
+                "systemd",
+                String::new(),
+                Some(DAEMON_RELOAD_DIFF.into()),
+            );
         }
         done
     }

@@ -56,6 +56,14 @@ trait Unit {
     fn sub_state(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+    /// 128 random bits systemd draws at each start: tells one run of a unit
+    /// from the next.
+    #[zbus(property, name = "InvocationID")]
+    fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
+    #[zbus(property)]
+    fn inactive_exit_timestamp_monotonic(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn inactive_enter_timestamp_monotonic(&self) -> zbus::Result<u64>;
 }
 
 #[proxy(
@@ -133,6 +141,14 @@ pub struct Status {
     pub main_pid: Option<u32>,
     /// When the unit last became active, µs since the epoch.
     pub active_since_us: Option<u64>,
+    /// The current (or last) start's `InvocationID`, in hex; empty if none.
+    pub invocation_id: String,
+    /// When the unit last left the inactive state (a start began),
+    /// `CLOCK_MONOTONIC` µs; 0 if never.
+    pub inactive_exit_mono_us: u64,
+    /// When the unit last became inactive or failed (a stop ended),
+    /// `CLOCK_MONOTONIC` µs; 0 if never.
+    pub inactive_enter_mono_us: u64,
 }
 
 /// The D-Bus address of the unix socket at `socket`.
@@ -336,7 +352,8 @@ impl Systemd {
     }
 
     /// The live state of the unit at `path`. Equal to `systemctl show -p
-    /// ActiveState,SubState,MainPID,ActiveEnterTimestamp`.
+    /// ActiveState,SubState,MainPID,ActiveEnterTimestamp,InvocationID,
+    /// InactiveExitTimestampMonotonic,InactiveEnterTimestampMonotonic`.
     pub fn status(&self, unit: &ResolvedUnit, deadline: Instant) -> Result<Status, CapError> {
         self.with(deadline, async |c| {
             let proxy = unit_proxy(c, &unit.path).await?;
@@ -357,6 +374,21 @@ impl Systemd {
                 sub_state: proxy.sub_state().await.map_err(bus_error)?,
                 main_pid,
                 active_since_us: Some(since).filter(|t| *t != 0),
+                invocation_id: proxy
+                    .invocation_id()
+                    .await
+                    .map_err(bus_error)?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+                inactive_exit_mono_us: proxy
+                    .inactive_exit_timestamp_monotonic()
+                    .await
+                    .map_err(bus_error)?,
+                inactive_enter_mono_us: proxy
+                    .inactive_enter_timestamp_monotonic()
+                    .await
+                    .map_err(bus_error)?,
             })
         })
     }

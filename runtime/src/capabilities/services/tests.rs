@@ -11,6 +11,7 @@ use zbus::OwnedObjectPath;
 use super::*;
 use crate::bindings::hostaction::host::services::Host as _;
 use crate::capabilities::testing::{self, effects, past_deadline};
+use crate::undo::Undone;
 
 /// systemd as a test tells it to be.
 #[derive(Default)]
@@ -19,8 +20,28 @@ struct FakeUnits {
     aliases: HashMap<&'static str, &'static str>,
     /// How jobs end (default: `done` on the unit asked).
     end: Option<JobEnd>,
+    /// What `status` says (default: active, running, pid 42).
+    now: Option<Status>,
     /// What was asked of it: `resolve NAME`, `restart UNIT`, `daemon-reload`.
     asked: Mutex<Vec<String>>,
+}
+
+/// A unit's live state for [`FakeUnits::now`].
+fn state(active: &str, exit_us: u64, enter_us: u64) -> Status {
+    Status {
+        active_state: active.into(),
+        sub_state: if undo::running(active) {
+            "running"
+        } else {
+            "dead"
+        }
+        .into(),
+        main_pid: None,
+        active_since_us: None,
+        invocation_id: "0123456789abcdef0123456789abcdef".into(),
+        inactive_exit_mono_us: exit_us,
+        inactive_enter_mono_us: enter_us,
+    }
 }
 
 impl FakeUnits {
@@ -64,12 +85,15 @@ impl Units for FakeUnits {
 
     fn status(&self, unit: &ResolvedUnit, _deadline: Instant) -> Result<Status, CapError> {
         self.ask(format!("status {}", unit.id));
-        Ok(Status {
+        Ok(self.now.clone().unwrap_or(Status {
             active_state: "active".into(),
             sub_state: "running".into(),
             main_pid: Some(42),
             active_since_us: None,
-        })
+            invocation_id: String::new(),
+            inactive_exit_mono_us: 0,
+            inactive_enter_mono_us: 0,
+        }))
     }
 
     fn daemon_reload(&self, _deadline: Instant) -> Result<(), CapError> {
@@ -107,12 +131,17 @@ impl Fixture {
 
     /// The jobs systemd was asked to run (not the lookups).
     fn jobs(&self) -> Vec<String> {
-        self.units
-            .asked()
-            .into_iter()
-            .filter(|a| !a.starts_with("resolve "))
-            .collect()
+        jobs(&self.units)
     }
+}
+
+/// The jobs `units` was asked to run (not the lookups).
+fn jobs(units: &FakeUnits) -> Vec<String> {
+    units
+        .asked()
+        .into_iter()
+        .filter(|a| !a.starts_with("resolve ") && !a.starts_with("status "))
+        .collect()
 }
 
 const CONTAINERD: &str = "services: {units: [containerd.service]}";
@@ -384,4 +413,152 @@ fn unit_names_follow_systemds_rules() {
         assert!(unit_name_problem(bad).is_some(), "{bad:?}");
     }
     assert!(unit_name_problem(&format!("{}.service", "a".repeat(250))).is_some());
+}
+
+#[test]
+fn plan_and_apply_carry_the_active_state_diff() {
+    let stopped = || FakeUnits {
+        now: Some(state("inactive", 0, 0)),
+        ..FakeUnits::default()
+    };
+    let mut plan = Fixture::new(CONTAINERD, None, Mode::Plan, stopped());
+    plan.view()
+        .start("containerd.service".into(), WAIT)
+        .expect("plan");
+    plan.view()
+        .try_restart("containerd.service".into(), WAIT)
+        .expect("plan");
+    let planned = effects(&mut plan.shared);
+    assert_eq!(
+        planned[0].diff.as_deref(),
+        Some("active-state inactive → active")
+    );
+    // try-restart leaves a stopped unit stopped.
+    assert_eq!(
+        planned[1].diff.as_deref(),
+        Some("active-state inactive → inactive")
+    );
+    // Apply reads the state after (the fake's stays inactive).
+    let mut apply = Fixture::new(CONTAINERD, None, Mode::Apply, stopped());
+    apply
+        .view()
+        .stop("containerd.service".into(), WAIT)
+        .expect("stop");
+    assert_eq!(
+        effects(&mut apply.shared)[0].diff.as_deref(),
+        Some("active-state inactive → inactive")
+    );
+}
+
+/// A journaled start or stop of `containerd.service`, from `before`, whose
+/// job's window is `from..=to` (µs of this boot's monotonic clock).
+fn journaled(started: bool, before: &str, from: u64, to: u64) -> ServiceUndo {
+    let unit = "containerd.service".to_owned();
+    let before = UnitState::of(&state(before, 0, 0));
+    let mut window = Window::starting_now(Duration::ZERO);
+    (window.from_us, window.to_us) = (from, to);
+    if started {
+        ServiceUndo::Started {
+            unit,
+            before,
+            window,
+        }
+    } else {
+        ServiceUndo::Stopped {
+            unit,
+            before,
+            window,
+        }
+    }
+}
+
+fn undo_with(undo: &ServiceUndo, now: Status) -> (Undone, Vec<String>) {
+    let units = FakeUnits {
+        now: Some(now),
+        ..FakeUnits::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    (undo.undo_on(&units, deadline), jobs(&units))
+}
+
+#[test]
+fn a_start_is_undone_by_a_stop_only_while_the_runs_activation_is_current() {
+    let undo = journaled(true, "inactive", 1000, 2000);
+    // Started by the run's job: stopped again.
+    assert_eq!(
+        undo_with(&undo, state("active", 1500, 0)),
+        (Undone::Restored, vec!["stop containerd.service".to_owned()])
+    );
+    // Started again after the run: someone else's; left.
+    let (undone, jobs) = undo_with(&undo, state("active", 5000, 0));
+    assert!(
+        matches!(&undone, Undone::Conflict(m) if m.contains("after the run's")),
+        "{undone:?}"
+    );
+    assert!(jobs.is_empty());
+    // Stopped already: as before.
+    assert_eq!(
+        undo_with(&undo, state("inactive", 1500, 3000)),
+        (Undone::Unchanged, vec![])
+    );
+    // On its way down: left.
+    let (undone, jobs) = undo_with(&undo, state("deactivating", 1500, 0));
+    assert!(matches!(undone, Undone::Conflict(_)), "{undone:?}");
+    assert!(jobs.is_empty());
+    // A start of a unit that was running changed nothing.
+    let noop = journaled(true, "active", 1000, 2000);
+    assert_eq!(
+        undo_with(&noop, state("active", 1500, 0)),
+        (Undone::Unchanged, vec![])
+    );
+}
+
+#[test]
+fn a_stop_is_undone_by_a_start_only_while_the_runs_stop_is_current() {
+    let undo = journaled(false, "active", 1000, 2000);
+    assert_eq!(
+        undo_with(&undo, state("inactive", 0, 1500)),
+        (
+            Undone::Restored,
+            vec!["start containerd.service".to_owned()]
+        )
+    );
+    let (undone, jobs) = undo_with(&undo, state("failed", 0, 9000));
+    assert!(matches!(undone, Undone::Conflict(_)), "{undone:?}");
+    assert!(jobs.is_empty());
+    assert_eq!(
+        undo_with(&undo, state("active", 3000, 1500)),
+        (Undone::Unchanged, vec![])
+    );
+}
+
+#[test]
+fn a_window_of_another_boot_holds_nothing() {
+    let mut undo = journaled(true, "inactive", 1000, 2000);
+    if let ServiceUndo::Started { window, .. } = &mut undo {
+        window.boot_id = "another-boot".into();
+    }
+    let (undone, jobs) = undo_with(&undo, state("active", 1500, 0));
+    assert!(matches!(undone, Undone::Conflict(_)), "{undone:?}");
+    assert!(jobs.is_empty());
+}
+
+#[test]
+fn restart_and_daemon_reload_carry_their_diffs() {
+    let mut f = Fixture::new(
+        "services: {units: [containerd.service], daemonReload: true}",
+        None,
+        Mode::Apply,
+        FakeUnits::default(),
+    );
+    f.view()
+        .restart("containerd.service".into(), WAIT)
+        .expect("restart");
+    f.view().daemon_reload().expect("reload");
+    let effects = effects(&mut f.shared);
+    assert_eq!(
+        effects[0].diff.as_deref(),
+        Some("active-state active → active")
+    );
+    assert_eq!(effects[1].diff.as_deref(), Some("unit files reread"));
 }
