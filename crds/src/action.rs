@@ -26,7 +26,6 @@ use crate::grant::Grant;
     printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedNodes"}"#,
     printcolumn = r#"{"name":"Succeeded","type":"integer","jsonPath":".status.counts.succeeded"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
-    printcolumn = r#"{"name":"Drifted","type":"integer","priority":1,"jsonPath":".status.counts.drifted"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","priority":1,"jsonPath":".status.resolvedDigest"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
