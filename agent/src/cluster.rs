@@ -28,6 +28,19 @@
 //! not kube's default growing to 30 s), so the node resumes within seconds
 //! of the server's return.
 //!
+//! Undo: each run gets an id ([`run_id`]: its name, part of its uid, the
+//! attempt) and its HostAction's uid as owner, both kept in the run's undo
+//! journal in the node's journal directory. A failed run is rolled back as
+//! its spec's `onFailure` says, and the status carries `runId`, `undoable`
+//! and the rollback's summary. When the controller annotates a run
+//! [`UNDO_ANNOTATION`] (its HostAction, with `onDelete: undo`, is being
+//! deleted), the agent undoes every applied run of that HostAction on the
+//! node, newest first, and reports phase `Undone` with the summary (one
+//! write). A run's journals go when the run is deleted — except, with
+//! `onDelete: undo`, those of applied runs (a later generation replaced
+//! them, and undoing the action needs them); those go once the action is
+//! undone.
+//!
 //! On SIGTERM or SIGINT the agent starts no more runs, lets the one in
 //! flight finish and be reported for up to [`SHUTDOWN_GRACE`], and returns;
 //! what did not finish by then is in the journal for the next start.
@@ -40,7 +53,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::metrics::{AgentMetrics, PhaseLabels};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
-use hostaction_crds::{Grant, HostActionRun, HostActionRunStatus, RunPhase};
+use hostaction_crds::action::{Journal, Mode as SpecMode, OnDelete};
+use hostaction_crds::run::{DRIFTED, UNDO_ANNOTATION};
+use hostaction_crds::{Grant, HostActionRun, HostActionRunSpec, HostActionRunStatus, RunPhase};
+use hostaction_runtime::RunReport;
+use hostaction_runtime::undo::UndoReport;
+use hostaction_runtime::undo::journal::EndState;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -49,7 +68,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{Error, RuntimeError};
-use crate::{Loader, RunInput, failed_status, finished_status, now, shrunk_status};
+use crate::{
+    Loader, RunInput, drift_summary, failed_status, finished_status, now, shrunk_status,
+    undo_summary,
+};
 use hostaction_distribution::{ModuleStore, Registry};
 use hostaction_runtime::Runtime;
 
@@ -163,6 +185,11 @@ impl ClusterAgent {
         let mut tasks = tokio::task::JoinSet::new();
         let mut listed = HashSet::new();
         let mut pruned = false;
+        // Runs whose action is being undone: their pending run does not start.
+        let undoing = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+        // Runs whose drift is being checked (a task each); a run leaves it
+        // when it is deleted or undone, and its task stops.
+        let drifting = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let event = tokio::select! {
@@ -189,7 +216,14 @@ impl ClusterAgent {
                     continue;
                 }
                 Some(Ok(watcher::Event::Delete(run))) => {
-                    taken.remove(&run.uid().unwrap_or_default());
+                    let uid = run.uid().unwrap_or_default();
+                    taken.remove(&uid);
+                    lock(&undoing).remove(&uid);
+                    lock(&drifting).remove(&uid);
+                    if run.spec.node_name == self.node_name {
+                        let runtime = self.runtime.clone();
+                        tasks.spawn_blocking(move || collect_journals(&runtime, &run));
+                    }
                     continue;
                 }
                 Some(Ok(watcher::Event::Apply(run) | watcher::Event::InitApply(run))) => run,
@@ -203,6 +237,29 @@ impl ClusterAgent {
             let uid = run.uid().unwrap_or_default();
             listed.insert(uid.clone());
             let phase = run.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if run.annotations().contains_key(UNDO_ANNOTATION) && phase != RunPhase::Undone {
+                lock(&drifting).remove(&uid);
+                if lock(&undoing).insert(uid.clone()) {
+                    let agent = self.clone();
+                    let slot = one_at_a_time.clone();
+                    let stopping = stopping.clone();
+                    tasks.spawn(async move { agent.undo_action(&run, slot, stopping).await });
+                }
+                continue;
+            }
+            let checks_drift = phase == RunPhase::Succeeded
+                && run.spec.mode == SpecMode::Apply
+                && run.spec.drift.is_some();
+            if checks_drift && lock(&drifting).insert(uid.clone()) {
+                let agent = self.clone();
+                let slot = one_at_a_time.clone();
+                let stopping = stopping.clone();
+                let drifting = drifting.clone();
+                tasks.spawn(async move {
+                    agent.watch_drift(run, uid, slot, drifting, stopping).await;
+                });
+                continue;
+            }
             if !matches!(phase, RunPhase::Pending | RunPhase::Running) {
                 continue;
             }
@@ -212,7 +269,8 @@ impl ClusterAgent {
             let agent = self.clone();
             let slot = one_at_a_time.clone();
             let stopping = stopping.clone();
-            tasks.spawn(async move { agent.handle(&run, &uid, slot, stopping).await });
+            let undoing = undoing.clone();
+            tasks.spawn(async move { agent.handle(&run, &uid, slot, undoing, stopping).await });
         }
         // No run starts from now on; the one in flight may finish and be
         // reported within the grace period.
@@ -238,6 +296,7 @@ impl ClusterAgent {
         run: &HostActionRun,
         uid: &str,
         slot: Arc<Semaphore>,
+        undoing: Arc<std::sync::Mutex<HashSet<String>>>,
         mut stopping: watch::Receiver<bool>,
     ) {
         let name = run.name_any();
@@ -270,6 +329,10 @@ impl ClusterAgent {
             let Ok(permit) = permit else {
                 return;
             };
+            if lock(&undoing).contains(uid) {
+                // Its action is being undone meanwhile: not run.
+                return;
+            }
             let reported = run.status.as_ref().map_or(0, |s| s.attempts);
             let result = if entry.attempts.max(reported) >= MAX_ATTEMPTS {
                 tracing::warn!(run = %name, attempts = entry.attempts.max(reported), "interrupted every time; not run again");
@@ -345,7 +408,9 @@ impl ClusterAgent {
         let started = now();
         let clock = Instant::now();
         self.metrics.runs_in_flight.inc();
-        tracing::info!(run = %run.name_any(), module = %run.spec.module, attempts, "running");
+        let run_id = run_id(&run.name_any(), &run.uid().unwrap_or_default(), attempts);
+        let owner = owner_uid(run);
+        tracing::info!(run = %run.name_any(), module = %run.spec.module, attempts, %run_id, "running");
         let spec = run.spec.clone();
         let (runtime, registry, store, policy) = (
             self.runtime.clone(),
@@ -367,6 +432,10 @@ impl ClusterAgent {
                 policy: policy.as_ref(),
                 mode: spec.mode,
                 timeout,
+                run_id: Some(&run_id),
+                owner: owner.as_deref(),
+                on_failure: spec.on_failure,
+                journal: spec.journal,
             };
             // A registry reference pinned by digest, never a file.
             loader
@@ -408,6 +477,251 @@ impl ClusterAgent {
         status
     }
 
+    /// Checks `run`'s drift every `spec.drift.intervalSeconds` while the
+    /// run is in `drifting`: a plan run (no journal) in the run slot; a plan
+    /// that is not empty sets the run's `Drifted` condition True with what
+    /// it would change, and with `remediate` is applied (journaled, with a
+    /// run id of its own and the action as owner) instead. API writes: only
+    /// on change — drift found or its diff changed, a remediation, or drift
+    /// gone after it was reported; a node in sync writes nothing.
+    async fn watch_drift(
+        &self,
+        run: HostActionRun,
+        uid: String,
+        slot: Arc<Semaphore>,
+        drifting: Arc<std::sync::Mutex<HashSet<String>>>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let Some(drift) = run.spec.drift else {
+            return;
+        };
+        let every =
+            Duration::from_secs(u64::try_from(drift.interval_seconds.max(10)).unwrap_or(10));
+        let name = run.name_any();
+        let owner = owner_uid(&run);
+        let prefix = run_id_prefix(&name, &uid);
+        // What the API holds: (status, message) of the condition.
+        let mut last: Option<(String, String)> = run
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == DRIFTED))
+            .map(|c| (c.status.clone(), c.message.clone()));
+        let mut remediations = 0u32;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stopped(&mut stopping) => return,
+            }
+            let permit = tokio::select! {
+                permit = slot.clone().acquire_owned() => permit,
+                () = stopped(&mut stopping) => return,
+            };
+            let Ok(permit) = permit else {
+                return;
+            };
+            if !lock(&drifting).contains(&uid) {
+                return;
+            }
+            let report = match self
+                .run_once(&run.spec, SpecMode::Plan, None, None, Journal::Off)
+                .await
+            {
+                Ok(report) if report.status.is_success() => report,
+                Ok(report) => {
+                    tracing::warn!(run = %name, status = %report.status, "drift check failed");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(run = %name, %error, "drift check failed");
+                    continue;
+                }
+            };
+            let drifted = report.changed();
+            let summary = drift_summary(&report);
+            let mut remediated = None;
+            if drifted && drift.remediate {
+                let id = format!("{prefix}d{}", unix_now());
+                let applied = self
+                    .run_once(
+                        &run.spec,
+                        SpecMode::Apply,
+                        Some(id),
+                        owner.clone(),
+                        run.spec.journal,
+                    )
+                    .await;
+                remediated = Some(match applied {
+                    Ok(r) if r.status.is_success() => {
+                        remediations = remediations.saturating_add(1);
+                        Ok(())
+                    }
+                    Ok(r) => Err(r.status.to_string()),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+            drop(permit);
+            let (status, reason, message) = match remediated {
+                Some(Ok(())) => (
+                    "False",
+                    "Remediated",
+                    format!(
+                        "drift put back ({remediations} times since the agent started); the plan was:\n{summary}"
+                    ),
+                ),
+                Some(Err(why)) => (
+                    "True",
+                    "RemediationFailed",
+                    format!("remediation failed: {why}\n{summary}"),
+                ),
+                None if drifted => ("True", "PlanNotEmpty", summary),
+                None => ("False", "InSync", "the plan is empty".to_owned()),
+            };
+            let write = match &last {
+                // In sync and never reported drifted, or already reported in sync.
+                _ if reason == "InSync" => last.as_ref().is_some_and(|(s, _)| s == "True"),
+                Some((s, m)) => !(s == status && *m == message),
+                None => true,
+            };
+            if !write {
+                continue;
+            }
+            if reason != "InSync" {
+                tracing::warn!(run = %name, reason, "drift");
+            }
+            let condition = Condition {
+                type_: DRIFTED.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message: message.clone(),
+                observed_generation: Some(run.spec.generation),
+                last_transition_time: now(),
+            };
+            let patch = serde_json::json!({ "status": { "conditions": [condition] } });
+            match self.patch_status_value(&name, patch).await {
+                Ok(()) => last = Some((status.to_owned(), message)),
+                Err(error) => tracing::warn!(run = %name, %error, "could not report drift"),
+            }
+        }
+    }
+
+    /// One run of `spec` on a blocking thread, as `mode`, with an id and
+    /// owner for its journal.
+    async fn run_once(
+        &self,
+        spec: &HostActionRunSpec,
+        mode: SpecMode,
+        run_id: Option<String>,
+        owner: Option<String>,
+        journal: Journal,
+    ) -> Result<RunReport, RuntimeError> {
+        let spec = spec.clone();
+        let (runtime, registry, store, policy) = (
+            self.runtime.clone(),
+            self.registry.clone(),
+            self.store.clone(),
+            self.policy.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let loader = Loader {
+                runtime: &runtime,
+                registry: &registry,
+                store: &store,
+            };
+            let input = RunInput {
+                params: spec.params.as_ref(),
+                grants: &spec.grants,
+                policy: policy.as_ref(),
+                mode,
+                timeout: Duration::from_secs(
+                    u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(1),
+                ),
+                run_id: run_id.as_deref(),
+                owner: owner.as_deref(),
+                on_failure: spec.on_failure,
+                journal,
+            };
+            loader
+                .load_pinned_and_run(&spec.module, input)
+                .map(|(report, _digest)| report)
+        })
+        .await
+        .unwrap_or_else(|join| Err(RuntimeError::Host(format!("the run's thread: {join}"))))
+    }
+
+    /// Undoes every applied run of `run`'s HostAction on this node, newest
+    /// first (holding the run slot), and reports phase `Undone` with what
+    /// came of it; then the action's journals go.
+    async fn undo_action(
+        &self,
+        run: &HostActionRun,
+        slot: Arc<Semaphore>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let name = run.name_any();
+        let owner = owner_uid(run);
+        let permit = tokio::select! {
+            permit = slot.acquire_owned() => permit,
+            () = stopped(&mut stopping) => return,
+        };
+        let Ok(permit) = permit else {
+            return;
+        };
+        tracing::info!(run = %name, action = %run.spec.action, "undoing the action on this node");
+        let runtime = self.runtime.clone();
+        let of = owner.clone();
+        let undone = tokio::task::spawn_blocking(move || undo_owner(&runtime, of.as_deref()))
+            .await
+            .unwrap_or_else(|join| (Vec::new(), vec![format!("the undo's thread: {join}")]));
+        drop(permit);
+        let (reports, errors) = undone;
+        let mut summary = undo_summary(&reports);
+        summary.failed = summary
+            .failed
+            .saturating_add(i32::try_from(errors.len()).unwrap_or(i32::MAX));
+        for error in &errors {
+            if summary.problems.len() < hostaction_crds::run::UNDO_PROBLEMS_LISTED {
+                summary.problems.push(crate::cut(
+                    format!("failed {error}"),
+                    hostaction_crds::run::LINE_BYTES,
+                ));
+            }
+        }
+        let complete = errors.is_empty() && reports.iter().all(UndoReport::complete);
+        let message = format!(
+            "onDelete undo: {} runs of {} undone on this node ({} restored{}){}",
+            reports.len(),
+            run.spec.action,
+            summary.restored,
+            if complete { "" } else { ", some effects not" },
+            if owner.is_none() {
+                "; the run names no HostAction owner"
+            } else {
+                ""
+            },
+        );
+        tracing::info!(run = %name, %message, "undone");
+        let old = run.status.clone().unwrap_or_default();
+        let status = HostActionRunStatus {
+            phase: RunPhase::Undone,
+            finished_at: Some(now()),
+            message: Some(crate::cut(message, hostaction_crds::run::MESSAGE_BYTES)),
+            undo: Some(summary),
+            // Room for the summary within the status's budget.
+            log_tail: Vec::new(),
+            log_lines_dropped: old
+                .log_lines_dropped
+                .saturating_add(i32::try_from(old.log_tail.len()).unwrap_or(i32::MAX)),
+            ..old
+        };
+        if let Delivery::Done = self.deliver(&name, &status, &mut stopping).await {
+            let runtime = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                forget_owner(&runtime, owner.as_deref());
+            })
+            .await;
+        }
+    }
+
     /// Writes a run's status, retrying failures that may pass with jittered
     /// exponential back-off until it is written, refused for good, or the
     /// agent stops (the journal keeps it meanwhile).
@@ -444,8 +758,18 @@ impl ClusterAgent {
         name: &str,
         status: &HostActionRunStatus,
     ) -> Result<(), kube::Error> {
+        self.patch_status_value(name, serde_json::json!({ "status": status }))
+            .await
+    }
+
+    /// Merge-patches a run's status subresource with `patch`.
+    async fn patch_status_value(
+        &self,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<(), kube::Error> {
         let api = Api::<HostActionRun>::all(self.client.clone());
-        let patch = Patch::Merge(serde_json::json!({ "status": status }));
+        let patch = Patch::Merge(patch);
         match api
             .patch_status(name, &PatchParams::default(), &patch)
             .await
@@ -534,6 +858,121 @@ fn permanent(error: &kube::Error) -> Option<String> {
         kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => Some(error.to_string()),
         _ => None,
     }
+}
+
+/// The id of attempt `attempt` of a run: its name (a hash of it past 64
+/// bytes), 8 characters of its uid (a re-run of one generation keeps the
+/// name), and the attempt — a valid journal name (`[A-Za-z0-9._-]`).
+pub fn run_id(name: &str, uid: &str, attempt: i32) -> String {
+    format!("{}a{attempt}", run_id_prefix(name, uid))
+}
+
+/// What the ids of every attempt of a run start with.
+fn run_id_prefix(name: &str, uid: &str) -> String {
+    use sha2::Digest;
+    let plain = name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    let base = if plain {
+        name.to_owned()
+    } else {
+        let hash = format!("{:x}", sha2::Sha256::digest(name.as_bytes()));
+        format!("run-{}", &hash[..32])
+    };
+    let uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    format!("{base}-{uid}.")
+}
+
+/// The uid of the HostAction that owns a run (its journal's owner).
+fn owner_uid(run: &HostActionRun) -> Option<String> {
+    run.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "HostAction")
+        .map(|o| o.uid.clone())
+}
+
+/// Undoes the applied runs of `owner` on this node, newest first: the
+/// reports, and the runs that could not be undone at all (why).
+fn undo_owner(runtime: &Runtime, owner: Option<&str>) -> (Vec<UndoReport>, Vec<String>) {
+    let Some(owner) = owner else {
+        return (Vec::new(), Vec::new());
+    };
+    let journals = match runtime.journal_list() {
+        Ok(journals) => journals,
+        Err(error) => return (Vec::new(), vec![error.to_string()]),
+    };
+    let (mut reports, mut errors) = (Vec::new(), Vec::new());
+    for journal in journals
+        .iter()
+        .rev()
+        .filter(|j| j.run.owner.as_deref() == Some(owner) && j.end == Some(EndState::Applied))
+    {
+        match runtime.undo(&journal.run.run_id) {
+            Ok(report) => {
+                tracing::info!(run = %journal.run.run_id, result = %report.summary(), "undone");
+                reports.push(report);
+            }
+            Err(error) => {
+                tracing::warn!(run = %journal.run.run_id, %error, "could not undo");
+                errors.push(format!("run {}: {error}", journal.run.run_id));
+            }
+        }
+    }
+    (reports, errors)
+}
+
+/// Deletes the finished journals of `owner` (its action is undone).
+fn forget_owner(runtime: &Runtime, owner: Option<&str>) {
+    let (Some(owner), Some(dir)) = (owner, runtime.journals()) else {
+        return;
+    };
+    for journal in runtime.journal_list().unwrap_or_default() {
+        if journal.run.owner.as_deref() == Some(owner)
+            && journal.end.is_some()
+            && let Err(error) = dir.remove(&journal.run.run_id)
+        {
+            tracing::warn!(run = %journal.run.run_id, %error, "could not delete a journal");
+        }
+    }
+}
+
+/// Deletes the journals of a deleted run: its record is gone, so are they
+/// — except, with `onDelete: undo`, an applied run's (undoing the action
+/// needs it; [`forget_owner`] deletes it then). A journal without an end
+/// (a run going on) is left to recovery.
+fn collect_journals(runtime: &Runtime, run: &HostActionRun) {
+    let Some(dir) = runtime.journals() else {
+        return;
+    };
+    let prefix = run_id_prefix(&run.name_any(), &run.uid().unwrap_or_default());
+    let undone = run.status.as_ref().map(|s| s.phase) == Some(RunPhase::Undone);
+    let keep_applied = run.spec.on_delete == OnDelete::Undo && !undone;
+    for journal in runtime.journal_list().unwrap_or_default() {
+        let ended = journal.end.is_some();
+        let needed = keep_applied && journal.end == Some(EndState::Applied);
+        if journal.run.run_id.starts_with(&prefix)
+            && ended
+            && !needed
+            && let Err(error) = dir.remove(&journal.run.run_id)
+        {
+            tracing::warn!(run = %journal.run.run_id, %error, "could not delete a journal");
+        }
+    }
+}
+
+/// A lock, poisoned or not (a set of uids stays consistent either way).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Resolves once the agent is stopping.

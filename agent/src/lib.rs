@@ -16,12 +16,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostaction_crds::action::Mode as SpecMode;
-use hostaction_crds::run::{
-    EFFECTS_LISTED, EffectSummary, LINE_BYTES, LOG_TAIL_LINES, MESSAGE_BYTES, STATUS_BYTES,
-    WORD_BYTES,
+use hostaction_crds::action::{
+    Journal as SpecJournal, Mode as SpecMode, OnFailure as SpecOnFailure,
 };
-use hostaction_crds::{Grant, HostActionRunStatus, RunPhase};
+use hostaction_crds::run::{DRIFT_MESSAGE_BYTES, UNDO_PROBLEMS_LISTED};
+use hostaction_crds::run::{
+    EFFECTS_LISTED, EffectSummary, LINE_BYTES, LOG_TAIL_LINES, MESSAGE_BYTES, RUN_ID_BYTES,
+    STATUS_BYTES, WORD_BYTES,
+};
+use hostaction_crds::{Grant, HostActionRunStatus, RunPhase, UndoSummary};
+use hostaction_runtime::undo::{JournalMode, OnFailure, UndoReport, Undone};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use hostaction_distribution::RegistryFault;
@@ -116,6 +120,33 @@ pub struct RunInput<'a> {
     pub mode: SpecMode,
     /// The run's deadline.
     pub timeout: Duration,
+    /// The run's id (its undo journal's name); none: a new one.
+    pub run_id: Option<&'a str>,
+    /// Who starts it (the HostAction's uid), kept in its journal so that the
+    /// action's runs can be found and undone.
+    pub owner: Option<&'a str>,
+    /// What a failure does with the changes made.
+    pub on_failure: SpecOnFailure,
+    /// Whether the run keeps an undo journal.
+    pub journal: SpecJournal,
+}
+
+impl<'a> RunInput<'a> {
+    /// The input of a run of `spec` bounded by `policy`: no id, no owner
+    /// (set them after).
+    pub fn of(spec: &'a hostaction_crds::HostActionSpec, policy: Option<&'a Grant>) -> Self {
+        Self {
+            params: spec.params.as_ref(),
+            grants: &spec.grants,
+            policy,
+            mode: spec.mode,
+            timeout: Duration::from_secs(u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(60)),
+            run_id: None,
+            owner: None,
+            on_failure: spec.on_failure,
+            journal: spec.journal,
+        }
+    }
 }
 
 /// Loads modules as a node does: files as they are, OCI references through
@@ -195,6 +226,10 @@ impl Loader<'_> {
             policy,
             mode,
             timeout,
+            run_id,
+            owner,
+            on_failure,
+            journal,
         }: RunInput<'_>,
     ) -> Result<(RunReport, String), RuntimeError> {
         let digest = artifact
@@ -213,6 +248,17 @@ impl Loader<'_> {
         request.limits = Limits {
             timeout,
             ..Limits::default()
+        };
+        request.run_id = run_id.map(str::to_owned);
+        request.owner = owner.map(str::to_owned);
+        request.on_failure = match on_failure {
+            SpecOnFailure::Rollback => OnFailure::Rollback,
+            SpecOnFailure::Keep => OnFailure::Keep,
+        };
+        request.journal = match journal {
+            SpecJournal::Required => JournalMode::Required,
+            SpecJournal::BestEffort => JournalMode::BestEffort,
+            SpecJournal::Off => JournalMode::Off,
         };
         if let Some(artifact) = &artifact {
             request.payload = Arc::new(artifact.payload.clone());
@@ -259,6 +305,9 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
         )),
         effect_count: count(report.effect_count()),
         attempts,
+        run_id: Some(cut(report.run_id.clone(), RUN_ID_BYTES)),
+        undoable: Some(report.undoable),
+        rollback: report.rollback.as_ref().map(|r| undo_summary([r])),
         ..HostActionRunStatus::default()
     };
     let log = report
@@ -283,6 +332,64 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
         effects,
         report.effect_count(),
     )
+}
+
+/// What a drift check's plan would change, for a `Drifted` condition: one
+/// line per effect with its diff, within [`DRIFT_MESSAGE_BYTES`].
+pub fn drift_summary(report: &RunReport) -> String {
+    let mut out = String::new();
+    for effect in &report.effects {
+        if out.len() >= DRIFT_MESSAGE_BYTES {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} {} {}",
+            effect.capability, effect.action, effect.target
+        ));
+        if let Some(diff) = &effect.diff {
+            out.push('\n');
+            out.push_str(&cut(diff.clone(), DRIFT_MESSAGE_BYTES / 4));
+        }
+    }
+    if report.effects_dropped > 0 {
+        out.push_str(&format!("\n(and {} more effects)", report.effects_dropped));
+    }
+    cut(out, DRIFT_MESSAGE_BYTES)
+}
+
+/// What undoing one or more runs came to, bounded as the status wants it:
+/// counts, and the first [`UNDO_PROBLEMS_LISTED`] effects not restored.
+pub fn undo_summary<'a>(reports: impl IntoIterator<Item = &'a UndoReport>) -> UndoSummary {
+    let mut summary = UndoSummary::default();
+    for report in reports {
+        let c = report.counts();
+        summary.restored = summary.restored.saturating_add(count(c.restored));
+        summary.conflicts = summary.conflicts.saturating_add(count(c.conflicts));
+        summary.irreversible = summary.irreversible.saturating_add(count(c.irreversible));
+        summary.failed = summary.failed.saturating_add(count(c.failed));
+        for entry in &report.entries {
+            if summary.problems.len() >= UNDO_PROBLEMS_LISTED {
+                break;
+            }
+            let (word, why) = match &entry.undone {
+                Undone::Restored | Undone::Unchanged => continue,
+                Undone::Conflict(why) => ("conflict", why),
+                Undone::Irreversible(why) => ("irreversible", why),
+                Undone::Failed(why) => ("failed", why),
+            };
+            summary.problems.push(cut(
+                format!(
+                    "{word} {} {} {}: {why}",
+                    entry.capability, entry.action, entry.target
+                ),
+                LINE_BYTES,
+            ));
+        }
+    }
+    summary
 }
 
 /// Fills `status` with as many of `log` (newest first) and `effects` (first
@@ -388,7 +495,7 @@ fn count(n: usize) -> i32 {
 }
 
 /// `text` cut to `max` bytes (at a character boundary, `...` marking the cut).
-fn cut(mut text: String, max: usize) -> String {
+pub(crate) fn cut(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max.saturating_sub(3);
         while !text.is_char_boundary(end) {

@@ -30,7 +30,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
-use crate::{Loader, RunInput, failed_status, finished_status, now};
+use crate::{Loader, RunInput, drift_summary, failed_status, finished_status, now};
+use hostaction_crds::action::{Journal, Mode as SpecMode};
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Attempts a run gets when the agent stops during it each time.
 const MAX_INTERRUPTED: i32 = 3;
@@ -69,6 +77,27 @@ pub struct ActionState {
     /// Its last run, as a HostActionRun's status.
     #[serde(default)]
     pub status: HostActionRunStatus,
+    /// Its drift checks (`spec.drift`), once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftState>,
+}
+
+/// What static mode's drift checks of one HostAction found: a plan run of
+/// the applied action every `spec.drift.intervalSeconds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftState {
+    /// When it was last checked (seconds since the Unix epoch).
+    pub checked_at: u64,
+    /// Whether the last check's plan was not empty (and not put back).
+    pub drifted: bool,
+    /// What the plan would change, or what was put back (bounded, see
+    /// [`crate::drift_summary`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Times the drift was put back (`remediate: true`).
+    #[serde(default)]
+    pub remediations: u32,
 }
 
 /// What one pass did.
@@ -139,6 +168,9 @@ impl StaticAgent<'_> {
                 ));
             }
             if !selected || !due(action, previous.as_ref(), &spec_hash) {
+                if selected {
+                    self.check_drift(name, action, &mut entry);
+                }
                 state.actions.insert(name.clone(), entry);
                 continue;
             }
@@ -156,15 +188,10 @@ impl StaticAgent<'_> {
             state.actions.insert(name.clone(), running);
             self.write_state(&state)?;
             tracing::info!(action = %name, module = %action.spec.module, "running");
-            let timeout = Duration::from_secs(
-                u64::try_from(action.spec.timeout_seconds.max(1)).unwrap_or(60),
-            );
+            let owner = format!("static:{name}");
             let input = RunInput {
-                params: action.spec.params.as_ref(),
-                grants: &action.spec.grants,
-                policy: self.policy.as_ref(),
-                mode: action.spec.mode,
-                timeout,
+                owner: Some(&owner),
+                ..RunInput::of(&action.spec, self.policy.as_ref())
             };
             let (status, digest) = match self.loader.load_and_run(&action.spec.module, input) {
                 Ok((report, digest)) => (finished_status(&report, started, attempts), Some(digest)),
@@ -190,6 +217,76 @@ impl StaticAgent<'_> {
                 .filter(|a| a.selected)
                 .all(|a| a.status.phase == RunPhase::Succeeded);
         Ok(Pass { ran, all_succeeded })
+    }
+
+    /// Checks an applied action's drift when its interval passed: a plan
+    /// run; a plan that is not empty is logged (a warning) and recorded in
+    /// the state file, and with `remediate` applied (journaled, the action
+    /// as owner). A change of state is logged; a node in sync logs nothing.
+    fn check_drift(&self, name: &str, action: &HostAction, entry: &mut ActionState) {
+        let Some(drift) = action.spec.drift else {
+            entry.drift = None;
+            return;
+        };
+        if action.spec.mode != SpecMode::Apply || entry.status.phase != RunPhase::Succeeded {
+            return;
+        }
+        let now = unix_now();
+        let last = entry.drift.as_ref().map_or(0, |d| d.checked_at.min(now));
+        let every = u64::try_from(drift.interval_seconds.max(10)).unwrap_or(10);
+        if now.saturating_sub(last) < every {
+            return;
+        }
+        let mut state = entry.drift.clone().unwrap_or_default();
+        state.checked_at = now;
+        let plan = RunInput {
+            mode: SpecMode::Plan,
+            journal: Journal::Off,
+            ..RunInput::of(&action.spec, self.policy.as_ref())
+        };
+        match self.loader.load_and_run(&action.spec.module, plan) {
+            Ok((report, _)) if report.status.is_success() => {
+                let summary = drift_summary(&report);
+                let drifted = report.changed();
+                if drifted && drift.remediate {
+                    let owner = format!("static:{name}");
+                    let apply = RunInput {
+                        owner: Some(&owner),
+                        ..RunInput::of(&action.spec, self.policy.as_ref())
+                    };
+                    match self.loader.load_and_run(&action.spec.module, apply) {
+                        Ok((r, _)) if r.status.is_success() => {
+                            state.remediations = state.remediations.saturating_add(1);
+                            state.drifted = false;
+                            state.message = format!("put back:\n{summary}");
+                            tracing::warn!(action = %name, diff = %summary, "drift put back");
+                        }
+                        other => {
+                            let why = match other {
+                                Ok((r, _)) => r.status.to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            state.drifted = true;
+                            state.message = format!("remediation failed: {why}\n{summary}");
+                            tracing::warn!(action = %name, %why, diff = %summary, "drift not put back");
+                        }
+                    }
+                } else {
+                    if drifted && (!state.drifted || state.message != summary) {
+                        tracing::warn!(action = %name, diff = %summary, "drifted");
+                    } else if !drifted && state.drifted {
+                        tracing::info!(action = %name, "no longer drifted");
+                    }
+                    state.drifted = drifted;
+                    state.message = if drifted { summary } else { String::new() };
+                }
+            }
+            Ok((report, _)) => {
+                tracing::warn!(action = %name, status = %report.status, "drift check failed");
+            }
+            Err(error) => tracing::warn!(action = %name, %error, "drift check failed"),
+        }
+        entry.drift = Some(state);
     }
 
     /// Passes every `interval` until the process ends; a pass that fails

@@ -774,6 +774,10 @@ fn warm_up(
         policy: None,
         mode: SpecMode::Apply,
         timeout: Duration::from_secs(60),
+        run_id: None,
+        owner: None,
+        on_failure: Default::default(),
+        journal: Default::default(),
     };
     let (report, _digest) = loader.load_and_run(reference, input)?;
     if !report.status.is_success() {

@@ -102,13 +102,22 @@ impl NodeCache {
 
     /// A runtime for this host (or for no host: `HostArgs::none()`).
     pub fn runtime(&self, host: &HostArgs) -> Result<Runtime, Error> {
+        self.runtime_journaling_to(host, &self.journals)
+    }
+
+    /// [`Self::runtime`] with its undo journals in `journals`.
+    pub fn runtime_journaling_to(
+        &self,
+        host: &HostArgs,
+        journals: &std::path::Path,
+    ) -> Result<Runtime, Error> {
         Runtime::new(RuntimeConfig {
             host_root: host.host_root.clone(),
             cache_dir: self.compiled.clone(),
             system_bus: host.system_bus.clone(),
             compiler: self.compiler.clone(),
             max_module_bytes: self.max_module_bytes,
-            journal_dir: Some(self.journals.clone()),
+            journal_dir: Some(journals.to_owned()),
             ..RuntimeConfig::default()
         })
     }

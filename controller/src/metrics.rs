@@ -17,7 +17,7 @@ const RECONCILE_BUCKETS: [f64; 13] = [
 #[derive(Clone, Debug)]
 pub struct ControllerMetrics {
     /// `hostaction_controller_reconciles_total{result="ok"}` and
-    /// `{result="error",reason="kube|resolve|spec|finalizer"}`.
+    /// `{result="error",reason="kube|resolve|spec|finalizer|undo-pending"}`.
     pub reconciles: Family<ResultLabels, Counter>,
     /// `hostaction_controller_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,

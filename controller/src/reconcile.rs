@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
+use hostaction_crds::action::OnDelete;
+use hostaction_crds::run::UNDO_ANNOTATION;
 use hostaction_crds::{
     ACTION_LABEL, HostAction, HostActionRun, HostActionRunSpec, HostActionStatus, NODE_LABEL,
+    RunPhase,
 };
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
@@ -48,6 +51,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// An action deleted with `onDelete: undo` waits for its nodes to undo it.
+    #[error("{0}")]
+    UndoPending(String),
 }
 
 impl Error {
@@ -59,6 +65,7 @@ impl Error {
             Error::Resolve(_) => "resolve",
             Error::Spec(_) => "spec",
             Error::Finalizer(_) => "finalizer",
+            Error::UndoPending(_) => "undo-pending",
         }
     }
 }
@@ -112,6 +119,11 @@ pub async fn reconcile(action: Arc<HostAction>, ctx: Arc<Context>) -> Result<Act
 
 /// Looks again after a failed reconcile.
 pub fn error_policy(action: Arc<HostAction>, error: &Error, _: Arc<Context>) -> Action {
+    if let Error::UndoPending(why) = error {
+        // Not a failure: each run's status change triggers a reconcile too.
+        tracing::info!(action = %action.name_any(), %why, "deleting");
+        return Action::requeue(Duration::from_secs(10));
+    }
     tracing::warn!(action = %action.name_any(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
@@ -215,17 +227,82 @@ async fn apply(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// The action is being deleted: its runs go first (the API server's
-/// garbage collector would take them too, but later and unseen).
+/// garbage collector would take them too, but later and unseen). With
+/// `onDelete: undo`, each run is first annotated [`UNDO_ANNOTATION`] (one
+/// write per run) and the runs stay until every one whose node still exists
+/// reports phase `Undone` (its agent undid the action on that node); until
+/// then the cleanup fails with [`Error::UndoPending`] and is tried again, so
+/// the finalizer holds the action.
 async fn cleanup(action: &HostAction, ctx: &Context) -> Result<Action, Error> {
     let name = action.name_any();
-    let runs: Vec<String> = ctx
+    let runs: Vec<Arc<HostActionRun>> = ctx
         .runs
         .state()
-        .iter()
+        .into_iter()
         .filter(|r| r.spec.action == name)
-        .map(|r| r.name_any())
         .collect();
-    delete_runs(&Api::all(ctx.client.clone()), &runs, ctx).await?;
+    let api = Api::<HostActionRun>::all(ctx.client.clone());
+    if action.spec.on_delete == OnDelete::Undo {
+        let nodes: std::collections::HashSet<String> = ctx
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let mut waiting = Vec::new();
+        let mut requested = 0usize;
+        for run in runs.iter().filter(|r| nodes.contains(&r.spec.node_name)) {
+            let undone = run.status.as_ref().map(|s| s.phase) == Some(RunPhase::Undone);
+            if undone {
+                continue;
+            }
+            waiting.push(run.spec.node_name.clone());
+            if !run.annotations().contains_key(UNDO_ANNOTATION) {
+                let patch = serde_json::json!({
+                    "metadata": { "annotations": { UNDO_ANNOTATION: "requested" } }
+                });
+                match api
+                    .patch(
+                        &run.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await
+                {
+                    Ok(_) => requested += 1,
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if requested > 0 {
+            publish(
+                ctx,
+                action,
+                EventType::Normal,
+                "Undoing",
+                format!("onDelete is undo: {requested} nodes asked to undo the action"),
+            )
+            .await;
+        }
+        if !waiting.is_empty() {
+            waiting.sort();
+            waiting.dedup();
+            let shown = waiting
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::UndoPending(format!(
+                "waiting for {} nodes to undo the action ({shown}); a node whose agent \
+                 is gone for good can be deleted (kubectl delete node) to stop waiting",
+                waiting.len()
+            )));
+        }
+    }
+    let names: Vec<String> = runs.iter().map(|r| r.name_any()).collect();
+    delete_runs(&api, &names, ctx).await?;
     Ok(Action::await_change())
 }
 
@@ -256,6 +333,10 @@ fn new_run(action: &HostAction, node: &str, generation: i64, module: &str) -> Ho
             grants: spec.grants.clone(),
             mode: spec.mode,
             timeout_seconds: spec.timeout_seconds,
+            on_failure: spec.on_failure,
+            on_delete: spec.on_delete,
+            journal: spec.journal,
+            drift: spec.drift,
         },
         status: None,
     }

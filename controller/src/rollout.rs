@@ -113,15 +113,24 @@ pub fn next_step(
             continue;
         };
         let status = run.status.clone().unwrap_or_default();
+        let drifted = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == hostaction_crds::run::DRIFTED && c.status == "True");
+        if drifted {
+            counts.drifted += 1;
+        }
         match status.phase {
             RunPhase::Pending => counts.pending += 1,
             RunPhase::Running => counts.running += 1,
             RunPhase::Succeeded => counts.succeeded += 1,
             RunPhase::Failed | RunPhase::Interrupted => counts.failed += 1,
+            // Only while the action is being deleted: not a rollout's phase.
+            RunPhase::Undone => {}
         }
         let finished = matches!(
             status.phase,
-            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Interrupted
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Interrupted | RunPhase::Undone
         );
         if let (true, Some(every), Some(at)) =
             (finished, spec.rerun.interval_seconds, &status.finished_at)

@@ -61,6 +61,40 @@ pub struct HostActionSpec {
     /// When a node runs the action again.
     #[serde(default)]
     pub rerun: Rerun,
+    /// What a failed run does with the changes it made: `rollback` (the
+    /// default) restores the node as it was before the run; `keep` leaves them.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// What deleting the HostAction does on its nodes: `keep` (the default)
+    /// leaves them as the runs made them; `undo` makes each node's agent
+    /// undo the action's applied runs, newest first, before the HostAction
+    /// goes (a finalizer holds it until every node has reported).
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// The runs' undo journal: `required` (the default; a change whose undo
+    /// data would pass the node's journal budget fails the run before it is
+    /// made), `best-effort` (past the budget the run goes on and is not
+    /// undoable) or `off` (no rollback, no undo).
+    #[serde(default)]
+    pub journal: Journal,
+    /// Drift detection: each node re-runs the applied action in plan mode
+    /// this often and reports a `Drifted` condition when the plan is not
+    /// empty (and, with `remediate`, applies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+}
+
+/// How a node checks that what the action applied is still there.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// Seconds between two checks (a plan run) on a node.
+    #[x_kube(validation = Rule::new("self >= 10 && self <= 86400").message("drift.intervalSeconds must be 10 to 86400"))]
+    pub interval_seconds: i32,
+    /// Apply (journaled, as any run) when the plan is not empty, rather
+    /// than only report it.
+    #[serde(default)]
+    pub remediate: bool,
 }
 
 impl HostActionSpec {
@@ -159,6 +193,47 @@ pub enum Mode {
     Plan,
 }
 
+/// What a failed run does with the changes it made.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Roll the node back to how it was before the run.
+    #[default]
+    Rollback,
+    /// Leave the changes.
+    Keep,
+}
+
+/// What deleting a HostAction does on its nodes.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Leave the nodes as the runs made them.
+    #[default]
+    Keep,
+    /// Undo the action's applied runs on each node, newest first.
+    Undo,
+}
+
+/// Whether runs keep an undo journal.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Journal {
+    /// Every change journaled; one past the budget fails the run first.
+    #[default]
+    Required,
+    /// Past the budget the run goes on, not undoable.
+    BestEffort,
+    /// No journal: no rollback, no undo.
+    Off,
+}
+
 /// When a node runs the action again (actions are idempotent, so a re-run
 /// of an unchanged action changes nothing).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -226,6 +301,14 @@ pub struct PhaseCounts {
     /// Finished with failure (or refused, or interrupted and not re-run).
     #[serde(default)]
     pub failed: i32,
+    /// Nodes whose last drift check found the action's changes gone (a
+    /// `Drifted` condition True on their run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drifted: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn default_timeout() -> i32 {

@@ -20,7 +20,7 @@ mod tests;
 
 pub use action::{HostAction, HostActionSpec, HostActionStatus};
 pub use grant::Grant;
-pub use run::{HostActionRun, HostActionRunSpec, HostActionRunStatus, RunPhase};
+pub use run::{HostActionRun, HostActionRunSpec, HostActionRunStatus, RunPhase, UndoSummary};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -62,7 +62,28 @@ pub fn crds_yaml() -> Result<String, String> {
     let [action, run] = crds().map_err(|e| e.to_string())?;
     let yaml =
         |crd: &CustomResourceDefinition| serde_yaml_ng::to_string(crd).map_err(|e| e.to_string());
-    Ok(format!("{}---\n{}", yaml(&action)?, yaml(&run)?))
+    Ok(quote_yaml_11_booleans(&format!(
+        "{}---\n{}",
+        yaml(&action)?,
+        yaml(&run)?
+    )))
+}
+
+/// The YAML with the enum value `off` (`journal: off`) quoted: YAML 1.2
+/// (what serde_yaml_ng writes) reads `off` as a string, but kubectl's YAML
+/// parser follows YAML 1.1, where a bare `off` is the boolean false.
+fn quote_yaml_11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len() + 16);
+    for line in yaml.split_inclusive('\n') {
+        match line.trim_end().strip_suffix("- off") {
+            Some(indent) if indent.trim().is_empty() => {
+                out.push_str(indent);
+                out.push_str("- 'off'\n");
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// `crd` with defaults for the bounds its schema lacks.

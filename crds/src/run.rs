@@ -7,8 +7,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::action::Mode;
+use crate::action::{Drift, Journal, Mode, OnDelete, OnFailure};
 use crate::grant::Grant;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// Bytes a run's status may take, serialized as JSON. The agent shrinks the
 /// log tail and the effects list to fit (and says how many it dropped): the
@@ -96,7 +97,30 @@ pub struct HostActionRunSpec {
     pub mode: Mode,
     /// The run's deadline.
     pub timeout_seconds: i32,
+    /// The HostAction's `onFailure`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// The HostAction's `onDelete` (with `undo`, the agent keeps the run's
+    /// journal after the run is replaced, for undoing the action later).
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// The HostAction's `journal`.
+    #[serde(default)]
+    pub journal: Journal,
+    /// The HostAction's `drift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
 }
+
+/// The condition type of a drift check's result on a run.
+pub const DRIFTED: &str = "Drifted";
+/// Bytes of a `Drifted` condition's message (what the plan would change).
+pub const DRIFT_MESSAGE_BYTES: usize = 4096;
+
+/// The annotation the controller puts on a HostAction's runs when the
+/// HostAction (with `onDelete: undo`) is being deleted: each run's agent
+/// undoes the action's applied runs on its node and reports phase `Undone`.
+pub const UNDO_ANNOTATION: &str = "hostaction.dev/undo";
 
 /// Where a run is.
 #[derive(
@@ -114,6 +138,9 @@ pub enum RunPhase {
     Failed,
     /// Its agent stopped while it ran and will not run it again.
     Interrupted,
+    /// Its HostAction is being deleted with `onDelete: undo`: the agent
+    /// undid the action's runs on the node (`status.undo` says how far).
+    Undone,
 }
 
 /// What the node's agent reports.
@@ -166,6 +193,57 @@ pub struct HostActionRunStatus {
     /// is started again).
     #[serde(default)]
     pub attempts: i32,
+    /// The run's id on its node: its undo journal's name (`hostaction undo
+    /// RUN` there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = RUN_ID_BYTES))]
+    pub run_id: Option<String>,
+    /// Whether the run's changes can be undone later (journaled in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoable: Option<bool>,
+    /// The run failed and was rolled back (`onFailure: rollback`): what
+    /// was restored and what could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<UndoSummary>,
+    /// Phase `Undone`: what undoing the action's runs on the node came to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<UndoSummary>,
+    /// `Drifted` (with `spec.drift`): True when the last check's plan was
+    /// not empty, its message what it would change (at most
+    /// [`DRIFT_MESSAGE_BYTES`]); written only when it changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Bytes of a run id (the runtime's bound).
+pub const RUN_ID_BYTES: usize = 128;
+/// Effects an [`UndoSummary`] names at most (the first that were not restored).
+pub const UNDO_PROBLEMS_LISTED: usize = 5;
+
+/// What a rollback or undo came to: counts, and the first effects it could
+/// not restore (a conflict: someone changed the target since; irreversible;
+/// failed), each one line of at most [`LINE_BYTES`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UndoSummary {
+    /// Effects now as before the run (restored, or already so).
+    #[serde(default)]
+    pub restored: i32,
+    /// Effects left because someone changed their target since.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conflicts: i32,
+    /// Effects that cannot be reversed (a service restart).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub irreversible: i32,
+    /// Effects whose undo failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed: i32,
+    /// The first effects not restored, one line each (`conflict files
+    /// write-file /etc/x: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = UNDO_PROBLEMS_LISTED), inner(length(max = LINE_BYTES)))]
+    pub problems: Vec<String>,
 }
 
 /// One change a run made.

@@ -269,3 +269,38 @@ fn every_date_time_in_the_crds_has_the_pattern() {
     assert!(found.iter().any(|f| f.contains("finishedAt")), "{found:?}");
     assert!(found.iter().any(|f| f.contains("startedAt")), "{found:?}");
 }
+
+/// `onFailure`, `onDelete` and `journal` default to rollback, keep and
+/// required; other words are refused naming the word; `off` is quoted in
+/// the YAML (kubectl's YAML 1.1 reads a bare `off` as false).
+#[test]
+fn undo_fields_default_and_take_only_their_words() {
+    use crate::action::{Journal, OnDelete, OnFailure};
+    let yaml = crds_yaml().unwrap();
+    assert!(yaml.contains("- 'off'"), "{yaml}");
+    assert!(!yaml.lines().any(|l| l.trim() == "- off"), "{yaml}");
+    let minimal = serde_json::json!({
+        "apiVersion": "hostaction.dev/v1alpha1",
+        "kind": "HostAction",
+        "metadata": {"name": "x"},
+        "spec": {"module": "registry.example/a/b:v1"},
+    });
+    let action: HostAction = serde_json::from_value(minimal.clone()).unwrap();
+    assert_eq!(action.spec.on_failure, OnFailure::Rollback);
+    assert_eq!(action.spec.on_delete, OnDelete::Keep);
+    assert_eq!(action.spec.journal, Journal::Required);
+    let mut chosen = minimal.clone();
+    chosen["spec"]["onFailure"] = "keep".into();
+    chosen["spec"]["onDelete"] = "undo".into();
+    chosen["spec"]["journal"] = "best-effort".into();
+    let action: HostAction = serde_json::from_value(chosen).unwrap();
+    assert_eq!(action.spec.on_failure, OnFailure::Keep);
+    assert_eq!(action.spec.on_delete, OnDelete::Undo);
+    assert_eq!(action.spec.journal, Journal::BestEffort);
+    let mut bad = minimal;
+    bad["spec"]["onDelete"] = "later".into();
+    let error = serde_json::from_value::<HostAction>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("later"), "{error}");
+}

@@ -60,6 +60,12 @@ pub struct AgentCommand {
     unbounded_grants: bool,
     #[command(flatten)]
     host: HostArgs,
+    /// The runs' undo journals [default: <cache dir>/undo]. On a node, a
+    /// directory that outlives the agent's pod (the DaemonSet mounts
+    /// /var/lib/hostaction/undo): a run cut short is rolled back from it at
+    /// the next start, and `onDelete: undo` undoes the runs it keeps.
+    #[arg(long, value_name = "DIR")]
+    journal_dir: Option<PathBuf>,
     /// Largest module the agent loads or pulls, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = AGENT_MAX_MODULE_BYTES >> 20)]
     max_module_mib: u64,
@@ -91,8 +97,16 @@ impl AgentCommand {
     /// from the API server until SIGTERM.
     pub fn execute(self, cache: &NodeCache) -> Result<u8, Error> {
         let interval = seconds("interval", self.interval)?;
+        let journals = self.journal_dir.as_ref().unwrap_or(&cache.journals);
+        let runtime = cache.runtime_journaling_to(&self.host, journals)?;
+        // Before anything runs: roll back the runs a crash cut short (the
+        // attempts rule then runs them again).
+        for report in runtime.recover()? {
+            tracing::warn!(run = %report.run_id, result = %report.summary(),
+                "rolled back a run the agent was stopped during");
+        }
         let node = Node {
-            runtime: cache.runtime(&self.host)?,
+            runtime,
             registry: Registry::new(self.registry.options()?)?,
             store: cache.store(Some(&self.registry))?,
             policy: node_policy(self.policy.as_deref(), self.unbounded_grants)?,

@@ -248,6 +248,10 @@ fn action(finalizers: &[&str]) -> HostAction {
             mode: Default::default(),
             timeout_seconds: 30,
             rerun: Default::default(),
+            on_failure: Default::default(),
+            on_delete: Default::default(),
+            journal: Default::default(),
+            drift: None,
         },
     );
     action.metadata.uid = Some(UID.into());
@@ -270,6 +274,10 @@ fn run_of(action: &str, node: &str, phase: RunPhase, finished_ago: Option<i64>) 
             grants: Default::default(),
             mode: Default::default(),
             timeout_seconds: 30,
+            on_failure: Default::default(),
+            on_delete: Default::default(),
+            journal: Default::default(),
+            drift: None,
         },
     );
     run.status = Some(HostActionRunStatus {
@@ -388,6 +396,9 @@ async fn a_new_action_gets_runs_at_its_pace_an_event_and_a_status() {
                 "grants": serde_json::to_value(hostaction_crds::Grant::default()).unwrap(),
                 "mode": "apply",
                 "timeoutSeconds": 30,
+                "onFailure": "rollback",
+                "onDelete": "keep",
+                "journal": "required",
             })
         );
         assert!(run.get("status").is_none_or(Value::is_null), "{run}");

@@ -38,6 +38,10 @@ fn action(generation: i64, tweak: impl FnOnce(&mut HostActionSpec)) -> HostActio
         mode: Default::default(),
         timeout_seconds: 60,
         rerun: Rerun::default(),
+        on_failure: Default::default(),
+        on_delete: Default::default(),
+        journal: Default::default(),
+        drift: None,
     };
     tweak(&mut spec);
     let mut action = HostAction::new(ACTION, spec);
@@ -104,6 +108,10 @@ fn run(
             grants: Grant::default(),
             mode: Default::default(),
             timeout_seconds: 60,
+            on_failure: Default::default(),
+            on_delete: Default::default(),
+            journal: Default::default(),
+            drift: None,
         },
     );
     run.status = phase.map(|phase| HostActionRunStatus {
@@ -164,6 +172,7 @@ fn counts(pending: i32, running: i32, succeeded: i32, failed: i32) -> PhaseCount
         running,
         succeeded,
         failed,
+        drifted: 0,
     }
 }
 

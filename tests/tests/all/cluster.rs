@@ -31,6 +31,9 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
+/// Undo journals, rollback and `onDelete` on the cluster (issue 17).
+mod undo;
+
 const GROUP_VERSION: &str = "hostaction.dev/v1alpha1";
 const CNI_GRANT: &str = r#"{"files": {"write": ["/etc/cni/net.d", "/opt/cni/bin"]}}"#;
 /// A node policy that allows what the CNI grant asks (agents without a

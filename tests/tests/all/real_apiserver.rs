@@ -82,6 +82,41 @@ async fn crds_apply_and_the_api_server_enforces_their_cel_rules() {
     assert_eq!(code, 422, "{message}");
     assert!(message.contains("never a file path or URL"), "{message}");
 
+    // The undo fields: defaults filled in, `off` taken as the word it is
+    // (quoted in crds.yaml), another word refused naming the field.
+    let mut undo = example_action("real-undo-fields");
+    undo["spec"]["journal"] = json!("off");
+    let undo: HostAction = serde_json::from_value(undo).expect("a HostAction");
+    let created = actions.create(&post, &undo).await.expect("create");
+    assert_eq!(created.spec.journal, hostaction_crds::action::Journal::Off);
+    assert_eq!(
+        created.spec.on_failure,
+        hostaction_crds::action::OnFailure::Rollback
+    );
+    let mut bad = example_action("real-undo-bad");
+    bad["spec"]["onDelete"] = json!("later");
+    let api = Api::<kube::api::DynamicObject>::all_with(
+        plane.client(),
+        &kube::discovery::ApiResource::erase::<HostAction>(&()),
+    );
+    let bad: kube::api::DynamicObject = serde_json::from_value(bad).unwrap();
+    let (code, message) = refusal(api.create(&post, &bad).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("spec.onDelete"), "{message}");
+    let mut fast = example_action("real-drift-fast");
+    fast["spec"]["drift"] = json!({"intervalSeconds": 5});
+    let fast: kube::api::DynamicObject = serde_json::from_value(fast).unwrap();
+    let (code, message) = refusal(api.create(&post, &fast).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("drift.intervalSeconds must be 10 to 86400"),
+        "{message}"
+    );
+    actions
+        .delete("real-undo-fields", &DeleteParams::default())
+        .await
+        .expect("delete");
+
     // A run's spec is immutable (a transition rule: self == oldSelf).
     let runs: Api<HostActionRun> = Api::all(plane.client());
     let digest = "0".repeat(64);

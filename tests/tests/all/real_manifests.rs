@@ -428,11 +428,20 @@ async fn the_controller_account_may_roll_out_and_may_not_write_run_status() {
         "replace a run's status",
         runs.replace_status(run_name, &post, &stored).await,
     );
-    let relabel = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
-    forbidden(
-        "patch a run",
-        runs.patch(run_name, &PatchParams::default(), &relabel)
+    // It may patch a run (the onDelete: undo annotation), not its spec
+    // (immutable: the CRD's rule) nor its status (above).
+    let annotate =
+        Patch::Merge(json!({"metadata": {"annotations": {"hostaction.dev/undo": "requested"}}}));
+    allowed(
+        "annotate a run",
+        runs.patch(run_name, &PatchParams::default(), &annotate)
             .await,
+    );
+    let respec = Patch::Merge(json!({"spec": {"timeoutSeconds": 1}}));
+    let refused = runs.patch(run_name, &PatchParams::default(), &respec).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "{refused:?}"
     );
     forbidden(
         "list secrets",
