@@ -7,11 +7,7 @@
 //! "kind": {"type": "bridge"}, "mtu": 1400, "up": true}, ...]}`. Ops run in
 //! order; an error does not stop the run. Fact `"<index>"` holds `{"ok": value}`
 //! or `{"err": {"kind": "...", "message": "..."}}`.
-//!
-//! One `files` call too (`ensure-file`): the crash-recovery test needs one
-//! action whose effects are files and network, interleaved.
 
-use hostaction_sdk::files;
 use hostaction_sdk::network::{
     self, LinkKind, LinkSettings, MacvlanSpec, VethSpec, VlanSpec, VxlanSpec,
 };
@@ -85,12 +81,6 @@ enum Op {
         name: String,
     },
     ListNetns,
-    /// `files.ensure-file` with UTF-8 contents.
-    EnsureFile {
-        path: String,
-        contents: String,
-        mode: u32,
-    },
 }
 
 /// A link kind with its attributes, tagged by `"type"`.
@@ -263,11 +253,6 @@ fn run_op(op: Op) -> Result<Value, Error> {
         Op::EnsureNetns { name } => Value::Bool(network::ensure_netns(&name)?),
         Op::DeleteNetns { name } => Value::Bool(network::delete_netns(&name)?),
         Op::ListNetns => network::list_netns()?.into_iter().collect(),
-        Op::EnsureFile {
-            path,
-            contents,
-            mode,
-        } => Value::Bool(files::ensure_file(&path, contents.as_bytes(), mode)?),
     })
 }
 
