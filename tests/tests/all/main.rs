@@ -14,6 +14,7 @@ mod c;
 mod cluster;
 mod compile;
 mod container;
+mod crash;
 mod engine;
 mod escapes;
 mod files;

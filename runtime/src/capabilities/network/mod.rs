@@ -16,6 +16,8 @@ pub mod scope;
 #[cfg(test)]
 mod tests;
 pub mod undo;
+#[cfg(test)]
+mod undo_tests;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,9 +36,12 @@ use crate::bindings::hostaction::host::network::{self, LinkInfo, LinkKind, LinkS
 use crate::effects::Mode as RunMode;
 use crate::grant::EffectiveGrant;
 use crate::host::HostRoot;
-use netlink::{Call, IpNetwork, LinkSpec, MacvlanMode, Netns, PROCESS_NETNS};
+use crate::undo::Undo;
+use crate::undo::diff::attribute;
+use netlink::{Call, IpNetwork, LinkSpec, LinkState, MacvlanMode, Netns, PROCESS_NETNS, Step};
 use planned::{Ns, Planned};
 use scope::{HOST_NETNS, Scopes};
+use undo::{Change, JournaledRoute, NetworkUndo};
 
 /// Where named namespaces live, relative to the host root.
 pub const NETNS_DIR: &str = "var/run/netns";
@@ -240,11 +245,18 @@ impl NetworkView<'_> {
         }
     }
 
-    /// Records a change the backend made (or, in plan mode, would make).
-    fn record(&mut self, action: &'static str, target: String, detail: String) {
+    /// Records a change the backend made (or, in plan mode, would make),
+    /// with its diff.
+    fn record(
+        &mut self,
+        action: &'static str,
+        target: String,
+        detail: String,
+        diff: Option<String>,
+    ) {
         self.shared
             .effects
-            .record("network", action, &target, detail, None);
+            .record("network", action, &target, detail, diff);
     }
 
     /// The mark of a namespace hostaction made (for `ownedOnly`).
@@ -435,7 +447,7 @@ impl network::Host for NetworkView<'_> {
             if changes.is_empty() {
                 return Ok(false);
             }
-            self.record("ensure-link", target, changes.join(", "));
+            self.record("ensure-link", target, changes.join(", "), None);
             return Ok(true);
         }
 
@@ -448,14 +460,28 @@ impl network::Host for NetworkView<'_> {
             master: settings.master,
         };
         let call = self.call(&scopes, place.netns()?);
-        let changes = netlink::ensure_link(call, &name, &spec, &backend_settings)?;
+        let effects = &mut self.shared.effects;
+        let mut diff = None;
+        let kind = spec.kind_name();
+        let changes =
+            netlink::ensure_link_with(call, &name, &spec, &backend_settings, &mut |step| {
+                let (undo, d) = match step {
+                    Step::CreateLink => link_created(&netns, &name, kind, &backend_settings),
+                    Step::ChangeLink { before } => {
+                        link_changed(&netns, &name, &before, &backend_settings)
+                    }
+                    _ => return Ok(()),
+                };
+                diff = Some(d);
+                effects.journal("network", "ensure-link", &target, Undo::Network(undo), &[])
+            })?;
         if changes.is_empty() {
             return Ok(false);
         }
         if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
             self.ctx.planned.ensure_link(&ns, &name, want, peer);
         }
-        self.record("ensure-link", target, changes.join(", "));
+        self.record("ensure-link", target, changes.join(", "), diff);
         Ok(true)
     }
 
@@ -470,10 +496,33 @@ impl network::Host for NetworkView<'_> {
             self.ctx.planned.remove_link(&netns, &name)
         } else {
             let call = self.call(&scopes, place.netns()?);
-            netlink::delete_link(call, &name, &|other| scopes.interface(other).is_ok())?
+            let effects = &mut self.shared.effects;
+            netlink::delete_link_with(
+                call,
+                &name,
+                &|other| scopes.interface(other).is_ok(),
+                &mut |step| {
+                    let Step::DeleteLink { info } = step else {
+                        return Ok(());
+                    };
+                    let why = link_deleted(&info);
+                    effects.journal(
+                        "network",
+                        "delete-link",
+                        &target,
+                        Undo::Irreversible { why },
+                        &[],
+                    )
+                },
+            )?
         };
         if deleted {
-            self.record("delete-link", target, String::new());
+            self.record(
+                "delete-link",
+                target,
+                String::new(),
+                Some("link deleted".into()),
+            );
         }
         Ok(deleted)
     }
@@ -566,14 +615,23 @@ impl network::Host for NetworkView<'_> {
             };
             if !exists {
                 self.ctx.planned.add_netns(&name);
-                self.record("ensure-netns", target, String::new());
+                self.record(
+                    "ensure-netns",
+                    target,
+                    String::new(),
+                    Some("namespace created".into()),
+                );
             }
             return Ok(!exists);
         }
         let dir = self.netns_dir(true)?.ok_or_else(|| {
             CapError::Io(format!("{NETNS_DIR} under the host root was not created"))
         })?;
-        let made = netlink::ensure_netns(&dir, &name)?;
+        let effects = &mut self.shared.effects;
+        let made = netlink::ensure_netns_with(&dir, &name, &mut |_| {
+            let undo = NetworkUndo::NetnsCreated { name: name.clone() };
+            effects.journal("network", "ensure-netns", &target, Undo::Network(undo), &[])
+        })?;
         if made {
             self.ctx.opened.remove(&name);
             if let Some(mark) = self.netns_mark(&name, true)? {
@@ -585,7 +643,12 @@ impl network::Host for NetworkView<'_> {
                     Mode::from_raw_mode(0o600),
                 );
             }
-            self.record("ensure-netns", target, String::new());
+            self.record(
+                "ensure-netns",
+                target,
+                String::new(),
+                Some("namespace created".into()),
+            );
         }
         Ok(made)
     }
@@ -596,8 +659,9 @@ impl network::Host for NetworkView<'_> {
         scope::netns_name(&name)?;
         scopes.netns(Some(&name))?;
         let target = format!("netns {name}");
+        let diff = Some("namespace deleted".to_owned());
         if self.ctx.planned.remove_netns(&name) {
-            self.record("delete-netns", target, String::new());
+            self.record("delete-netns", target, String::new(), diff);
             return Ok(true);
         }
         let Some(dir) = self.netns_dir(false)? else {
@@ -620,13 +684,25 @@ impl network::Host for NetworkView<'_> {
             )));
         }
         if !self.dry_run() {
+            // Irreversible: everything in it goes with it.
+            let why = format!(
+                "netns {name} was deleted: its links, addresses and routes went with it \
+                 and are not recreated"
+            );
+            self.shared.effects.journal(
+                "network",
+                "delete-netns",
+                &target,
+                Undo::Irreversible { why },
+                &[],
+            )?;
             self.ctx.opened.remove(&name);
             netlink::delete_netns(&dir, &name)?;
             if let Some(mark) = mark {
                 let _ = std::fs::remove_file(mark);
             }
         }
-        self.record("delete-netns", target, String::new());
+        self.record("delete-netns", target, String::new(), diff);
         Ok(true)
     }
 
@@ -676,14 +752,37 @@ impl NetworkView<'_> {
                 .on_link(&netns, &device, format!("address {addr}"), add)
         } else {
             let call = self.call(&scopes, place.netns()?);
-            if add {
-                netlink::ensure_address(call, &device, addr)?
+            let effects = &mut self.shared.effects;
+            let (netns, device2, address) = (netns.clone(), device.clone(), addr.to_string());
+            let undo = if add {
+                NetworkUndo::AddressAdded {
+                    netns,
+                    device: device2,
+                    address,
+                }
             } else {
-                netlink::remove_address(call, &device, addr)?
+                NetworkUndo::AddressRemoved {
+                    netns,
+                    device: device2,
+                    address,
+                }
+            };
+            let mut hook = |_: Step| {
+                effects.journal("network", action, &target, Undo::Network(undo.clone()), &[])
+            };
+            if add {
+                netlink::ensure_address_with(call, &device, addr, &mut hook)?
+            } else {
+                netlink::remove_address_with(call, &device, addr, &mut hook)?
             }
         };
         if changed {
-            self.record(action, target, String::new());
+            let diff = if add {
+                "address added"
+            } else {
+                "address removed"
+            };
+            self.record(action, target, String::new(), Some(diff.into()));
         }
         Ok(changed)
     }
@@ -712,22 +811,138 @@ impl NetworkView<'_> {
             target.push_str(&format!(" via {gw}"));
         }
         target.push_str(&format!(" dev {device}"));
+        let place_target = format!("{target} ({})", place_name(netns.as_deref()));
         let changed = if self.ctx.planned.covers(&netns, &device) {
             self.ctx
                 .planned
                 .on_link(&netns, &device, target.clone(), add)
         } else {
             let call = self.call(&scopes, place.netns()?);
+            let effects = &mut self.shared.effects;
+            let mut hook = |step: Step| {
+                let undo = match step {
+                    Step::AddRoute => NetworkUndo::RouteAdded {
+                        netns: netns.clone(),
+                        route: JournaledRoute::of(&r),
+                    },
+                    Step::RemoveRoutes { routes } => NetworkUndo::RoutesRemoved {
+                        netns: netns.clone(),
+                        routes: routes
+                            .iter()
+                            .map(|(r, protocol)| JournaledRoute {
+                                protocol: Some(*protocol),
+                                ..JournaledRoute::of(r)
+                            })
+                            .collect(),
+                    },
+                    _ => return Ok(()),
+                };
+                effects.journal("network", action, &place_target, Undo::Network(undo), &[])
+            };
             if add {
-                netlink::ensure_route(call, &r)?
+                netlink::ensure_route_with(call, &r, &mut hook)?
             } else {
-                netlink::remove_route(call, &r)?
+                netlink::remove_route_with(call, &r, &mut hook)?
             }
         };
         if changed {
-            target.push_str(&format!(" ({})", place_name(netns.as_deref())));
-            self.record(action, target, String::new());
+            let diff = if add { "route added" } else { "route removed" };
+            self.record(action, place_target, String::new(), Some(diff.into()));
         }
         Ok(changed)
     }
+}
+
+/// What undoes creating a link, and its diff.
+fn link_created(
+    netns: &Option<String>,
+    name: &str,
+    kind: &str,
+    settings: &netlink::LinkSettings,
+) -> (NetworkUndo, String) {
+    let mut diff = vec![attribute("link", "none", kind)];
+    if let Some(mtu) = settings.mtu {
+        diff.push(attribute("mtu", "default", mtu));
+    }
+    if let Some(master) = &settings.master {
+        diff.push(attribute("master", "none", master));
+    }
+    if settings.up == Some(true) {
+        diff.push(attribute("state", "down", "up"));
+    }
+    let undo = NetworkUndo::LinkCreated {
+        netns: netns.clone(),
+        name: name.to_owned(),
+        link_kind: kind.to_owned(),
+        mtu: settings.mtu,
+        up: settings.up,
+        master: settings.master.clone(),
+    };
+    (undo, diff.join("\n"))
+}
+
+/// What undoes changing an existing link's settings from `before`, and its
+/// diff: only the settings that change.
+fn link_changed(
+    netns: &Option<String>,
+    name: &str,
+    before: &LinkState,
+    settings: &netlink::LinkSettings,
+) -> (NetworkUndo, String) {
+    let mut diff = Vec::new();
+    let mtu = settings.mtu.filter(|m| *m != before.mtu).map(|after| {
+        diff.push(attribute("mtu", before.mtu, after));
+        Change {
+            before: before.mtu,
+            after,
+        }
+    });
+    let master = settings
+        .master
+        .as_ref()
+        .filter(|m| before.master.as_ref() != Some(*m))
+        .map(|after| {
+            let was = before.master.clone();
+            diff.push(attribute("master", was.as_deref().unwrap_or("none"), after));
+            Change {
+                before: was,
+                after: Some(after.clone()),
+            }
+        });
+    let state = |up: bool| if up { "up" } else { "down" };
+    let up = settings.up.filter(|u| *u != before.up).map(|after| {
+        diff.push(attribute("state", state(before.up), state(after)));
+        Change {
+            before: before.up,
+            after,
+        }
+    });
+    let undo = NetworkUndo::LinkChanged {
+        netns: netns.clone(),
+        name: name.to_owned(),
+        mtu,
+        up,
+        master,
+    };
+    (undo, diff.join("\n"))
+}
+
+/// Why deleting a link is not undone, with what the link was (journaled
+/// instead of an undo).
+fn link_deleted(info: &netlink::LinkInfo) -> String {
+    format!(
+        "link {} ({}, mtu {}, {}{}{}) was deleted: a link is not recreated (a new one would \
+         get another index and MAC, and its addresses, routes, ports, a veth's peer and the \
+         links on it went with it)",
+        info.name,
+        info.kind.as_deref().unwrap_or("device"),
+        info.mtu,
+        if info.up { "up" } else { "down" },
+        info.master
+            .as_ref()
+            .map_or_else(String::new, |m| format!(", master {m}")),
+        info.mac
+            .as_ref()
+            .map_or_else(String::new, |m| format!(", mac {m}")),
+    )
 }

@@ -31,9 +31,69 @@ use rustix::io::Errno;
 
 use crate::capabilities::CapError;
 
-pub use addr::{check_route, ensure_address, ensure_route, remove_address, remove_route};
-pub use link::{check_spec, delete_link, ensure_link, list_links};
-pub use netns::{delete_netns, ensure_netns, is_netns, list_netns};
+pub use addr::{
+    check_route, ensure_address, ensure_address_with, ensure_route, ensure_route_as,
+    ensure_route_with, remove_address, remove_address_with, remove_route, remove_route_with,
+};
+pub use link::{
+    check_spec, delete_link, delete_link_with, ensure_link, ensure_link_with, inspect_link,
+    list_links, set_link,
+};
+pub use netns::{delete_netns, ensure_netns, ensure_netns_with, is_netns, list_netns};
+
+/// A change a backend call is about to make, handed to the call's hook right
+/// before the request that makes it (after every check; in plan mode, where
+/// it would be made): the capability journals what undoes it there, so
+/// nothing is changed that the journal does not know of, and nothing is
+/// journaled that the check refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The link is about to be created (then marked and set as asked).
+    CreateLink,
+    /// The settings of an existing link are about to change; how it was.
+    ChangeLink {
+        /// The link's attributes before the change.
+        before: LinkState,
+    },
+    /// The link is about to be deleted; how it was.
+    DeleteLink {
+        /// The link before it is deleted.
+        info: LinkInfo,
+    },
+    /// The address is about to be added.
+    AddAddress,
+    /// The address is about to be removed.
+    RemoveAddress,
+    /// The route is about to be added.
+    AddRoute,
+    /// These routes (each field as the kernel has it) are about to be removed.
+    RemoveRoutes {
+        /// The routes found, each with its protocol (`RTPROT_*`: who added it).
+        routes: Vec<(Route, u8)>,
+    },
+    /// The named namespace is about to be made.
+    CreateNetns,
+}
+
+/// What a backend call hands each [`Step`] to; an error stops the call
+/// before that change.
+pub type Hook<'a> = dyn FnMut(Step) -> Result<(), CapError> + Send + 'a;
+
+/// The hook of a call nobody journals.
+pub fn no_hook(_: Step) -> Result<(), CapError> {
+    Ok(())
+}
+
+/// A link's settings as the kernel has them: what [`LinkSettings`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// The link's MTU.
+    pub mtu: u32,
+    /// Whether the link is administratively up.
+    pub up: bool,
+    /// Name of its master, if any.
+    pub master: Option<String>,
+}
 
 /// The kind of link to ensure, with the attributes that identify it.
 #[derive(Debug, Clone, PartialEq, Eq)]

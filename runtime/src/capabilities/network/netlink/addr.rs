@@ -5,18 +5,29 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use rustix::io::Errno;
 
 use super::link::target_index;
-use super::{Call, IpNetwork, Route, check_ifname, errno, in_netns, nl_error};
+use super::{Call, Hook, IpNetwork, Route, Step, check_ifname, errno, in_netns, nl_error};
 use crate::capabilities::CapError;
 
 /// Ensures `addr` (address and prefix length) is on `device`; returns whether
 /// it was added. Equal to `ip address add ADDR dev DEVICE`.
 pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, CapError> {
+    ensure_address_with(call, device, addr, &mut super::no_hook)
+}
+
+/// [`ensure_address`], handing `hook` a [`Step::AddAddress`] right before
+/// the address is added.
+pub fn ensure_address_with(
+    call: Call<'_>,
+    device: &str,
+    addr: IpNetwork,
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
     check_ifname(device)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
@@ -35,6 +46,7 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
                 addr.prefix_len()
             )));
         }
+        hook(Step::AddAddress)?;
         if call.dry_run {
             return Ok(true);
         }
@@ -59,12 +71,24 @@ pub fn ensure_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 /// Removes `addr` from `device`; returns false when it was not there.
 /// Equal to `ip address delete ADDR dev DEVICE`.
 pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<bool, CapError> {
+    remove_address_with(call, device, addr, &mut super::no_hook)
+}
+
+/// [`remove_address`], handing `hook` a [`Step::RemoveAddress`] right
+/// before the address is removed.
+pub fn remove_address_with(
+    call: Call<'_>,
+    device: &str,
+    addr: IpNetwork,
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
     check_ifname(device)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let index = target_index(&h, device, "device", call.owned_only).await?;
         let Some(found) = find_address(&h, index, addr).await? else {
             return Ok(false);
         };
+        hook(Step::RemoveAddress)?;
         if call.dry_run {
             return Ok(true);
         }
@@ -88,6 +112,31 @@ pub fn remove_address(call: Call<'_>, device: &str, addr: IpNetwork) -> Result<b
 /// same destination and metric with another gateway or device is a
 /// `Conflict`; it is never replaced.
 pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
+    ensure_route_with(call, route, &mut super::no_hook)
+}
+
+/// [`ensure_route`], handing `hook` a [`Step::AddRoute`] right before the
+/// route is added.
+pub fn ensure_route_with(
+    call: Call<'_>,
+    route: &Route,
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
+    add_route(call, route, None, hook)
+}
+
+/// [`ensure_route`] with the protocol (`RTPROT_*`) the route is added as:
+/// a removed route added back as it was.
+pub fn ensure_route_as(call: Call<'_>, route: &Route, protocol: u8) -> Result<bool, CapError> {
+    add_route(call, route, Some(protocol), &mut super::no_hook)
+}
+
+fn add_route(
+    call: Call<'_>,
+    route: &Route,
+    protocol: Option<u8>,
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
     let v6 = check_route(route)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
@@ -97,10 +146,14 @@ pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
         if !find_routes(&h, route, v6, oif).await?.is_empty() {
             return Ok(false);
         }
+        let mut msg = build_route(route, v6, oif)?;
+        if let Some(protocol) = protocol {
+            msg.header.protocol = RouteProtocol::from(protocol);
+        }
+        hook(Step::AddRoute)?;
         if call.dry_run {
             return Ok(true);
         }
-        let msg = build_route(route, v6, oif)?;
         h.route().add(msg).execute().await.map_err(|e| {
             if errno(&e) == Some(Errno::EXIST) {
                 CapError::Conflict(format!(
@@ -118,6 +171,16 @@ pub fn ensure_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
 /// Removes every main-table route that matches each given field of `route`;
 /// returns false when there was none. Equal to `ip route delete DEST ...`.
 pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
+    remove_route_with(call, route, &mut super::no_hook)
+}
+
+/// [`remove_route`], handing `hook` a [`Step::RemoveRoutes`] with each
+/// route found, as the kernel has it, right before they are removed.
+pub fn remove_route_with(
+    call: Call<'_>,
+    route: &Route,
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
     let v6 = check_route(route)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let oif = match &route.device {
@@ -130,8 +193,16 @@ pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
             None => None,
         };
         let found = find_routes(&h, route, v6, oif).await?;
+        if found.is_empty() {
+            return Ok(false);
+        }
+        let routes = found
+            .iter()
+            .map(|m| (found_route(route, m), u8::from(m.header.protocol)))
+            .collect();
+        hook(Step::RemoveRoutes { routes })?;
         if call.dry_run {
-            return Ok(!found.is_empty());
+            return Ok(true);
         }
         let mut removed = false;
         for found in found {
@@ -166,6 +237,27 @@ pub fn remove_route(call: Call<'_>, route: &Route) -> Result<bool, CapError> {
         }
         Ok(removed)
     })
+}
+
+/// A route `remove_route` found for `route`, each field as the kernel has it.
+fn found_route(route: &Route, m: &RouteMessage) -> Route {
+    Route {
+        destination: route.destination,
+        gateway: m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(g) => route_ip(g),
+            _ => None,
+        }),
+        device: route.device.clone(),
+        metric: Some(
+            m.attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(0),
+        ),
+    }
 }
 
 /// The address message for `addr` on link `index`, if it is there.

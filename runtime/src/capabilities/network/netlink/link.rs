@@ -17,8 +17,8 @@ use rtnetlink::{
 use rustix::io::Errno;
 
 use super::{
-    Call, LinkInfo, LinkSettings, LinkSpec, MacvlanMode, Netns, check_ifname, connect_in, errno,
-    in_netns, is_current_netns, nl_error, open_netns,
+    Call, Hook, LinkInfo, LinkSettings, LinkSpec, LinkState, MacvlanMode, Netns, Step,
+    check_ifname, connect_in, errno, in_netns, is_current_netns, nl_error, open_netns,
 };
 use crate::capabilities::CapError;
 use crate::capabilities::network::scope::OWNED_ALIAS;
@@ -39,6 +39,19 @@ pub fn ensure_link(
     spec: &LinkSpec,
     settings: &LinkSettings,
 ) -> Result<Vec<String>, CapError> {
+    ensure_link_with(call, name, spec, settings, &mut super::no_hook)
+}
+
+/// [`ensure_link`], handing `hook` a [`Step::CreateLink`] right before the
+/// link is created, or a [`Step::ChangeLink`] before an existing one's
+/// settings change (in plan mode: where it would be).
+pub fn ensure_link_with(
+    call: Call<'_>,
+    name: &str,
+    spec: &LinkSpec,
+    settings: &LinkSettings,
+    hook: &mut Hook<'_>,
+) -> Result<Vec<String>, CapError> {
     check_ifname(name)?;
     check_spec(spec)?;
     if let Some(master) = &settings.master {
@@ -56,6 +69,7 @@ pub fn ensure_link(
                 require(&h, parent, "parent", call.owned_only).await?;
             }
             let mut changes = vec![describe(spec)];
+            hook(Step::CreateLink)?;
             if call.dry_run {
                 check_references(&h, spec).await?;
                 changes.extend(settings_changes(settings));
@@ -89,7 +103,12 @@ pub fn ensure_link(
                 require(&h, master, "master", true).await?;
             }
         }
-        if pending.is_empty() || call.dry_run {
+        if pending.is_empty() {
+            return Ok(pending);
+        }
+        let before = link_state(&h, &link).await?;
+        hook(Step::ChangeLink { before })?;
+        if call.dry_run {
             return Ok(pending);
         }
         converge(&h, name, &link, settings, false).await
@@ -110,6 +129,17 @@ pub fn delete_link(
     name: &str,
     may_touch: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<bool, CapError> {
+    delete_link_with(call, name, may_touch, &mut super::no_hook)
+}
+
+/// [`delete_link`], handing `hook` a [`Step::DeleteLink`] with the link as
+/// it is right before it is deleted (in plan mode: where it would be).
+pub fn delete_link_with(
+    call: Call<'_>,
+    name: &str,
+    may_touch: &(dyn Fn(&str) -> bool + Sync),
+    hook: &mut Hook<'_>,
+) -> Result<bool, CapError> {
     check_ifname(name)?;
     in_netns(call.ns, call.deadline, |h| async move {
         let Some(link) = get_link(&h, name).await? else {
@@ -119,7 +149,8 @@ pub fn delete_link(
             check_owned(&link, name, "deleted")?;
         }
         let index = link.header.index;
-        for other in &all_links(&h).await? {
+        let all = all_links(&h).await?;
+        for other in &all {
             let here = !other
                 .attributes
                 .iter()
@@ -144,6 +175,10 @@ pub fn delete_link(
                 check_owned(other, other_name, what)?;
             }
         }
+        let names = names_of(&all);
+        hook(Step::DeleteLink {
+            info: link_info(&link, &names),
+        })?;
         if call.dry_run {
             return Ok(true);
         }
@@ -288,33 +323,142 @@ fn settings_changes(settings: &LinkSettings) -> Vec<String> {
 pub fn list_links(ns: Netns<'_>, deadline: Instant) -> Result<Vec<LinkInfo>, CapError> {
     in_netns(ns, deadline, |h| async move {
         let links = all_links(&h).await?;
-        let names: HashMap<u32, String> = links
+        let names = names_of(&links);
+        Ok(links.iter().map(|l| link_info(l, &names)).collect())
+    })
+}
+
+/// The link `name` in `ns` as the kernel has it, and the names of the links
+/// in `ns` that depend on it: its ports, and the links on it (macvlans,
+/// vlans, vxlans) other than a veth's own peer. `None` when it is missing.
+pub fn inspect_link(
+    ns: Netns<'_>,
+    deadline: Instant,
+    name: &str,
+) -> Result<Option<(LinkInfo, Vec<String>)>, CapError> {
+    check_ifname(name)?;
+    in_netns(ns, deadline, |h| async move {
+        let links = all_links(&h).await?;
+        let Some(link) = links.iter().find(|l| link_name(l) == Some(name)) else {
+            return Ok(None);
+        };
+        let index = link.header.index;
+        let peer = link_lower(link);
+        let dependents = links
             .iter()
-            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
-            .collect();
-        Ok(links
-            .iter()
-            .map(|l| LinkInfo {
-                name: link_name(l).unwrap_or_default().to_string(),
-                index: l.header.index,
-                kind: link_kind(l).map(|k| k.to_string()),
-                mtu: link_attr(l, |a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
-                })
-                .unwrap_or(0),
-                up: l.header.flags.contains(LinkFlags::Up),
-                master: link_master(l).and_then(|i| names.get(&i).cloned()),
-                mac: link_attr(l, |a| match a {
-                    LinkAttribute::Address(mac) if !mac.is_empty() => Some(format_mac(mac)),
-                    _ => None,
-                }),
-                alias: link_attr(l, |a| match a {
-                    LinkAttribute::IfAlias(s) => Some(s.clone()),
-                    _ => None,
-                }),
+            .filter(|other| {
+                let here = !other
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+                let on_it = here
+                    && link_lower(other) == Some(index)
+                    && other.header.index != index
+                    && Some(other.header.index) != peer;
+                link_master(other) == Some(index) || on_it
             })
-            .collect())
+            .filter_map(|l| link_name(l).map(str::to_owned))
+            .collect();
+        Ok(Some((link_info(link, &names_of(&links)), dependents)))
+    })
+}
+
+/// Sets the MTU, the master (`Some(None)`: none) and the state of the link
+/// `name` in `ns`, each given one. Equal to `ip link set NAME mtu M
+/// master B|nomaster up|down`.
+pub fn set_link(
+    ns: Netns<'_>,
+    deadline: Instant,
+    name: &str,
+    mtu: Option<u32>,
+    master: Option<Option<&str>>,
+    up: Option<bool>,
+) -> Result<(), CapError> {
+    check_ifname(name)?;
+    in_netns(ns, deadline, |h| async move {
+        let index = index_of(&h, name, "link").await?;
+        let set = |msg: LinkMessage, what: &'static str| {
+            let h = h.clone();
+            async move {
+                h.link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(&format!("set the {what} of {name}"), None, &e))
+            }
+        };
+        if let Some(mtu) = mtu {
+            set(LinkUnspec::new_with_index(index).mtu(mtu).build(), "MTU").await?;
+        }
+        if let Some(master) = master {
+            let to = match master {
+                Some(m) => index_of(&h, m, "master").await?,
+                None => 0,
+            };
+            set(
+                LinkUnspec::new_with_index(index).controller(to).build(),
+                "master",
+            )
+            .await?;
+        }
+        if let Some(up) = up {
+            let b = LinkUnspec::new_with_index(index);
+            set(if up { b.up() } else { b.down() }.build(), "state").await?;
+        }
+        Ok(())
+    })
+}
+
+/// The names of `links` by index.
+fn names_of(links: &[LinkMessage]) -> HashMap<u32, String> {
+    links
+        .iter()
+        .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+        .collect()
+}
+
+/// A link as [`list_links`] reports it; `names` resolves its master.
+fn link_info(l: &LinkMessage, names: &HashMap<u32, String>) -> LinkInfo {
+    LinkInfo {
+        name: link_name(l).unwrap_or_default().to_string(),
+        index: l.header.index,
+        kind: link_kind(l).map(|k| k.to_string()),
+        mtu: link_attr(l, |a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0),
+        up: l.header.flags.contains(LinkFlags::Up),
+        master: link_master(l).and_then(|i| names.get(&i).cloned()),
+        mac: link_attr(l, |a| match a {
+            LinkAttribute::Address(mac) if !mac.is_empty() => Some(format_mac(mac)),
+            _ => None,
+        }),
+        alias: link_attr(l, |a| match a {
+            LinkAttribute::IfAlias(s) => Some(s.clone()),
+            _ => None,
+        }),
+    }
+}
+
+/// The settings of `link` as they are (its master by name).
+async fn link_state(h: &Handle, link: &LinkMessage) -> Result<LinkState, CapError> {
+    let master = match link_master(link) {
+        Some(i) => get_link_by_index(h, i)
+            .await?
+            .as_ref()
+            .and_then(link_name)
+            .map(str::to_owned),
+        None => None,
+    };
+    Ok(LinkState {
+        mtu: link_attr(link, |a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0),
+        up: link.header.flags.contains(LinkFlags::Up),
+        master,
     })
 }
 

@@ -11,6 +11,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
+use super::{Hook, Step};
 use crate::capabilities::CapError;
 
 /// Ensures `dir/name` is a network namespace; returns whether one was made.
@@ -19,6 +20,12 @@ use crate::capabilities::CapError;
 /// Makes `dir` if missing, creates the empty file, and on a dedicated thread
 /// unshares a new network namespace and bind-mounts it onto the file.
 pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, CapError> {
+    ensure_netns_with(dir, name, &mut super::no_hook)
+}
+
+/// [`ensure_netns`], handing `hook` a [`Step::CreateNetns`] right before the
+/// namespace is made (under the directory's lock, after the last check).
+pub fn ensure_netns_with(dir: &Path, name: &str, hook: &mut Hook<'_>) -> Result<bool, CapError> {
     check_netns_name(name)?;
     fs::create_dir_all(dir)
         .map_err(|e| CapError::Io(format!("cannot create {}: {e}", dir.display())))?;
@@ -38,6 +45,7 @@ pub fn ensure_netns(dir: &Path, name: &str) -> Result<bool, CapError> {
     if is_netns(&path)? {
         return Ok(false);
     }
+    hook(Step::CreateNetns)?;
     make_shared(dir)?;
     let created = match rustix::fs::open(
         &path,
