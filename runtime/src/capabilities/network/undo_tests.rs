@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::*;
 use crate::bindings::hostaction::host::network::{Host as _, Route, VethSpec};
 use crate::capabilities::{Backends, testing};
-use crate::undo::journal::{JournalWriter, Record, RunInfo, reopen};
+use crate::undo::journal::{JournalWriter, Record, RunInfo};
 use crate::undo::{JournalMode, UndoCtx, Undone};
 
 const GRANT: &str = r#"
@@ -46,6 +46,7 @@ fn shared() -> Shared {
         digest: String::new(),
         owner: None,
         started_ms: 0,
+        host: None,
     };
     Shared::new(
         RunMode::Apply,
@@ -138,12 +139,10 @@ impl Fixture {
     /// starts over.
     fn journaled(&mut self) -> Vec<Undo> {
         let effects = std::mem::replace(&mut self.shared, shared()).effects;
-        let Some((_, run, file)) = effects.finish().1.and_then(JournalWriter::finish) else {
+        let Some(read) = effects.finish().1.and_then(|j| j.into_read().unwrap()) else {
             return Vec::new();
         };
-        reopen(file, &run.run_id)
-            .unwrap()
-            .effects
+        read.effects
             .into_iter()
             .filter_map(|(r, _, _)| match r {
                 Record::Effect { undo, .. } => Some(undo),
