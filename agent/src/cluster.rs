@@ -68,10 +68,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{Error, RuntimeError};
-use crate::{
-    Loader, RunInput, drift_summary, failed_status, finished_status, now, shrunk_status,
-    undo_summary,
-};
+use crate::{Loader, RunInput, drift_summary, failed_status, now, shrunk_status, undo_summary};
 use hostaction_distribution::{ModuleStore, Registry};
 use hostaction_runtime::Runtime;
 
@@ -184,6 +181,9 @@ impl ClusterAgent {
         let (stop, stopping) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut listed = HashSet::new();
+        // The listed runs' journal-name prefixes and owners: what the undo
+        // journals found at start may still belong to.
+        let mut known = Known::default();
         let mut pruned = false;
         // Runs whose action is being undone: their pending run does not start.
         let undoing = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
@@ -205,12 +205,19 @@ impl ClusterAgent {
                 }
                 Some(Ok(watcher::Event::Init)) => {
                     listed.clear();
+                    known = Known::default();
                     continue;
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     if !pruned {
                         // Entries of runs deleted while the agent was away.
                         self.prune_journal(&listed);
+                        // Undo journals of runs deleted meanwhile: their
+                        // Delete events were missed, and a leaked journal
+                        // holds the node's journal budget for good.
+                        let runtime = self.runtime.clone();
+                        let known = std::mem::take(&mut known);
+                        tasks.spawn_blocking(move || prune_undo_journals(&runtime, &known));
                         pruned = true;
                     }
                     continue;
@@ -236,6 +243,10 @@ impl ClusterAgent {
             }
             let uid = run.uid().unwrap_or_default();
             listed.insert(uid.clone());
+            if !pruned {
+                known.prefixes.push(run_id_prefix(&run.name_any(), &uid));
+                known.owners.extend(owner_uid(&run));
+            }
             let phase = run.status.as_ref().map(|s| s.phase).unwrap_or_default();
             if run.annotations().contains_key(UNDO_ANNOTATION) && phase != RunPhase::Undone {
                 lock(&drifting).remove(&uid);
@@ -465,7 +476,17 @@ impl ClusterAgent {
             .run_duration
             .observe(clock.elapsed().as_secs_f64());
         let status = match joined {
-            Ok(Ok(report)) => finished_status(&report, started, attempts),
+            // Room for the Drifted condition its drift checks write later.
+            Ok(Ok(report)) => crate::finished_status_leaving(
+                &report,
+                started,
+                attempts,
+                if run.spec.drift.is_some() {
+                    crate::DRIFT_CONDITION_BYTES
+                } else {
+                    0
+                },
+            ),
             Ok(Err(error)) => failed_status(&error, started, attempts),
             Err(join) => failed_status(
                 &RuntimeError::Host(format!("the run's thread: {join}")),
@@ -576,6 +597,9 @@ impl ClusterAgent {
                 None if drifted => ("True", "PlanNotEmpty", summary),
                 None => ("False", "InSync", "the plan is empty".to_owned()),
             };
+            // Bounded as JSON (the run's status left room for that much),
+            // before it is compared with what the API holds.
+            let message = crate::drift_message(message);
             let write = match &last {
                 // In sync and never reported drifted, or already reported in sync.
                 _ if reason == "InSync" => last.as_ref().is_some_and(|(s, _)| s == "True"),
@@ -700,19 +724,7 @@ impl ClusterAgent {
             },
         );
         tracing::info!(run = %name, %message, "undone");
-        let old = run.status.clone().unwrap_or_default();
-        let status = HostActionRunStatus {
-            phase: RunPhase::Undone,
-            finished_at: Some(now()),
-            message: Some(crate::cut(message, hostaction_crds::run::MESSAGE_BYTES)),
-            undo: Some(summary),
-            // Room for the summary within the status's budget.
-            log_tail: Vec::new(),
-            log_lines_dropped: old
-                .log_lines_dropped
-                .saturating_add(i32::try_from(old.log_tail.len()).unwrap_or(i32::MAX)),
-            ..old
-        };
+        let status = crate::undone_status(run.status.clone().unwrap_or_default(), message, summary);
         if let Delivery::Done = self.deliver(&name, &status, &mut stopping).await {
             let runtime = self.runtime.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -889,6 +901,19 @@ fn run_id_prefix(name: &str, uid: &str) -> String {
     format!("{base}-{uid}.")
 }
 
+/// Whether `run_id` is an attempt (`a<n>`) or a drift remediation
+/// (`d<time>`) of the run whose ids start with `prefix` — exactly, not a
+/// prefix match: run `x` with uid `12345678…` has prefix `x-12345678.`,
+/// which another action's run named `x-12345678.n1.g1` also starts with.
+fn of_run(run_id: &str, prefix: &str) -> bool {
+    run_id.strip_prefix(prefix).is_some_and(|rest| {
+        let mut bytes = rest.bytes();
+        matches!(bytes.next(), Some(b'a' | b'd'))
+            && rest.len() > 1
+            && bytes.all(|b| b.is_ascii_digit())
+    })
+}
+
 /// The uid of the HostAction that owns a run (its journal's owner).
 fn owner_uid(run: &HostActionRun) -> Option<String> {
     run.metadata
@@ -929,6 +954,49 @@ fn undo_owner(runtime: &Runtime, owner: Option<&str>) -> (Vec<UndoReport>, Vec<S
     (reports, errors)
 }
 
+/// The runs listed at the agent's start, as their undo journals name them.
+#[derive(Default)]
+struct Known {
+    /// [`run_id_prefix`] of each run.
+    prefixes: Vec<String>,
+    /// The HostAction uid of each run that names one.
+    owners: HashSet<String>,
+}
+
+/// Deletes the finished undo journals that no listed run accounts for: a
+/// HostAction's journal (it names an owner, not `static:…`) whose run is
+/// gone and whose owner has no run left on this node — the runs were
+/// deleted while the agent was away. Journals without an owner (`hostaction
+/// run` on the node), static mode's, and unfinished ones (recovery's) stay.
+fn prune_undo_journals(runtime: &Runtime, known: &Known) {
+    let Some(dir) = runtime.journals() else {
+        return;
+    };
+    for journal in runtime.journal_list().unwrap_or_default() {
+        let Some(owner) = journal.run.owner.as_deref() else {
+            continue;
+        };
+        let listed = known
+            .prefixes
+            .iter()
+            .any(|p| of_run(&journal.run.run_id, p));
+        if journal.end.is_none() || owner.starts_with("static:") || listed {
+            continue;
+        }
+        if known.owners.contains(owner) {
+            continue;
+        }
+        match dir.remove(&journal.run.run_id) {
+            Ok(()) => {
+                tracing::info!(run = %journal.run.run_id, "deleted the journal of a run deleted while the agent was away");
+            }
+            Err(error) => {
+                tracing::warn!(run = %journal.run.run_id, %error, "could not delete a journal");
+            }
+        }
+    }
+}
+
 /// Deletes the finished journals of `owner` (its action is undone).
 fn forget_owner(runtime: &Runtime, owner: Option<&str>) {
     let (Some(owner), Some(dir)) = (owner, runtime.journals()) else {
@@ -958,7 +1026,7 @@ fn collect_journals(runtime: &Runtime, run: &HostActionRun) {
     for journal in runtime.journal_list().unwrap_or_default() {
         let ended = journal.end.is_some();
         let needed = keep_applied && journal.end == Some(EndState::Applied);
-        if journal.run.run_id.starts_with(&prefix)
+        if of_run(&journal.run.run_id, &prefix)
             && ended
             && !needed
             && let Err(error) = dir.remove(&journal.run.run_id)
@@ -996,6 +1064,19 @@ fn watch_backoff() -> ExponentialBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's journals are its attempts and remediations only, not those
+    /// of a run whose name starts with its id prefix.
+    #[test]
+    fn a_runs_journals_are_not_another_runs_whose_name_extends_its_prefix() {
+        let prefix = run_id_prefix("x.n1.g1", "12345678-aaaa");
+        assert!(of_run(&run_id("x.n1.g1", "12345678-aaaa", 2), &prefix));
+        assert!(of_run(&format!("{prefix}d1765000000"), &prefix));
+        let other = run_id("x.n1.g1-12345678.n1.g1", "87654321-bbbb", 1);
+        assert!(other.starts_with(&prefix), "{other}");
+        assert!(!of_run(&other, &prefix), "{other}");
+        assert!(!of_run(&format!("{prefix}a"), &prefix));
+    }
 
     /// Each wait is half to all of a step doubling from 1 s to 5 min, and
     /// the waits of two agents differ (jitter).

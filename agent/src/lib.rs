@@ -286,6 +286,23 @@ impl Loader<'_> {
 /// the effects (first ones kept) shortened until the whole fits; the counts
 /// of what was dropped stay.
 pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> HostActionRunStatus {
+    finished_status_leaving(report, started, attempts, 0)
+}
+
+/// Bytes of JSON a run's `Drifted` condition takes at most: its message
+/// (bounded as JSON by [`drift_message`]) and the rest of the condition.
+pub const DRIFT_CONDITION_BYTES: usize = DRIFT_MESSAGE_BYTES + 256;
+
+/// [`finished_status`] leaving `reserve` bytes of [`STATUS_BYTES`] free for
+/// what is written into the status later (a run with `spec.drift` leaves
+/// [`DRIFT_CONDITION_BYTES`] for its `Drifted` condition), so the status
+/// stays within its budget then too.
+pub fn finished_status_leaving(
+    report: &RunReport,
+    started: Time,
+    attempts: i32,
+    reserve: usize,
+) -> HostActionRunStatus {
     let succeeded = report.status.is_success();
     let status = HostActionRunStatus {
         phase: if succeeded {
@@ -331,7 +348,50 @@ pub fn finished_status(report: &RunReport, started: Time, attempts: i32) -> Host
         report.log.len(),
         effects,
         report.effect_count(),
+        reserve,
     )
+}
+
+/// `text` cut so that its JSON (escapes and quotes counted: a diff of a
+/// file full of control characters or quotes grows up to 6× when encoded)
+/// takes at most [`DRIFT_MESSAGE_BYTES`] plus the two quotes.
+pub fn drift_message(text: String) -> String {
+    let mut max = DRIFT_MESSAGE_BYTES;
+    let mut text = cut(text, max);
+    loop {
+        let over = json_len(&text).saturating_sub(DRIFT_MESSAGE_BYTES + 2);
+        if over == 0 || max == 0 {
+            return text;
+        }
+        max = max.saturating_sub(over.max(1));
+        text = cut(text, max);
+    }
+}
+
+/// The status of a run whose action was undone on its node: `old` with
+/// phase `Undone`, `message` and the undo summary, without its log tail
+/// (counted as dropped), and as many of its effects as keep the whole —
+/// its `Drifted` condition included — within [`STATUS_BYTES`].
+pub fn undone_status(
+    old: HostActionRunStatus,
+    message: String,
+    summary: UndoSummary,
+) -> HostActionRunStatus {
+    let mut status = HostActionRunStatus {
+        phase: RunPhase::Undone,
+        finished_at: Some(now()),
+        message: Some(cut(message, MESSAGE_BYTES)),
+        undo: Some(summary),
+        log_tail: Vec::new(),
+        log_lines_dropped: old
+            .log_lines_dropped
+            .saturating_add(count(old.log_tail.len())),
+        ..old
+    };
+    while json_len(&status) > STATUS_BYTES && status.effects.pop().is_some() {
+        status.effects_dropped = status.effects_dropped.saturating_add(1);
+    }
+    status
 }
 
 /// What a drift check's plan would change, for a `Drifted` condition: one
@@ -357,7 +417,7 @@ pub fn drift_summary(report: &RunReport) -> String {
     if report.effects_dropped > 0 {
         out.push_str(&format!("\n(and {} more effects)", report.effects_dropped));
     }
-    cut(out, DRIFT_MESSAGE_BYTES)
+    drift_message(out)
 }
 
 /// What undoing one or more runs came to, bounded as the status wants it:
@@ -401,11 +461,12 @@ fn fit(
     log_total: usize,
     effects: impl Iterator<Item = EffectSummary>,
     effects_total: usize,
+    reserve: usize,
 ) -> HostActionRunStatus {
     // The drop counts at their widest, and the two lists' keys and brackets.
     status.log_lines_dropped = i32::MAX;
     status.effects_dropped = i32::MAX;
-    let base = json_len(&status).saturating_add(64);
+    let base = json_len(&status).saturating_add(64).saturating_add(reserve);
     let room = STATUS_BYTES.saturating_sub(base);
     let (log, effects): (Vec<String>, Vec<EffectSummary>) = (log.collect(), effects.collect());
     // Each item costs its JSON and a comma.
@@ -505,4 +566,87 @@ pub(crate) fn cut(mut text: String, max: usize) -> String {
         text.push_str("...");
     }
     text
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    /// Effects whose JSON alone fills more than [`STATUS_BYTES`].
+    fn many_effects() -> Vec<EffectSummary> {
+        (0..EFFECTS_LISTED)
+            .map(|i| EffectSummary {
+                capability: "files".to_owned(),
+                action: "write-file".to_owned(),
+                target: format!("/opt/cni/bin/{i}-{}", "x".repeat(300)),
+            })
+            .collect()
+    }
+
+    /// The widest `Drifted` condition the agent writes: a diff of quotes
+    /// and control characters (6 bytes each in JSON).
+    fn widest_condition() -> Condition {
+        Condition {
+            type_: hostaction_crds::run::DRIFTED.to_owned(),
+            status: "True".to_owned(),
+            reason: "RemediationFailed".to_owned(),
+            message: drift_message("\u{1}\"".repeat(DRIFT_MESSAGE_BYTES)),
+            observed_generation: Some(i64::MAX),
+            last_transition_time: now(),
+        }
+    }
+
+    /// A run with `spec.drift` keeps its status within the budget once its
+    /// `Drifted` condition is written into it, however wide the diff.
+    #[test]
+    fn a_drifting_runs_status_leaves_room_for_its_condition() {
+        let effects = many_effects();
+        let total = effects.len();
+        let mut status = fit(
+            HostActionRunStatus::default(),
+            std::iter::empty(),
+            0,
+            effects.into_iter(),
+            total,
+            DRIFT_CONDITION_BYTES,
+        );
+        assert!(status.effects_dropped > 0);
+        let condition = widest_condition();
+        assert!(
+            json_len(&condition.message) <= DRIFT_MESSAGE_BYTES + 2,
+            "{}",
+            json_len(&condition.message)
+        );
+        status.conditions = vec![condition];
+        assert!(json_len(&status) <= STATUS_BYTES, "{}", json_len(&status));
+    }
+
+    /// The `Undone` status (an undo summary at its widest added to a full
+    /// status with a `Drifted` condition) stays within the budget too.
+    #[test]
+    fn an_undone_status_stays_within_the_budget() {
+        let effects = many_effects();
+        let total = effects.len();
+        let mut old = fit(
+            HostActionRunStatus::default(),
+            std::iter::empty(),
+            0,
+            effects.into_iter(),
+            total,
+            DRIFT_CONDITION_BYTES,
+        );
+        old.conditions = vec![widest_condition()];
+        let summary = UndoSummary {
+            restored: 1,
+            failed: 5,
+            problems: vec!["p".repeat(LINE_BYTES); UNDO_PROBLEMS_LISTED],
+            ..UndoSummary::default()
+        };
+        let dropped = old.effects_dropped;
+        let status = undone_status(old, "m".repeat(2 * MESSAGE_BYTES), summary);
+        assert!(json_len(&status) <= STATUS_BYTES, "{}", json_len(&status));
+        assert!(status.effects_dropped > dropped);
+        assert_eq!(status.phase, RunPhase::Undone);
+    }
 }

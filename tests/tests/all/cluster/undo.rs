@@ -214,3 +214,54 @@ fn drift_is_reported_once_with_its_diff_and_remediated_when_asked() {
     std::thread::sleep(Duration::from_secs(25));
     assert_eq!(cluster.status_writes(&name), writes);
 }
+
+/// A HostAction deleted while its node's agent is down: its runs go without
+/// the agent seeing their Delete events, so their undo journals would stay
+/// for good (holding the node's journal budget); the agent deletes them at
+/// its next start, once it has listed the runs that are left. A journal of
+/// an action that still has a run on the node stays.
+#[test]
+fn journals_of_runs_deleted_while_the_agent_was_away_go_at_its_next_start() {
+    let mut cluster = Cluster::new();
+    cluster.mark_running_after = "60";
+    let module = cluster.push("probe");
+    cluster.add_node("u1", json!({"role": "worker"}), true);
+    cluster.start_agent("u1", None, Some(CNI_POLICY));
+    cluster.apply(
+        "gone",
+        spec(&module, write_then("gone", "new", false), "keep"),
+    );
+    cluster.apply(
+        "stays",
+        spec(&module, write_then("stays", "new", false), "keep"),
+    );
+    for action in ["gone", "stays"] {
+        cluster.wait(action, 120, "the run succeeds", |c| {
+            c.runs(action)
+                .get("u1")
+                .is_some_and(|r| phase(r) == "Succeeded")
+        });
+    }
+    assert_eq!(journals(&cluster, "u1").len(), 2);
+
+    cluster.kill_agent("u1");
+    assert!(
+        cluster
+            .api
+            .remove(GROUP_VERSION, "HostAction", None, "gone")
+    );
+    cluster.wait_for(120, "gone and its run deleted", |c| {
+        c.api
+            .get(GROUP_VERSION, "HostAction", None, "gone")
+            .is_none()
+            && c.runs("gone").is_empty()
+    });
+    assert_eq!(journals(&cluster, "u1").len(), 2, "no agent to collect it");
+
+    cluster.start_agent("u1", None, Some(CNI_POLICY));
+    cluster.wait_for(60, "the deleted run's journal collected", |c| {
+        journals(c, "u1").len() == 1
+    });
+    let left = journals(&cluster, "u1");
+    assert!(left[0].starts_with("stays.u1.g1-"), "{left:?}");
+}
