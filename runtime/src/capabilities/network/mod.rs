@@ -425,6 +425,18 @@ impl network::Host for NetworkView<'_> {
             Some(named) => Some(named.to_owned()),
         };
         let target = format!("link {name} ({})", place_name(netns.as_deref()));
+        // How a new link is described, plan and apply alike: a veth's peer
+        // namespace by the name the guest gave.
+        let created = match &peer {
+            Some((peer, Some(in_ns))) => format!("create veth (peer {peer} in {in_ns})"),
+            _ => netlink::describe(&spec),
+        };
+        let backend_settings = netlink::LinkSettings {
+            mtu: settings.mtu,
+            up: settings.up,
+            master: settings.master.clone(),
+        };
+        let kind = spec.kind_name();
         let want = planned::Link {
             kind: spec.kind_name().to_owned(),
             mtu: settings.mtu,
@@ -443,27 +455,27 @@ impl network::Host for NetworkView<'_> {
                 .any(|l| planned.has_link(&ns, l));
         let peer = peer.map(|(peer_name, _)| (peer_ns, peer_name));
         if from_plan {
-            let changes = self.ctx.planned.ensure_link(&ns, &name, want, peer);
+            let new = !planned.has_link(&ns, &name);
+            let changes = self
+                .ctx
+                .planned
+                .ensure_link(&ns, &name, want, &created, peer);
             if changes.is_empty() {
                 return Ok(false);
             }
-            self.record("ensure-link", target, changes.join(", "), None);
+            // A planned link's later changes have no kernel state to diff.
+            let diff = new.then(|| link_created(&netns, &name, kind, &backend_settings).1);
+            self.record("ensure-link", target, changes.join(", "), diff);
             return Ok(true);
         }
 
         if let (LinkSpec::Veth { peer_netns, .. }, Some(p)) = (&mut spec, &peer_place) {
             *peer_netns = Some(p.peer_path()?);
         }
-        let backend_settings = netlink::LinkSettings {
-            mtu: settings.mtu,
-            up: settings.up,
-            master: settings.master,
-        };
         let call = self.call(&scopes, place.netns()?);
         let effects = &mut self.shared.effects;
         let mut diff = None;
-        let kind = spec.kind_name();
-        let changes =
+        let mut changes =
             netlink::ensure_link_with(call, &name, &spec, &backend_settings, &mut |step| {
                 let (undo, d) = match step {
                     Step::CreateLink => link_created(&netns, &name, kind, &backend_settings),
@@ -478,8 +490,11 @@ impl network::Host for NetworkView<'_> {
         if changes.is_empty() {
             return Ok(false);
         }
-        if call.dry_run && changes.first().is_some_and(|c| c.starts_with("create")) {
-            self.ctx.planned.ensure_link(&ns, &name, want, peer);
+        if let Some(first) = changes.first_mut().filter(|c| c.starts_with("create")) {
+            *first = created;
+            if call.dry_run {
+                self.ctx.planned.ensure_link(&ns, &name, want, first, peer);
+            }
         }
         self.record("ensure-link", target, changes.join(", "), diff);
         Ok(true)

@@ -115,14 +115,15 @@ impl Planned {
         removed
     }
 
-    /// Records `link` (made, or brought to these settings), and a veth's
-    /// peer (its namespace and name) with it; returns what that changes,
-    /// empty when the plan already has it so.
+    /// Records `link` (made — `created` says how —, or brought to these
+    /// settings), and a veth's peer (its namespace and name) with it; returns
+    /// what that changes, empty when the plan already has it so.
     pub fn ensure_link(
         &mut self,
         ns: &Ns,
         name: &str,
         want: Link,
+        created: &str,
         peer: Option<(Ns, String)>,
     ) -> Vec<String> {
         if let Some(key) = peer {
@@ -140,7 +141,7 @@ impl Planned {
         let have = match self.links.get_mut(&key) {
             Some(have) => have,
             None => {
-                changes.push(format!("create {}", want.kind));
+                changes.push(created.to_owned());
                 self.bytes += link_cost(&key);
                 self.links.entry(key).or_insert_with(|| Link {
                     kind: want.kind.clone(),
@@ -227,7 +228,13 @@ mod tests {
             kind: "veth".into(),
             ..Link::default()
         };
-        plan.ensure_link(&ns, "a", want.clone(), Some((None, "b".into())));
+        plan.ensure_link(
+            &ns,
+            "a",
+            want.clone(),
+            "create veth",
+            Some((None, "b".into())),
+        );
         let with_links = plan.bytes();
         // "blue" + "a", and the peer "b" in the host namespace.
         assert_eq!(
@@ -235,7 +242,7 @@ mod tests {
             one_ns + 2 * (LINK_FIELDS + ENTRY_OVERHEAD) + 4 + 1 + 1
         );
         // The same link again holds nothing more.
-        plan.ensure_link(&ns, "a", want, None);
+        plan.ensure_link(&ns, "a", want, "create veth", None);
         assert_eq!(plan.bytes(), with_links);
         assert!(plan.on_link(&ns, "a", "10.0.0.1/24".into(), true));
         assert!(!plan.on_link(&ns, "a", "10.0.0.1/24".into(), true));

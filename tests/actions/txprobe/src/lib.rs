@@ -5,10 +5,11 @@
 //!
 //! Params: `{"ops": [{"op": "ensure-file", "path": "/etc/x", "contents":
 //! "...", "mode": 420}, {"op": "ensure-link", "netns": "n1", "name": "br0",
-//! "kind": "bridge", "mtu": 1400, "up": true}, ...]}`. Ops run in order; the
-//! first error fails the run (which is then rolled back).
+//! "kind": "bridge", "mtu": 1400, "up": true}, {"op": "ensure-link", "name":
+//! "ve0", "kind": "veth", "peer": "ve1", "peer_netns": "n1"}, ...]}`. Ops run
+//! in order; the first error fails the run (which is then rolled back).
 
-use hostaction_sdk::network::{self, LinkKind, LinkSettings, Route};
+use hostaction_sdk::network::{self, LinkKind, LinkSettings, Route, VethSpec};
 use hostaction_sdk::{Outcome, files};
 use serde::Deserialize;
 
@@ -44,8 +45,12 @@ enum Op {
         #[serde(default)]
         netns: Option<String>,
         name: String,
-        /// `bridge` or `dummy`.
+        /// `bridge`, `dummy` or `veth` (with `peer`).
         kind: String,
+        #[serde(default)]
+        peer: Option<String>,
+        #[serde(default)]
+        peer_netns: Option<String>,
         #[serde(default)]
         mtu: Option<u32>,
         #[serde(default)]
@@ -59,15 +64,47 @@ enum Op {
         device: String,
         address: String,
     },
+    RemoveAddress {
+        #[serde(default)]
+        netns: Option<String>,
+        device: String,
+        address: String,
+    },
     EnsureRoute {
         #[serde(default)]
         netns: Option<String>,
-        destination: String,
-        device: String,
+        #[serde(flatten)]
+        route: RouteSpec,
+    },
+    RemoveRoute {
+        #[serde(default)]
+        netns: Option<String>,
+        #[serde(flatten)]
+        route: RouteSpec,
     },
     Fail {
         message: String,
     },
+}
+
+/// A route: to `destination` on `device`, through `gateway` if given.
+#[derive(Deserialize)]
+struct RouteSpec {
+    destination: String,
+    device: String,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+impl From<RouteSpec> for Route {
+    fn from(r: RouteSpec) -> Self {
+        Route {
+            destination: r.destination,
+            gateway: r.gateway,
+            device: Some(r.device),
+            metric: None,
+        }
+    }
 }
 
 fn run(params: Params) -> Result<Outcome, String> {
@@ -86,14 +123,24 @@ fn run(params: Params) -> Result<Outcome, String> {
                 netns,
                 name,
                 kind,
+                peer,
+                peer_netns,
                 mtu,
                 up,
                 master,
             } => {
-                let kind = match kind.as_str() {
-                    "bridge" => LinkKind::Bridge,
-                    "dummy" => LinkKind::Dummy,
-                    other => return Err(format!("op {index}: kind {other}: bridge or dummy")),
+                let kind = match (kind.as_str(), peer) {
+                    ("bridge", None) => LinkKind::Bridge,
+                    ("dummy", None) => LinkKind::Dummy,
+                    ("veth", Some(peer_name)) => LinkKind::Veth(VethSpec {
+                        peer_name,
+                        peer_netns,
+                    }),
+                    (other, _) => {
+                        return Err(format!(
+                            "op {index}: kind {other}: bridge, dummy, or veth with a peer"
+                        ));
+                    }
                 };
                 let settings = LinkSettings { mtu, up, master };
                 network::ensure_link(netns.as_deref(), &name, &kind, &settings)
@@ -103,19 +150,17 @@ fn run(params: Params) -> Result<Outcome, String> {
                 device,
                 address,
             } => network::ensure_address(netns.as_deref(), &device, &address),
-            Op::EnsureRoute {
+            Op::RemoveAddress {
                 netns,
-                destination,
                 device,
-            } => network::ensure_route(
-                netns.as_deref(),
-                &Route {
-                    destination,
-                    gateway: None,
-                    device: Some(device),
-                    metric: None,
-                },
-            ),
+                address,
+            } => network::remove_address(netns.as_deref(), &device, &address),
+            Op::EnsureRoute { netns, route } => {
+                network::ensure_route(netns.as_deref(), &route.into())
+            }
+            Op::RemoveRoute { netns, route } => {
+                network::remove_route(netns.as_deref(), &route.into())
+            }
             Op::Fail { message } => return Err(message),
         };
         changed |= done.map_err(|e| format!("op {index}: {}", e.message()))?;

@@ -85,8 +85,11 @@ pub fn ensure_link_with(
                 let _ = h.link().del(link.header.index).execute().await;
                 return Err(e);
             }
+            // A new link is reported with the settings it is made with, as
+            // plan mode reports it (which cannot know the kernel's defaults,
+            // e.g. that an MTU of 1500 needs no change).
             match converge(&h, name, &link, settings, false).await {
-                Ok(more) => changes.extend(more),
+                Ok(_) => changes.extend(settings_changes(settings)),
                 Err(e) => {
                     // Half made is not made: take it away, report the error.
                     let _ = h.link().del(link.header.index).execute().await;
@@ -275,13 +278,11 @@ async fn check_references(h: &Handle, spec: &LinkSpec) -> Result<(), CapError> {
     Ok(())
 }
 
-/// A short description of the link `spec` makes, for the run's effects.
-fn describe(spec: &LinkSpec) -> String {
+/// A short description of the link `spec` makes, for the run's effects (a
+/// veth's peer namespace is the caller's to name: here it is only a path).
+pub fn describe(spec: &LinkSpec) -> String {
     match spec {
-        LinkSpec::Veth { peer, peer_netns } => match peer_netns {
-            Some(path) => format!("create veth (peer {peer} in {})", path.display()),
-            None => format!("create veth (peer {peer})"),
-        },
+        LinkSpec::Veth { peer, .. } => format!("create veth (peer {peer})"),
         LinkSpec::Vxlan {
             vni,
             remote,
