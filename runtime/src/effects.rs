@@ -164,13 +164,12 @@ impl Effects {
     /// Journals the mutation's undo, applies it (apply mode) or skips it
     /// (plan mode), and records it. A mutation that fails is not recorded.
     ///
-    /// `mutate` gets the journal's [`Barrier`]: a mutation that makes
-    /// itself durable (a file's fsync before its rename) or destroys what
-    /// only the journal keeps (a file removed) syncs the journal first
-    /// with it. Records of other mutations (a directory made, a mode
-    /// changed, netlink, systemd: state a reboot resets) are written
-    /// before the mutation — a killed process always leaves them — and
-    /// synced at the next barrier or the run's end.
+    /// `mutate` gets the journal's [`Barrier`]: a mutation the file system
+    /// may make durable (a file's fsync before its rename, a file removed,
+    /// a directory made, a mode changed) syncs the journal first, or with
+    /// it. Records of other mutations (netlink, systemd: state a reboot
+    /// resets) are written before the mutation — a killed process always
+    /// leaves them — and synced at the next barrier or the run's end.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply<E: From<CapError>>(
         &mut self,

@@ -58,6 +58,18 @@ impl Runtime {
                 self.host.root().path().display()
             )));
         }
+        if let Some(end @ (EndState::RolledBack | EndState::Undone)) = read.info.end {
+            // Its changes are gone already; what is there now as the run
+            // left it may be a later run's, which this must not take away.
+            let how = if end == EndState::Undone {
+                "undone"
+            } else {
+                "rolled back"
+            };
+            return Err(Error::BadParams(format!(
+                "run {run_id} was {how} already: nothing of it is left to undo"
+            )));
+        }
         if read.info.overflowed {
             return Err(Error::BadParams(format!(
                 "run {run_id} is not undoable: its undo data passed the journal's budget \
@@ -78,9 +90,38 @@ impl Runtime {
         };
         let mut reports = Vec::new();
         for run_id in dir.open_runs()? {
-            // Held by a live process: a run still going.
-            let Ok(mut read) = dir.read(&run_id, true) else {
-                continue;
+            let mut read = match dir.read(&run_id, true) {
+                Ok(read) => read,
+                // Held by a live process: a run still going.
+                Err(_) if dir.busy(&run_id) => continue,
+                Err(error) => {
+                    // Unreadable from its first record (a power cut before
+                    // any of it was synced, so before any change to files
+                    // was durable; or damage): said, and set aside.
+                    let why = match dir.set_aside(&run_id) {
+                        Ok(path) => format!(
+                            "its journal cannot be read ({error}): nothing of it is undone; \
+                             set aside as {}",
+                            path.display()
+                        ),
+                        Err(e) => format!(
+                            "its journal cannot be read ({error}), nor set aside ({e}): \
+                             nothing of it is undone"
+                        ),
+                    };
+                    tracing::warn!(run = %run_id, "{why}");
+                    reports.push(UndoReport {
+                        run_id: run_id.clone(),
+                        entries: vec![UndoEntry {
+                            capability: "journal".into(),
+                            action: "recover".into(),
+                            target: run_id.clone(),
+                            undone: Undone::Failed(why),
+                        }],
+                        undo_us: 0,
+                    });
+                    continue;
+                }
             };
             // Another host root's run: recovered by a start on that root.
             if self.other_host(&read.info).is_some() {
@@ -169,9 +210,18 @@ impl Runtime {
             else {
                 continue;
             };
-            let undone = match read.blob(*blob_at, *blob_len) {
-                Ok(blob) => undo.undo(&ctx, &blob),
-                Err(e) => Undone::Failed(e.to_string()),
+            // Past the deadline nothing more is tried: a backend's waits
+            // are bounded by it, and so is the loop.
+            let undone = if Instant::now() >= ctx.deadline {
+                Undone::Failed(format!(
+                    "not undone: the undo's {} s passed first",
+                    UNDO_TIMEOUT.as_secs()
+                ))
+            } else {
+                match read.blob(*blob_at, *blob_len) {
+                    Ok(blob) => undo.undo(&ctx, &blob),
+                    Err(e) => Undone::Failed(e.to_string()),
+                }
             };
             entries.push(UndoEntry {
                 capability: capability.clone(),

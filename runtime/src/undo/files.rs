@@ -205,31 +205,34 @@ impl FileUndo {
                         p.path
                     )));
                 }
-                write_atomically(&dir, &name, blob, *mode, &Barrier::none())?;
-                chown(&dir, &name, *uid, *gid)?;
-                if *mode & 0o6000 != 0 {
-                    // chown clears setuid and setgid on a file: set them again.
-                    let fd = open_beneath(
-                        &dir,
-                        &name,
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
-                    )?;
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
-                }
+                // Owner and mode set on the staged file before its rename:
+                // a user's setuid file is never root's, even for a moment.
+                write_atomically(
+                    &dir,
+                    &name,
+                    blob,
+                    *mode,
+                    Some((*uid, *gid)),
+                    &Barrier::none(),
+                )?;
             }
             Some(Before::Dir { mode, uid, gid }) => {
-                match now {
-                    Now::Missing => make_dir(&dir, &name, *mode)?,
-                    _ => {
-                        let fd = open_beneath(
-                            &dir,
-                            &name,
-                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-                        )?;
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
-                    }
+                if matches!(now, Now::Missing) {
+                    // Root's and closed to others until it is the owner's.
+                    make_dir(&dir, &name, 0o700)?;
                 }
-                chown(&dir, &name, *uid, *gid)?;
+                // By descriptor: the name may be swapped meanwhile.
+                let fd = open_beneath(
+                    &dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                )?;
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::from_raw(*uid)),
+                    Some(rustix::fs::Gid::from_raw(*gid)),
+                )?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
             }
             Some(Before::Symlink { target }) => {
                 rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())?;
@@ -306,16 +309,6 @@ fn now_at(dir: &impl rustix::fd::AsFd, name: &str) -> Result<Now, Errno> {
 }
 
 /// Gives `name` back its journaled owner, never following a symlink.
-fn chown(dir: &impl rustix::fd::AsFd, name: &str, uid: u32, gid: u32) -> Result<(), Errno> {
-    rustix::fs::chownat(
-        dir,
-        name,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-}
-
 fn describe_now(now: &Now) -> String {
     match now {
         Now::Missing => "missing".into(),

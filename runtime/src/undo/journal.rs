@@ -12,7 +12,8 @@
 //! kernel drops it when the process dies, which is how a later start tells
 //! a run killed midway (unlocked, no end record) from one still going.
 //!
-//! Limits: [`MAX_RECORD_JSON`] per record's JSON; each run's journal up to
+//! Limits: [`MAX_RECORD_JSON`] per record's JSON, [`MAX_RECORDS`] records
+//! per run; each run's journal up to
 //! its run budget ([`JournalLimits::run_bytes`], 64 MiB by default) and all
 //! journals of a node together up to [`JournalLimits::node_bytes`] (512 MiB).
 
@@ -43,6 +44,13 @@ const OPEN_SUFFIX: &str = ".undo.open";
 /// The suffix of a journal being made: not yet a run's (a crash leaves one
 /// before its run changed anything; collection removes it).
 const NEW_SUFFIX: &str = ".undo.new";
+/// The suffix of an open journal recovery could not read, set aside.
+const DAMAGED_SUFFIX: &str = ".undo.damaged";
+/// Changes one run may journal: each is a step of its undo, which must
+/// end within [`crate::engine::UNDO_TIMEOUT`] (a restored file costs a
+/// directory flush).
+pub const MAX_RECORDS: usize = 10_000;
+
 /// What a run's first record may take, counted against the node's budget
 /// with its first effect.
 const BEGIN_ALLOWANCE: u64 = 1024;
@@ -359,6 +367,26 @@ impl JournalDir {
             .sum()
     }
 
+    /// Whether another process holds the lock of run `run_id`'s open
+    /// journal (a run still going, or an undo under way).
+    pub(crate) fn busy(&self, run_id: &str) -> bool {
+        std::fs::File::open(self.open_file(run_id)).is_ok_and(|file| {
+            rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockShared)
+                .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
+        })
+    }
+
+    /// Sets an open journal that cannot be read aside, as
+    /// `<run id>.undo.damaged`: recovery does not try it again, and an
+    /// administrator can look at it. Returns its new path.
+    pub(crate) fn set_aside(&self, run_id: &str) -> Result<PathBuf> {
+        check_run_id(run_id)?;
+        let from = self.open_file(run_id);
+        let to = self.dir.join(format!("{run_id}{DAMAGED_SUFFIX}"));
+        std::fs::rename(&from, &to).map_err(|e| Error::io(from.display().to_string(), e))?;
+        Ok(to)
+    }
+
     /// Reads a run's journal; with `lock`, holds its lock (refusing one that
     /// another process holds: a run still going, or an undo under way).
     pub(crate) fn read(&self, run_id: &str, lock: bool) -> Result<ReadJournal> {
@@ -618,6 +646,8 @@ pub(crate) struct JournalWriter {
     /// Bytes written and the budget for this run.
     written: u64,
     budget: u64,
+    /// Effect records written (at most [`MAX_RECORDS`]).
+    records: usize,
     overflowed: bool,
     /// Records written since the journal was last synced, and whether its
     /// name (the directory entry) has been synced.
@@ -646,6 +676,7 @@ impl JournalWriter {
             file: None,
             written: 0,
             budget,
+            records: 0,
             overflowed: false,
             unsynced: false,
             name_synced: false,
@@ -734,15 +765,25 @@ impl JournalWriter {
             let left = dir.limits.node_bytes.saturating_sub(dir.used_bytes());
             self.budget = self.budget.min(left.saturating_sub(BEGIN_ALLOWANCE));
         }
-        if self.written + cost > self.budget {
-            let why = format!(
+        let over = if self.written + cost > self.budget {
+            Some(format!(
                 "the undo journal of this run would pass its budget of {} bytes ({} written, \
                  this change needs {cost}; per run {} MiB, per node {} MiB of journals)",
                 self.budget,
                 self.written,
                 self.dir.as_ref().map_or(64, |d| d.limits.run_bytes >> 20),
                 self.dir.as_ref().map_or(512, |d| d.limits.node_bytes >> 20),
-            );
+            ))
+        } else if self.records >= MAX_RECORDS {
+            // Each record is one step of an undo, which must end within
+            // its deadline.
+            Some(format!(
+                "the undo journal of this run would pass {MAX_RECORDS} changes"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = over {
             if self.mode == JournalMode::Required {
                 return Err(JournalRefusal::Budget(why));
             }
@@ -751,7 +792,9 @@ impl JournalWriter {
                 .map_err(|e| JournalRefusal::Io(e.to_string()))?;
             return self.append(&json, &[]);
         }
-        self.append(&json, blob)
+        self.append(&json, blob)?;
+        self.records += 1;
+        Ok(())
     }
 
     /// Appends a record (synced at the next [`Barrier`]); a write that

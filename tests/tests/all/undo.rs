@@ -254,7 +254,7 @@ fn a_run_past_its_memory_limit_is_rolled_back() {
 }
 
 #[test]
-fn keep_then_undo_restores_and_a_second_undo_is_unchanged() {
+fn keep_then_undo_restores_and_a_second_undo_is_refused() {
     let node = seeded();
     let before = node.tree();
     let mut ops = changes();
@@ -285,10 +285,16 @@ fn keep_then_undo_restores_and_a_second_undo_is_unchanged() {
     assert!(entries.iter().all(|(_, r)| r == "restored"), "{entries:?}");
     assert_eq!(node.tree(), before);
 
+    // Undone already: a second undo is refused (what is there may be a
+    // later run's), and changes nothing.
     let (code, again) = node.undo(run_id);
-    assert_eq!(code, Some(0), "{again:#}");
-    let entries = results(&again["undone"]);
-    assert!(entries.iter().all(|(_, r)| r == "unchanged"), "{entries:?}");
+    assert_eq!(code, Some(2), "{again:#}");
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("undone already")),
+        "{again:#}"
+    );
     assert_eq!(node.tree(), before);
 
     let text = node.cli(&["undo", "--list"]);

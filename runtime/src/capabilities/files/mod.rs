@@ -570,7 +570,11 @@ impl FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&dir, dir_mode), &[]),
-                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
+                |journal| {
+                    // Durable before the directory can be (a power cut).
+                    journal.sync().map_err(|e| scoped.err(e))?;
+                    make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e))
+                },
             )?;
         }
         Ok(true)
@@ -856,6 +860,7 @@ pub(crate) fn write_atomically(
     name: &str,
     contents: &[u8],
     mode: u32,
+    owner: Option<(u32, u32)>,
     journal: &Barrier<'_>,
 ) -> Result<(), Errno> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -881,6 +886,16 @@ pub(crate) fn write_atomically(
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Owner before mode, on the descriptor: a chown clears setuid and
+        // setgid, and the file is never another's with root's bits, nor
+        // named before it is whole.
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
         journal.sync_with(|| rustix::fs::fsync(&fd))?;
@@ -985,7 +1000,8 @@ impl files::Host for FilesView<'_> {
             Some(diff),
             (undo, blob),
             |journal| {
-                write_atomically(&dir, &name, &contents, mode, journal).map_err(|e| scoped.err(e))
+                write_atomically(&dir, &name, &contents, mode, None, journal)
+                    .map_err(|e| scoped.err(e))
             },
         )?;
         self.remember_written(&scoped.path, contents, mode)?;
@@ -1134,7 +1150,11 @@ impl files::Host for FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&made, dir_mode), &[]),
-                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
+                |journal| {
+                    // Durable before the directory can be (a power cut).
+                    journal.sync().map_err(|e| scoped.err(e))?;
+                    make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e))
+                },
             )?;
             changed = true;
         }
@@ -1174,7 +1194,10 @@ impl files::Host for FilesView<'_> {
                     format!("{mode:04o}"),
                 )),
                 (undo, &[]),
-                |_| rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e)),
+                |journal| {
+                    journal.sync().map_err(|e| scoped.err(e))?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| scoped.err(e))
+                },
             )?;
             changed = true;
         }

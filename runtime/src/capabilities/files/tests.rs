@@ -474,6 +474,7 @@ fn failed_replace_keeps_the_old_entry_and_leaves_no_temporary_file() {
         "d",
         b"x",
         0o644,
+        None,
         &crate::undo::journal::Barrier::none(),
     )
     .expect_err("rename over a directory");
