@@ -382,3 +382,82 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// `spec.drift` in static mode: a pass after the interval re-runs the
+/// applied action in plan mode and records in the state file whether the
+/// node drifted and what the plan would change; `remediate: true` puts it
+/// back. (The interval is passed by setting the last check's time back in
+/// the state file.)
+#[test]
+fn drift_is_recorded_in_the_state_file_and_remediated_when_asked() {
+    let node = Node::new();
+    let manifest = |action: &str, name: &str, remediate: bool| {
+        cni_install(name)
+            .replace("name: cni\n", &format!("name: {action}\n"))
+            .replace(
+                "  nodeSelector:",
+                &format!(
+                    "  drift: {{intervalSeconds: 10, remediate: {remediate}}}\n  nodeSelector:"
+                ),
+            )
+    };
+    node.manifest("watch.yaml", &manifest("watch", "watched", false));
+    node.manifest("fix.yaml", &manifest("fix", "fixed", true));
+    let once = |what: &str| {
+        let out = node.once();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    once("the first pass applies both");
+    let watched = node.path("root/etc/cni/net.d/10-watched.conflist");
+    let fixed = node.path("root/etc/cni/net.d/10-fixed.conflist");
+    let (watched_bytes, fixed_bytes) = (
+        std::fs::read(&watched).unwrap(),
+        std::fs::read(&fixed).unwrap(),
+    );
+    once("the second pass checks drift");
+    let state = node.state();
+    for action in ["watch", "fix"] {
+        assert_eq!(
+            state["actions"][action]["drift"]["drifted"], false,
+            "{state:#}"
+        );
+    }
+
+    std::fs::write(&watched, "tampered\n").unwrap();
+    std::fs::write(&fixed, "tampered\n").unwrap();
+    // A pass before the interval passed checks nothing.
+    once("a pass within the interval");
+    assert_eq!(node.state()["actions"]["watch"]["drift"]["drifted"], false);
+    let mut state = node.state();
+    for action in ["watch", "fix"] {
+        state["actions"][action]["drift"]["checkedAt"] = 0.into();
+    }
+    std::fs::write(node.path("state.json"), state.to_string()).unwrap();
+    once("a pass after the interval");
+    let state = node.state();
+    let watch = &state["actions"]["watch"]["drift"];
+    assert_eq!(watch["drifted"], true, "{state:#}");
+    let message = watch["message"].as_str().unwrap();
+    assert!(
+        message.contains("/etc/cni/net.d/10-watched.conflist") && message.contains("-tampered"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(&watched).unwrap(),
+        b"tampered\n",
+        "only recorded"
+    );
+    let fix = &state["actions"]["fix"]["drift"];
+    assert_eq!(fix["drifted"], false, "{state:#}");
+    assert_eq!(fix["remediations"], 1, "{state:#}");
+    assert!(
+        fix["message"].as_str().unwrap().starts_with("put back:"),
+        "{state:#}"
+    );
+    assert_eq!(std::fs::read(&fixed).unwrap(), fixed_bytes, "put back");
+    assert_ne!(watched_bytes, b"tampered\n");
+}
