@@ -36,8 +36,8 @@ pub use addr::{
     ensure_route_with, remove_address, remove_address_with, remove_route, remove_route_with,
 };
 pub use link::{
-    check_spec, delete_link, delete_link_with, ensure_link, ensure_link_with, inspect_link,
-    list_links, set_link,
+    check_spec, delete_link, delete_link_with, describe, ensure_link, ensure_link_with,
+    inspect_link, list_links, set_link,
 };
 pub use netns::{delete_netns, ensure_netns, ensure_netns_with, is_netns, list_netns};
 
