@@ -310,13 +310,11 @@ fn undo_leaves_what_someone_changed_since_as_a_conflict() {
     let node = Node::new();
     node.write("/etc/cni/net.d/a.conf", "a0\n", 0o644);
     node.write("/etc/cni/net.d/b.conf", "b0\n", 0o644);
-    let (code, out) = node.run(
-        &json!([
-            {"op": "ensure-file", "path": "/etc/cni/net.d/a.conf", "contents": "a1\n", "mode": 0o644},
-            {"op": "ensure-file", "path": "/etc/cni/net.d/b.conf", "contents": "b1\n", "mode": 0o644},
-        ]),
-        &[],
-    );
+    let ops = json!([
+        {"op": "ensure-file", "path": "/etc/cni/net.d/a.conf", "contents": "a1\n", "mode": 0o644},
+        {"op": "ensure-file", "path": "/etc/cni/net.d/b.conf", "contents": "b1\n", "mode": 0o644},
+    ]);
+    let (code, out) = node.run(&ops, &[]);
     assert_eq!(code, Some(0), "{out:#}");
     let run_id = out["report"]["runId"].as_str().unwrap();
     // Someone else rewrites b meanwhile.
@@ -345,7 +343,12 @@ fn undo_leaves_what_someone_changed_since_as_a_conflict() {
         std::fs::read_to_string(node.path("/etc/cni/net.d/a.conf")).unwrap(),
         "a0\n"
     );
-    // The text report names the conflict.
+    // The text report names the conflict (of another run: this one is
+    // undone, as far as it could be).
+    let (code, out) = node.run(&ops, &[]);
+    assert_eq!(code, Some(0), "{out:#}");
+    let run_id = out["report"]["runId"].as_str().unwrap();
+    node.write("/etc/cni/net.d/b.conf", "theirs again\n", 0o644);
     let text = node.cli(&["undo", run_id]);
     assert_eq!(text.status.code(), Some(1));
     assert!(

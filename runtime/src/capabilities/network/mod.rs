@@ -455,7 +455,7 @@ impl network::Host for NetworkView<'_> {
                 .any(|l| planned.has_link(&ns, l));
         let peer = peer.map(|(peer_name, _)| (peer_ns, peer_name));
         if from_plan {
-            let new = !planned.has_link(&ns, &name);
+            let before = planned.link(&ns, &name).cloned();
             let changes = self
                 .ctx
                 .planned
@@ -463,8 +463,21 @@ impl network::Host for NetworkView<'_> {
             if changes.is_empty() {
                 return Ok(false);
             }
-            // A planned link's later changes have no kernel state to diff.
-            let diff = new.then(|| link_created(&netns, &name, kind, &backend_settings).1);
+            // Diffed as apply diffs it, where the plan knows the link's
+            // settings (a veth's peer: as the kernel makes it).
+            let diff = match before {
+                None => Some(link_created(&netns, &name, kind, &backend_settings).1),
+                Some(planned::Link {
+                    mtu: Some(mtu),
+                    up: Some(up),
+                    master,
+                    ..
+                }) => {
+                    let before = LinkState { mtu, up, master };
+                    Some(link_changed(&netns, &name, &before, &backend_settings).1)
+                }
+                Some(_) => None,
+            };
             self.record("ensure-link", target, changes.join(", "), diff);
             return Ok(true);
         }

@@ -17,6 +17,9 @@ pub struct Link {
     pub master: Option<String>,
 }
 
+/// The MTU the kernel gives a veth's peer made without one (Ethernet's).
+const VETH_PEER_MTU: u32 = 1500;
+
 /// What a plan-mode run recorded as made.
 #[derive(Debug, Default)]
 pub struct Planned {
@@ -74,6 +77,11 @@ impl Planned {
         self.links.contains_key(&(ns.clone(), name.to_owned()))
     }
 
+    /// A planned link, as the plan has it so far.
+    pub fn link(&self, ns: &Ns, name: &str) -> Option<&Link> {
+        self.links.get(&(ns.clone(), name.to_owned()))
+    }
+
     /// Whether a call on `ns` and `name` must be answered from the plan.
     pub fn covers(&self, ns: &Ns, name: &str) -> bool {
         self.in_planned_ns(ns) || self.has_link(ns, name)
@@ -129,9 +137,13 @@ impl Planned {
         if let Some(key) = peer {
             let cost = link_cost(&key);
             if let std::collections::btree_map::Entry::Vacant(entry) = self.links.entry(key) {
+                // As the kernel makes a peer: down, at Ethernet's MTU (the
+                // settings asked are set on the link, not on its peer).
                 entry.insert(Link {
                     kind: "veth".into(),
-                    ..Link::default()
+                    mtu: Some(VETH_PEER_MTU),
+                    up: Some(false),
+                    master: None,
                 });
                 self.bytes += cost;
             }

@@ -226,6 +226,7 @@ fn journals_of_runs_deleted_while_the_agent_was_away_go_at_its_next_start() {
     cluster.mark_running_after = "60";
     let module = cluster.push("probe");
     cluster.add_node("u1", json!({"role": "worker"}), true);
+    cluster.bin("u1");
     cluster.start_agent("u1", None, Some(CNI_POLICY));
     cluster.apply(
         "gone",
