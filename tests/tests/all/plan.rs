@@ -172,11 +172,9 @@ fn vxlan_overlay() {
          "kind": {"type": "veth", "peer": "ve-ovl-ul", "peer_netns": "ovl-h2"}, "up": true},
         {"op": "ensure-address", "netns": "ovl-h1", "device": "ve-ovl-ul", "address": "192.168.50.1/24"},
     ]});
-    let underlay_grant = format!(
-        "network:\n  netns: [ovl-h1, ovl-h2]\n  interfaces: [ve-ovl-ul]\n  \
-         kinds: [veth]\n  addresses: [192.168.50.0/24]\n"
-    );
-    let report = host.run("netprobe", &underlay, &underlay_grant).unwrap();
+    let underlay_grant = "network:\n  netns: [ovl-h1, ovl-h2]\n  interfaces: [ve-ovl-ul]\n  \
+                          kinds: [veth]\n  addresses: [192.168.50.0/24]\n";
+    let report = host.run("netprobe", &underlay, underlay_grant).unwrap();
     for r in probe_results(&report) {
         assert_eq!(r["ok"], true, "{r}");
     }

@@ -438,7 +438,7 @@ impl network::Host for NetworkView<'_> {
         };
         let kind = spec.kind_name();
         let want = planned::Link {
-            kind: spec.kind_name().to_owned(),
+            kind: kind.to_owned(),
             mtu: settings.mtu,
             up: settings.up,
             master: settings.master.clone(),
