@@ -907,13 +907,27 @@ impl Barrier<'_> {
     }
 
     fn sync_journal(file: Option<&File>, dir: Option<&Path>) -> std::io::Result<()> {
-        if let Some(dir) = dir {
-            File::open(dir)?.sync_all()?;
-        }
-        match file {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
-        }
+        let sync_file = || file.map_or(Ok(()), File::sync_data);
+        let Some(dir) = dir else {
+            return sync_file();
+        };
+        let sync_dir = || File::open(dir)?.sync_all();
+        // The two at once: the file system commits them together.
+        std::thread::scope(|scope| {
+            match std::thread::Builder::new()
+                .name("hostaction-journal-dir-sync".into())
+                .spawn_scoped(scope, sync_dir)
+            {
+                Ok(handle) => {
+                    let synced = sync_file();
+                    let dir = handle
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("journal sync thread")));
+                    synced.and(dir)
+                }
+                Err(_) => sync_dir().and_then(|()| sync_file()),
+            }
+        })
     }
 
     /// Syncs the journal now.

@@ -570,11 +570,11 @@ impl FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&dir, dir_mode), &[]),
-                |journal| {
-                    // Durable before the directory can be (a power cut).
-                    journal.sync().map_err(|e| scoped.err(e))?;
-                    make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e))
-                },
+                // Synced at the next barrier: a power cut before it may
+                // leave this directory, empty, where recovery does not
+                // know of it (a flush per directory is most of a fresh
+                // run's cost).
+                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
         }
         Ok(true)
@@ -1150,11 +1150,11 @@ impl files::Host for FilesView<'_> {
                 format!("mode {dir_mode:04o}"),
                 Some(format!("directory created, mode {dir_mode:04o}")),
                 (scoped.dir_made(&made, dir_mode), &[]),
-                |journal| {
-                    // Durable before the directory can be (a power cut).
-                    journal.sync().map_err(|e| scoped.err(e))?;
-                    make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e))
-                },
+                // Synced at the next barrier: a power cut before it may
+                // leave this directory, empty, where recovery does not
+                // know of it (a flush per directory is most of a fresh
+                // run's cost).
+                |_| make_dir(&parent, part, dir_mode).map_err(|e| scoped.err(e)),
             )?;
             changed = true;
         }
