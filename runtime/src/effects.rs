@@ -166,10 +166,11 @@ impl Effects {
     ///
     /// `mutate` gets the journal's [`Barrier`]: a mutation the file system
     /// may make durable (a file's fsync before its rename, a file removed,
-    /// a directory made, a mode changed) syncs the journal first, or with
-    /// it. Records of other mutations (netlink, systemd: state a reboot
-    /// resets) are written before the mutation — a killed process always
-    /// leaves them — and synced at the next barrier or the run's end.
+    /// a mode changed) syncs the journal first, or with it. Records of
+    /// other mutations (a directory made, which at worst is left empty;
+    /// netlink, systemd: state a reboot resets) are written before the
+    /// mutation — a killed process always leaves them — and synced at the
+    /// next barrier or the run's end.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply<E: From<CapError>>(
         &mut self,
