@@ -461,3 +461,60 @@ fn drift_is_recorded_in_the_state_file_and_remediated_when_asked() {
     assert_eq!(std::fs::read(&fixed).unwrap(), fixed_bytes, "put back");
     assert_ne!(watched_bytes, b"tampered\n");
 }
+
+/// An agent killed mid-run (SIGKILL, by the `HOSTACTION_TEST_CRASH` hook
+/// right after the run's 7th change: six directories and the conflist made)
+/// leaves its run's journal open; the next start rolls that run back before
+/// anything else, then runs the action again (its second attempt, as the
+/// attempts rule says), which completes.
+#[test]
+fn an_agent_killed_mid_run_rolls_it_back_at_its_next_start_then_runs_it_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let node = Node::new();
+    node.manifest("cni.yaml", &cni_install("crashed"));
+    let out = Command::new(hostaction_bin())
+        .args(node.args())
+        .arg("--once")
+        .env("HOSTACTION_TEST_CRASH", "after:7")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.state()["actions"]["cni"]["status"]["phase"], "Running");
+    let conflist = node.path("root/etc/cni/net.d/10-crashed.conflist");
+    assert!(conflist.is_file(), "killed after the conflist was written");
+    let journals = || {
+        let out = Command::new(hostaction_bin())
+            .args(["--cache-dir", path_str(&node.path("cache"))])
+            .args(["undo", "--list", "--output", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let open = journals();
+    assert_eq!(open.as_array().map(Vec::len), Some(1), "{open:#}");
+    assert!(open[0]["end"].is_null(), "{open:#}");
+
+    let out = node.once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("did not finish"), "{stderr}");
+    let state = node.state();
+    assert_eq!(
+        state["actions"]["cni"]["status"]["phase"], "Succeeded",
+        "{state:#}"
+    );
+    assert_eq!(attempts(&state), 2, "{state:#}");
+    assert!(conflist.is_file());
+    let ended: Vec<Value> = journals().as_array().cloned().unwrap_or_default();
+    let rolled_back = ended.iter().find(|j| j["runId"] == open[0]["runId"]);
+    assert_eq!(
+        rolled_back.map(|j| &j["end"]),
+        Some(&Value::from("rolled-back")),
+        "{ended:#?}"
+    );
+}
