@@ -110,16 +110,7 @@ impl Runtime {
                         ),
                     };
                     tracing::warn!(run = %run_id, "{why}");
-                    reports.push(UndoReport {
-                        run_id: run_id.clone(),
-                        entries: vec![UndoEntry {
-                            capability: "journal".into(),
-                            action: "recover".into(),
-                            target: run_id.clone(),
-                            undone: Undone::Failed(why),
-                        }],
-                        undo_us: 0,
-                    });
+                    reports.push(not_recovered(&run_id, Undone::Failed(why)));
                     continue;
                 }
             };
@@ -139,16 +130,7 @@ impl Runtime {
                            part of it was journaled, so none of it is undone; its changes stay";
                 tracing::warn!(run = %run_id, "{why}");
                 read.end(EndState::Applied)?;
-                reports.push(UndoReport {
-                    run_id: run_id.clone(),
-                    entries: vec![UndoEntry {
-                        capability: "journal".into(),
-                        action: "recover".into(),
-                        target: run_id.clone(),
-                        undone: Undone::Irreversible(why.into()),
-                    }],
-                    undo_us: 0,
-                });
+                reports.push(not_recovered(&run_id, Undone::Irreversible(why.into())));
                 continue;
             }
             let report = self.undo_journal(&mut read)?;
@@ -236,5 +218,19 @@ impl Runtime {
             entries,
             undo_us: start.elapsed().as_micros() as u64,
         })
+    }
+}
+
+/// The report of a run recovery left as it is, and why.
+fn not_recovered(run_id: &str, why: Undone) -> UndoReport {
+    UndoReport {
+        run_id: run_id.to_owned(),
+        entries: vec![UndoEntry {
+            capability: "journal".into(),
+            action: "recover".into(),
+            target: run_id.to_owned(),
+            undone: why,
+        }],
+        undo_us: 0,
     }
 }
