@@ -184,6 +184,8 @@ pub(crate) struct ReadJournal {
     pub(crate) file: File,
     /// Its path while open (renamed when it ends); none for a temporary one.
     open_path: Option<PathBuf>,
+    /// Its path as read; none for a temporary one.
+    path: Option<PathBuf>,
     pub(crate) info: JournalInfo,
     /// Where the last whole record ends: what follows (a record torn by a
     /// crash, or damage) is cut off before the end record is appended,
@@ -209,6 +211,17 @@ impl ReadJournal {
     pub(crate) fn end(&mut self, state: EndState) -> Result<()> {
         let run = self.info.run.run_id.clone();
         let good = self.good_len;
+        if let (Some(why), Some(path)) = (&self.info.damaged, &self.path) {
+            // What follows the damage is cut off below: a copy of the whole
+            // stays, for an administrator to look at.
+            let copy = path.with_file_name(format!("{run}{DAMAGED_SUFFIX}"));
+            match std::fs::copy(path, &copy) {
+                Ok(_) => tracing::warn!(run = %run, %why, copy = %copy.display(),
+                    "a damaged journal: its unreadable part is cut off; a copy of the whole is kept"),
+                Err(error) => tracing::warn!(run = %run, %why, %error,
+                    "a damaged journal: its unreadable part is cut off, and could not be copied"),
+            }
+        }
         self.file
             .metadata()
             .and_then(|m| match m.len() == good {
@@ -424,6 +437,7 @@ impl JournalDir {
         }
         read_records(&mut file, run_id).map(|(info, effects, good_len)| ReadJournal {
             file,
+            path: Some(path),
             open_path,
             info,
             good_len,
@@ -876,6 +890,7 @@ impl JournalWriter {
         let (info, effects, good_len) = read_records(&mut file, &self.run.run_id)?;
         Ok(Some(ReadJournal {
             file,
+            path: open_path.clone(),
             open_path,
             info,
             good_len,

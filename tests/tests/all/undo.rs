@@ -708,6 +708,14 @@ fn a_damaged_journal_undoes_what_it_can_read_and_says_the_rest_is_lost() {
     assert!(!node.path("/opt/cni/bin/first").exists());
     assert!(node.path("/opt/cni/bin/second").exists());
     assert!(node.path("/opt/cni/bin/third").exists());
+    // The journal is cut at the damage (so that its end record reads); a
+    // copy of the whole is kept beside it.
+    let copy = path.with_file_name(format!("{run}.undo.damaged"));
+    assert!(
+        std::fs::metadata(&copy).unwrap().len() > std::fs::metadata(&path).unwrap().len(),
+        "{}",
+        copy.display()
+    );
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
