@@ -22,11 +22,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
+use super::syncer::Syncer;
 use super::{JournalMode, Undo};
 use crate::error::{Error, Result};
 
@@ -258,6 +260,7 @@ fn close(open_path: Option<PathBuf>) -> Result<()> {
 pub struct JournalDir {
     dir: PathBuf,
     limits: JournalLimits,
+    syncer: Arc<Syncer>,
 }
 
 impl JournalDir {
@@ -296,6 +299,7 @@ impl JournalDir {
         Ok(Self {
             dir: dir.to_owned(),
             limits,
+            syncer: Arc::default(),
         })
     }
 
@@ -846,6 +850,7 @@ impl JournalWriter {
                 .as_ref()
                 .filter(|_| pending && !self.name_synced)
                 .map(|d| d.dir.as_path()),
+            syncer: self.dir.as_ref().map(|d| &*d.syncer),
             synced: std::cell::Cell::new(false),
             marks: Some((&mut self.unsynced, &mut self.name_synced)),
         }
@@ -900,11 +905,12 @@ impl JournalWriter {
 }
 
 /// Makes the journal durable before a change is: synced (its name too,
-/// the first time) alone, or on a second thread while the change's own
-/// fsync runs, so a file write pays for one flush, not two.
+/// the first time) alone, or on the directory's sync thread while the
+/// change's own fsync runs, so a file write waits for one flush, not two.
 pub(crate) struct Barrier<'a> {
     file: Option<&'a File>,
     dir: Option<&'a Path>,
+    syncer: Option<&'a Syncer>,
     synced: std::cell::Cell<bool>,
     /// The writer's marks, updated once the barrier synced.
     marks: Option<(&'a mut bool, &'a mut bool)>,
@@ -916,39 +922,16 @@ impl Barrier<'_> {
         Barrier {
             file: None,
             dir: None,
+            syncer: None,
             synced: std::cell::Cell::new(false),
             marks: None,
         }
     }
 
-    fn sync_journal(file: Option<&File>, dir: Option<&Path>) -> std::io::Result<()> {
-        let sync_file = || file.map_or(Ok(()), File::sync_data);
-        let Some(dir) = dir else {
-            return sync_file();
-        };
-        let sync_dir = || File::open(dir)?.sync_all();
-        // The two at once: the file system commits them together.
-        std::thread::scope(|scope| {
-            match std::thread::Builder::new()
-                .name("hostaction-journal-dir-sync".into())
-                .spawn_scoped(scope, sync_dir)
-            {
-                Ok(handle) => {
-                    let synced = sync_file();
-                    let dir = handle
-                        .join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("journal sync thread")));
-                    synced.and(dir)
-                }
-                Err(_) => sync_dir().and_then(|()| sync_file()),
-            }
-        })
-    }
-
     /// Syncs the journal now.
     pub(crate) fn sync(&self) -> std::result::Result<(), rustix::io::Errno> {
-        if self.file.is_some() && !self.synced.get() {
-            Self::sync_journal(self.file, self.dir).map_err(io_errno)?;
+        if let (Some(file), false) = (self.file, self.synced.get()) {
+            super::syncer::sync(file, self.dir).map_err(io_errno)?;
             self.synced.set(true);
         }
         Ok(())
@@ -961,24 +944,13 @@ impl Barrier<'_> {
         &self,
         durable: impl FnOnce() -> std::result::Result<T, rustix::io::Errno>,
     ) -> std::result::Result<T, rustix::io::Errno> {
-        if self.file.is_none() || self.synced.get() {
+        let Some(file) = self.file.filter(|_| !self.synced.get()) else {
             return durable();
-        }
-        let (file, dir) = (self.file, self.dir);
-        let (journal, done) = std::thread::scope(|scope| {
-            let journal = std::thread::Builder::new()
-                .name("hostaction-journal-sync".into())
-                .spawn_scoped(scope, move || Self::sync_journal(file, dir));
-            let done = durable();
-            let journal = match journal {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("journal sync thread"))),
-                // No thread: sync here, after.
-                Err(_) => Self::sync_journal(file, dir),
-            };
-            (journal, done)
-        });
+        };
+        let (journal, done) = match self.syncer {
+            Some(syncer) => syncer.with(file, self.dir, durable),
+            None => (super::syncer::sync(file, self.dir), durable()),
+        };
         journal.map_err(io_errno)?;
         self.synced.set(true);
         done

@@ -18,6 +18,7 @@
 pub mod diff;
 pub mod files;
 pub mod journal;
+mod syncer;
 
 pub(crate) use journal::Record;
 use serde::{Deserialize, Serialize};
