@@ -357,38 +357,42 @@ impl Systemd {
     pub fn status(&self, unit: &ResolvedUnit, deadline: Instant) -> Result<Status, CapError> {
         self.with(deadline, async |c| {
             let proxy = unit_proxy(c, &unit.path).await?;
-            let main_pid = if unit.id.ends_with(".service") {
-                let service = ServiceProxy::builder(c)
-                    .path(unit.path.clone())
-                    .cache_properties(CacheProperties::No)
-                    .build()
-                    .await
-                    .map_err(bus_error)?;
-                Some(service.main_pid().await.map_err(bus_error)?).filter(|p| *p != 0)
-            } else {
-                None
+            let service = ServiceProxy::builder(c)
+                .path(unit.path.clone())
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+                .map_err(bus_error)?;
+            let main_pid = async {
+                match unit.id.ends_with(".service") {
+                    true => service
+                        .main_pid()
+                        .await
+                        .map(|p| Some(p).filter(|p| *p != 0)),
+                    false => Ok(None),
+                }
             };
-            let since = proxy.active_enter_timestamp().await.map_err(bus_error)?;
+            // Asked all at once, answered in one round trip's time (a job
+            // reads them before and after: 14 calls in turn took 2.5 ms).
+            let (active_state, sub_state, main_pid, since, invocation_id, exit, enter) =
+                tokio::try_join!(
+                    proxy.active_state(),
+                    proxy.sub_state(),
+                    main_pid,
+                    proxy.active_enter_timestamp(),
+                    proxy.invocation_id(),
+                    proxy.inactive_exit_timestamp_monotonic(),
+                    proxy.inactive_enter_timestamp_monotonic(),
+                )
+                .map_err(bus_error)?;
             Ok(Status {
-                active_state: proxy.active_state().await.map_err(bus_error)?,
-                sub_state: proxy.sub_state().await.map_err(bus_error)?,
+                active_state,
+                sub_state,
                 main_pid,
                 active_since_us: Some(since).filter(|t| *t != 0),
-                invocation_id: proxy
-                    .invocation_id()
-                    .await
-                    .map_err(bus_error)?
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                inactive_exit_mono_us: proxy
-                    .inactive_exit_timestamp_monotonic()
-                    .await
-                    .map_err(bus_error)?,
-                inactive_enter_mono_us: proxy
-                    .inactive_enter_timestamp_monotonic()
-                    .await
-                    .map_err(bus_error)?,
+                invocation_id: invocation_id.iter().map(|b| format!("{b:02x}")).collect(),
+                inactive_exit_mono_us: exit,
+                inactive_enter_mono_us: enter,
             })
         })
     }
