@@ -667,9 +667,18 @@ pub(crate) struct JournalWriter {
     /// Effect records written (at most [`MAX_RECORDS`]).
     records: usize,
     overflowed: bool,
-    /// Records written since the journal was last synced, and whether its
-    /// name (the directory entry) has been synced.
+    marks: SyncMarks,
+}
+
+/// What of a journal is not durable yet.
+#[derive(Debug, Default)]
+struct SyncMarks {
+    /// Records written since the journal was last synced.
     unsynced: bool,
+    /// Among them, the undo of a change to files, which a power cut keeps
+    /// (netlink and systemd state does not outlive one).
+    unsynced_files: bool,
+    /// Whether its name (the directory entry) has been synced.
     name_synced: bool,
 }
 
@@ -696,8 +705,7 @@ impl JournalWriter {
             budget,
             records: 0,
             overflowed: false,
-            unsynced: false,
-            name_synced: false,
+            marks: SyncMarks::default(),
         }
     }
 
@@ -767,6 +775,7 @@ impl JournalWriter {
         if self.mode == JournalMode::Off || self.overflowed {
             return Ok(());
         }
+        let files = matches!(undo, Undo::Files(_));
         let record = Record::Effect {
             capability: capability.to_owned(),
             action: action.to_owned(),
@@ -811,6 +820,7 @@ impl JournalWriter {
             return self.append(&json, &[]);
         }
         self.append(&json, blob)?;
+        self.marks.unsynced_files |= files;
         self.records += 1;
         Ok(())
     }
@@ -828,7 +838,7 @@ impl JournalWriter {
         match append_json(file, json, blob) {
             Ok(n) => {
                 self.written = good + n;
-                self.unsynced = true;
+                self.marks.unsynced = true;
                 Ok(())
             }
             Err(e) => {
@@ -842,17 +852,17 @@ impl JournalWriter {
     /// if every record is synced already (or the journal is a temporary
     /// file, which no crash leaves behind).
     pub(crate) fn barrier(&mut self) -> Barrier<'_> {
-        let pending = self.unsynced && self.dir.is_some();
+        let pending = self.marks.unsynced && self.dir.is_some();
         Barrier {
             file: self.file.as_ref().filter(|_| pending),
             dir: self
                 .dir
                 .as_ref()
-                .filter(|_| pending && !self.name_synced)
+                .filter(|_| pending && !self.marks.name_synced)
                 .map(|d| d.dir.as_path()),
             syncer: self.dir.as_ref().map(|d| &*d.syncer),
             synced: std::cell::Cell::new(false),
-            marks: Some((&mut self.unsynced, &mut self.name_synced)),
+            marks: Some(&mut self.marks),
         }
     }
 
@@ -874,14 +884,17 @@ impl JournalWriter {
             &[],
         )
         .map_err(|e| Error::io(format!("journal of run {run}"), e))?;
-        // Records of changes made since the last barrier (a directory made
-        // after the last file written) become durable with the end record.
-        // With none, the end record is left to the kernel's writeback: lost
-        // to a power cut, the run is rolled back at the next start — as
-        // before it, never in between.
-        self.barrier()
-            .sync()
-            .map_err(|e| Error::io(format!("journal of run {run}"), e.into()))?;
+        // Records of changes to files made since the last barrier (a
+        // directory made after the last file written) become durable with
+        // the end record. Without, the end record is left to the kernel's
+        // writeback (and so are records of netlink and systemd changes,
+        // which a power cut undoes itself): lost to a power cut, the run is
+        // rolled back at the next start — as before it, never in between.
+        if self.marks.unsynced_files {
+            self.barrier()
+                .sync()
+                .map_err(|e| Error::io(format!("journal of run {run}"), e.into()))?;
+        }
         close(Some(dir.open_file(&run)))
     }
 
@@ -913,7 +926,7 @@ pub(crate) struct Barrier<'a> {
     syncer: Option<&'a Syncer>,
     synced: std::cell::Cell<bool>,
     /// The writer's marks, updated once the barrier synced.
-    marks: Option<(&'a mut bool, &'a mut bool)>,
+    marks: Option<&'a mut SyncMarks>,
 }
 
 impl Barrier<'_> {
@@ -959,9 +972,10 @@ impl Barrier<'_> {
 
 impl Drop for Barrier<'_> {
     fn drop(&mut self) {
-        if let (true, Some((unsynced, name_synced))) = (self.synced.get(), self.marks.as_mut()) {
-            **unsynced = false;
-            **name_synced = true;
+        if let (true, Some(marks)) = (self.synced.get(), self.marks.as_mut()) {
+            marks.unsynced = false;
+            marks.unsynced_files = false;
+            marks.name_synced = true;
         }
     }
 }
