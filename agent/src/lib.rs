@@ -131,6 +131,18 @@ pub struct RunInput<'a> {
     pub journal: SpecJournal,
 }
 
+impl RunInput<'_> {
+    /// The signature policy of the run: the node policy's `verify`,
+    /// narrowed by the grant's.
+    pub fn verify(&self) -> Result<oci::Policy, RuntimeError> {
+        oci::Policy::new(
+            self.policy.and_then(|p| p.verify.as_ref()),
+            self.grants.verify.as_ref(),
+        )
+        .map_err(|why| oci::Error::BadParams(why).into())
+    }
+}
+
 impl<'a> RunInput<'a> {
     /// The input of a run of `spec` bounded by `policy`: no id, no owner
     /// (set them after).
@@ -164,18 +176,30 @@ impl Loader<'_> {
     /// The module `module` names (a `.wasm` file or an OCI reference), and
     /// its artifact when it came from one; a pull for a run has a deadline
     /// tied to `run_timeout` ([`oci::RegistryOptions::pull_deadline`]).
+    ///
+    /// With `verify` requiring a signature, a reference is pulled only if
+    /// its artifact is signed by one of its keys, and a file is refused.
     pub fn load(
         &self,
         module: &str,
         run_timeout: Option<Duration>,
+        verify: &oci::Policy,
     ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), RuntimeError> {
         let path = module.strip_prefix("file://").unwrap_or(module);
         if !oci::is_reference(path) {
+            if verify.required() {
+                return Err(oci::Error::Untrusted(format!(
+                    "{module}: a signature is required, and a module file carries none \
+                     (signatures are checked on registry artifacts: push it, sign it, run \
+                     its reference)"
+                ))
+                .into());
+            }
             return Ok((self.runtime.load_file(path.as_ref())?, None));
         }
         let artifact = self
             .registry
-            .pull_for_run(module, self.store, run_timeout)?;
+            .pull_for_run(module, self.store, run_timeout, verify)?;
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
@@ -186,11 +210,12 @@ impl Loader<'_> {
         &self,
         module: &str,
         run_timeout: Duration,
+        verify: &oci::Policy,
     ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), RuntimeError> {
         pinned_reference(module)?;
         let artifact = self
             .registry
-            .pull_for_run(module, self.store, Some(run_timeout))?;
+            .pull_for_run(module, self.store, Some(run_timeout), verify)?;
         Ok((self.runtime.load_stored(&artifact)?, Some(artifact)))
     }
 
@@ -202,7 +227,7 @@ impl Loader<'_> {
         module: &str,
         input: RunInput<'_>,
     ) -> Result<(RunReport, String), RuntimeError> {
-        let loaded = self.load(module, Some(input.timeout))?;
+        let loaded = self.load(module, Some(input.timeout), &input.verify()?)?;
         self.run_loaded(loaded, input)
     }
 
@@ -213,7 +238,7 @@ impl Loader<'_> {
         module: &str,
         input: RunInput<'_>,
     ) -> Result<(RunReport, String), RuntimeError> {
-        let loaded = self.load_pinned(module, input.timeout)?;
+        let loaded = self.load_pinned(module, input.timeout, &input.verify()?)?;
         self.run_loaded(loaded, input)
     }
 
@@ -264,7 +289,10 @@ impl Loader<'_> {
             request.payload = Arc::new(artifact.payload.clone());
         }
         match self.runtime.run(&loaded, request) {
-            Ok(report) => Ok((report, digest)),
+            Ok(mut report) => {
+                report.provenance = artifact.map(|a| a.provenance);
+                Ok((report, digest))
+            }
             // Say why an agent without a policy refused it.
             Err(RuntimeError::Refused(mut why))
                 if policy.is_some_and(|p| *p == Grant::default()) =>

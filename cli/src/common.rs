@@ -131,8 +131,9 @@ impl NodeCache {
         module: &str,
         registry: &RegistryArgs,
         run_timeout: Option<Duration>,
+        verify: &oci::Policy,
     ) -> Result<(Arc<LoadedModule>, Option<StoredArtifact>), Error> {
-        if !oci::is_reference(module) {
+        if !oci::is_reference(module) && !verify.required() {
             return Ok((runtime.load_file(module.as_ref())?, None));
         }
         let store = self.store(Some(registry))?;
@@ -142,7 +143,7 @@ impl NodeCache {
             registry: &registry,
             store: &store,
         }
-        .load(module, run_timeout)
+        .load(module, run_timeout, verify)
     }
 }
 

@@ -24,7 +24,7 @@ use hostaction_telemetry::LogFormat;
 
 use commands::{
     AgentCommand, CacheCommand, CrdsCommand, InspectCommand, NewCommand, PullCommand, PushCommand,
-    RecoverCommand, RunCommand, UndoCommand,
+    RecoverCommand, RunCommand, SignCommand, UndoCommand,
 };
 use common::{CacheOptions, ErrorOutput, Output};
 
@@ -60,6 +60,9 @@ enum Command {
     /// Pull an artifact into the module store by digest (resolving a tag
     /// once); prints its digest.
     Pull(PullCommand),
+    /// Sign an artifact with a private key, as `cosign sign --key` does
+    /// (`cosign verify --key` accepts it); prints where the signature is.
+    Sign(SignCommand),
     /// Write a new action project: its world, typed params, a grant, and a
     /// README saying how to build, inspect, run and push it.
     New(NewCommand),
@@ -129,6 +132,7 @@ impl Command {
             Command::Inspect(c) => c.output,
             Command::Push(c) => c.output,
             Command::Pull(c) => c.output,
+            Command::Sign(c) => c.output,
             Command::Cache(c) => c.output(),
             Command::New(_) | Command::Crds(_) | Command::Agent(_) | Command::Compile { .. } => {
                 Output::Text
@@ -150,6 +154,7 @@ impl Command {
             Command::Inspect(c) => c.execute(&node),
             Command::Push(c) => c.execute(&node),
             Command::Pull(c) => c.execute(&node),
+            Command::Sign(c) => c.execute(&node),
             Command::New(c) => c.execute(),
             Command::Crds(c) => c.execute(),
             Command::Agent(c) => return c.execute(&node),

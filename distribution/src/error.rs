@@ -57,6 +57,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The policy requires a signature the artifact does not carry: the
+    /// message names the check that failed. Nothing was run or stored.
+    #[error("untrusted module: {0}")]
+    Untrusted(String),
     /// Fetching or pushing an artifact failed; nothing of it was cached.
     #[error("registry: {kind}: {message}")]
     Registry {
@@ -140,6 +144,7 @@ impl Error {
             Error::Config { .. } => "bad-config",
             Error::Host(_) | Error::Io { .. } | Error::Encode { .. } => "host",
             Error::Registry { .. } => "registry",
+            Error::Untrusted(_) => "untrusted",
         }
     }
 
@@ -148,7 +153,7 @@ impl Error {
         match self {
             Error::BadParams(_) | Error::Input { .. } | Error::Config { .. } => 2,
             Error::Host(_) | Error::Io { .. } | Error::Encode { .. } => 4,
-            Error::Registry { .. } => 5,
+            Error::Registry { .. } | Error::Untrusted(_) => 5,
         }
     }
 }

@@ -311,6 +311,45 @@ impl Puller<'_> {
         Ok((bytes, digest))
     }
 
+    /// A small blob (a signature's payload) into memory: at most `size`
+    /// bytes, which must hash to `digest`.
+    pub(super) async fn small_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        artifact::check_digest(digest).map_err(|why| {
+            Error::registry(RegistryFault::Integrity, format!("blob {digest:?}: {why}"))
+        })?;
+        let url = self.url("blobs", digest);
+        let what = format!("fetching blob {digest} of {}", self.reference);
+        let bytes = with_retries(self.options, || async {
+            let mut meter = Meter::start(self.options);
+            let mut response = self.get(&url, None, &what, &mut meter).await?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = meter
+                .wait(&what, response.chunk())
+                .await?
+                .map_err(|e| transport(&what, &e))?
+            {
+                meter.count(chunk.len());
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() as u64 > size {
+                    return Err(Failure::fatal(Error::registry(
+                        RegistryFault::Integrity,
+                        format!("{what}: more than the {size} bytes declared"),
+                    )));
+                }
+            }
+            Ok(bytes)
+        })
+        .await?;
+        let actual = artifact::sha256(&bytes);
+        if actual != digest {
+            return Err(Error::registry(
+                RegistryFault::Integrity,
+                format!("{what}: the bytes received have digest {actual}: the content was altered"),
+            ));
+        }
+        Ok(bytes)
+    }
+
     /// Fetches the artifact's blobs the store lacks into staging, then
     /// commits the artifact.
     pub(super) async fn pull(

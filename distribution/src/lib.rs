@@ -30,6 +30,7 @@ mod fetch;
 pub mod fuzzing;
 pub mod payload;
 pub mod resolve;
+pub mod signature;
 pub mod store;
 mod transfer;
 
@@ -44,6 +45,7 @@ pub use auth::Credentials;
 pub use error::{Error, RegistryFault, Result};
 pub use payload::{Payload, PayloadFile};
 pub use resolve::PlainHttp;
+pub use signature::{Policy, Provenance, SigningKey};
 pub use store::{ModuleStore, StoredArtifact};
 
 /// A pull on its own (`hostaction pull`, `inspect`): its default deadline.
@@ -284,13 +286,163 @@ impl Registry {
     /// [`RegistryOptions::pull_deadline`]): by digest, resolving a tag once
     /// (the digest of the manifest the tag names). A digest the store holds
     /// is served from it without the registry.
+    ///
+    /// When `policy` requires a signature, the digest's signature is
+    /// checked first (before any blob is fetched), and the artifact is
+    /// returned only if it passes; a stored artifact's earlier verification
+    /// by a key the policy accepts is taken from the store.
     pub fn pull_for_run(
         &self,
         reference: &str,
         store: &ModuleStore,
         run_timeout: Option<Duration>,
+        policy: &Policy,
     ) -> Result<StoredArtifact> {
-        self.pull_within(reference, store, self.options.pull_deadline(run_timeout))
+        let deadline = self.options.pull_deadline(run_timeout);
+        if !policy.required() {
+            return self.pull_within(reference, store, deadline);
+        }
+        if let Some(why) = policy.unsatisfiable() {
+            return Err(Error::Untrusted(format!("{reference}: {why}")));
+        }
+        let parsed = parse_reference(reference)?;
+        let digest = match parsed.digest() {
+            Some(digest) => digest.to_owned(),
+            None => self.resolve(reference)?,
+        };
+        let provenance = match policy.accepts_any(&store.verified_by(&digest)) {
+            Some(key) => Provenance::Verified { key: key.clone() },
+            None => {
+                let check = self.verify_signature(&parsed, &digest, policy);
+                let provenance = self.tokio.block_on(within(deadline, reference, check))?;
+                if let Provenance::Verified { key } = &provenance {
+                    store.record_verified(&digest, key)?;
+                }
+                provenance
+            }
+        };
+        let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
+        let mut artifact = self.pull_within(&by_digest, store, deadline)?;
+        artifact.provenance = provenance;
+        Ok(artifact)
+    }
+
+    /// Checks the signatures of artifact `digest` in `reference`'s
+    /// repository against `policy`: the first that passes gives the key;
+    /// none passing, the error says why each failed.
+    async fn verify_signature(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        policy: &Policy,
+    ) -> Result<Provenance> {
+        use signature::cosign;
+        let artifact = format!(
+            "{}/{}@{digest}",
+            reference.registry(),
+            reference.repository()
+        );
+        let untrusted = |why: String| Error::Untrusted(format!("{artifact}: {why}"));
+        let tag = cosign::signature_tag(digest)
+            .ok_or_else(|| untrusted("only sha256 digests can be verified".into()))?;
+        let signatures = Reference::with_tag(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            tag,
+        );
+        let puller = self.puller(&signatures)?;
+        let manifest = match puller.manifest(cosign::MAX_SIGNATURE_MANIFEST_BYTES).await {
+            Ok((manifest, _)) => manifest,
+            Err(Error::Registry {
+                kind: RegistryFault::NotFound,
+                ..
+            }) => {
+                return Err(untrusted(format!(
+                    "not signed: the registry has no signature for it ({signatures})"
+                )));
+            }
+            Err(e) => {
+                return Err(untrusted(format!(
+                    "the registry cannot serve its signature ({signatures}): {e}"
+                )));
+            }
+        };
+        let layers = cosign::layers(&manifest).map_err(untrusted)?;
+        if layers.is_empty() {
+            return Err(untrusted(format!(
+                "not signed: {signatures} holds no cosign signature"
+            )));
+        }
+        let mut failed = Vec::new();
+        for layer in layers {
+            let Some(signature) = layer.signature else {
+                failed.push("a signature layer without a base64 signature annotation".to_owned());
+                continue;
+            };
+            if layer.size > cosign::MAX_PAYLOAD_BYTES {
+                failed.push(format!(
+                    "a payload of {} bytes (at most {})",
+                    layer.size,
+                    cosign::MAX_PAYLOAD_BYTES
+                ));
+                continue;
+            }
+            let payload = match puller.small_blob(&layer.digest, layer.size).await {
+                Ok(payload) => payload,
+                Err(e) => {
+                    failed.push(format!("its payload cannot be fetched: {e}"));
+                    continue;
+                }
+            };
+            match policy.check(digest, &payload, &signature) {
+                Ok(key) => {
+                    return Ok(Provenance::Verified {
+                        key: key.fingerprint().to_owned(),
+                    });
+                }
+                Err(why) => failed.push(why),
+            }
+        }
+        Err(untrusted(failed.join("; ")))
+    }
+
+    /// Signs the artifact `reference` names (by tag or digest) with `key`,
+    /// as cosign does: the signature stored under the digest's `.sig` tag
+    /// in the same repository (replacing what that tag held). Returns the
+    /// signature manifest's reference.
+    pub fn sign(&self, reference: &str, key: &SigningKey) -> Result<String> {
+        use signature::cosign;
+        let parsed = parse_reference(reference)?;
+        let digest = match parsed.digest() {
+            Some(digest) => digest.to_owned(),
+            None => self.resolve(reference)?,
+        };
+        let repository = format!("{}/{}", parsed.registry(), parsed.repository());
+        let payload =
+            serde_json::to_vec(&cosign::Payload::new(&repository, &digest)).map_err(|source| {
+                Error::Encode {
+                    what: "signature payload",
+                    source,
+                }
+            })?;
+        let signature = key.sign(&payload).map_err(Error::Host)?;
+        let (manifest, config) = cosign::manifest(&payload, &signature);
+        let tag = cosign::signature_tag(&digest).ok_or_else(|| {
+            Error::BadParams(format!("{digest}: only sha256 digests can be signed"))
+        })?;
+        let target = Reference::with_tag(
+            parsed.registry().to_owned(),
+            parsed.repository().to_owned(),
+            tag,
+        );
+        self.tokio.block_on(transfer::push_manifest(
+            self.oci(&target)?,
+            &self.options,
+            &target,
+            vec![("signature payload", payload), ("signature config", config)],
+            manifest,
+        ))?;
+        Ok(target.to_string())
     }
 
     fn pull_within(

@@ -6,6 +6,9 @@
 //! - `manifests/sha256/<hex>`: a manifest's bytes, written after all its
 //!   blobs; its presence makes the artifact complete, its mtime is when it
 //!   was last used;
+//! - `verified/sha256/<hex>`: the fingerprints of the keys whose signature
+//!   of that artifact was verified (a JSON list), so a warm run checks its
+//!   policy against a file, not the registry; removed with the manifest;
 //! - `staging/<pull>/`: blobs being fetched; renamed into `blobs/` only once
 //!   every blob of the artifact is verified, so a failed pull leaves nothing;
 //! - `lock`: pulls hold it shared, collection exclusive.
@@ -48,6 +51,8 @@ pub struct StoredArtifact {
     pub payload: Payload,
     /// The manifest's annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Who it was verified to come from, for this use of it.
+    pub provenance: crate::Provenance,
 }
 
 /// What a collection did.
@@ -99,7 +104,12 @@ impl ModuleStore {
     /// `max_bytes`; `compiled` is the engine's cache directory, whose entries
     /// collection removes with their components.
     pub fn open(root: &Path, compiled: Option<PathBuf>, max_bytes: u64) -> Result<Self> {
-        for dir in ["blobs/sha256", "manifests/sha256", "staging"] {
+        for dir in [
+            "blobs/sha256",
+            "manifests/sha256",
+            "verified/sha256",
+            "staging",
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -149,6 +159,47 @@ impl ModuleStore {
         self.root
             .join("manifests")
             .join(digest.replacen(':', "/", 1))
+    }
+
+    fn verified_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("verified")
+            .join(digest.replacen(':', "/", 1))
+    }
+
+    /// The fingerprints of the keys whose signature of artifact `digest`
+    /// was verified (none if it never was, or the record is unreadable).
+    pub fn verified_by(&self, digest: &str) -> Vec<String> {
+        if crate::artifact::check_digest(digest).is_err() {
+            return Vec::new();
+        }
+        fs::read(self.verified_path(digest))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records that key `fingerprint` signed artifact `digest` (verified).
+    pub fn record_verified(&self, digest: &str, fingerprint: &str) -> Result<()> {
+        crate::artifact::check_digest(digest)
+            .map_err(|why| Error::Host(format!("module store: {digest:?}: {why}")))?;
+        let mut keys = self.verified_by(digest);
+        if keys.iter().any(|k| k == fingerprint) {
+            return Ok(());
+        }
+        keys.push(fingerprint.to_owned());
+        let bytes = serde_json::to_vec(&keys).map_err(|source| Error::Encode {
+            what: "verification record",
+            source,
+        })?;
+        let path = self.verified_path(digest);
+        let staging = self.root.join("staging").join(format!(
+            "verified-{}-{}",
+            std::process::id(),
+            &digest[7..]
+        ));
+        crate::disk::write_atomically(&staging, &path, &bytes)
+            .map_err(|e| host(format_args!("writing {}", path.display()), e))
     }
 
     /// Whether a blob of this digest and size is stored.
@@ -270,6 +321,7 @@ impl ModuleStore {
             module_size: layout.module.size,
             payload: Payload::new(payload),
             annotations: layout.annotations,
+            provenance: crate::Provenance::NotRequired,
         }))
     }
 
@@ -367,6 +419,7 @@ impl ModuleStore {
                 }
             } else {
                 let _ = fs::remove_file(self.manifest_path(&digest));
+                let _ = fs::remove_file(self.verified_path(&digest));
                 collected.removed.push(digest);
             }
         }

@@ -211,61 +211,6 @@ pub(super) async fn push(
         },
         built.config.clone(),
     ));
-    let auth = auth(options, reference)?;
-    with_retries(options, || async {
-        client
-            .auth(reference, &auth, RegistryOperation::Push)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&format!("authenticating to {}", reference.registry()), &e))
-    })
-    .await?;
-    for (name, blob, bytes) in blobs {
-        let what = format!("pushing {name} ({})", blob.digest);
-        let exists = with_retries(options, || async {
-            client
-                .blob_exists(reference, &blob.digest)
-                .await
-                .map_err(|e| classify(&what, &e))
-        })
-        .await?;
-        if exists {
-            continue;
-        }
-        let bytes = bytes::Bytes::from(bytes);
-        let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
-            options.progress,
-            &name,
-            blob.size,
-        )));
-        with_retries(options, || async {
-            // Sent in chunks, so the progress line moves as the registry
-            // takes them.
-            let shown = std::sync::Arc::clone(&progress);
-            let bytes = bytes.clone();
-            let chunks = (0..bytes.len()).step_by(PUSH_CHUNK_BYTES).map(move |at| {
-                let end = (at + PUSH_CHUNK_BYTES).min(bytes.len());
-                if let Ok(mut p) = shown.lock() {
-                    p.update(end as u64);
-                }
-                Ok(bytes.slice(at..end))
-            });
-            client
-                .push_blob_stream(
-                    reference,
-                    futures_util::stream::iter(chunks),
-                    &blob.digest,
-                    Some(blob.size),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&what, &e))
-        })
-        .await?;
-        if let Ok(mut p) = progress.lock() {
-            p.finish();
-        }
-    }
     let digest = sha256(&built.manifest);
     let by_digest = reference.clone_with_digest(digest.clone());
     let targets: Vec<Reference> = match reference.tag() {
@@ -279,17 +224,7 @@ pub(super) async fn push(
         ],
         _ => vec![by_digest.clone()],
     };
-    let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
-    for target in targets {
-        with_retries(options, || async {
-            client
-                .push_manifest_raw(&target, built.manifest.clone(), content_type.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&format!("pushing the manifest to {target}"), &e))
-        })
-        .await?;
-    }
+    push_parts(client, options, reference, blobs, &built.manifest, &targets).await?;
     Ok(Pushed {
         reference: format!(
             "{}/{}@{digest}",
@@ -415,4 +350,113 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert!(!err.to_string().contains("attempts"), "{err}");
     }
+}
+
+/// Pushes to `reference`'s repository the `blobs` it lacks, then
+/// `manifest` to each of `targets`.
+async fn push_parts(
+    client: &Client,
+    options: &RegistryOptions,
+    reference: &Reference,
+    blobs: Vec<(String, Blob, Vec<u8>)>,
+    manifest: &[u8],
+    targets: &[Reference],
+) -> Result<()> {
+    let auth = auth(options, reference)?;
+    with_retries(options, || async {
+        client
+            .auth(reference, &auth, RegistryOperation::Push)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&format!("authenticating to {}", reference.registry()), &e))
+    })
+    .await?;
+    for (name, blob, bytes) in blobs {
+        let what = format!("pushing {name} ({})", blob.digest);
+        let exists = with_retries(options, || async {
+            client
+                .blob_exists(reference, &blob.digest)
+                .await
+                .map_err(|e| classify(&what, &e))
+        })
+        .await?;
+        if exists {
+            continue;
+        }
+        let bytes = bytes::Bytes::from(bytes);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
+            options.progress,
+            &name,
+            blob.size,
+        )));
+        with_retries(options, || async {
+            // Sent in chunks, so the progress line moves as the registry
+            // takes them.
+            let shown = std::sync::Arc::clone(&progress);
+            let bytes = bytes.clone();
+            let chunks = (0..bytes.len()).step_by(PUSH_CHUNK_BYTES).map(move |at| {
+                let end = (at + PUSH_CHUNK_BYTES).min(bytes.len());
+                if let Ok(mut p) = shown.lock() {
+                    p.update(end as u64);
+                }
+                Ok(bytes.slice(at..end))
+            });
+            client
+                .push_blob_stream(
+                    reference,
+                    futures_util::stream::iter(chunks),
+                    &blob.digest,
+                    Some(blob.size),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&what, &e))
+        })
+        .await?;
+        if let Ok(mut p) = progress.lock() {
+            p.finish();
+        }
+    }
+    let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
+    for target in targets {
+        with_retries(options, || async {
+            client
+                .push_manifest_raw(&target, manifest.to_vec(), content_type.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&format!("pushing the manifest to {target}"), &e))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Pushes `blobs` (by name) and `manifest` to `target` (a tag): a
+/// signature, whose parts are small.
+pub(super) async fn push_manifest(
+    client: &Client,
+    options: &RegistryOptions,
+    target: &Reference,
+    blobs: Vec<(&str, Vec<u8>)>,
+    manifest: Vec<u8>,
+) -> Result<()> {
+    let blobs = blobs
+        .into_iter()
+        .map(|(name, bytes)| {
+            let blob = Blob {
+                digest: sha256(&bytes),
+                size: bytes.len() as u64,
+            };
+            (name.to_owned(), blob, bytes)
+        })
+        .collect();
+    push_parts(
+        client,
+        options,
+        target,
+        blobs,
+        &manifest,
+        std::slice::from_ref(target),
+    )
+    .await
 }

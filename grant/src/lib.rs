@@ -90,6 +90,32 @@ pub struct Grant {
     /// systemd units the action may act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<ServicesScope>,
+    /// Whose signature the module must carry. In a node policy, the keys
+    /// the node trusts; in an action's grant, the keys it narrows them to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// Most keys one `verify` section lists.
+pub const MAX_VERIFY_KEYS: usize = 16;
+/// Largest PEM text of one key.
+pub const MAX_KEY_PEM_BYTES: usize = 8 << 10;
+
+/// Signature verification (cosign format): required or not, and the public
+/// keys (PEM, ECDSA P-256 or Ed25519) whose signature is accepted. A
+/// module runs only if one of the keys both the policy and the grant list
+/// (either one's, when only one lists keys) signed its digest, whenever
+/// either requires it or the grant lists keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Verify {
+    /// Refuse a module without a signature by one of `keys`.
+    #[serde(default)]
+    pub required: bool,
+    /// Public keys, each a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub keys: Vec<String>,
 }
 
 /// The `files` scope: host-absolute directories (each covers its whole subtree).
@@ -261,6 +287,26 @@ impl Grant {
     /// (`NAME_BYTES`) and NUL bytes in paths. A HostAction with those passes the API server and is
     /// marked `GrantInvalid` by the controller instead.
     pub fn validate(&self) -> Result<(), GrantError> {
+        if let Some(verify) = &self.verify {
+            if verify.keys.len() > MAX_VERIFY_KEYS {
+                return Err(GrantError {
+                    field: "verify.keys".into(),
+                    message: format!("{} keys; at most {MAX_VERIFY_KEYS}", verify.keys.len()),
+                });
+            }
+            each("verify.keys", &verify.keys, |key| {
+                if key.len() > MAX_KEY_PEM_BYTES {
+                    return Err(format!(
+                        "a key of {} bytes; at most {MAX_KEY_PEM_BYTES}",
+                        key.len()
+                    ));
+                }
+                if !key.contains("-----BEGIN PUBLIC KEY-----") {
+                    return Err("not a PEM public key (-----BEGIN PUBLIC KEY-----)".into());
+                }
+                Ok(())
+            })?;
+        }
         if let Some(files) = &self.files {
             for (list, dirs) in [
                 ("read", &files.read),

@@ -107,6 +107,10 @@ pub struct RunReport {
     pub memory_bytes: usize,
     /// Time per phase.
     pub timing: Timing,
+    /// For a module from a registry: whether its signature was verified,
+    /// and by which key (set by whoever pulled it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<hostaction_distribution::Provenance>,
 }
 
 impl RunReport {

@@ -9,6 +9,7 @@ mod new;
 mod pull;
 mod push;
 mod run;
+mod sign;
 mod undo;
 
 pub use agent::AgentCommand;
@@ -19,4 +20,5 @@ pub use new::NewCommand;
 pub use pull::PullCommand;
 pub use push::PushCommand;
 pub use run::RunCommand;
+pub use sign::SignCommand;
 pub use undo::{RecoverCommand, UndoCommand};

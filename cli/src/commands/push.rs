@@ -25,6 +25,9 @@ pub struct PushCommand {
     /// An annotation of the manifest (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = key_and_value)]
     annotation: Vec<(String, String)>,
+    /// Sign what was pushed with this private key (see `hostaction sign`).
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Output format.
@@ -52,19 +55,38 @@ impl PushCommand {
             payload: self.payload,
             annotations: self.annotation.into_iter().collect(),
         };
-        let pushed = Registry::new(self.registry.options()?)?.push(&self.reference, &request)?;
-        common::print(self.output, &PushOutput(pushed));
+        // Read first: a bad key pushes nothing.
+        let key = self
+            .sign_key
+            .as_deref()
+            .map(super::sign::read_key)
+            .transpose()?;
+        let registry = Registry::new(self.registry.options()?)?;
+        let pushed = registry.push(&self.reference, &request)?;
+        let signed = key
+            .map(|key| super::sign::sign(&registry, &pushed.reference, &key))
+            .transpose()?;
+        common::print(self.output, &PushOutput { pushed, signed });
         Ok(0)
     }
 }
 
-/// What was pushed; the text form is the reference by digest.
+/// What was pushed (and its signature); the text form is the reference by
+/// digest.
 #[derive(Serialize)]
-#[serde(transparent)]
-struct PushOutput(Pushed);
+struct PushOutput {
+    #[serde(flatten)]
+    pushed: Pushed,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signed: Option<super::sign::Signed>,
+}
 
 impl fmt::Display for PushOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.0.reference)
+        writeln!(f, "{}", self.pushed.reference)?;
+        if let Some(signed) = &self.signed {
+            write!(f, "signed: {signed}")?;
+        }
+        Ok(())
     }
 }

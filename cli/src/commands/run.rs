@@ -4,7 +4,7 @@ use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hostaction_distribution::{Payload, StoredArtifact};
+use hostaction_distribution::{self as oci, Payload, StoredArtifact};
 use hostaction_runtime::effects::Mode;
 use hostaction_runtime::engine::{CompileStats, Limits, LoadSource};
 use hostaction_runtime::grant::EffectiveGrant;
@@ -39,6 +39,15 @@ pub struct RunCommand {
     /// Node policy bounding the grant (YAML or JSON); effective grant = grant ∩ policy.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// A public key (PEM, ECDSA P-256 or Ed25519) the module's artifact must
+    /// be signed by (cosign format); repeatable. Like a grant's
+    /// `verify.keys`: it requires a signature, and narrows the policy's keys.
+    #[arg(long, value_name = "FILE")]
+    verify_key: Vec<PathBuf>,
+    /// Refuse a module whose artifact is not signed by a key the policy
+    /// (or --verify-key) trusts.
+    #[arg(long)]
+    require_signature: bool,
     #[command(flatten)]
     host: HostArgs,
     /// Wall-clock deadline of the run, in seconds (host calls included).
@@ -85,7 +94,25 @@ impl RunCommand {
             })?,
             None => self.params.clone(),
         };
-        let (grant, policy) = common::read_grants(self.grants.as_deref(), self.policy.as_deref())?;
+        let (mut grant, policy) =
+            common::read_grants(self.grants.as_deref(), self.policy.as_deref())?;
+        if self.require_signature || !self.verify_key.is_empty() {
+            let verify = grant.verify.get_or_insert_default();
+            verify.required |= self.require_signature;
+            for path in &self.verify_key {
+                verify.keys.push(
+                    std::fs::read_to_string(path).map_err(|source| Error::Input {
+                        what: format!("--verify-key {}", path.display()),
+                        source,
+                    })?,
+                );
+            }
+        }
+        let verify = oci::Policy::new(
+            policy.as_ref().and_then(|p| p.verify.as_ref()),
+            grant.verify.as_ref(),
+        )
+        .map_err(Error::BadGrant)?;
         let timeout = seconds("timeout", self.timeout)?;
         let bytes = |flag: &str, n: usize, unit: usize| {
             n.checked_mul(unit)
@@ -100,8 +127,13 @@ impl RunCommand {
         };
         let effective = EffectiveGrant::new(&grant, policy.as_ref())?;
         let runtime = node.runtime(&self.host)?;
-        let (module, artifact) =
-            node.load(&runtime, &self.module, &self.registry, Some(timeout))?;
+        let (module, artifact) = node.load(
+            &runtime,
+            &self.module,
+            &self.registry,
+            Some(timeout),
+            &verify,
+        )?;
         let payload = match &artifact {
             Some(_) if !self.payload.is_empty() => {
                 return Err(Error::BadParams(
@@ -119,7 +151,8 @@ impl RunCommand {
         request.payload = Arc::new(payload);
         request.on_failure = self.on_failure.into();
         request.journal = self.journal.into();
-        let report = runtime.run(&module, request)?;
+        let mut report = runtime.run(&module, request)?;
+        report.provenance = artifact.as_ref().map(|a| a.provenance.clone());
         if let Some(dir) = runtime.journals() {
             dir.collect(KEEP_JOURNALS)?;
         }

@@ -621,6 +621,7 @@ impl Runtime {
                 run_us: (ran - instantiated).as_micros() as u64,
                 total_us: micros(start),
             },
+            provenance: None,
         })
     }
 }

@@ -55,7 +55,13 @@ impl InspectCommand {
             None
         };
         let runtime = node.runtime(&HostArgs::none())?;
-        let (module, _) = node.load(&runtime, &self.module, &self.registry, None)?;
+        let (module, _) = node.load(
+            &runtime,
+            &self.module,
+            &self.registry,
+            None,
+            &hostaction_distribution::Policy::none(),
+        )?;
         let mut output = InspectOutput::new(&module);
         if let Some((grant, policy)) = documents {
             let imported: Vec<_> = module
