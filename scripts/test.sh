@@ -24,6 +24,10 @@ step "a Kubernetes control plane (scripts/build-control-plane.sh)"
 HOSTACTION_CONTROL_PLANE_BIN=$(scripts/build-control-plane.sh --with-controller-manager | tail -n 1)
 export HOSTACTION_CONTROL_PLANE_BIN
 
+step "cosign for the signature interop tests (scripts/build-cosign.sh, cached like the control plane)"
+HOSTACTION_COSIGN=$(scripts/build-cosign.sh | tail -n 1)
+export HOSTACTION_COSIGN
+
 step "guest components (scripts/build-guests.sh)"
 scripts/build-guests.sh
 

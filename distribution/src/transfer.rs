@@ -287,71 +287,6 @@ impl Progress {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    fn options(retries: u32) -> RegistryOptions {
-        RegistryOptions {
-            retries,
-            backoff: Duration::from_millis(2),
-            ..RegistryOptions::default()
-        }
-    }
-
-    fn failure(transient: bool) -> Failure {
-        Failure {
-            error: Error::registry(RegistryFault::Unavailable, "HTTP 503".to_owned()),
-            transient,
-        }
-    }
-
-    fn run<T>(future: impl Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(future)
-    }
-
-    #[test]
-    fn transient_failures_are_retried_up_to_the_limit_and_counted() {
-        let calls = AtomicU32::new(0);
-        let err = run(with_retries(&options(2), || async {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err::<(), _>(failure(true))
-        }))
-        .unwrap_err();
-        assert_eq!(calls.load(Ordering::Relaxed), 3);
-        assert!(err.to_string().contains("(after 3 attempts)"), "{err}");
-
-        let calls = AtomicU32::new(0);
-        let value = run(with_retries(&options(3), || async {
-            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
-                Err(failure(true))
-            } else {
-                Ok(7)
-            }
-        }))
-        .unwrap();
-        assert_eq!((value, calls.load(Ordering::Relaxed)), (7, 3));
-    }
-
-    #[test]
-    fn a_failure_for_good_is_not_retried() {
-        let calls = AtomicU32::new(0);
-        let err = run(with_retries(&options(3), || async {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err::<(), _>(failure(false))
-        }))
-        .unwrap_err();
-        assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert!(!err.to_string().contains("attempts"), "{err}");
-    }
-}
-
 /// Pushes to `reference`'s repository the `blobs` it lacks, then
 /// `manifest` to each of `targets`.
 async fn push_parts(
@@ -421,7 +356,7 @@ async fn push_parts(
     for target in targets {
         with_retries(options, || async {
             client
-                .push_manifest_raw(&target, manifest.to_vec(), content_type.clone())
+                .push_manifest_raw(target, manifest.to_vec(), content_type.clone())
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(&format!("pushing the manifest to {target}"), &e))
@@ -459,4 +394,69 @@ pub(super) async fn push_manifest(
         std::slice::from_ref(target),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn options(retries: u32) -> RegistryOptions {
+        RegistryOptions {
+            retries,
+            backoff: Duration::from_millis(2),
+            ..RegistryOptions::default()
+        }
+    }
+
+    fn failure(transient: bool) -> Failure {
+        Failure {
+            error: Error::registry(RegistryFault::Unavailable, "HTTP 503".to_owned()),
+            transient,
+        }
+    }
+
+    fn run<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn transient_failures_are_retried_up_to_the_limit_and_counted() {
+        let calls = AtomicU32::new(0);
+        let err = run(with_retries(&options(2), || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(failure(true))
+        }))
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+        assert!(err.to_string().contains("(after 3 attempts)"), "{err}");
+
+        let calls = AtomicU32::new(0);
+        let value = run(with_retries(&options(3), || async {
+            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
+                Err(failure(true))
+            } else {
+                Ok(7)
+            }
+        }))
+        .unwrap();
+        assert_eq!((value, calls.load(Ordering::Relaxed)), (7, 3));
+    }
+
+    #[test]
+    fn a_failure_for_good_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let err = run(with_retries(&options(3), || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(failure(false))
+        }))
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(!err.to_string().contains("attempts"), "{err}");
+    }
 }

@@ -99,7 +99,7 @@ pub struct Grant {
 /// Most keys one `verify` section lists.
 pub const MAX_VERIFY_KEYS: usize = 16;
 /// Largest PEM text of one key.
-pub const MAX_KEY_PEM_BYTES: usize = 8 << 10;
+pub const MAX_KEY_PEM_BYTES: usize = 1024;
 
 /// Signature verification (cosign format): required or not, and the public
 /// keys (PEM, ECDSA P-256 or Ed25519) whose signature is accepted. A

@@ -35,5 +35,6 @@ mod real_lifecycle;
 mod real_manifests;
 mod scaffold;
 mod services;
+mod signatures;
 mod static_mode;
 mod undo;

@@ -21,23 +21,23 @@ use serde_json::{Value, json};
 
 /// A node: its own cache directory (module store and precompiled code) and
 /// a scratch dir.
-struct Node {
+pub(crate) struct Node {
     dir: tempfile::TempDir,
 }
 
 impl Node {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// `hostaction --cache-dir <node cache> ARGS`.
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_stdin(args, "")
     }
 
@@ -64,27 +64,27 @@ impl Node {
     }
 
     /// Runs and expects exit 0; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}:\n{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Runs and expects exit 5 (a registry error); returns stderr.
-    fn registry_error(&self, args: &[&str]) -> String {
+    pub(crate) fn registry_error(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert_eq!(out.status.code(), Some(5), "{args:?}:\n{}", text(&out));
         String::from_utf8(out.stderr).unwrap()
     }
 
     /// A grant file for the probe (it imports `files`).
-    fn probe_grant(&self) -> String {
+    pub(crate) fn probe_grant(&self) -> String {
         let path = self.path("probe-grant.yaml");
         std::fs::write(&path, "files: {write: [/srv]}").unwrap();
         path.to_str().unwrap().to_owned()
     }
 
-    fn store(&self) -> ModuleStore {
+    pub(crate) fn store(&self) -> ModuleStore {
         ModuleStore::open(&self.path("cache/modules"), None, u64::MAX).unwrap()
     }
 
@@ -108,7 +108,12 @@ fn path_str(p: &Path) -> &str {
 }
 
 /// Pushes a module to a plain registry; returns `repo@digest` and the digest.
-fn push(node: &Node, module: &Path, reference: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn push(
+    node: &Node,
+    module: &Path,
+    reference: &str,
+    extra: &[&str],
+) -> (String, String) {
     let mut args = vec!["push", path_str(module), reference, "--plain-http"];
     args.extend_from_slice(extra);
     let pinned = node.ok(&args).trim().to_owned();
@@ -136,7 +141,7 @@ fn push_probe_with(node: &Node, reference: &str, name: &str, bytes: &[u8]) -> (S
     push(node, &guest("probe"), reference, &["--payload", &payload])
 }
 
-fn json_of(stdout: &str) -> Value {
+pub(crate) fn json_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -437,7 +442,7 @@ fn skopeo_copies_what_hostaction_pushes_and_hostaction_runs_what_skopeo_pushes()
     assert_eq!(report["report"]["status"], "succeeded", "{report:#}");
 }
 
-fn skopeo(args: &[&str]) {
+pub(crate) fn skopeo(args: &[&str]) {
     let out = Command::new("skopeo").args(args).output().unwrap();
     assert!(out.status.success(), "skopeo {args:?}:\n{}", text(&out));
 }
