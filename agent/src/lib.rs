@@ -19,7 +19,7 @@ use std::time::Duration;
 use hostaction_crds::action::{
     Journal as SpecJournal, Mode as SpecMode, OnFailure as SpecOnFailure,
 };
-use hostaction_crds::run::{DRIFT_MESSAGE_BYTES, UNDO_PROBLEMS_LISTED};
+use hostaction_crds::run::{DRIFT_MESSAGE_BYTES, UNDO_PROBLEMS_LISTED, Verification};
 use hostaction_crds::run::{
     EFFECTS_LISTED, EffectSummary, LINE_BYTES, LOG_TAIL_LINES, MESSAGE_BYTES, RUN_ID_BYTES,
     STATUS_BYTES, WORD_BYTES,
@@ -353,6 +353,14 @@ pub fn finished_status_leaving(
         run_id: Some(cut(report.run_id.clone(), RUN_ID_BYTES)),
         undoable: Some(report.undoable),
         rollback: report.rollback.as_ref().map(|r| undo_summary([r])),
+        verification: report.provenance.as_ref().map(|p| match p {
+            oci::Provenance::Verified { .. } => Verification::Verified,
+            oci::Provenance::NotRequired => Verification::NotRequired,
+        }),
+        signature_key: match &report.provenance {
+            Some(oci::Provenance::Verified { key }) => Some(cut(key.clone(), 71)),
+            _ => None,
+        },
         ..HostActionRunStatus::default()
     };
     let log = report

@@ -201,6 +201,16 @@ pub struct HostActionRunStatus {
     /// Whether the run's changes can be undone later (journaled in full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undoable: Option<bool>,
+    /// Whether the module's signature was verified (`Verified`, by the key
+    /// `signatureKey` names) or the node's policy did not require one
+    /// (`NotRequired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// The fingerprint (`sha256:` of its SubjectPublicKeyInfo) of the key
+    /// whose signature of the module was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 71))]
+    pub signature_key: Option<String>,
     /// The run failed and was rolled back (`onFailure: rollback`): what
     /// was restored and what could not be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +224,16 @@ pub struct HostActionRunStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Whether a run's module was verified to come from a trusted key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Verification {
+    /// Signed by the key `signatureKey` names.
+    Verified,
+    /// The node's policy (and the action's grant) did not require a
+    /// signature: none was checked.
+    NotRequired,
 }
 
 /// Bytes of a run id (the runtime's bound).

@@ -267,10 +267,13 @@ impl Registry {
     /// its tag or digest names and hashes it (within the deadline of a pull
     /// on its own).
     pub fn resolve(&self, reference: &str) -> Result<String> {
+        self.resolve_within(reference, self.options.pull_deadline(None))
+    }
+
+    fn resolve_within(&self, reference: &str, deadline: Duration) -> Result<String> {
         let parsed = parse_reference(reference)?;
         let puller = self.puller(&parsed)?;
         let limit = SizeLimits::default().manifest_bytes;
-        let deadline = self.options.pull_deadline(None);
         let manifest = within(deadline, reference, puller.manifest(limit));
         Ok(self.tokio.block_on(manifest)?.1)
     }
@@ -305,16 +308,19 @@ impl Registry {
         if let Some(why) = policy.unsatisfiable() {
             return Err(Error::Untrusted(format!("{reference}: {why}")));
         }
+        // One deadline for the tag's resolution, the signature and the pull.
+        let until = std::time::Instant::now() + deadline;
+        let left = || until.saturating_duration_since(std::time::Instant::now());
         let parsed = parse_reference(reference)?;
         let digest = match parsed.digest() {
             Some(digest) => digest.to_owned(),
-            None => self.resolve(reference)?,
+            None => self.resolve_within(reference, left())?,
         };
         let provenance = match policy.accepts_any(&store.verified_by(&digest)) {
             Some(key) => Provenance::Verified { key: key.clone() },
             None => {
                 let check = self.verify_signature(&parsed, &digest, policy);
-                let provenance = self.tokio.block_on(within(deadline, reference, check))?;
+                let provenance = self.tokio.block_on(within(left(), reference, check))?;
                 if let Provenance::Verified { key } = &provenance {
                     store.record_verified(&digest, key)?;
                 }
@@ -322,7 +328,7 @@ impl Registry {
             }
         };
         let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
-        let mut artifact = self.pull_within(&by_digest, store, deadline)?;
+        let mut artifact = self.pull_within(&by_digest, store, left())?;
         artifact.provenance = provenance;
         Ok(artifact)
     }
@@ -407,10 +413,10 @@ impl Registry {
     }
 
     /// Signs the artifact `reference` names (by tag or digest) with `key`,
-    /// as cosign does: the signature stored under the digest's `.sig` tag
-    /// in the same repository (replacing what that tag held). Returns the
+    /// as cosign does: the signature added to those under the digest's
+    /// `.sig` tag in the same repository. Returns the digest signed and the
     /// signature manifest's reference.
-    pub fn sign(&self, reference: &str, key: &SigningKey) -> Result<String> {
+    pub fn sign(&self, reference: &str, key: &SigningKey) -> Result<(String, String)> {
         use signature::cosign;
         let parsed = parse_reference(reference)?;
         let digest = match parsed.digest() {
@@ -426,7 +432,6 @@ impl Registry {
                 }
             })?;
         let signature = key.sign(&payload).map_err(Error::Host)?;
-        let (manifest, config) = cosign::manifest(&payload, &signature);
         let tag = cosign::signature_tag(&digest).ok_or_else(|| {
             Error::BadParams(format!("{digest}: only sha256 digests can be signed"))
         })?;
@@ -435,14 +440,33 @@ impl Registry {
             parsed.repository().to_owned(),
             tag,
         );
-        self.tokio.block_on(transfer::push_manifest(
-            self.oci(&target)?,
-            &self.options,
-            &target,
-            vec![("signature payload", payload), ("signature config", config)],
-            manifest,
-        ))?;
-        Ok(target.to_string())
+        // The signatures there already stay (as cosign adds one).
+        let puller = self.puller(&target)?;
+        let fetched = self.tokio.block_on(within(
+            self.options.pull_deadline(None),
+            reference,
+            puller.manifest(cosign::MAX_SIGNATURE_MANIFEST_BYTES),
+        ));
+        let existing = match fetched {
+            Ok((manifest, _)) => Some(manifest),
+            Err(Error::Registry {
+                kind: RegistryFault::NotFound,
+                ..
+            }) => None,
+            Err(e) => return Err(e),
+        };
+        let made = cosign::manifest(existing.as_deref(), &payload, &signature)
+            .map_err(|why| Error::registry(RegistryFault::Protocol, format!("{target}: {why}")))?;
+        if let Some((manifest, config)) = made {
+            self.tokio.block_on(transfer::push_manifest(
+                self.oci(&target)?,
+                &self.options,
+                &target,
+                vec![("signature payload", payload), ("signature config", config)],
+                manifest,
+            ))?;
+        }
+        Ok((digest, target.to_string()))
     }
 
     fn pull_within(

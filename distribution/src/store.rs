@@ -192,11 +192,15 @@ impl ModuleStore {
             what: "verification record",
             source,
         })?;
+        // Collection (which empties staging) waits; two records at once
+        // each stage under their own name.
+        let _lock = self.lock_shared()?;
+        static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.verified_path(digest);
         let staging = self.root.join("staging").join(format!(
             "verified-{}-{}",
             std::process::id(),
-            &digest[7..]
+            STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         crate::disk::write_atomically(&staging, &path, &bytes)
             .map_err(|e| host(format_args!("writing {}", path.display()), e))

@@ -85,7 +85,7 @@ impl fmt::Display for PushOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.pushed.reference)?;
         if let Some(signed) = &self.signed {
-            write!(f, "signed: {signed}")?;
+            write!(f, "{signed}")?;
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ pub struct RunCommand {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// A public key (PEM, ECDSA P-256 or Ed25519) the module's artifact must
-    /// be signed by (cosign format); repeatable. Like a grant's
+    /// be signed by (cosign format); repeatable. Added to the grant's
     /// `verify.keys`: it requires a signature, and narrows the policy's keys.
     #[arg(long, value_name = "FILE")]
     verify_key: Vec<PathBuf>,
@@ -100,12 +100,14 @@ impl RunCommand {
             let verify = grant.verify.get_or_insert_default();
             verify.required |= self.require_signature;
             for path in &self.verify_key {
-                verify.keys.push(
-                    std::fs::read_to_string(path).map_err(|source| Error::Input {
-                        what: format!("--verify-key {}", path.display()),
-                        source,
-                    })?,
-                );
+                let pem = std::fs::read_to_string(path).map_err(|source| Error::Input {
+                    what: format!("--verify-key {}", path.display()),
+                    source,
+                })?;
+                oci::signature::PublicKey::from_pem(&pem).map_err(|why| {
+                    Error::BadParams(format!("--verify-key {}: {why}", path.display()))
+                })?;
+                verify.keys.push(pem);
             }
         }
         let verify = oci::Policy::new(

@@ -40,6 +40,8 @@ pub fn read_key(path: &Path) -> Result<SigningKey, Error> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Signed {
+    /// The digest signed (a tag is resolved to one: check it).
+    pub digest: String,
     /// Where the signature is (the `.sig` tag of the digest).
     pub signature: String,
     /// The fingerprint of the key that verifies it.
@@ -48,14 +50,20 @@ pub struct Signed {
 
 impl fmt::Display for Signed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} (key {})", self.signature, self.key)
+        writeln!(
+            f,
+            "signed {} with key {}: {}",
+            self.digest, self.key, self.signature
+        )
     }
 }
 
 /// Signs `reference` with `key` through `registry`.
 pub fn sign(registry: &Registry, reference: &str, key: &SigningKey) -> Result<Signed, Error> {
+    let (digest, signature) = registry.sign(reference, key)?;
     Ok(Signed {
-        signature: registry.sign(reference, key)?,
+        digest,
+        signature,
         key: key.public_key().fingerprint().to_owned(),
     })
 }

@@ -138,16 +138,50 @@ pub fn layers(manifest: &[u8]) -> Result<Vec<Layer>, String> {
         .collect())
 }
 
-/// The manifest (and its config blob) of one signature: `payload` signed
-/// by `signature`.
-pub fn manifest(payload: &[u8], signature: &[u8]) -> (Vec<u8>, Vec<u8>) {
+/// The signature manifest (and its config blob) that adds `payload` signed
+/// by `signature` to the signatures of `existing` (the manifest the `.sig`
+/// tag holds, if any), as cosign adds a signature rather than replacing
+/// the others. `None`: that signature is there already.
+pub fn manifest(
+    existing: Option<&[u8]>,
+    payload: &[u8],
+    signature: &[u8],
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
     let payload_digest = crate::artifact::sha256(payload);
-    // An image config whose one layer is the payload, as cosign writes.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
+    let mut layers: Vec<serde_json::Value> = match existing {
+        Some(bytes) => {
+            let manifest: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| format!("the signature manifest there does not parse: {e}"))?;
+            manifest["layers"].as_array().cloned().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    if layers.iter().any(|l| {
+        l["digest"] == payload_digest.as_str()
+            && l["annotations"][SIGNATURE_ANNOTATION] == encoded.as_str()
+    }) {
+        return Ok(None);
+    }
+    if layers.len() >= MAX_SIGNATURES {
+        return Err(format!(
+            "the artifact has {} signatures already (at most {MAX_SIGNATURES} are read)",
+            layers.len()
+        ));
+    }
+    layers.push(serde_json::json!({
+        "mediaType": PAYLOAD_MEDIA_TYPE,
+        "size": payload.len(),
+        "digest": payload_digest,
+        "annotations": { SIGNATURE_ANNOTATION: encoded },
+    }));
+    // An image config whose layers are the payloads, as cosign writes.
+    let diff_ids: Vec<_> = layers.iter().map(|l| l["digest"].clone()).collect();
     let config = serde_json::json!({
         "architecture": "",
         "os": "",
         "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [payload_digest]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     })
     .to_string()
     .into_bytes();
@@ -159,16 +193,9 @@ pub fn manifest(payload: &[u8], signature: &[u8]) -> (Vec<u8>, Vec<u8>) {
             "size": config.len(),
             "digest": crate::artifact::sha256(&config),
         },
-        "layers": [{
-            "mediaType": PAYLOAD_MEDIA_TYPE,
-            "size": payload.len(),
-            "digest": payload_digest,
-            "annotations": {
-                SIGNATURE_ANNOTATION: base64::engine::general_purpose::STANDARD.encode(signature),
-            },
-        }],
+        "layers": layers,
     })
     .to_string()
     .into_bytes();
-    (manifest, config)
+    Ok(Some((manifest, config)))
 }

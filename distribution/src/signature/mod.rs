@@ -71,34 +71,46 @@ impl Policy {
         Self::default()
     }
 
-    /// The policy of a run: the node policy's `verify` and the grant's. A
-    /// signature is required if either says so or the grant lists keys; the
-    /// keys accepted are those both list (either's, when one lists none).
-    /// A key that does not parse is an error naming it.
+    /// The policy of a run: the node policy's `verify` and the grant's.
+    /// Keys listed, or `required`, on either side require a signature.
+    /// When the node policy has a `verify` section, only its keys can be
+    /// accepted (those the grant also lists, if it lists any): a grant
+    /// narrows, never widens, and a node requiring signatures without
+    /// naming keys refuses everything. Without one, the grant's keys are
+    /// the action's own opt-in. A key that does not parse is an error
+    /// naming it.
     pub fn new(policy: Option<&Verify>, grant: Option<&Verify>) -> Result<Self, String> {
         let node = policy.map(|v| parse_keys(v, "policy")).transpose()?;
         let action = grant.map(|v| parse_keys(v, "grant")).transpose()?;
-        let required = policy.is_some_and(|v| v.required)
-            || grant.is_some_and(|v| v.required || !v.keys.is_empty());
-        let (keys, empty_because) = match (node.unwrap_or_default(), action.unwrap_or_default()) {
-            (node, action) if !node.is_empty() && !action.is_empty() => {
+        let asks = |v: &Verify| v.required || !v.keys.is_empty();
+        let required = policy.is_some_and(asks) || grant.is_some_and(asks);
+        let (keys, why) = match (node, action.unwrap_or_default()) {
+            (Some(node), action) if node.is_empty() => {
+                let why = match action.is_empty() {
+                    true => "a signature is required, but the node policy's verify.keys is empty",
+                    false => "the grant's verify.keys cannot add keys: the node policy lists none",
+                };
+                (Vec::new(), Some(why))
+            }
+            (Some(node), action) if action.is_empty() => (node, None),
+            (Some(node), action) => {
                 let both: Vec<_> = action.into_iter().filter(|k| node.contains(k)).collect();
-                let why = both.is_empty().then(|| {
-                    "no key of the grant's verify.keys is among the node policy's".to_owned()
-                });
+                let why = both
+                    .is_empty()
+                    .then_some("no key of the grant's verify.keys is among the node policy's");
                 (both, why)
             }
-            (node, action) if action.is_empty() => (node, None),
-            (_, action) => (action, None),
+            (None, action) => {
+                let why = action
+                    .is_empty()
+                    .then_some("a signature is required, but no verify.keys are given");
+                (action, why)
+            }
         };
-        let empty_because = empty_because.or_else(|| {
-            keys.is_empty()
-                .then(|| "a signature is required, but no verify.keys are given".to_owned())
-        });
         Ok(Self {
             required,
             keys,
-            empty_because,
+            empty_because: why.map(str::to_owned),
         })
     }
 

@@ -78,24 +78,32 @@ fn a_grant_narrows_the_node_s_keys_and_never_widens_them() {
             .unwrap()
             .contains("among the node policy")
     );
-    // Keys in a grant alone require a signature by them.
+    // Keys in a grant alone (no node verify section) require a signature
+    // by them: the action's own opt-in.
     let grant_only = Policy::new(None, Some(&verify(&[&c], false))).unwrap();
     assert!(grant_only.required());
     assert_eq!(grant_only.keys().len(), 1);
-    // Required without keys fails closed.
-    let empty = Policy::new(
-        Some(&Verify {
-            required: true,
-            keys: vec![],
-        }),
-        None,
-    )
-    .unwrap();
+    // A node requiring signatures without keys refuses everything, and a
+    // grant cannot bring its own keys then (the review's high finding).
+    let required = Verify {
+        required: true,
+        keys: vec![],
+    };
+    let empty = Policy::new(Some(&required), None).unwrap();
     assert!(empty.unsatisfiable().is_some());
-    // Not required, no keys: nothing checked.
+    let own = Policy::new(Some(&required), Some(&verify(&[&c], false))).unwrap();
+    assert!(own.keys().is_empty());
+    assert!(own.unsatisfiable().unwrap().contains("cannot add keys"));
+    // Keys in the node policy require a signature, `required` or not.
+    assert!(
+        Policy::new(Some(&verify(&[&a], false)), None)
+            .unwrap()
+            .required()
+    );
+    // Nothing listed, nothing required: nothing checked.
     assert!(!Policy::new(None, None).unwrap().required());
     assert!(
-        !Policy::new(Some(&verify(&[&a], false)), None)
+        !Policy::new(Some(&Verify::default()), None)
             .unwrap()
             .required()
     );
@@ -122,11 +130,25 @@ fn bad_keys_are_named() {
 fn a_signature_manifest_round_trips() {
     let key = ecdsa();
     let (payload, signature) = signed(&key, DIGEST);
-    let (manifest, _config) = cosign::manifest(&payload, &signature);
+    let (manifest, _config) = cosign::manifest(None, &payload, &signature)
+        .unwrap()
+        .unwrap();
     let layers = cosign::layers(&manifest).unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0].digest, crate::artifact::sha256(&payload));
     assert_eq!(layers[0].signature.as_deref(), Some(&signature[..]));
+    // A second key's signature is added beside the first; the same one
+    // again changes nothing.
+    assert!(
+        cosign::manifest(Some(&manifest), &payload, &signature)
+            .unwrap()
+            .is_none()
+    );
+    let (other_payload, other_signature) = signed(&ed25519(), DIGEST);
+    let (both, _) = cosign::manifest(Some(&manifest), &other_payload, &other_signature)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cosign::layers(&both).unwrap().len(), 2);
     assert!(cosign::layers(b"{").is_err());
     assert_eq!(
         cosign::signature_tag(DIGEST).unwrap(),

@@ -186,6 +186,43 @@ fn hostaction_signs_verifies_and_refuses_each_failed_check_before_the_run() {
     );
     // Required without keys fails closed.
     refused(&fresh, &signed, &["--require-signature"], "no verify.keys");
+    // A node that requires signatures without naming keys: an action cannot
+    // bring its own (the hostile review's finding).
+    let policy = fresh.path("required.yaml");
+    std::fs::write(
+        &policy,
+        "files: {write: [/srv]}\nverify: {required: true}\n",
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    refused(
+        &fresh,
+        &signed,
+        &["--policy", policy, "--verify-key", &public],
+        "cannot add keys",
+    );
+    // Keys in a node policy require a signature, `required` or not.
+    let keyed = fresh.path("keyed.yaml");
+    let pem = serde_json::to_string(&std::fs::read_to_string(&public).unwrap()).unwrap();
+    std::fs::write(
+        &keyed,
+        format!("files: {{write: [/srv]}}\nverify: {{keys: [{pem}]}}\n"),
+    )
+    .unwrap();
+    let keyed = keyed.to_str().unwrap();
+    refused(
+        &fresh,
+        &unsigned,
+        &["--policy", keyed],
+        "over another digest",
+    );
+    // A second key's signature is added beside the first: both verify.
+    let (second, second_public) = openssl_keys(node.path("").as_path(), "second", "ed25519");
+    node.ok(&["sign", &signed, "--key", &second, "--plain-http"]);
+    for key in [&public, &second_public] {
+        let out = run(&Node::new(), &signed, &["--verify-key", key]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
 
     // The registry cannot serve the signature: the artifact is in the
     // store (pulled without a policy), the registry is gone.
@@ -305,4 +342,80 @@ fn cosign_verifies_what_hostaction_signs_and_hostaction_what_cosign_signs() {
         .unwrap(),
     );
     assert_eq!(provenance(&report)["verification"], "verified", "{report}");
+}
+
+/// Static mode follows the node policy's `verify` section: a signed
+/// artifact runs and its state says by which key; an unsigned one fails
+/// before it runs, and the state says which check failed.
+#[test]
+fn static_mode_runs_only_what_the_node_policy_s_keys_signed() {
+    let registry = Registry::plain();
+    let node = Node::new();
+    let (key, public) = openssl_keys(node.path("").as_path(), "k", "ec");
+    let repo = format!("{}/tests/static", registry.addr());
+    let out = node.ok(&[
+        "push",
+        guest("probe").to_str().unwrap(),
+        &format!("{repo}:signed"),
+        "--plain-http",
+        "--sign-key",
+        &key,
+    ]);
+    let signed = out.lines().next().unwrap().trim().to_owned();
+    let (unsigned, _) = push(
+        &node,
+        &guest("host-facts"),
+        &format!("{repo}:unsigned"),
+        &[],
+    );
+    let manifests = node.path("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::create_dir_all(node.path("root/srv")).unwrap();
+    for (name, module, grants) in [
+        ("signed", &signed, "{files: {write: [/srv]}}"),
+        ("unsigned", &unsigned, "{}"),
+    ] {
+        std::fs::write(
+            manifests.join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: hostaction.dev/v1alpha1\nkind: HostAction\nmetadata: {{name: {name}}}\n\
+                 spec:\n  module: {module}\n  params: {{ops: []}}\n  grants: {grants}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let keys = serde_json::to_string(&[std::fs::read_to_string(&public).unwrap()]).unwrap();
+    let policy = node.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("files: {{write: [/srv]}}\nverify: {{required: true, keys: {keys}}}\n"),
+    )
+    .unwrap();
+    let state = node.path("state.json");
+    let out = node.cli(&[
+        "agent",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--host-root",
+        node.path("root").to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--plain-http",
+        "--once",
+    ]);
+    let state: Value = serde_json::from_slice(&std::fs::read(&state).unwrap())
+        .unwrap_or_else(|e| panic!("{e}:\n{}", text(&out)));
+    let ran = &state["actions"]["signed"]["status"];
+    assert_eq!(ran["phase"], "Succeeded", "{state:#}\n{}", text(&out));
+    assert_eq!(ran["verification"], "Verified", "{state:#}");
+    assert!(ran["signatureKey"].as_str().unwrap().starts_with("sha256:"));
+    let refused = &state["actions"]["unsigned"]["status"];
+    assert_eq!(refused["phase"], "Failed", "{state:#}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("untrusted module") && message.contains("not signed"),
+        "{message}"
+    );
 }
