@@ -138,6 +138,9 @@ pub fn layers(manifest: &[u8]) -> Result<Vec<Layer>, String> {
         .collect())
 }
 
+/// A signature manifest and its config blob.
+pub type SignatureManifest = (Vec<u8>, Vec<u8>);
+
 /// The signature manifest (and its config blob) that adds `payload` signed
 /// by `signature` to the signatures of `existing` (the manifest the `.sig`
 /// tag holds, if any), as cosign adds a signature rather than replacing
@@ -146,7 +149,7 @@ pub fn manifest(
     existing: Option<&[u8]>,
     payload: &[u8],
     signature: &[u8],
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+) -> Result<Option<SignatureManifest>, String> {
     let payload_digest = crate::artifact::sha256(payload);
     let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
     let mut layers: Vec<serde_json::Value> = match existing {
