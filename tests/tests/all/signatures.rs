@@ -419,3 +419,82 @@ fn static_mode_runs_only_what_the_node_policy_s_keys_signed() {
         "{message}"
     );
 }
+
+/// The same interop over TLS with basic auth: hostaction with `--ca-file`
+/// and a docker config, cosign with `SSL_CERT_FILE` and `DOCKER_CONFIG`.
+#[test]
+fn cosign_and_hostaction_interoperate_on_a_tls_registry_with_auth() {
+    let cosign = cosign();
+    let registry = Registry::tls_with_auth("signer", "s3cret");
+    let node = Node::new();
+    let dir = node.path("");
+    let docker = dir.join("docker");
+    let config = registry.write_docker_config(&docker, "signer", "s3cret");
+    let ca = registry.ca_pem().unwrap().to_str().unwrap().to_owned();
+    let tls = [
+        "--ca-file",
+        &ca,
+        "--registry-config",
+        config.to_str().unwrap(),
+    ];
+    let repo = format!("{}/tests/tls", registry.addr());
+    let cosign_cmd = |args: &[&str]| {
+        let out = Command::new(&cosign)
+            .args(args)
+            .env("SSL_CERT_FILE", &ca)
+            .env("DOCKER_CONFIG", &docker)
+            .env("COSIGN_PASSWORD", "")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cosign {args:?}:\n{}", text(&out));
+    };
+    // hostaction pushes and signs; cosign verifies.
+    let (key, public) = openssl_keys(&dir, "tls", "ec");
+    let (module, tagged) = (guest("probe"), format!("{repo}:v1"));
+    let mut args = vec![
+        "push",
+        module.to_str().unwrap(),
+        &tagged,
+        "--sign-key",
+        &key,
+    ];
+    args.extend_from_slice(&tls);
+    let out = node.ok(&args);
+    let pinned = out.lines().next().unwrap().trim().to_owned();
+    cosign_cmd(&[
+        "verify",
+        "--key",
+        &public,
+        "--insecure-ignore-tlog=true",
+        &pinned,
+    ]);
+    // cosign signs too; hostaction verifies each key's signature.
+    cosign_cmd(&["generate-key-pair"]);
+    cosign_cmd(&[
+        "sign",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "-y",
+        &pinned,
+    ]);
+    for key in [public.as_str(), dir.join("cosign.pub").to_str().unwrap()] {
+        let grant = node.probe_grant();
+        let mut args = vec![
+            "run",
+            &pinned,
+            "--grants",
+            &grant,
+            "--params",
+            r#"{"ops": []}"#,
+            "--output",
+            "json",
+            "--verify-key",
+            key,
+        ];
+        args.extend_from_slice(&tls);
+        let report = json_of(&Node::new().ok(&args));
+        assert_eq!(provenance(&report)["verification"], "verified", "{report}");
+    }
+}
