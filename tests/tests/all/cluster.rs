@@ -32,6 +32,7 @@ use kube::api::{
 use serde_json::{Value, json};
 
 /// Undo journals, rollback and `onDelete` on the cluster (issue 17).
+mod signatures;
 mod undo;
 
 const GROUP_VERSION: &str = "hostaction.dev/v1alpha1";
