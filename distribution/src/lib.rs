@@ -320,15 +320,15 @@ impl Registry {
             Some(key) => Provenance::Verified { key: key.clone() },
             None => {
                 let check = self.verify_signature(&parsed, &digest, policy);
-                let provenance = self.tokio.block_on(within(left(), reference, check))?;
-                if let Provenance::Verified { key } = &provenance {
-                    store.record_verified(&digest, key)?;
-                }
-                provenance
+                self.tokio.block_on(within(left(), reference, check))?
             }
         };
         let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
         let mut artifact = self.pull_within(&by_digest, store, left())?;
+        // Recorded once the artifact is in the store (collected with it).
+        if let Provenance::Verified { key } = &provenance {
+            store.record_verified(&digest, key)?;
+        }
         artifact.provenance = provenance;
         Ok(artifact)
     }
@@ -455,7 +455,7 @@ impl Registry {
             }) => None,
             Err(e) => return Err(e),
         };
-        let made = cosign::manifest(existing.as_deref(), &payload, &signature)
+        let made = cosign::manifest(existing.as_deref(), &payload, &signature, key.public_key())
             .map_err(|why| Error::registry(RegistryFault::Protocol, format!("{target}: {why}")))?;
         if let Some((manifest, config)) = made {
             self.tokio.block_on(transfer::push_manifest(

@@ -101,11 +101,12 @@ pub const MAX_VERIFY_KEYS: usize = 16;
 /// Largest PEM text of one key.
 pub const MAX_KEY_PEM_BYTES: usize = 1024;
 
-/// Signature verification (cosign format): required or not, and the public
-/// keys (PEM, ECDSA P-256 or Ed25519) whose signature is accepted. A
-/// module runs only if one of the keys both the policy and the grant list
-/// (either one's, when only one lists keys) signed its digest, whenever
-/// either requires it or the grant lists keys.
+/// Signature verification (cosign format): the public keys (PEM, ECDSA
+/// P-256 or Ed25519) whose signature of a module's artifact is accepted.
+/// Keys or `required` on either side require a signature. With a node
+/// policy `verify` section only its keys are accepted (those the grant
+/// lists too, if it lists any); without one, a grant's keys are its own
+/// opt-in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Verify {

@@ -149,23 +149,44 @@ pub fn manifest(
     existing: Option<&[u8]>,
     payload: &[u8],
     signature: &[u8],
+    signer: &super::PublicKey,
 ) -> Result<Option<SignatureManifest>, String> {
     let payload_digest = crate::artifact::sha256(payload);
     let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
-    let mut layers: Vec<serde_json::Value> = match existing {
-        Some(bytes) => {
-            let manifest: serde_json::Value = serde_json::from_slice(bytes)
-                .map_err(|e| format!("the signature manifest there does not parse: {e}"))?;
-            manifest["layers"].as_array().cloned().unwrap_or_default()
-        }
+    // Only what verification reads is kept (a layer it could not parse
+    // would make every signature there unreadable).
+    let existing: Vec<Descriptor> = match existing {
+        Some(bytes) => serde_json::from_slice::<Manifest>(bytes)
+            .map_err(|e| format!("the signature manifest there does not parse: {e}"))?
+            .layers
+            .into_iter()
+            .filter(|l| l.media_type == PAYLOAD_MEDIA_TYPE)
+            .collect(),
         None => Vec::new(),
     };
-    if layers.iter().any(|l| {
-        l["digest"] == payload_digest.as_str()
-            && l["annotations"][SIGNATURE_ANNOTATION] == encoded.as_str()
+    // This key's signature of this payload is there already (ECDSA
+    // signatures differ each time: checked by verifying, not by bytes).
+    let base64 = base64::engine::general_purpose::STANDARD;
+    if existing.iter().any(|l| {
+        l.digest == payload_digest
+            && l.annotations
+                .get(SIGNATURE_ANNOTATION)
+                .and_then(|s| base64.decode(s.trim()).ok())
+                .is_some_and(|s| signer.verifies(payload, &s))
     }) {
         return Ok(None);
     }
+    let mut layers: Vec<serde_json::Value> = existing
+        .into_iter()
+        .map(|l| {
+            serde_json::json!({
+                "mediaType": l.media_type,
+                "size": l.size,
+                "digest": l.digest,
+                "annotations": l.annotations,
+            })
+        })
+        .collect();
     if layers.len() >= MAX_SIGNATURES {
         return Err(format!(
             "the artifact has {} signatures already (at most {MAX_SIGNATURES} are read)",

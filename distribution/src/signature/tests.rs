@@ -130,24 +130,32 @@ fn bad_keys_are_named() {
 fn a_signature_manifest_round_trips() {
     let key = ecdsa();
     let (payload, signature) = signed(&key, DIGEST);
-    let (manifest, _config) = cosign::manifest(None, &payload, &signature)
+    let (manifest, _config) = cosign::manifest(None, &payload, &signature, key.public_key())
         .unwrap()
         .unwrap();
     let layers = cosign::layers(&manifest).unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0].digest, crate::artifact::sha256(&payload));
     assert_eq!(layers[0].signature.as_deref(), Some(&signature[..]));
-    // A second key's signature is added beside the first; the same one
-    // again changes nothing.
-    assert!(
-        cosign::manifest(Some(&manifest), &payload, &signature)
-            .unwrap()
-            .is_none()
-    );
-    let (other_payload, other_signature) = signed(&ed25519(), DIGEST);
-    let (both, _) = cosign::manifest(Some(&manifest), &other_payload, &other_signature)
-        .unwrap()
-        .unwrap();
+    // The same key again changes nothing, also with ECDSA's new bytes (the
+    // re-review's finding: each re-sign added a layer until 32).
+    let again = key.sign(&payload).unwrap();
+    assert_ne!(again, signature);
+    for sig in [&signature, &again] {
+        let made = cosign::manifest(Some(&manifest), &payload, sig, key.public_key()).unwrap();
+        assert!(made.is_none());
+    }
+    // A second key's signature is added beside the first.
+    let other = ed25519();
+    let (other_payload, other_signature) = signed(&other, DIGEST);
+    let (both, _) = cosign::manifest(
+        Some(&manifest),
+        &other_payload,
+        &other_signature,
+        other.public_key(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(cosign::layers(&both).unwrap().len(), 2);
     assert!(cosign::layers(b"{").is_err());
     assert_eq!(
