@@ -276,25 +276,11 @@ impl Puller<'_> {
         let what = format!("fetching the manifest of {}", self.reference);
         let bytes = with_retries(self.options, || async {
             let mut meter = Meter::start(self.options);
-            let mut response = self
+            let response = self
                 .get(&url, Some(OCI_IMAGE_MEDIA_TYPE), &what, &mut meter)
                 .await?;
-            let mut bytes = Vec::new();
-            while let Some(chunk) = meter
-                .wait(&what, response.chunk())
-                .await?
-                .map_err(|e| transport(&what, &e))?
-            {
-                meter.count(chunk.len());
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() as u64 > limits_bytes {
-                    return Err(Failure::fatal(Error::registry(
-                        RegistryFault::Integrity,
-                        format!("{what}: more than {limits_bytes} bytes, the manifest limit"),
-                    )));
-                }
-            }
-            Ok(bytes)
+            let over = || format!("{what}: more than {limits_bytes} bytes, the manifest limit");
+            read_capped(response, &mut meter, &what, limits_bytes, over).await
         })
         .await?;
         let digest = artifact::sha256(&bytes);
@@ -321,23 +307,9 @@ impl Puller<'_> {
         let what = format!("fetching blob {digest} of {}", self.reference);
         let bytes = with_retries(self.options, || async {
             let mut meter = Meter::start(self.options);
-            let mut response = self.get(&url, None, &what, &mut meter).await?;
-            let mut bytes = Vec::new();
-            while let Some(chunk) = meter
-                .wait(&what, response.chunk())
-                .await?
-                .map_err(|e| transport(&what, &e))?
-            {
-                meter.count(chunk.len());
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() as u64 > size {
-                    return Err(Failure::fatal(Error::registry(
-                        RegistryFault::Integrity,
-                        format!("{what}: more than the {size} bytes declared"),
-                    )));
-                }
-            }
-            Ok(bytes)
+            let response = self.get(&url, None, &what, &mut meter).await?;
+            let over = || format!("{what}: more than the {size} bytes declared");
+            read_capped(response, &mut meter, &what, size, over).await
         })
         .await?;
         let actual = artifact::sha256(&bytes);
@@ -462,6 +434,33 @@ impl Puller<'_> {
         file.set_permissions(std::fs::Permissions::from_mode(0o400))
             .map_err(host)
     }
+}
+
+/// A response's body into memory, metered; more than `cap` bytes is an
+/// integrity failure (`over` says which).
+async fn read_capped(
+    mut response: reqwest::Response,
+    meter: &mut Meter,
+    what: &str,
+    cap: u64,
+    over: impl Fn() -> String,
+) -> std::result::Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = meter
+        .wait(what, response.chunk())
+        .await?
+        .map_err(|e| transport(what, &e))?
+    {
+        meter.count(chunk.len());
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() as u64 > cap {
+            return Err(Failure::fatal(Error::registry(
+                RegistryFault::Integrity,
+                over(),
+            )));
+        }
+    }
+    Ok(bytes)
 }
 
 /// A transport failure (unreachable, time-out, a cut connection): worth

@@ -67,6 +67,29 @@ fn openssl_keys(dir: &Path, name: &str, kind: &str) -> (String, String) {
     )
 }
 
+/// Pushes the probe to `tagged` (a plain registry), signed with `key`;
+/// returns its reference by digest, checking the output names the
+/// signature's `.sig` tag.
+fn push_signed(node: &Node, tagged: &str, key: &str) -> String {
+    let module = guest("probe");
+    let args = [
+        "push",
+        module.to_str().unwrap(),
+        tagged,
+        "--plain-http",
+        "--sign-key",
+        key,
+    ];
+    let out = node.ok(&args);
+    let pinned = out.lines().next().unwrap().trim().to_owned();
+    let digest = pinned.rsplit_once('@').unwrap().1;
+    assert!(
+        out.contains(&format!("sha256-{}.sig", &digest[7..])),
+        "{out}"
+    );
+    pinned
+}
+
 /// Runs the probe by `reference` with `extra` flags; the output.
 fn run(node: &Node, reference: &str, extra: &[&str]) -> std::process::Output {
     let grant = node.probe_grant();
@@ -108,20 +131,8 @@ fn hostaction_signs_verifies_and_refuses_each_failed_check_before_the_run() {
     let repo = format!("{}/tests/signed", registry.addr());
 
     // Pushed and signed; run with its key: verified, the key named.
-    let out = node.ok(&[
-        "push",
-        guest("probe").to_str().unwrap(),
-        &format!("{repo}:v1"),
-        "--plain-http",
-        "--sign-key",
-        &key,
-    ]);
-    let signed = out.lines().next().unwrap().trim().to_owned();
+    let signed = push_signed(&node, &format!("{repo}:v1"), &key);
     let digest = signed.rsplit_once('@').unwrap().1.to_owned();
-    assert!(
-        out.contains(&format!("sha256-{}.sig", &digest[7..])),
-        "{out}"
-    );
     let report = json_of(
         &String::from_utf8(run(&node, &signed, &["--verify-key", &public]).stdout).unwrap(),
     );
@@ -353,15 +364,7 @@ fn static_mode_runs_only_what_the_node_policy_s_keys_signed() {
     let node = Node::new();
     let (key, public) = openssl_keys(node.path("").as_path(), "k", "ec");
     let repo = format!("{}/tests/static", registry.addr());
-    let out = node.ok(&[
-        "push",
-        guest("probe").to_str().unwrap(),
-        &format!("{repo}:signed"),
-        "--plain-http",
-        "--sign-key",
-        &key,
-    ]);
-    let signed = out.lines().next().unwrap().trim().to_owned();
+    let signed = push_signed(&node, &format!("{repo}:signed"), &key);
     let (unsigned, _) = push(
         &node,
         &guest("host-facts"),
