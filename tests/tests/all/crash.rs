@@ -215,7 +215,7 @@ impl Scratch {
                 json!({
                     "ifname": l["ifname"], "ifindex": l["ifindex"],
                     "kind": l["linkinfo"]["info_kind"], "mtu": l["mtu"],
-                    "flags": l["flags"], "master": l["master"],
+                    "flags": admin_flags(&l["flags"]), "master": l["master"],
                     "address": l["address"], "ifalias": l["ifalias"],
                 })
             })
@@ -269,8 +269,29 @@ fn tree(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
 /// address added back comes last; the order of addresses of different
 /// subnets means nothing), without the IPv4 broadcast `ip` sets and the
 /// network capability neither sets nor journals.
+/// A link's flags without those the kernel derives from its carrier
+/// (`NO-CARRIER`, `LOWER_UP`, ...), which change on their own some time
+/// after a link is made or a port leaves a bridge: what a run sets is the
+/// rest (`UP` among them).
+fn admin_flags(flags: &Value) -> Value {
+    const CARRIER: &[&str] = &["NO-CARRIER", "LOWER_UP", "DORMANT", "M-DOWN"];
+    let kept = flags.as_array().into_iter().flatten();
+    Value::Array(
+        kept.filter(|f| !f.as_str().is_some_and(|f| CARRIER.contains(&f)))
+            .cloned()
+            .collect(),
+    )
+}
+
 fn sorted_addresses(mut v: Value) -> Value {
     for link in v.as_array_mut().into_iter().flatten() {
+        if let Some(link) = link.as_object_mut() {
+            let flags = link.get("flags").map(admin_flags);
+            if let Some(flags) = flags {
+                link.insert("flags".into(), flags);
+            }
+            link.remove("operstate");
+        }
         if let Some(addrs) = link["addr_info"].as_array_mut() {
             addrs.sort_by_key(|a| a["local"].to_string());
             for a in addrs {
