@@ -41,6 +41,19 @@ fn cosign() -> PathBuf {
     )
 }
 
+/// Runs cosign in `dir` with `env` (and an empty key password), expecting
+/// success.
+fn cosign_ok(cosign: &Path, dir: &Path, env: &[(&str, &str)], args: &[&str]) {
+    let out = Command::new(cosign)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("COSIGN_PASSWORD", "")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cosign {args:?}:\n{}", text(&out));
+}
+
 /// An openssl-made key pair (`ec` P-256 or `ed25519`): private PKCS#8 and
 /// public PEM files.
 fn openssl_keys(dir: &Path, name: &str, kind: &str) -> (String, String) {
@@ -297,50 +310,24 @@ fn cosign_verifies_what_hostaction_signs_and_hostaction_what_cosign_signs() {
         let (key, public) = openssl_keys(&dir, &format!("h-{kind}"), kind);
         let (pinned, _) = push(&node, &guest("probe"), &format!("{repo}:{kind}"), &[]);
         node.ok(&["sign", &pinned, "--key", &key, "--plain-http"]);
-        let out = Command::new(&cosign)
-            .args([
-                "verify",
-                "--key",
-                &public,
-                "--insecure-ignore-tlog=true",
-                "--allow-insecure-registry",
-                &pinned,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cosign verify ({kind}):\n{}",
-            text(&out)
+        let verify = ["verify", "--key", &public, "--insecure-ignore-tlog=true"];
+        cosign_ok(
+            &cosign,
+            &dir,
+            &[],
+            &[&verify[..], &["--allow-insecure-registry", &pinned]].concat(),
         );
     }
     // cosign signs (its own key format); hostaction verifies with its public key.
-    let out = Command::new(&cosign)
-        .current_dir(&dir)
-        .args(["generate-key-pair"])
-        .env("COSIGN_PASSWORD", "")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cosign generate-key-pair:\n{}",
-        text(&out)
-    );
+    cosign_ok(&cosign, &dir, &[], &["generate-key-pair"]);
     let (pinned, _) = push(&node, &guest("probe"), &format!("{repo}:by-cosign"), &[]);
-    let out = Command::new(&cosign)
-        .args([
-            "sign",
-            "--key",
-            dir.join("cosign.key").to_str().unwrap(),
-            "--tlog-upload=false",
-            "--allow-insecure-registry",
-            "-y",
-            &pinned,
-        ])
-        .env("COSIGN_PASSWORD", "")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cosign sign:\n{}", text(&out));
+    let sign = ["sign", "--key", "cosign.key", "--tlog-upload=false", "-y"];
+    cosign_ok(
+        &cosign,
+        &dir,
+        &[],
+        &[&sign[..], &["--allow-insecure-registry", &pinned]].concat(),
+    );
     let report = json_of(
         &String::from_utf8(
             run(
@@ -441,17 +428,11 @@ fn cosign_and_hostaction_interoperate_on_a_tls_registry_with_auth() {
         config.to_str().unwrap(),
     ];
     let repo = format!("{}/tests/tls", registry.addr());
-    let cosign_cmd = |args: &[&str]| {
-        let out = Command::new(&cosign)
-            .args(args)
-            .env("SSL_CERT_FILE", &ca)
-            .env("DOCKER_CONFIG", &docker)
-            .env("COSIGN_PASSWORD", "")
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cosign {args:?}:\n{}", text(&out));
-    };
+    let env = [
+        ("SSL_CERT_FILE", ca.as_str()),
+        ("DOCKER_CONFIG", docker.to_str().unwrap()),
+    ];
+    let cosign_cmd = |args: &[&str]| cosign_ok(&cosign, &dir, &env, args);
     // hostaction pushes and signs; cosign verifies.
     let (key, public) = openssl_keys(&dir, "tls", "ec");
     let (module, tagged) = (guest("probe"), format!("{repo}:v1"));
